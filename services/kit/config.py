@@ -1,0 +1,40 @@
+"""Settings shared by every service; each service subclasses with its own env prefix.
+
+pydantic-settings reads `<PREFIX><FIELD>` from the environment (case-insensitive), so the same
+class configures a local run, a container and a Kubernetes ConfigMap.
+"""
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SERVICE_", extra="ignore", protected_namespaces=())
+
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    dtype: str = Field("auto", description="auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16")
+    threads: int | None = Field(None, description="CPU threads for the model; None leaves the library default")
+    warmup: bool = True
+
+    max_batch_size: int = Field(8, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits to fill a batch")
+    max_queue: int = Field(64, ge=1, description="queued requests beyond this are refused with 503")
+    request_timeout_s: float = Field(60.0, gt=0, description="a request still unanswered after this gets 504")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503/429")
+
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="REST bodies above this get 413")
+    grpc_max_message_bytes: int = Field(32 * 1024 * 1024, ge=4 * 1024 * 1024)
+
+    host: str = "0.0.0.0"
+    rest_port: int = 8000
+    grpc_port: int = 50051
+    shutdown_grace_s: float = Field(20.0, ge=0, description="drain time for in-flight requests after SIGTERM")
+    log_level: str = "info"
+
+
+class PlatformSettings(ServiceSettings):
+    """The all-in-one local platform: one REST and one gRPC port for every service."""
+
+    model_config = SettingsConfigDict(env_prefix="PLATFORM_", extra="ignore", protected_namespaces=())
+
+    services: str = Field("all", description="comma-separated service names to start, or 'all'")

@@ -1,0 +1,140 @@
+"""gRPC server factory (grpc.aio): health, reflection, message limits, metrics and error mapping."""
+
+import asyncio
+import logging
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from . import metrics
+from .errors import ServiceError, Unavailable
+from .service import Service
+from .state import ServerState
+
+log = logging.getLogger(__name__)
+
+# Infrastructure RPCs answer while loading and stay out of the request metrics.
+EXEMPT_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+
+def time_remaining(context: grpc.aio.ServicerContext) -> float | None:
+    """The client's deadline in seconds, for the batcher (None when the client set none)."""
+    return context.time_remaining()
+
+
+class ServingInterceptor(grpc.aio.ServerInterceptor):
+    """Readiness gate, in-flight tracking, metrics, and ServiceError -> status code for every RPC."""
+
+    def __init__(self, state: ServerState):
+        self.state = state
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(EXEMPT_PREFIXES):
+            return handler
+        wrap_kwargs = dict(
+            request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def unary_response(request_or_iterator, context):
+                call = self._begin(method)
+                try:
+                    self._check_ready()
+                    return await inner(request_or_iterator, context)
+                except BaseException as exc:
+                    await call.fail(exc, context)
+                finally:
+                    call.end()
+
+            factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            return factory(unary_response, **wrap_kwargs)
+
+        inner = handler.unary_stream or handler.stream_stream
+
+        async def streamed_response(request_or_iterator, context):
+            call = self._begin(method)
+            try:
+                self._check_ready()
+                async for item in inner(request_or_iterator, context):
+                    yield item
+            except BaseException as exc:
+                await call.fail(exc, context)
+            finally:
+                call.end()
+
+        factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        return factory(streamed_response, **wrap_kwargs)
+
+    def _check_ready(self) -> None:
+        if not self.state.ready:
+            raise Unavailable("model is still loading", retry_after=5)
+
+    def _begin(self, method: str) -> "_TrackedCall":
+        return _TrackedCall(self.state, method)
+
+
+class _TrackedCall:
+    """Metrics and in-flight accounting for one RPC, and the mapping of its failure to a status."""
+
+    def __init__(self, state: ServerState, method: str):
+        self.state = state
+        self.method = method
+        self.status = "OK"
+        self.started = time.perf_counter()
+        state.request_started()
+        metrics.INFLIGHT.labels("grpc").inc()
+
+    async def fail(self, exc: BaseException, context) -> None:
+        """Re-raise cancellations and aborts; turn everything else into an aborted call."""
+        if not isinstance(exc, Exception):  # CancelledError, GeneratorExit: the client went away
+            self.status = "CANCELLED"
+            raise exc
+        if isinstance(exc, grpc.aio.AbortError):
+            self.status = (context.code() or grpc.StatusCode.UNKNOWN).name
+            raise exc
+        if isinstance(exc, ServiceError):
+            self.status = exc.grpc_code.name
+            metadata = tuple((k.lower(), v) for k, v in exc.headers().items())
+            await context.abort(exc.grpc_code, exc.message, trailing_metadata=metadata)
+        self.status = "INTERNAL"
+        log.error("unhandled error in %s", self.method, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+    def end(self) -> None:
+        metrics.INFLIGHT.labels("grpc").dec()
+        self.state.request_finished()
+        metrics.REQUESTS.labels("grpc", self.method, self.status).inc()
+        metrics.REQUEST_LATENCY.labels("grpc", self.method).observe(time.perf_counter() - self.started)
+
+
+def create_grpc_server(services: list[Service], state: ServerState, max_message_bytes: int) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        interceptors=[ServingInterceptor(state)],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ],
+    )
+    names = []
+    for service in services:
+        for entry in service.grpc:
+            entry.add_to_server(entry.servicer, server)
+            names.append(entry.service_name)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    def publish(serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *names]:
+            asyncio.ensure_future(health_servicer.set(name, status))
+
+    publish(False)
+    state.on_change(publish)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    return server

@@ -1,0 +1,110 @@
+"""Server start-up: REST and gRPC on one event loop, model loading, readiness, graceful drain."""
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+import uvicorn
+
+from .config import ServiceSettings
+from .grpc_server import create_grpc_server
+from .rest import create_rest_app
+from .service import Service
+from .state import ServerState
+
+log = logging.getLogger(__name__)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: `serve` owns SIGTERM so it can drain first."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def load_services(services: list[Service], warmup: bool) -> None:
+    for service in services:
+        started = time.perf_counter()
+        service.runner.load()
+        if warmup:
+            service.runner.warmup()
+        log.info("%s ready in %.1f s", service.name, time.perf_counter() - started)
+
+
+async def serve(
+    services: list[Service],
+    settings: ServiceSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    state: ServerState | None = None,
+) -> None:
+    """Serve until `stop` is set (or SIGTERM/SIGINT when running in the main thread), then drain.
+
+    Ports open at once so probes can answer; /readyz turns 200 only once every model has loaded
+    and warmed up. On stop, readiness fails immediately, in-flight requests get up to
+    `shutdown_grace_s` to finish, then both servers close.
+    """
+    stop = stop or asyncio.Event()
+    state = state or ServerState()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread
+            loop.add_signal_handler(sig, stop.set)
+
+    app = create_rest_app(services, state, settings.max_body_bytes)
+    grpc_server = create_grpc_server(services, state, settings.grpc_max_message_bytes)
+    grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    await grpc_server.start()
+    rest = _Uvicorn(
+        uvicorn.Config(
+            app, host=settings.host, port=settings.rest_port, log_level=settings.log_level, lifespan="off",
+            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+        )
+    )
+    rest_task = asyncio.create_task(rest.serve())
+    log.info("REST on %s:%d, gRPC on %s:%d", settings.host, settings.rest_port, settings.host, settings.grpc_port)
+
+    loader = asyncio.create_task(asyncio.to_thread(load_services, services, settings.warmup))
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({loader, stopper, rest_task}, return_when=asyncio.FIRST_COMPLETED)
+    if loader.done() and loader.exception() is None:
+        state.mark_ready()
+        await asyncio.wait({stopper, rest_task}, return_when=asyncio.FIRST_COMPLETED)
+    failure = loader.exception() if loader.done() else None
+
+    log.info("shutting down: draining %d in-flight requests", state.inflight)
+    state.start_draining()
+    drained = await state.wait_idle(settings.shutdown_grace_s)
+    if not drained:
+        log.warning("grace period over with %d requests still in flight", state.inflight)
+    for service in services:
+        for batcher in service.batchers:
+            await batcher.stop()
+    await grpc_server.stop(grace=1.0)
+    rest.should_exit = True
+    await rest_task
+    stopper.cancel()
+    if failure is not None:
+        raise RuntimeError("model loading failed") from failure
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def run(create_services: Callable[[], list[Service]], settings: ServiceSettings) -> int:
+    """Entry point of `python -m services.<name>` and of the platform: exit 0 after a clean drain."""
+    configure_logging(settings.log_level)
+    try:
+        asyncio.run(serve(create_services(), settings))
+    except RuntimeError:
+        log.exception("server failed")
+        return 1
+    return 0

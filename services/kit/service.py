@@ -1,0 +1,56 @@
+"""What a service hands to the kit: a model runner, REST routes and gRPC servicers.
+
+A service module builds one `Service` and never touches server start-up, health or metrics.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import APIRouter
+
+from .batcher import DynamicBatcher
+from .config import ServiceSettings
+
+
+class ModelRunner(Protocol):
+    def load(self) -> None:
+        """Load weights (blocking; runs in a worker thread at start-up)."""
+
+    def warmup(self) -> None:
+        """Run a representative request so the first real one is not slow."""
+
+
+@dataclass
+class GrpcServicer:
+    add_to_server: Callable[[Any, Any], None]  # the generated add_XServicer_to_server
+    servicer: Any
+    service_name: str  # full proto name, e.g. "translation.v1.Translation": health + reflection
+
+
+@dataclass
+class Service:
+    name: str
+    settings: ServiceSettings
+    runner: ModelRunner
+    router: APIRouter | None = None
+    grpc: list[GrpcServicer] = field(default_factory=list)
+    batchers: list[DynamicBatcher] = field(default_factory=list)
+    # Entries for GET /v1/models (OpenAI's list shape), which the kit serves for all services at once
+    # so that several OpenAI-compatible services can share one port.
+    models: Callable[[], list[dict]] = lambda: []
+
+    def batcher(self, name: str, predict_batch, **overrides) -> DynamicBatcher:
+        """A batcher configured from this service's settings, registered for shutdown."""
+        s = self.settings
+        options = dict(
+            max_batch_size=s.max_batch_size,
+            max_wait_ms=s.max_wait_ms,
+            max_queue=s.max_queue,
+            timeout_s=s.request_timeout_s,
+            retry_after_s=s.retry_after_s,
+        )
+        options.update(overrides)
+        batcher = DynamicBatcher(f"{self.name}.{name}", predict_batch, **options)
+        self.batchers.append(batcher)
+        return batcher

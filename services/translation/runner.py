@@ -1,0 +1,98 @@
+"""FSMT model runner: load one model per language pair, translate a batch of texts. No web code."""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import FSMTForConditionalGeneration, FSMTTokenizer
+
+from services.kit.batcher import Work
+from services.kit.errors import NotFound
+from services.kit.torch_models import TorchRuntime, resolve_source
+
+from .settings import TranslationSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Beam-search settings; requests batch together only when these (and the pair) match."""
+
+    num_beams: int | None = None
+    length_penalty: float | None = None
+    early_stopping: bool | None = None
+    num_return_sequences: int = 1
+    max_new_tokens: int = 200
+
+    def generate_kwargs(self) -> dict:
+        kwargs = {"num_return_sequences": self.num_return_sequences, "max_new_tokens": self.max_new_tokens}
+        for name in ("num_beams", "length_penalty", "early_stopping"):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[name] = value
+        return kwargs
+
+
+@dataclass(frozen=True)
+class TranslationJob:
+    pair: str
+    texts: tuple[str, ...]
+    options: GenerationOptions
+
+    @property
+    def batch_key(self) -> tuple:
+        return (self.pair, self.options)
+
+
+class TranslationRunner:
+    def __init__(self, settings: TranslationSettings):
+        self.settings = settings
+        self.runtime: TorchRuntime | None = None
+        self.models: dict[str, FSMTForConditionalGeneration] = {}
+        self.tokenizers: dict[str, FSMTTokenizer] = {}
+
+    def load(self) -> None:
+        s = self.settings
+        self.runtime = TorchRuntime(s.device, s.dtype, s.threads)
+        for pair, model_id in s.models.items():
+            source = resolve_source(model_id)
+            self.tokenizers[pair] = FSMTTokenizer.from_pretrained(source)
+            self.models[pair] = self.runtime.load(FSMTForConditionalGeneration, source)
+            log.info("loaded %s from %s", pair, source)
+
+    def warmup(self) -> None:
+        for pair in self.models:
+            self.translate(pair, ["Hello world."], GenerationOptions(max_new_tokens=8))
+
+    def model_name(self, pair: str) -> str:
+        model_id = self.settings.models[pair]
+        return Path(model_id).name if Path(model_id).is_dir() else model_id
+
+    def ensure_pair(self, pair: str) -> None:
+        if pair not in self.settings.models:
+            known = ", ".join(sorted(self.settings.models))
+            raise NotFound(f"no model for language pair {pair!r}; available: {known}", field="target_lang")
+
+    @torch.inference_mode()
+    def translate(self, pair: str, texts: list[str], options: GenerationOptions) -> list[list[str]]:
+        """num_return_sequences hypotheses per text, best first."""
+        tokenizer, model = self.tokenizers[pair], self.models[pair]
+        inputs = tokenizer(texts, return_tensors="pt", padding=True).to(self.runtime.device)
+        output = model.generate(**inputs, **options.generate_kwargs())
+        decoded = tokenizer.batch_decode(output, skip_special_tokens=True)
+        n = options.num_return_sequences
+        return [decoded[i * n : (i + 1) * n] for i in range(len(texts))]
+
+    def predict_batch(self, works: list[Work]) -> list[list[list[str]]]:
+        """All works share pair and options (the batch key): one generate call for all their texts."""
+        first: TranslationJob = works[0].payload
+        texts = [text for work in works for text in work.payload.texts]
+        hypotheses = self.translate(first.pair, texts, first.options)
+        results, offset = [], 0
+        for work in works:
+            count = len(work.payload.texts)
+            results.append(hypotheses[offset : offset + count])
+            offset += count
+        return results

@@ -1,0 +1,25 @@
+"""Assembles the translation service for the kit: runner, batcher, routes, servicer."""
+
+from services.kit.service import GrpcServicer, Service
+
+from . import translation_pb2_grpc as pb_grpc
+from .grpc_servicer import SERVICE_NAME, TranslationServicer
+from .rest import create_router
+from .runner import TranslationRunner
+from .settings import TranslationSettings
+
+
+def create_service(settings: TranslationSettings | None = None) -> Service:
+    settings = settings or TranslationSettings()
+    runner = TranslationRunner(settings)
+    service = Service(name="translation", settings=settings, runner=runner)
+    batcher = service.batcher("translate", runner.predict_batch)
+    service.router = create_router(runner, batcher, settings)
+    service.grpc.append(
+        GrpcServicer(pb_grpc.add_TranslationServicer_to_server, TranslationServicer(runner, batcher, settings), SERVICE_NAME)
+    )
+    service.models = lambda: [
+        {"id": runner.model_name(pair), "source_lang": pair.split("-")[0], "target_lang": pair.split("-")[1]}
+        for pair in settings.models
+    ]
+    return service
