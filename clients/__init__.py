@@ -1,0 +1,36 @@
+"""Python clients for the modelserve platform: REST (sync and async) and gRPC, one object each.
+
+    from clients import Client
+    with Client("http://127.0.0.1:8000") as client:
+        print(client.translation.translate("Hello", source_lang="en", target_lang="de").text)
+"""
+
+from .client import AsyncClient, Client, GrpcClient
+from .errors import (
+    APIError,
+    ConnectionFailedError,
+    DeadlineExceededError,
+    InvalidRequestError,
+    ModelServeError,
+    NotFoundError,
+    OverloadedError,
+    ServerError,
+    UnavailableError,
+)
+from .retry import RetryPolicy
+
+__all__ = [
+    "APIError",
+    "AsyncClient",
+    "Client",
+    "ConnectionFailedError",
+    "DeadlineExceededError",
+    "GrpcClient",
+    "InvalidRequestError",
+    "ModelServeError",
+    "NotFoundError",
+    "OverloadedError",
+    "RetryPolicy",
+    "ServerError",
+    "UnavailableError",
+]

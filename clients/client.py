@@ -1,0 +1,122 @@
+"""One object per protocol for the whole platform: `Client` (REST), `AsyncClient`, `GrpcClient`.
+
+The platform serves translation, ASR, TTS and image generation on one REST port and one gRPC
+port; ViT speaks the TensorFlow Serving protocol on its own ports (8501 REST, 8500 gRPC by
+default, derived from the platform address unless given).
+"""
+
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from .grpc_channel import GrpcCaller
+from .listing import ModelEntry, parse_models
+from .rest import AsyncRestTransport, RestTransport
+from .retry import RetryPolicy
+from .translation import AsyncTranslationClient, TranslationClient, TranslationGrpcClient
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_GRPC_TARGET = "127.0.0.1:50051"
+VIT_REST_PORT = 8501
+VIT_GRPC_PORT = 8500
+
+
+def with_port(url_or_target: str, port: int) -> str:
+    """The same host on another port: for "http://h:8000" and for a gRPC target "h:50051"."""
+    if "://" in url_or_target:
+        parts = urlsplit(url_or_target)
+        return urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}", path=""))
+    host = url_or_target.rsplit(":", 1)[0] if ":" in url_or_target else url_or_target
+    return f"{host}:{port}"
+
+
+class Client:
+    """Blocking REST client: `with Client("http://host:8000") as c: c.translation.translate(...)`."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        vit_url: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        retry: RetryPolicy | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        options = dict(timeout=timeout, retry=retry, headers=headers)
+        self.transport = RestTransport(base_url, **options)
+        self.vit_transport = RestTransport(vit_url or with_port(base_url, VIT_REST_PORT), **options)
+        self.translation = TranslationClient(self.transport)
+
+    def models(self) -> list[ModelEntry]:
+        """Every model the platform serves (GET /v1/models)."""
+        return parse_models(self.transport.request("GET", "/v1/models").json())
+
+    def close(self) -> None:
+        self.transport.close()
+        self.vit_transport.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio REST client: `async with AsyncClient(url) as c: await c.translation.translate(...)`."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        vit_url: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        retry: RetryPolicy | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        options = dict(timeout=timeout, retry=retry, headers=headers)
+        self.transport = AsyncRestTransport(base_url, **options)
+        self.vit_transport = AsyncRestTransport(vit_url or with_port(base_url, VIT_REST_PORT), **options)
+        self.translation = AsyncTranslationClient(self.transport)
+
+    async def models(self) -> list[ModelEntry]:
+        return parse_models((await self.transport.request("GET", "/v1/models")).json())
+
+    async def close(self) -> None:
+        await self.transport.close()
+        await self.vit_transport.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class GrpcClient:
+    """Blocking gRPC client: `with GrpcClient("host:50051") as c: c.translation.translate(...)`."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_GRPC_TARGET,
+        *,
+        vit_target: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        metadata: tuple[tuple[str, str], ...] = (),
+        secure: bool = False,
+    ):
+        options = dict(timeout=timeout, retry=retry, metadata=metadata, secure=secure)
+        self.caller = GrpcCaller(target, **options)
+        self.vit_caller = GrpcCaller(vit_target or with_port(target, VIT_GRPC_PORT), **options)
+        self.translation = TranslationGrpcClient(self.caller)
+
+    def close(self) -> None:
+        self.caller.close()
+        self.vit_caller.close()
+
+    def __enter__(self) -> "GrpcClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,246 @@
+"""HTTP transports (sync and async, on httpx) with timeouts, retries and typed errors.
+
+Service clients call `request` for ordinary calls and `stream` for bodies read as they arrive
+(TTS audio, server-sent events). Retries happen only before a response body is handed out, so
+a stream never restarts half-way. One request id is sent on every attempt of a logical request
+(the servers log and echo `x-request-id`), which ties the retries together in server logs.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from .errors import (
+    ConnectionFailedError,
+    DeadlineExceededError,
+    ModelServeError,
+    error_from_response,
+)
+from .retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 120.0
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _timeout(seconds: float | httpx.Timeout | None) -> httpx.Timeout:
+    if isinstance(seconds, httpx.Timeout):
+        return seconds
+    seconds = DEFAULT_TIMEOUT_S if seconds is None else seconds
+    return httpx.Timeout(seconds, connect=min(CONNECT_TIMEOUT_S, seconds))
+
+
+def _transport_error(exc: httpx.TransportError, url: str) -> ModelServeError:
+    """httpx's network exceptions as the clients' errors (connect failures are retryable)."""
+    if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+        reason = str(exc) or type(exc).__name__
+        return ConnectionFailedError(f"cannot connect to {url}: {reason}")
+    if isinstance(exc, httpx.TimeoutException):
+        return DeadlineExceededError(f"no answer from {url} within the client timeout ({type(exc).__name__})")
+    return ModelServeError(f"connection to {url} failed: {exc or type(exc).__name__}")
+
+
+@contextlib.contextmanager
+def converted_errors(url: str) -> Iterator[None]:
+    """Turn httpx errors raised while reading a streamed body into the clients' errors."""
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise _transport_error(exc, url) from exc
+
+
+@dataclass(frozen=True)
+class ServerSentEvent:
+    event: str
+    data: str
+    id: str | None = None
+
+
+class _SSEDecoder:
+    """The server-sent events wire format (WHATWG HTML, "Parsing an event stream"), line by line."""
+
+    def __init__(self) -> None:
+        self.event, self.data, self.id = "", [], None
+
+    def feed(self, line: str) -> ServerSentEvent | None:
+        if not line:  # a blank line dispatches the event collected so far
+            if not self.data:
+                self.event = ""
+                return None
+            event = ServerSentEvent(self.event or "message", "\n".join(self.data), self.id)
+            self.event, self.data = "", []
+            return event
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            self.event = value
+        elif name == "data":
+            self.data.append(value)
+        elif name == "id":
+            self.id = value
+        return None
+
+
+def iter_sse(response: httpx.Response) -> Iterator[ServerSentEvent]:
+    decoder = _SSEDecoder()
+    with converted_errors(str(response.url)):
+        for line in response.iter_lines():
+            if (event := decoder.feed(line)) is not None:
+                yield event
+    if (event := decoder.feed("")) is not None:
+        yield event
+
+
+async def aiter_sse(response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+    decoder = _SSEDecoder()
+    with converted_errors(str(response.url)):
+        async for line in response.aiter_lines():
+            if (event := decoder.feed(line)) is not None:
+                yield event
+    if (event := decoder.feed("")) is not None:
+        yield event
+
+
+class RestTransport:
+    """Blocking HTTP transport: `with RestTransport("http://host:8000") as t: t.request(...)`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        retry: RetryPolicy | None = None,
+        headers: dict[str, str] | None = None,
+        http_client: httpx.Client | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.client = http_client or httpx.Client(base_url=self.base_url, timeout=_timeout(timeout), headers=headers)
+
+    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """Send with retries; return the successful response, body read. Raises `ModelServeError`."""
+        with self.stream(method, path, **kwargs) as response:
+            with converted_errors(self.base_url):
+                response.read()
+        return response
+
+    @contextlib.contextmanager
+    def stream(self, method: str, path: str, *, timeout: float | None = None, **kwargs) -> Iterator[httpx.Response]:
+        """Send with retries; yield the successful response with its body not yet read."""
+        headers = {"x-request-id": uuid.uuid4().hex, **kwargs.pop("headers", {})}
+        extra = {"timeout": _timeout(timeout)} if timeout is not None else {}
+        number = 0
+        while True:
+            number += 1
+            request = self.client.build_request(method, path, headers=headers, **extra, **kwargs)
+            try:
+                response = self.client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                error = _transport_error(exc, str(request.url))
+                error.__cause__ = exc
+            else:
+                if response.is_success:
+                    break
+                try:
+                    response.read()
+                except httpx.TransportError:
+                    pass
+                finally:
+                    response.close()
+                error = error_from_response(response)
+            delay = self.retry.delay(number, error)
+            if delay is None:
+                raise error
+            log.info("%s %s: %s; retry %d in %.2f s", method, request.url, error, number, delay)
+            time.sleep(delay)
+        try:
+            yield response
+        finally:
+            response.close()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "RestTransport":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncRestTransport:
+    """The asyncio twin of `RestTransport` (httpx.AsyncClient, asyncio.sleep between attempts)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        retry: RetryPolicy | None = None,
+        headers: dict[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.client = http_client or httpx.AsyncClient(
+            base_url=self.base_url, timeout=_timeout(timeout), headers=headers
+        )
+
+    async def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        async with self.stream(method, path, **kwargs) as response:
+            with converted_errors(self.base_url):
+                await response.aread()
+        return response
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, method: str, path: str, *, timeout: float | None = None, **kwargs
+    ) -> AsyncIterator[httpx.Response]:
+        headers = {"x-request-id": uuid.uuid4().hex, **kwargs.pop("headers", {})}
+        extra = {"timeout": _timeout(timeout)} if timeout is not None else {}
+        number = 0
+        while True:
+            number += 1
+            request = self.client.build_request(method, path, headers=headers, **extra, **kwargs)
+            try:
+                response = await self.client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                error = _transport_error(exc, str(request.url))
+                error.__cause__ = exc
+            else:
+                if response.is_success:
+                    break
+                try:
+                    await response.aread()
+                except httpx.TransportError:
+                    pass
+                finally:
+                    await response.aclose()
+                error = error_from_response(response)
+            delay = self.retry.delay(number, error)
+            if delay is None:
+                raise error
+            log.info("%s %s: %s; retry %d in %.2f s", method, request.url, error, number, delay)
+            await asyncio.sleep(delay)
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def __aenter__(self) -> "AsyncRestTransport":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
