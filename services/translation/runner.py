@@ -73,7 +73,9 @@ class TranslationRunner:
     def ensure_pair(self, pair: str) -> None:
         if pair not in self.settings.models:
             known = ", ".join(sorted(self.settings.models))
-            raise NotFound(f"no model for language pair {pair!r}; available: {known}", field="target_lang")
+            raise NotFound(
+                f"source_lang/target_lang: no model for the pair {pair!r}; available pairs: {known}", field="target_lang"
+            )
 
     @torch.inference_mode()
     def translate(self, pair: str, texts: list[str], options: GenerationOptions) -> list[list[str]]:

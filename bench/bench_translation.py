@@ -1,0 +1,126 @@
+"""Translation throughput and latency through the real server, batching on vs off, plus server overhead.
+
+    python bench/bench_translation.py [--requests 96] [--size tiny|medium]
+
+`tiny` is the offline test model; `medium` is a random FSMT with d_model 256 and 3+3 layers
+(built here, same tokenizer), where model time dominates as it does with real checkpoints.
+"""
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+from transformers import FSMTConfig, FSMTForConditionalGeneration
+
+from services.kit.testing import ServerThread
+from services.translation.runner import GenerationOptions, TranslationRunner
+from services.translation.service import create_service
+from services.translation.settings import TranslationSettings
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "models" / "translation" / "wmt19-en-de"
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Machine translation has improved a lot in recent years.",
+    "Where is the nearest train station?",
+    "Please send me the report by Friday.",
+    "It is raining again today.",
+    "We are serving models on Kubernetes.",
+]
+MAX_NEW_TOKENS = 24
+
+
+def medium_model(work: Path) -> Path:
+    target = work / "wmt19-en-de-medium"
+    shutil.copytree(TINY, target)
+    config = FSMTConfig.from_pretrained(TINY)
+    config.update(dict(d_model=256, encoder_layers=3, decoder_layers=3, encoder_ffn_dim=1024, decoder_ffn_dim=1024,
+                       encoder_attention_heads=4, decoder_attention_heads=4))
+    torch.manual_seed(0)
+    FSMTForConditionalGeneration(config).save_pretrained(target, safe_serialization=True)
+    return target
+
+
+async def load(url: str, concurrency: int, requests: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    queue = list(range(requests))
+
+    async def user(client: httpx.AsyncClient):
+        while queue:
+            i = queue.pop()
+            body = {"text": SENTENCES[i % len(SENTENCES)], "source_lang": "en", "target_lang": "de",
+                    "max_new_tokens": MAX_NEW_TOKENS}
+            started = time.perf_counter()
+            response = await client.post(url + "/v1/translate", json=body)
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(user(client) for _ in range(concurrency)))
+        return time.perf_counter() - started, latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=96)
+    parser.add_argument("--size", choices=["tiny", "medium"], default="medium")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16])
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as work:
+        model_dir = TINY if args.size == "tiny" else medium_model(Path(work))
+        rows = []
+        baseline = {}
+        for batching in (False, True):
+            settings = TranslationSettings(
+                models={"en-de": str(model_dir)}, log_level="warning", max_queue=1024,
+                max_batch_size=16 if batching else 1, max_wait_ms=5 if batching else 0,
+            )
+            with ServerThread(lambda s=settings: [create_service(s)], settings) as server:
+                for concurrency in args.concurrency:
+                    asyncio.run(load(server.rest_url, concurrency, 4))  # warm the connection pool
+                    elapsed, latencies = asyncio.run(load(server.rest_url, concurrency, args.requests))
+                    throughput = args.requests / elapsed
+                    if not batching:
+                        baseline[concurrency] = throughput
+                    rows.append((concurrency, "on" if batching else "off", throughput,
+                                 throughput / baseline[concurrency], percentile(latencies, 50) * 1000,
+                                 percentile(latencies, 95) * 1000))
+
+        # Server overhead: one request over REST vs calling the runner directly in this process.
+        runner = TranslationRunner(TranslationSettings(models={"en-de": str(model_dir)}))
+        runner.load()
+        options = GenerationOptions(max_new_tokens=MAX_NEW_TOKENS)
+        direct = []
+        for sentence in SENTENCES * 4:
+            started = time.perf_counter()
+            runner.translate("en-de", [sentence], options)
+            direct.append(time.perf_counter() - started)
+        settings = TranslationSettings(models={"en-de": str(model_dir)}, log_level="warning", max_wait_ms=0)
+        with ServerThread(lambda: [create_service(settings)], settings) as server:
+            asyncio.run(load(server.rest_url, 1, 4))
+            _, served = asyncio.run(load(server.rest_url, 1, len(SENTENCES) * 4))
+
+    print(f"\n### Translation ({args.size} model, {args.requests} requests per cell, max_new_tokens {MAX_NEW_TOKENS})\n")
+    print("| concurrency | batching | req/s | vs off | p50 ms | p95 ms |")
+    print("|---:|:---:|---:|---:|---:|---:|")
+    for concurrency, batching, throughput, ratio, p50, p95 in sorted(rows):
+        print(f"| {concurrency} | {batching} | {throughput:.1f} | {ratio:.2f}x | {p50:.0f} | {p95:.0f} |")
+    direct_ms, served_ms = statistics.median(direct) * 1000, statistics.median(served) * 1000
+    print(f"\n| path (concurrency 1) | median ms |\n|---|---:|\n| runner in-process | {direct_ms:.1f} |")
+    print(f"| REST server | {served_ms:.1f} |\n| server overhead | {served_ms - direct_ms:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""A model-free service for testing the kit: the runner sleeps, echoes, or fails on request.
+
+Run as a script it serves on ECHO_REST_PORT / ECHO_GRPC_PORT, like `python -m services.<name>`.
+"""
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from pydantic_settings import SettingsConfigDict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from services.kit.config import ServiceSettings  # noqa: E402
+from services.kit.errors import InvalidArgument  # noqa: E402
+from services.kit.grpc_server import time_remaining  # noqa: E402
+from services.kit.service import GrpcServicer, Service  # noqa: E402
+
+GRPC_METHOD = "/echo.v1.Echo/Say"
+
+
+class EchoSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ECHO_", extra="ignore")
+    load_seconds: float = 0.0
+
+
+class EchoRequest(BaseModel):
+    text: str = Field(min_length=1)
+    delay: float = Field(0.0, ge=0, le=30)
+    fail: str | None = None
+
+
+class EchoRunner:
+    def __init__(self, settings: EchoSettings):
+        self.settings = settings
+        self.loaded = threading.Event()
+        self.computed: list[str] = []
+
+    def load(self) -> None:
+        time.sleep(self.settings.load_seconds)
+        self.loaded.set()
+
+    def warmup(self) -> None:
+        pass
+
+    def predict_batch(self, works):
+        results = []
+        for work in works:
+            request: EchoRequest = work.payload
+            time.sleep(request.delay)
+            self.computed.append(request.text)
+            if request.fail == "invalid":
+                results.append(InvalidArgument("text: refused on request", field="text"))
+            elif request.fail == "crash":
+                results.append(RuntimeError("boom"))
+            else:
+                results.append({"echo": request.text})
+        return results
+
+
+def create_service(settings: EchoSettings | None = None) -> Service:
+    settings = settings or EchoSettings()
+    runner = EchoRunner(settings)
+    service = Service(name="echo", settings=settings, runner=runner)
+    batcher = service.batcher("echo", runner.predict_batch)
+    router = APIRouter()
+
+    @router.post("/v1/echo")
+    async def echo(body: EchoRequest, request: Request):
+        return await batcher.submit(body, disconnected=request.is_disconnected)
+
+    async def say(request: bytes, context) -> bytes:
+        body = EchoRequest.model_validate_json(request)
+        result = await batcher.submit(body, timeout=time_remaining(context))
+        return result["echo"].encode()
+
+    handler = grpc.method_handlers_generic_handler(
+        "echo.v1.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)}
+    )
+    service.router = router
+    service.grpc.append(GrpcServicer(lambda _, server: server.add_generic_rpc_handlers((handler,)), None, "echo.v1.Echo"))
+    service.models = lambda: [{"id": "echo-1"}]
+    return service
+
+
+if __name__ == "__main__":
+    from services.kit.server import run
+
+    settings = EchoSettings()
+    sys.exit(run(lambda: [create_service(settings)], settings))

@@ -1,0 +1,145 @@
+"""The dynamic batcher: grouping, order, limits, deadlines, cancellation, streaming."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from services.kit.batcher import Done, DynamicBatcher
+from services.kit.errors import DeadlineExceeded, InvalidArgument, Overloaded
+
+
+class RecordingRunner:
+    """Doubles each payload and records the batches it was called with."""
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.batches: list[list] = []
+        self.started = threading.Event()
+
+    def __call__(self, works):
+        self.started.set()
+        self.batches.append([w.payload for w in works])
+        time.sleep(self.delay)
+        return [w.payload * 2 for w in works]
+
+
+async def test_concurrent_requests_share_a_batch_and_get_their_own_results():
+    runner = RecordingRunner()
+    batcher = DynamicBatcher("t", runner, max_batch_size=4, max_wait_ms=50)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
+    assert results == [i * 2 for i in range(10)]
+    assert max(len(b) for b in runner.batches) == 4
+    assert [p for b in runner.batches for p in b] == list(range(10)), "FIFO order across batches"
+    await batcher.stop()
+
+
+async def test_only_requests_with_the_same_key_are_batched_together():
+    runner = RecordingRunner()
+    batcher = DynamicBatcher("t", runner, max_batch_size=8, max_wait_ms=30)
+    keys = ["a", "b", "a", "b", "a"]
+    await asyncio.gather(*(batcher.submit(i, key=k) for i, k in enumerate(keys)))
+    assert sorted(map(sorted, runner.batches)) == [[0, 2, 4], [1, 3]]
+    await batcher.stop()
+
+
+async def test_full_queue_is_refused_with_retry_after():
+    runner = RecordingRunner(delay=0.3)
+    batcher = DynamicBatcher("t", runner, max_batch_size=1, max_wait_ms=0, max_queue=2, retry_after_s=3)
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.05)  # the first request is computing; the next two fill the queue
+    queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded) as refused:
+        await batcher.submit(3)
+    assert refused.value.headers() == {"Retry-After": "3"}
+    assert await asyncio.gather(first, *queued) == [0, 2, 4], "accepted requests still complete"
+    await batcher.stop()
+
+
+async def test_request_past_its_deadline_gets_deadline_exceeded_and_is_never_computed():
+    runner = RecordingRunner(delay=0.3)
+    batcher = DynamicBatcher("t", runner, max_batch_size=1, max_wait_ms=0)
+    busy = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.05)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(2, timeout=0.1)
+    assert await busy == 2
+    await asyncio.sleep(0.05)
+    assert [2] not in runner.batches
+    await batcher.stop()
+
+
+async def test_request_whose_client_went_away_is_dropped_before_compute():
+    runner = RecordingRunner(delay=0.3)
+    batcher = DynamicBatcher("t", runner, max_batch_size=1, max_wait_ms=0)
+    busy = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.05)
+    gone = asyncio.ensure_future(batcher.submit(99))
+    await asyncio.sleep(0.05)
+    gone.cancel()  # what grpc.aio does to the handler when the client cancels
+    assert await busy == 2
+    assert await batcher.submit(3) == 6
+    assert [99] not in runner.batches
+    await batcher.stop()
+
+
+async def test_disconnect_poll_drops_the_request():
+    runner = RecordingRunner(delay=0.3)
+    batcher = DynamicBatcher("t", runner, max_batch_size=1, max_wait_ms=0)
+    busy = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.05)
+
+    async def disconnected():
+        return True
+
+    with pytest.raises(Exception, match="disconnected"):
+        await batcher.submit(99, disconnected=disconnected)
+    await busy
+    assert [99] not in runner.batches
+    await batcher.stop()
+
+
+async def test_runner_can_fail_a_single_request_without_failing_its_batch_mates():
+    def runner(works):
+        return [InvalidArgument("odd") if w.payload % 2 else w.payload for w in works]
+
+    batcher = DynamicBatcher("t", runner, max_batch_size=4, max_wait_ms=20)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(4)), return_exceptions=True)
+    assert results[0] == 0 and results[2] == 2
+    assert isinstance(results[1], InvalidArgument) and isinstance(results[3], InvalidArgument)
+    await batcher.stop()
+
+
+async def test_stream_yields_runner_events_then_the_result():
+    def runner(works):
+        for work in works:
+            for step in range(3):
+                work.emit({"step": step})
+        return ["final" for _ in works]
+
+    batcher = DynamicBatcher("t", runner, max_batch_size=1, max_wait_ms=0)
+    items = [item async for item in batcher.stream("x")]
+    assert items == [{"step": 0}, {"step": 1}, {"step": 2}, Done("final")]
+    await batcher.stop()
+
+
+async def test_runner_sees_cancellation_and_can_stop_early():
+    steps_done = []
+
+    def runner(works):
+        work = works[0]
+        for step in range(50):
+            if work.cancelled:
+                break
+            steps_done.append(step)
+            time.sleep(0.01)
+        return ["partial"]
+
+    batcher = DynamicBatcher("t", runner, max_batch_size=1, max_wait_ms=0)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit("x", timeout=0.1)
+    await asyncio.sleep(0.1)
+    assert 0 < len(steps_done) < 50, "compute stopped once the caller's deadline passed"
+    await batcher.stop()
