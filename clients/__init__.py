@@ -1,8 +1,7 @@
 """Python clients for the modelserve platform: REST (sync and async) and gRPC, one object each.
 
-    from clients import Client
-    with Client("http://127.0.0.1:8000") as client:
-        print(client.translation.translate("Hello", source_lang="en", target_lang="de").text)
+`with Client("http://127.0.0.1:8000") as client: client.translation.translate("Hi", source_lang="en",
+target_lang="de").text`; `GrpcClient("127.0.0.1:50051")` and `AsyncClient(url)` have the same shape.
 """
 
 from .client import AsyncClient, Client, GrpcClient

@@ -47,7 +47,11 @@ class APIError(ModelServeError):
         self.body = body
 
     def __str__(self) -> str:
-        origin = str(self.status) if self.status is not None else (self.grpc_code.name if self.grpc_code else "error")
+        origin = (
+            str(self.status)
+            if self.status is not None
+            else (self.grpc_code.name if self.grpc_code else "error")
+        )
         return f"{origin} {self.code}: {self.message}" if self.code else f"{origin}: {self.message}"
 
 

@@ -76,7 +76,9 @@ class GrpcCaller:
         log.info("gRPC call to %s: %s; retry %d in %.2f s", self.target, error, number, delay)
         time.sleep(delay)
 
-    def unary(self, method: grpc.UnaryUnaryMultiCallable, request: Any, *, timeout: float | None = None) -> Any:
+    def unary(
+        self, method: grpc.UnaryUnaryMultiCallable, request: Any, *, timeout: float | None = None
+    ) -> Any:
         options = self._call_options(timeout)
         number = 0
         while True:
@@ -121,8 +123,7 @@ class GrpcCaller:
                 self._wait_or_raise(number, error_from_rpc(exc))
         try:
             yield first
-            for message in call:
-                yield message
+            yield from call
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from None
         finally:
@@ -136,4 +137,3 @@ class GrpcCaller:
 
     def __exit__(self, *exc) -> None:
         self.close()
-

@@ -124,7 +124,9 @@ class RestTransport:
     ):
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
-        self.client = http_client or httpx.Client(base_url=self.base_url, timeout=_timeout(timeout), headers=headers)
+        self.client = http_client or httpx.Client(
+            base_url=self.base_url, timeout=_timeout(timeout), headers=headers
+        )
 
     def request(self, method: str, path: str, **kwargs) -> httpx.Response:
         """Send with retries; return the successful response, body read. Raises `ModelServeError`."""
@@ -134,7 +136,9 @@ class RestTransport:
         return response
 
     @contextlib.contextmanager
-    def stream(self, method: str, path: str, *, timeout: float | None = None, **kwargs) -> Iterator[httpx.Response]:
+    def stream(
+        self, method: str, path: str, *, timeout: float | None = None, **kwargs
+    ) -> Iterator[httpx.Response]:
         """Send with retries; yield the successful response with its body not yet read."""
         headers = {"x-request-id": uuid.uuid4().hex, **kwargs.pop("headers", {})}
         extra = {"timeout": _timeout(timeout)} if timeout is not None else {}

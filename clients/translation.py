@@ -73,9 +73,13 @@ class TranslationClient:
     def __init__(self, transport: RestTransport):
         self.transport = transport
 
-    def translate(self, text: str | list[str], *, source_lang: str, target_lang: str, **options) -> Translation:
+    def translate(
+        self, text: str | list[str], *, source_lang: str, target_lang: str, **options
+    ) -> Translation:
         request = TranslateRequest(text, source_lang, target_lang, **options)
-        return Translation.from_json(self.transport.request("POST", "/v1/translate", json=request.to_json()).json())
+        return Translation.from_json(
+            self.transport.request("POST", "/v1/translate", json=request.to_json()).json()
+        )
 
     def models(self) -> list[TranslationModel]:
         body = self.transport.request("GET", "/v1/models").json()
@@ -104,10 +108,18 @@ class TranslationGrpcClient:
         self.stub = pb_grpc.TranslationStub(caller.channel)
 
     def translate(
-        self, text: str | list[str], *, source_lang: str, target_lang: str, timeout: float | None = None, **options
+        self,
+        text: str | list[str],
+        *,
+        source_lang: str,
+        target_lang: str,
+        timeout: float | None = None,
+        **options,
     ) -> Translation:
         request = TranslateRequest(text, source_lang, target_lang, **options)
-        return Translation.from_proto(self.caller.unary(self.stub.Translate, request.to_proto(), timeout=timeout))
+        return Translation.from_proto(
+            self.caller.unary(self.stub.Translate, request.to_proto(), timeout=timeout)
+        )
 
     def models(self) -> list[TranslationModel]:
         response = self.caller.unary(self.stub.ListModels, pb.ListModelsRequest())

@@ -46,8 +46,12 @@ class ScriptedHTTPServer:
             def _answer(self):
                 length = int(self.headers.get("content-length") or 0)
                 outer.requests.append(
-                    {"at": time.monotonic(), "path": self.path, "body": self.rfile.read(length),
-                     "request_id": self.headers.get("x-request-id")}
+                    {
+                        "at": time.monotonic(),
+                        "path": self.path,
+                        "body": self.rfile.read(length),
+                        "request_id": self.headers.get("x-request-id"),
+                    }
                 )
                 index = min(len(outer.requests), len(outer.script)) - 1
                 status, headers, body = outer.script[index]
@@ -109,7 +113,10 @@ def test_429_is_retried_and_gives_up_after_max_attempts(http_server):
 
 def test_400_is_not_retried_and_carries_the_servers_error(http_server):
     http_server.reset((400, {}, error("invalid_argument", "text[0]: must not be empty", "text")), OK)
-    with RestTransport(http_server.url, retry=FAST) as transport, pytest.raises(InvalidRequestError) as caught:
+    with (
+        RestTransport(http_server.url, retry=FAST) as transport,
+        pytest.raises(InvalidRequestError) as caught,
+    ):
         transport.request("POST", "/v1/translate", json={"text": ""})
     assert len(http_server.requests) == 1
     err = caught.value
@@ -178,7 +185,9 @@ def test_client_timeout_is_a_deadline_error():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        with RestTransport(f"http://127.0.0.1:{httpd.server_address[1]}", timeout=0.2, retry=FAST) as transport:
+        with RestTransport(
+            f"http://127.0.0.1:{httpd.server_address[1]}", timeout=0.2, retry=FAST
+        ) as transport:
             with pytest.raises(DeadlineExceededError, match="client timeout"):
                 transport.request("GET", "/")
     finally:

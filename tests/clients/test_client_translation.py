@@ -84,4 +84,6 @@ async def test_async_client_translates_concurrently(server, rest):
             *(client.translation.translate(t, source_lang="en", target_lang="de") for t in TEXTS)
         )
         assert {m.pair for m in await client.translation.models()} == {"en-de", "de-en"}
-    assert [r.text for r in results] == rest.translation.translate(TEXTS, source_lang="en", target_lang="de").translations
+    assert [r.text for r in results] == rest.translation.translate(
+        TEXTS, source_lang="en", target_lang="de"
+    ).translations

@@ -5,7 +5,6 @@ import concurrent.futures
 import grpc
 import httpx
 import pytest
-from google.protobuf import empty_pb2  # noqa: F401  (keeps protobuf runtime import explicit)
 
 from services.kit.testing import ServerThread
 from services.translation import translation_pb2 as pb
@@ -132,7 +131,7 @@ def test_concurrent_requests_are_batched_and_identical_to_unbatched_calls(server
 
     def batch_size_count() -> float:
         metrics = httpx.get(server.rest_url + "/metrics").text
-        line = next(l for l in metrics.splitlines() if l.startswith('serving_batch_size_count{batcher="translation'))
+        line = next(row for row in metrics.splitlines() if row.startswith('serving_batch_size_count{batcher="translation'))
         return float(line.split()[-1])
 
     calls_before = batch_size_count()
