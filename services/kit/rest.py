@@ -23,15 +23,17 @@ REQUEST_ID_HEADER = "x-request-id"
 OPERATIONAL_PATHS = {"/healthz", "/readyz", "/metrics"}
 
 
-def error_response(error: ServiceError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=int(error.http_status), headers=error.headers())
+def error_response(error: ServiceError, error_body=None) -> JSONResponse:
+    body = error_body(error) if error_body else error.body()
+    return JSONResponse(body, status_code=int(error.http_status), headers=error.headers())
 
 
 class ServingMiddleware:
     """Pure ASGI (not BaseHTTPMiddleware) so that streamed responses pass through untouched."""
 
-    def __init__(self, app, state: ServerState, max_body_bytes: int):
+    def __init__(self, app, state: ServerState, max_body_bytes: int, error_body=None):
         self.app = app
+        self.error_body = error_body
         self.state = state
         self.max_body_bytes = max_body_bytes
 
@@ -56,7 +58,7 @@ class ServingMiddleware:
         error = self._refuse_early(headers)
         if error is not None:
             metrics.REQUESTS.labels("rest", path, str(int(error.http_status))).inc()
-            return await error_response(error)(scope, receive, send_with_id)
+            return await error_response(error, self.error_body)(scope, receive, send_with_id)
 
         received = 0
 
@@ -94,26 +96,28 @@ class ServingMiddleware:
 
 def create_rest_app(services: list[Service], state: ServerState, max_body_bytes: int, title: str = "modelserve") -> FastAPI:
     app = FastAPI(title=title)
+    error_body = next((s.error_body for s in services if s.error_body), None)
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError):
-        return error_response(exc)
+        return error_response(exc, error_body)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError):
-        return error_response(describe(exc.errors()))
+        return error_response(describe(exc.errors()), error_body)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
         body = {"error": {"code": code, "message": str(exc.detail), "type": code}}
+        if error_body:
+            body = error_body(ServiceError(str(exc.detail)))
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected_error(_: Request, exc: Exception):
         log.exception("unhandled error")
-        body = {"error": {"code": "internal", "message": f"internal error: {type(exc).__name__}", "type": "internal"}}
-        return JSONResponse(body, status_code=500)
+        return error_response(ServiceError(f"internal error: {type(exc).__name__}"), error_body)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():
@@ -143,5 +147,5 @@ def create_rest_app(services: list[Service], state: ServerState, max_body_bytes:
         if service.router is not None:
             app.include_router(service.router)
 
-    app.add_middleware(ServingMiddleware, state=state, max_body_bytes=max_body_bytes)
+    app.add_middleware(ServingMiddleware, state=state, max_body_bytes=max_body_bytes, error_body=error_body)
     return app

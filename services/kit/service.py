@@ -11,6 +11,7 @@ from fastapi import APIRouter
 
 from .batcher import DynamicBatcher
 from .config import ServiceSettings
+from .errors import ServiceError
 
 
 class ModelRunner(Protocol):
@@ -39,6 +40,9 @@ class Service:
     # Entries for GET /v1/models (OpenAI's list shape), which the kit serves for all services at once
     # so that several OpenAI-compatible services can share one port.
     models: Callable[[], list[dict]] = lambda: []
+    # A service speaking another protocol's error shape (TF Serving: {"error": "..."}) sets this;
+    # it then applies to every REST error of the process that serves it.
+    error_body: Callable[[ServiceError], dict] | None = None
 
     def batcher(self, name: str, predict_batch, **overrides) -> DynamicBatcher:
         """A batcher configured from this service's settings, registered for shutdown."""
