@@ -1,0 +1,53 @@
+"""The all-in-one platform process: discovery, selection, readiness and a clean SIGTERM stop."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from services.kit.config import PlatformSettings
+from services.kit.testing import free_port
+from services.platform import available_services, selected_services
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_every_service_package_is_discovered():
+    assert "translation" in available_services()
+    assert "kit" not in available_services()
+
+
+def test_unknown_service_names_are_refused_with_the_list():
+    with pytest.raises(SystemExit, match="unknown services \\['nope'\\]"):
+        selected_services(PlatformSettings(services="translation,nope"))
+
+
+def test_platform_serves_selected_services_and_stops_cleanly_on_sigterm(models_dir):
+    rest, grpc_port = free_port(), free_port()
+    pairs = '{"en-de": "%s"}' % (models_dir / "translation" / "wmt19-en-de")
+    env = {**os.environ, "PLATFORM_SERVICES": "translation", "PLATFORM_REST_PORT": str(rest),
+           "PLATFORM_GRPC_PORT": str(grpc_port), "PLATFORM_HOST": "127.0.0.1", "PLATFORM_LOG_LEVEL": "warning",
+           "TRANSLATION_MODELS": pairs}
+    process = subprocess.Popen([sys.executable, "-m", "services"], env=env, cwd=REPO_ROOT)
+    url = f"http://127.0.0.1:{rest}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, "platform exited early"
+            time.sleep(0.1)
+        reply = httpx.post(url + "/v1/translate", json={"text": "Hi", "source_lang": "en", "target_lang": "de",
+                                                        "max_new_tokens": 4}, timeout=30)
+        assert reply.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
