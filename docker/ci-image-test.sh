@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Real image test: build the translation image (CPU variant) on the locally built Debian
+# base, run it the way the pod runs it (uid 10001, read-only root, /tmp tmpfs, no
+# capabilities, models mounted read-only), wait for /readyz, translate one text over REST,
+# check gRPC health and the image's own HEALTHCHECK, then SIGTERM and expect exit code 0.
+#   DOCKER_HOST=unix:///... docker/ci-image-test.sh      (docker/start-dockerd.sh prints it)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+DOCKER="${DOCKER:-/usr/bin/docker}"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+BASE="${BASE_IMAGE:-localhost/debian-base:bookworm}"
+IMAGE="${IMAGE:-modelserve/translation:ci}"
+NAME="modelserve-ci-translation-$$"
+READY_TIMEOUT_S="${READY_TIMEOUT_S:-240}"
+log() { echo "[ci-image-test] $*" >&2; }
+
+cleanup() {
+  if "$DOCKER" inspect "$NAME" >/dev/null 2>&1; then
+    "$DOCKER" logs --tail 50 "$NAME" >&2 || true
+    "$DOCKER" rm -f "$NAME" >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
+log "base image"
+docker/build-base.sh "$BASE"
+
+# CPU torch from the local wheel (no pip download of the multi-GB CUDA build).
+wheel="$(ls /opt/wheels/torch-2.13.0+cpu-*.whl 2>/dev/null | head -1 || true)"
+if [ -z "$wheel" ]; then
+  log "no /opt/wheels/torch-2.13.0+cpu-*.whl: put the CPU torch wheel into docker/wheels/"
+  ls docker/wheels/torch-2.13.0+cpu-*.whl >/dev/null
+else
+  ln -f "$wheel" docker/wheels/ 2>/dev/null || cp -f "$wheel" docker/wheels/
+fi
+
+log "build $IMAGE"
+start=$(date +%s)
+DOCKER_BUILDKIT=1 "$DOCKER" build --network host --progress plain \
+  -f docker/translation.Dockerfile \
+  --build-arg BASE="$BASE" --build-arg TORCH_INDEX_URL= \
+  -t "$IMAGE" . >"${TMPDIR:-/tmp}/ci-image-build.log" 2>&1 || {
+    tail -40 "${TMPDIR:-/tmp}/ci-image-build.log" >&2; exit 1; }
+log "built in $(( $(date +%s) - start )) s"
+
+# The final stage must carry no compilers, pip caches or root user.
+"$DOCKER" run --rm --network host --entrypoint sh "$IMAGE" -c \
+  '! command -v gcc && ! command -v cc && ! command -v g++ && [ ! -e /root/.cache/pip ] && [ "$(id -u)" = 10001 ]' \
+  || { log "final stage has a compiler/cache or runs as root"; exit 1; }
+
+if [ ! -f models/translation/wmt19-en-de/config.json ]; then
+  log "building tiny translation models"
+  "$PY" -m tools.tiny_models --only translation
+fi
+# A world-readable copy: the container runs as uid 10001, and the tiny-model builder may
+# leave files private to their owner (a pod gets this from fsGroup instead).
+MODELS_COPY="$ROOT/.docker/ci-models"
+rm -rf "$MODELS_COPY" && mkdir -p "$MODELS_COPY/translation"
+cp -r models/translation/wmt19-en-de models/translation/wmt19-de-en "$MODELS_COPY/translation/"
+chmod -R a+rX "$MODELS_COPY"
+MODELS_JSON='{"en-de": "/models/translation/wmt19-en-de", "de-en": "/models/translation/wmt19-de-en"}'
+
+read -r REST_PORT GRPC_PORT < <("$PY" - <<'EOF'
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+EOF
+)
+
+run_flags=(--network host --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges
+  -v "$MODELS_COPY/translation:/models/translation:ro"
+  -e "TRANSLATION_MODELS=$MODELS_JSON" -e TRANSLATION_DEVICE=cpu -e TRANSLATION_THREADS=2
+  -e "TRANSLATION_REST_PORT=$REST_PORT" -e "TRANSLATION_GRPC_PORT=$GRPC_PORT" -e TRANSLATION_SHUTDOWN_GRACE_S=10)
+
+# What the init container runs: local directories need no download, and it must say so.
+fetch_out="$("$DOCKER" run --rm "${run_flags[@]}" --entrypoint python "$IMAGE" /app/fetch_models.py TRANSLATION_MODELS 2>&1)"
+echo "$fetch_out" >&2
+grep -q "local directory, nothing to fetch" <<<"$fetch_out"
+
+log "run on ports $REST_PORT/$GRPC_PORT"
+"$DOCKER" run -d --name "$NAME" "${run_flags[@]}" "$IMAGE" >/dev/null
+
+"$PY" - "$REST_PORT" "$GRPC_PORT" "$READY_TIMEOUT_S" "$DOCKER" "$NAME" <<'EOF'
+import json, subprocess, sys, time, urllib.error, urllib.request
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+rest, grpc_port, timeout, docker, name = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5]
+base = f"http://127.0.0.1:{rest}"
+deadline = time.monotonic() + timeout
+while True:
+    state = subprocess.run([docker, "inspect", "-f", "{{.State.Running}}", name], capture_output=True, text=True)
+    if state.stdout.strip() != "true":
+        sys.exit(f"container stopped before becoming ready: {state.stdout.strip()} {state.stderr.strip()}")
+    try:
+        with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+            if r.status == 200:
+                break
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        pass
+    if time.monotonic() > deadline:
+        sys.exit(f"/readyz not 200 within {timeout:.0f} s")
+    time.sleep(1)
+print(f"ready after {timeout - (deadline - time.monotonic()):.1f} s", file=sys.stderr)
+
+body = json.dumps({"text": "Hello world", "source_lang": "en", "target_lang": "de"}).encode()
+req = urllib.request.Request(base + "/v1/translate", data=body, headers={"Content-Type": "application/json"})
+with urllib.request.urlopen(req, timeout=60) as r:
+    assert r.status == 200, r.status
+    reply = json.load(r)
+assert isinstance(reply.get("translations"), list) and len(reply["translations"]) == 1, reply
+assert isinstance(reply["translations"][0], str), reply
+print(f"translate -> {reply}", file=sys.stderr)
+
+# The k8s startupProbe is a grpc: probe on this port.
+with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+assert status == health_pb2.HealthCheckResponse.SERVING, status
+
+with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+    assert b"serving_queue_depth" in r.read(), "no serving_queue_depth gauge in /metrics"
+
+# Run the image's HEALTHCHECK command exactly as Docker would.
+test = json.loads(subprocess.run([docker, "inspect", "-f", "{{json .Config.Healthcheck.Test}}", name],
+                                 capture_output=True, text=True, check=True).stdout)
+assert test[0] == "CMD", test
+subprocess.run([docker, "exec", name, *test[1:]], check=True, timeout=10)
+print("healthcheck ok", file=sys.stderr)
+EOF
+
+log "SIGTERM"
+"$DOCKER" stop --time 30 "$NAME" >/dev/null
+code="$("$DOCKER" inspect -f '{{.State.ExitCode}}' "$NAME")"
+if [ "$code" != 0 ]; then
+  log "exit code after SIGTERM: $code (want 0)"
+  exit 1
+fi
+"$DOCKER" rm "$NAME" >/dev/null
+log "ok: built, ready, translated, drained, exit 0"

@@ -1,0 +1,85 @@
+# Containers and Kubernetes (issue 7): images, deploy/undeploy, k8s-validate, image-test.
+# Included by the top-level Makefile; k8s/README.md explains the cluster path.
+
+VENV ?= .venv
+DOCKER ?= /usr/bin/docker
+IMAGE_TAG ?= 0.1.0
+# cpu: the locally debootstrapped Debian base + the local CPU torch wheel (no registry needed);
+# gpu: each Dockerfile's CUDA runtime default base and CUDA torch (needs registry access).
+IMAGE_VARIANT ?= cpu
+LOCAL_BASE ?= localhost/debian-base:bookworm
+TORCH_SERVICES := translation asr tts imagegen
+K8S_PATH ?= .
+K8S_OUT ?= .docker/k8s-rendered
+K8S_VERSIONS ?= 1.30.0 1.32.0
+
+ifeq ($(IMAGE_VARIANT),cpu)
+IMAGE_BUILD_ARGS = --build-arg BASE=$(LOCAL_BASE) --build-arg TORCH_INDEX_URL=
+endif
+
+.PHONY: images image-base image-wheels $(addprefix image-,$(TORCH_SERVICES)) image-vit \
+        deploy undeploy k8s-status k8s-validate image-test dockerd
+
+images: $(addprefix image-,$(TORCH_SERVICES)) image-vit
+
+image-base:
+ifeq ($(IMAGE_VARIANT),cpu)
+	docker/build-base.sh $(LOCAL_BASE)
+endif
+
+# The CPU torch wheel goes into the build context (docker/wheels/ is git-ignored).
+image-wheels:
+ifeq ($(IMAGE_VARIANT),cpu)
+	@ls docker/wheels/torch-2.13.0+cpu-*.whl >/dev/null 2>&1 || ln -f /opt/wheels/torch-2.13.0+cpu-*.whl docker/wheels/ \
+	  || cp /opt/wheels/torch-2.13.0+cpu-*.whl docker/wheels/
+endif
+
+$(addprefix image-,$(TORCH_SERVICES)): image-%: image-base image-wheels
+	DOCKER_BUILDKIT=1 $(DOCKER) build --network host -f docker/$*.Dockerfile $(IMAGE_BUILD_ARGS) \
+	  -t modelserve/$*:$(IMAGE_TAG) .
+
+# TF Serving only ships as the tensorflow/serving image: without it locally (no registry) this is skipped.
+image-vit:
+	@base=$$(sed -n 's/^ARG BASE=//p' docker/vit.Dockerfile); \
+	if ! $(DOCKER) image inspect $$base >/dev/null 2>&1 && ! $(DOCKER) pull $$base >/dev/null 2>&1; then \
+	  echo "image-vit: $$base not available (no registry?), skipped"; \
+	elif [ ! -d models/vit-serving/hf-vit ]; then \
+	  echo "image-vit: export the SavedModel first (python -m services.vit.export ...)"; exit 1; \
+	else \
+	  DOCKER_BUILDKIT=1 $(DOCKER) build --network host -f docker/vit.Dockerfile -t modelserve/vit:$(IMAGE_TAG) .; \
+	fi
+
+deploy:
+	$(VENV)/bin/python -m tools.deploy --path $(K8S_PATH) apply
+
+undeploy:
+	$(VENV)/bin/python -m tools.deploy --path $(K8S_PATH) delete
+
+k8s-status:
+	$(VENV)/bin/python -m tools.deploy status
+
+# Render every kustomization (Components only render inside one), validate each against every
+# version strictly - kubernetes-validate only warns on a missing schema, so that fails here -
+# then lint the sources and the Dockerfiles.
+k8s-validate:
+	@set -e; rm -rf $(K8S_OUT); mkdir -p $(K8S_OUT); \
+	dirs=". $$(find k8s -name kustomization.yaml -exec grep -L '^kind: Component' {} + | xargs -n1 dirname | sort)"; \
+	for d in $$dirs; do \
+	  out=$(K8S_OUT)/$$(echo $$d | tr / _).yaml; \
+	  kubectl kustomize $$d > $$out; \
+	  for v in $(K8S_VERSIONS); do \
+	    log=$$($(VENV)/bin/kubernetes-validate --strict --quiet -k $$v $$out 2>&1) || { echo "$$log"; echo "FAIL $$d ($$v)"; exit 1; }; \
+	    if echo "$$log" | grep -q -e "Couldn't find schema" -e '^WARN' -e '^ERROR'; then echo "$$log"; echo "FAIL $$d ($$v)"; exit 1; fi; \
+	  done; \
+	  echo "ok $$d ($(K8S_VERSIONS))"; \
+	done
+	$(VENV)/bin/yamllint -s -c k8s/yamllint.yaml k8s kustomization.yaml
+	$(VENV)/bin/hadolint docker/*.Dockerfile
+	@echo "k8s-validate: ok"
+
+# Start (or find) the Docker engine, then the real build + run test of the translation image.
+dockerd:
+	@docker/start-dockerd.sh
+
+image-test:
+	eval "$$(docker/start-dockerd.sh)" && PYTHON=$(VENV)/bin/python docker/ci-image-test.sh

@@ -1,0 +1,44 @@
+"""Shared helpers for tests/k8s (imported by name: pytest puts this folder on sys.path)."""
+
+import functools
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # tools.deploy, when pytest runs from elsewhere
+
+from tools.deploy import manifests  # noqa: E402
+
+TORCH_SERVICES = ("translation", "asr", "tts", "imagegen")
+ALL_SERVICES = (*TORCH_SERVICES, "vit")
+
+
+def kustomizations() -> list[Path]:
+    """Every renderable kustomization (Components render only inside one, via overlays/gpu-queue)."""
+    found = [REPO]
+    for path in sorted((REPO / "k8s").rglob("kustomization.yaml")):
+        if yaml.safe_load(path.read_text()).get("kind") != "Component":
+            found.append(path.parent)
+    return found
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(REPO)) or "."
+
+
+@functools.cache
+def render(path: Path) -> tuple[dict, ...]:
+    return tuple(manifests.render(path))
+
+
+def tool(name: str) -> str:
+    """A console script from this venv (the dev extra), else from PATH; missing is a failure."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    assert found, f"{name} not installed (pip install -e .[dev])"
+    return found
