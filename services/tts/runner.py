@@ -1,0 +1,348 @@
+"""SpeechT5 model runner: text -> speech and speech -> speech through HiFi-GAN, batched. No web code.
+
+Batching: one `generate_speech` call synthesizes many sentences at once (padded token ids with an
+attention mask, one speaker embedding per row). The sentences of all requests in a batch are pooled,
+sorted by length (less padding) and cut into calls of at most `max_rows_per_call` rows.
+
+Randomness: SpeechT5's decoder pre-net applies dropout at inference on purpose, so outputs vary from run
+to run. Its dropout mask is drawn once per decoding step and shared by every row of a call, so a row's
+audio depends on which rows share its call. A request with a `seed` therefore runs alone, inside a forked
+and seeded RNG, and its calls depend on nothing but the request: the same seed gives the same bytes
+whatever else the server is doing.
+
+Streaming: a streaming request synthesizes its first sentence alone and then the rest together; each
+sentence is emitted as soon as its call finishes, so the first sound does not wait for the whole text.
+Seeded requests follow the same plan streamed or not, so their audio does not depend on streaming.
+
+Speed: `speed` stretches the mel spectrogram in time (linear interpolation) before the vocoder, which
+changes the duration but not the pitch (resampling the waveform would change both).
+"""
+
+import contextlib
+import logging
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import (
+    SpeechT5FeatureExtractor,
+    SpeechT5ForSpeechToSpeech,
+    SpeechT5ForTextToSpeech,
+    SpeechT5HifiGan,
+    SpeechT5Tokenizer,
+)
+
+from services.kit.batcher import Work
+from services.kit.errors import Cancelled
+from services.kit.torch_models import TorchRuntime, resolve_source
+
+from .metrics import AUDIO_SECONDS, REAL_TIME_FACTOR, ROWS_PER_CALL
+from .sentences import split_sentences
+from .settings import TTSSettings
+from .voices import VoiceBank
+
+log = logging.getLogger(__name__)
+
+SHARED_BATCH = "shared"  # batch key of every unseeded request
+
+
+@dataclass(frozen=True)
+class Sentence:
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(eq=False)  # compares by identity: a seeded job is a batch key no other job equals
+class SpeechJob:
+    sentences: tuple[Sentence, ...]
+    speaker: np.ndarray
+    speed: float = 1.0
+    seed: int | None = None
+    stream: bool = False
+
+    @property
+    def batch_key(self) -> Hashable:
+        return self if self.seed is not None else SHARED_BATCH
+
+    def rounds(self) -> list[list[int]]:
+        """Sentence indices per synthesis round."""
+        indices = list(range(len(self.sentences)))
+        if (self.stream or self.seed is not None) and len(indices) > 1:
+            return [indices[:1], indices[1:]]
+        return [indices]
+
+
+@dataclass(eq=False)
+class ConversionJob:
+    samples: np.ndarray  # mono float32 at the feature extractor's rate
+    speaker: np.ndarray
+    seed: int | None = None
+
+    @property
+    def batch_key(self) -> Hashable:
+        return self if self.seed is not None else SHARED_BATCH
+
+
+@dataclass(frozen=True)
+class SentenceAudio:
+    """Emitted to streaming callers as each sentence is ready; includes the pause before it."""
+
+    index: int
+    text: str
+    samples: np.ndarray
+
+
+@dataclass(frozen=True)
+class AudioResult:
+    samples: np.ndarray  # mono float32
+    sample_rate: int
+    compute_seconds: float
+
+    @property
+    def duration(self) -> float:
+        return self.samples.size / self.sample_rate
+
+
+def model_name(model_id: str) -> str:
+    return Path(model_id).name if Path(model_id).is_dir() else model_id
+
+
+class SpeechRunner:
+    def __init__(self, settings: TTSSettings):
+        self.settings = settings
+        self.runtime: TorchRuntime | None = None
+        self.tokenizer: SpeechT5Tokenizer | None = None
+        self.tts: SpeechT5ForTextToSpeech | None = None
+        self.vocoder: SpeechT5HifiGan | None = None
+        self.vc_features: SpeechT5FeatureExtractor | None = None
+        self.vc: SpeechT5ForSpeechToSpeech | None = None
+        self.voices: VoiceBank | None = None
+        self.sample_rate = 16000
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        s = self.settings
+        self.runtime = TorchRuntime(s.device, s.dtype, s.threads)
+        source = resolve_source(s.model)
+        self.tokenizer = SpeechT5Tokenizer.from_pretrained(source)
+        self.tts = self.runtime.load(SpeechT5ForTextToSpeech, source)
+        self.vocoder = self.runtime.load(SpeechT5HifiGan, s.vocoder)
+        vc_source = resolve_source(s.vc_model)
+        self.vc_features = SpeechT5FeatureExtractor.from_pretrained(vc_source)
+        self.vc = self.runtime.load(SpeechT5ForSpeechToSpeech, vc_source)
+        self.sample_rate = self.vocoder.config.sampling_rate
+        self.voices = VoiceBank(s.voices_dir, self.tts.config.speaker_embedding_dim, s.default_voice)
+        # The character tokenizer makes at most one token per character, plus a word marker and </s>.
+        if s.max_sentence_chars + 2 > self.tts.config.max_text_positions:
+            raise ValueError(
+                f"max_sentence_chars {s.max_sentence_chars} exceeds what the model reads "
+                f"({self.tts.config.max_text_positions} tokens)"
+            )
+        log.info("loaded %s, %s and %s on %s", s.model, s.vocoder, s.vc_model, self.runtime.device)
+
+    def warmup(self) -> None:
+        speaker = self.voices.get(None)
+        self.synthesize([self.sentences("Warm up.")[0].token_ids], [speaker], [1.0])
+        self.convert([np.zeros(self.vc_features.sampling_rate, dtype=np.float32)], [speaker])
+
+    # -- text -----------------------------------------------------------------------------------
+
+    def sentences(self, text: str) -> list[Sentence]:
+        """Sentences with something to pronounce: a letter or digit the tokenizer knows."""
+        tokenizer = self.tokenizer
+        silent = set(tokenizer.all_special_ids)
+        result = []
+        for sentence in split_sentences(text, self.settings.max_sentence_chars):
+            ids = tokenizer(sentence)["input_ids"]
+            pieces = tokenizer.convert_ids_to_tokens([i for i in ids if i not in silent])
+            if any(any(char.isalnum() for char in piece) for piece in pieces):
+                result.append(Sentence(sentence, tuple(ids)))
+        return result
+
+    # -- model calls ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def synthesize(
+        self, token_ids: Sequence[Sequence[int]], speakers: Sequence[np.ndarray], speeds: Sequence[float]
+    ) -> list[np.ndarray]:
+        """One generate call: a waveform (float32, `sample_rate`) per row of token ids."""
+        s, device = self.settings, self.runtime.device
+        inputs = self.tokenizer.pad([{"input_ids": list(ids)} for ids in token_ids], return_tensors="pt")
+        min_ratio, max_ratio = self._length_ratios(self.tts, inputs["input_ids"].shape[1], s.min_len_ratio, s.max_len_ratio)
+        spectrograms, lengths = self.tts.generate_speech(
+            inputs["input_ids"].to(device),
+            self._speakers(speakers),
+            attention_mask=inputs["attention_mask"].to(device),
+            threshold=s.stop_threshold,
+            minlenratio=min_ratio,
+            maxlenratio=max_ratio,
+            return_output_lengths=True,
+        )
+        ROWS_PER_CALL.labels("synthesis").observe(len(token_ids))
+        limits = [self._max_frames(self.tts, len(ids), max_ratio) for ids in token_ids]
+        return self._vocode(self._trim(spectrograms, lengths, limits), speeds)
+
+    @torch.inference_mode()
+    def convert(self, waveforms: Sequence[np.ndarray], speakers: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """One generate call of the speech-to-speech model: the same words in the speakers' voices."""
+        s, device = self.settings, self.runtime.device
+        features = self.vc_features(
+            audio=list(waveforms),
+            sampling_rate=self.vc_features.sampling_rate,
+            padding=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        encoder_lengths = self.vc.speecht5.encoder.prenet._get_feat_extract_output_lengths(
+            features["attention_mask"].sum(-1)
+        ).tolist()
+        min_ratio, max_ratio = self._length_ratios(self.vc, max(encoder_lengths), s.vc_min_len_ratio, s.vc_max_len_ratio)
+        spectrograms, lengths = self.vc.generate_speech(
+            features["input_values"].to(device, self.runtime.dtype),
+            self._speakers(speakers),
+            attention_mask=features["attention_mask"].to(device),
+            threshold=s.vc_stop_threshold,
+            minlenratio=min_ratio,
+            maxlenratio=max_ratio,
+            return_output_lengths=True,
+        )
+        ROWS_PER_CALL.labels("conversion").observe(len(waveforms))
+        limits = [self._max_frames(self.vc, n, max_ratio) for n in encoder_lengths]
+        return self._vocode(self._trim(spectrograms, lengths, limits), [1.0] * len(waveforms))
+
+    def _speakers(self, speakers: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(speakers)).to(self.runtime.device, self.runtime.dtype)
+
+    @staticmethod
+    def _length_ratios(model, encoder_length: int, min_ratio: float, max_ratio: float) -> tuple[float, float]:
+        """The configured ratios, lowered where they would decode past the model's last speech position
+        (generate_speech does not check, and fails with a shape error there)."""
+        reduction = model.config.reduction_factor
+        max_ratio = min(max_ratio, (model.config.max_speech_positions - 1) * reduction / encoder_length)
+        return min(min_ratio, max_ratio), max_ratio
+
+    @staticmethod
+    def _max_frames(model, encoder_length: int, max_len_ratio: float) -> int:
+        """The frames `generate_speech` would allow this row if it ran alone (it decodes reduction_factor a step)."""
+        reduction = model.config.reduction_factor
+        return max(1, int(encoder_length * max_len_ratio / reduction)) * reduction
+
+    @staticmethod
+    def _trim(spectrograms: torch.Tensor, lengths: Sequence[int], limits: Sequence[int]) -> list[torch.Tensor]:
+        # generate_speech sizes the length limits by the longest row of the call; cap every row at its own
+        # limit so that a sentence that never hits the stop threshold is no longer than it would be alone.
+        return [spectrograms[row, : min(length, limit)] for row, (length, limit) in enumerate(zip(lengths, limits, strict=True))]
+
+    def _vocode(self, spectrograms: list[torch.Tensor], speeds: Sequence[float]) -> list[np.ndarray]:
+        stretched = [self._stretch(spectrogram, speed) for spectrogram, speed in zip(spectrograms, speeds, strict=True)]
+        batch = torch.nn.utils.rnn.pad_sequence(stretched, batch_first=True)
+        waveforms = self.vocoder(batch)
+        hop = waveforms.shape[1] // batch.shape[1]  # samples per spectrogram frame (256 for HiFi-GAN)
+        return [waveforms[row, : frames.shape[0] * hop].float().cpu().numpy() for row, frames in enumerate(stretched)]
+
+    @staticmethod
+    def _stretch(spectrogram: torch.Tensor, speed: float) -> torch.Tensor:
+        if speed == 1.0:
+            return spectrogram
+        frames = max(1, round(spectrogram.shape[0] / speed))
+        return F.interpolate(spectrogram.T[None], size=frames, mode="linear", align_corners=True)[0].T
+
+    @contextlib.contextmanager
+    def _random_state(self, seed: int | None):
+        """Seed the RNG for one request without disturbing the sequence other requests draw from."""
+        if seed is None:
+            yield
+            return
+        device = self.runtime.device
+        cuda_devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            yield
+
+    # -- batcher entry points -------------------------------------------------------------------
+
+    def predict_speech(self, works: list[Work]) -> list[AudioResult | Exception]:
+        """All works share a batch key: every unseeded job, or one seeded job alone."""
+        with self._random_state(works[0].payload.seed):
+            return self._speak(works)
+
+    def _speak(self, works: list[Work]) -> list[AudioResult | Exception]:
+        started = time.perf_counter()
+        jobs: list[SpeechJob] = [work.payload for work in works]
+        plans = [job.rounds() for job in jobs]
+        ready: list[dict[int, np.ndarray]] = [{} for _ in works]  # sentence index -> waveform
+        parts: list[list[np.ndarray]] = [[] for _ in works]  # emitted so far, pauses included
+        finished_at = [started] * len(works)
+        step = self.settings.max_rows_per_call
+        for round_index in range(max(map(len, plans))):
+            rows = [
+                (w, i)
+                for w, plan in enumerate(plans)
+                if round_index < len(plan) and not works[w].cancelled
+                for i in plan[round_index]
+            ]
+            rows.sort(key=lambda row: len(jobs[row[0]].sentences[row[1]].token_ids))
+            for start in range(0, len(rows), step):
+                call = [(w, i) for w, i in rows[start : start + step] if not works[w].cancelled]
+                if not call:
+                    continue
+                waveforms = self.synthesize(
+                    [jobs[w].sentences[i].token_ids for w, i in call],
+                    [jobs[w].speaker for w, _ in call],
+                    [jobs[w].speed for w, _ in call],
+                )
+                for (w, i), waveform in zip(call, waveforms, strict=True):
+                    ready[w][i] = waveform
+                for w in dict.fromkeys(w for w, _ in call):
+                    self._emit_in_order(works[w], ready[w], parts[w])
+                    if len(parts[w]) == len(jobs[w].sentences):
+                        finished_at[w] = time.perf_counter()
+        results: list[AudioResult | Exception] = []
+        for w, job in enumerate(jobs):
+            if len(parts[w]) < len(job.sentences):
+                results.append(Cancelled("request cancelled before its audio was complete"))
+                continue
+            result = AudioResult(np.concatenate(parts[w]), self.sample_rate, finished_at[w] - started)
+            self._observe("synthesis", result)
+            results.append(result)
+        return results
+
+    def _emit_in_order(self, work: Work, ready: dict[int, np.ndarray], parts: list[np.ndarray]) -> None:
+        job: SpeechJob = work.payload
+        while len(parts) in ready:
+            index = len(parts)
+            samples = ready.pop(index)
+            if index > 0:
+                pause = np.zeros(round(self.settings.sentence_pause_ms / 1000 * self.sample_rate / job.speed))
+                samples = np.concatenate([pause.astype(np.float32), samples])
+            parts.append(samples)
+            work.emit(SentenceAudio(index, job.sentences[index].text, samples))
+
+    def predict_conversion(self, works: list[Work]) -> list[AudioResult | Exception]:
+        with self._random_state(works[0].payload.seed):
+            started = time.perf_counter()
+            results: list[AudioResult | Exception] = [
+                Cancelled("request cancelled before conversion") for _ in works
+            ]
+            step = self.settings.max_rows_per_call
+            for start in range(0, len(works), step):
+                call = [w for w in range(start, min(start + step, len(works))) if not works[w].cancelled]
+                if not call:
+                    continue
+                jobs: list[ConversionJob] = [works[w].payload for w in call]
+                waveforms = self.convert([job.samples for job in jobs], [job.speaker for job in jobs])
+                for w, waveform in zip(call, waveforms, strict=True):
+                    results[w] = AudioResult(waveform, self.sample_rate, time.perf_counter() - started)
+                    self._observe("conversion", results[w])
+            return results
+
+    @staticmethod
+    def _observe(task: str, result: AudioResult) -> None:
+        AUDIO_SECONDS.labels(task).inc(result.duration)
+        if result.duration > 0:
+            REAL_TIME_FACTOR.labels(task).observe(result.compute_seconds / result.duration)

@@ -1,0 +1,125 @@
+"""Request schemas shared by REST and gRPC, and the checks that turn a request into a runner job."""
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.kit.audio import decode_audio, supported_output_formats
+from services.kit.errors import InvalidArgument
+
+from .runner import ConversionJob, SpeechJob, SpeechRunner, model_name
+from .settings import TTSSettings
+from .voices import check_embedding
+
+# Formats whose bytes can be sent before the total length is known (see encoding.py).
+STREAM_FORMATS = ("wav", "pcm")
+
+
+class VoiceRef(BaseModel):
+    """OpenAI's object form of a voice: {"id": "alloy"}."""
+
+    id: str
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's POST /v1/audio/speech body plus extensions: seed, speaker_embedding, stream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="the served model's name or an OpenAI alias such as tts-1")
+    input: str = Field(description="text to speak")
+    voice: str | VoiceRef | None = Field(None, description="a named voice (GET /v1/voices); default voice if unset")
+    response_format: str | None = Field(None, description="mp3, opus, flac, wav or pcm (16 kHz s16le)")
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="tempo; pitch is kept")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="same seed, same request: same audio bytes")
+    speaker_embedding: list[float] | None = Field(None, description="a speaker x-vector used instead of voice")
+    stream: bool = Field(False, description="send audio sentence by sentence as it is made (wav or pcm)")
+    stream_format: Literal["audio"] | None = Field(None, description="OpenAI's; only raw audio is served")
+
+
+class ConversionRequest(BaseModel):
+    """Voice conversion options (the audio travels next to them: multipart file or gRPC bytes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    voice: str | None = None
+    speaker_embedding: list[float] | None = None
+    response_format: str = "wav"
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+    @field_validator("speaker_embedding", mode="before")
+    @classmethod
+    def _json_array(cls, value):
+        # A multipart form carries the embedding as a JSON array in a text field.
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError("must be a JSON array of numbers") from None
+        return value
+
+
+def accepted_models(settings: TTSSettings) -> list[str]:
+    return [model_name(settings.model), *settings.model_aliases]
+
+
+def output_format(requested: str | None, default: str) -> str:
+    supported = supported_output_formats()
+    fmt = (requested or default).lower()
+    if fmt not in supported:
+        raise InvalidArgument(
+            f"response_format: unsupported format {fmt!r}; supported: {', '.join(supported)}", field="response_format"
+        )
+    return fmt
+
+
+def build_speech_job(request: SpeechRequest, runner: SpeechRunner, settings: TTSSettings) -> tuple[SpeechJob, str]:
+    """The job for the runner and the output format; every refusal names the field."""
+    if request.model and request.model not in accepted_models(settings):
+        raise InvalidArgument(
+            f"model: unknown model {request.model!r}; available: {', '.join(accepted_models(settings))}", field="model"
+        )
+    if len(request.input) > settings.max_input_chars:
+        raise InvalidArgument(
+            f"input: {len(request.input)} characters exceeds the limit of {settings.max_input_chars}", field="input"
+        )
+    if not request.input.strip():
+        raise InvalidArgument("input: must not be empty", field="input")
+    sentences = runner.sentences(request.input)
+    if not sentences:
+        raise InvalidArgument("input: nothing to pronounce (no letter or digit the model knows)", field="input")
+    if request.stream:
+        fmt = output_format(request.response_format, "wav")
+        if fmt not in STREAM_FORMATS:
+            raise InvalidArgument(
+                f"response_format: streaming sends {' or '.join(STREAM_FORMATS)}, not {fmt!r}", field="response_format"
+            )
+    else:
+        fmt = output_format(request.response_format, settings.default_response_format)
+    voice = request.voice.id if isinstance(request.voice, VoiceRef) else request.voice
+    speaker = speaker_for(runner, voice, request.speaker_embedding)
+    job = SpeechJob(tuple(sentences), speaker, speed=request.speed, seed=request.seed, stream=request.stream)
+    return job, fmt
+
+
+def build_conversion_job(
+    request: ConversionRequest, audio: bytes, filename: str | None, runner: SpeechRunner, settings: TTSSettings
+) -> tuple[ConversionJob, str]:
+    """Decodes the upload (blocking: call it off the event loop)."""
+    fmt = output_format(request.response_format, "wav")
+    speaker = speaker_for(runner, request.voice, request.speaker_embedding)
+    samples = decode_audio(
+        audio,
+        sample_rate=runner.vc_features.sampling_rate,
+        max_seconds=settings.max_conversion_seconds,
+        filename=filename,
+    )
+    return ConversionJob(samples, speaker, seed=request.seed), fmt
+
+
+def speaker_for(runner: SpeechRunner, voice: str | None, embedding: list[float] | None):
+    """A request's own embedding wins over the named voice."""
+    if embedding is not None:
+        return check_embedding(embedding, runner.tts.config.speaker_embedding_dim, "speaker_embedding")
+    return runner.voices.get(voice)

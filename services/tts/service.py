@@ -1,0 +1,30 @@
+"""Assembles the TTS service for the kit: runner, batchers, routes, servicer."""
+
+from services.kit.service import GrpcServicer, Service
+
+from . import tts_pb2_grpc as pb_grpc
+from .grpc_servicer import SERVICE_NAME, TextToSpeechServicer
+from .rest import create_router
+from .runner import SpeechRunner, model_name
+from .settings import TTSSettings
+
+
+def create_service(settings: TTSSettings | None = None) -> Service:
+    settings = settings or TTSSettings()
+    runner = SpeechRunner(settings)
+    service = Service(name="tts", settings=settings, runner=runner)
+    speech = service.batcher("speech", runner.predict_speech)
+    conversion = service.batcher("conversion", runner.predict_conversion)
+    service.router = create_router(runner, speech, conversion, settings)
+    service.grpc.append(
+        GrpcServicer(
+            pb_grpc.add_TextToSpeechServicer_to_server,
+            TextToSpeechServicer(runner, speech, conversion, settings),
+            SERVICE_NAME,
+        )
+    )
+    service.models = lambda: [
+        {"id": model_name(settings.model), "task": "text-to-speech", "aliases": list(settings.model_aliases)},
+        {"id": model_name(settings.vc_model), "task": "voice-conversion"},
+    ]
+    return service

@@ -1,0 +1,36 @@
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.kit.config import ServiceSettings
+
+
+class TTSSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="TTS_", extra="ignore", protected_namespaces=())
+
+    # Hub ids or local directories (safetensors only).
+    model: str = "microsoft/speecht5_tts"
+    vocoder: str = "microsoft/speecht5_hifigan"
+    vc_model: str = "microsoft/speecht5_vc"
+    voices_dir: Path = Field(Path("voices"), description="named voices: <name>.npy, one 512-dim x-vector each")
+    default_voice: str | None = Field(None, description="voice of requests that name none; default: first by name")
+    # Names OpenAI clients send as `model`; they all select the SpeechT5 model.
+    model_aliases: tuple[str, ...] = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+
+    # SpeechT5 stops a sentence when the summed stop probabilities of a step reach the threshold; the ratios
+    # bound its length in spectrogram frames per input token (text) or per encoder frame (conversion).
+    # The defaults are the library's; random tiny weights need threshold > 2 and min = max ratio.
+    stop_threshold: float = Field(0.5, gt=0)
+    min_len_ratio: float = Field(0.0, ge=0)
+    max_len_ratio: float = Field(20.0, gt=0)
+    vc_stop_threshold: float = Field(0.5, gt=0)
+    vc_min_len_ratio: float = Field(0.0, ge=0)
+    vc_max_len_ratio: float = Field(20.0, gt=0)
+
+    max_input_chars: int = Field(4096, ge=1, description="longer input gets 400 (OpenAI's limit)")
+    max_sentence_chars: int = Field(300, ge=20, description="longer sentences are cut at commas or spaces")
+    sentence_pause_ms: float = Field(250.0, ge=0, description="silence between sentences at speed 1")
+    max_rows_per_call: int = Field(16, ge=1, description="sentences (or conversions) in one generate call")
+    default_response_format: str = "mp3"  # OpenAI's default
+    max_conversion_seconds: float = Field(30.0, gt=0, description="longer voice-conversion input gets 413")
