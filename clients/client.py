@@ -10,10 +10,12 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from .grpc_channel import GrpcCaller
+from .images import AsyncImagesClient, ImagesClient, ImagesGrpcClient
 from .listing import ModelEntry, parse_models
 from .rest import AsyncRestTransport, RestTransport
 from .retry import RetryPolicy
 from .translation import AsyncTranslationClient, TranslationClient, TranslationGrpcClient
+from .tts import AsyncTTSClient, TTSClient, TTSGrpcClient
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_GRPC_TARGET = "127.0.0.1:50051"
@@ -46,6 +48,8 @@ class Client:
         self.transport = RestTransport(base_url, **options)
         self.vit_transport = RestTransport(vit_url or with_port(base_url, VIT_REST_PORT), **options)
         self.translation = TranslationClient(self.transport)
+        self.tts = TTSClient(self.transport)
+        self.images = ImagesClient(self.transport)
 
     def models(self) -> list[ModelEntry]:
         """Every model the platform serves (GET /v1/models)."""
@@ -78,6 +82,8 @@ class AsyncClient:
         self.transport = AsyncRestTransport(base_url, **options)
         self.vit_transport = AsyncRestTransport(vit_url or with_port(base_url, VIT_REST_PORT), **options)
         self.translation = AsyncTranslationClient(self.transport)
+        self.tts = AsyncTTSClient(self.transport)
+        self.images = AsyncImagesClient(self.transport)
 
     async def models(self) -> list[ModelEntry]:
         return parse_models((await self.transport.request("GET", "/v1/models")).json())
@@ -110,6 +116,8 @@ class GrpcClient:
         self.caller = GrpcCaller(target, **options)
         self.vit_caller = GrpcCaller(vit_target or with_port(target, VIT_GRPC_PORT), **options)
         self.translation = TranslationGrpcClient(self.caller)
+        self.tts = TTSGrpcClient(self.caller)
+        self.images = ImagesGrpcClient(self.caller)
 
     def close(self) -> None:
         self.caller.close()

@@ -109,6 +109,26 @@ _BY_GRPC_CODE = {
 }
 
 
+# The kit's error codes (services/kit/errors.py), for errors that arrive inside a stream without a status.
+_BY_CODE = {
+    "invalid_argument": InvalidRequestError,
+    "payload_too_large": InvalidRequestError,
+    "unsupported_media_type": InvalidRequestError,
+    "not_found": NotFoundError,
+    "overloaded": OverloadedError,
+    "unavailable": UnavailableError,
+    "deadline_exceeded": DeadlineExceededError,
+}
+
+
+def error_from_event(body: dict) -> APIError:
+    """The typed error for an error event inside a stream (server-sent events): `{"error": {...}}`."""
+    error = body.get("error") if isinstance(body.get("error"), dict) else body
+    code = error.get("code") or error.get("type")
+    cls = _BY_CODE.get(code, ServerError)
+    return cls(str(error.get("message") or error), code=code, param=error.get("param"), body=body)
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Retry-After in delay-seconds or HTTP-date form; None when absent or unreadable."""
     if not value:
