@@ -13,17 +13,23 @@ import numpy as np
 from services.kit.audio import encode_audio
 
 MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm"}
-_UNKNOWN_SIZE = 0xFFFFFFFF
+_UNKNOWN_SIZE = struct.pack("<I", 0xFFFFFFFF)
 
 
 def wav_stream_header(sample_rate: int) -> bytes:
     """RIFF header of a mono 16-bit PCM WAV file of unknown length."""
     channels, sample_bytes = 1, 2
-    return struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF", _UNKNOWN_SIZE, b"WAVE",
-        b"fmt ", 16, 1, channels, sample_rate, sample_rate * channels * sample_bytes, channels * sample_bytes, 8 * sample_bytes,
-        b"data", _UNKNOWN_SIZE,
+    block = channels * sample_bytes
+    fmt = struct.pack("<HHIIHH", 1, channels, sample_rate, sample_rate * block, block, 8 * sample_bytes)
+    return (
+        b"RIFF"
+        + _UNKNOWN_SIZE
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"data"
+        + _UNKNOWN_SIZE
     )
 
 

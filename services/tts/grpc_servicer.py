@@ -40,17 +40,21 @@ class TextToSpeechServicer(pb_grpc.TextToSpeechServicer):
 
     async def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
         received = time.perf_counter()
-        job, fmt = build_speech_job(parse(SpeechRequest, _fields(request)), self.runner, self.settings)
+        body = parse(SpeechRequest, _fields(request, input=request.input))
+        job, fmt = build_speech_job(body, self.runner, self.settings)
         result = await self.speech.submit(job, key=job.batch_key, timeout=time_remaining(context))
         audio, media_type = await asyncio.to_thread(encode_audio, result.samples, result.sample_rate, fmt)
         TIME_TO_FIRST_AUDIO.labels("grpc", "whole").observe(time.perf_counter() - received)
         return pb.SynthesizeResponse(
-            audio=audio, media_type=media_type, sample_rate=result.sample_rate, duration_seconds=result.duration
+            audio=audio,
+            media_type=media_type,
+            sample_rate=result.sample_rate,
+            duration_seconds=result.duration,
         )
 
     async def SynthesizeStream(self, request: pb.SynthesizeRequest, context):
         received = time.perf_counter()
-        body = parse(SpeechRequest, _fields(request, stream=True))
+        body = parse(SpeechRequest, _fields(request, input=request.input, stream=True))
         job, fmt = build_speech_job(body, self.runner, self.settings)
         sample_rate = self.runner.sample_rate
         async for event in self.speech.stream(job, key=job.batch_key, timeout=time_remaining(context)):
@@ -79,7 +83,10 @@ class TextToSpeechServicer(pb_grpc.TextToSpeechServicer):
         result = await self.conversion.submit(job, key=job.batch_key, timeout=time_remaining(context))
         audio, media_type = await asyncio.to_thread(encode_audio, result.samples, result.sample_rate, fmt)
         return pb.ConvertResponse(
-            audio=audio, media_type=media_type, sample_rate=result.sample_rate, duration_seconds=result.duration
+            audio=audio,
+            media_type=media_type,
+            sample_rate=result.sample_rate,
+            duration_seconds=result.duration,
         )
 
     async def ListVoices(self, request: pb.ListVoicesRequest, context) -> pb.ListVoicesResponse:

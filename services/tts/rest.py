@@ -62,10 +62,17 @@ def create_router(
     ) -> Response:
         options = parse(
             ConversionRequest,
-            {"voice": voice, "speaker_embedding": speaker_embedding, "response_format": response_format, "seed": seed},
+            {
+                "voice": voice,
+                "speaker_embedding": speaker_embedding,
+                "response_format": response_format,
+                "seed": seed,
+            },
         )
         data = await file.read()
-        job, fmt = await asyncio.to_thread(build_conversion_job, options, data, file.filename, runner, settings)
+        job, fmt = await asyncio.to_thread(
+            build_conversion_job, options, data, file.filename, runner, settings
+        )
         result = await conversion.submit(job, key=job.batch_key, disconnected=request.is_disconnected)
         audio, media_type = await asyncio.to_thread(encode_audio, result.samples, result.sample_rate, fmt)
         return audio_response(result, audio, media_type)

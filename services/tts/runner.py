@@ -173,7 +173,9 @@ class SpeechRunner:
         """One generate call: a waveform (float32, `sample_rate`) per row of token ids."""
         s, device = self.settings, self.runtime.device
         inputs = self.tokenizer.pad([{"input_ids": list(ids)} for ids in token_ids], return_tensors="pt")
-        min_ratio, max_ratio = self._length_ratios(self.tts, inputs["input_ids"].shape[1], s.min_len_ratio, s.max_len_ratio)
+        min_ratio, max_ratio = self._length_ratios(
+            self.tts, inputs["input_ids"].shape[1], s.min_len_ratio, s.max_len_ratio
+        )
         spectrograms, lengths = self.tts.generate_speech(
             inputs["input_ids"].to(device),
             self._speakers(speakers),
@@ -201,7 +203,9 @@ class SpeechRunner:
         encoder_lengths = self.vc.speecht5.encoder.prenet._get_feat_extract_output_lengths(
             features["attention_mask"].sum(-1)
         ).tolist()
-        min_ratio, max_ratio = self._length_ratios(self.vc, max(encoder_lengths), s.vc_min_len_ratio, s.vc_max_len_ratio)
+        min_ratio, max_ratio = self._length_ratios(
+            self.vc, max(encoder_lengths), s.vc_min_len_ratio, s.vc_max_len_ratio
+        )
         spectrograms, lengths = self.vc.generate_speech(
             features["input_values"].to(device, self.runtime.dtype),
             self._speakers(speakers),
@@ -228,22 +232,32 @@ class SpeechRunner:
 
     @staticmethod
     def _max_frames(model, encoder_length: int, max_len_ratio: float) -> int:
-        """The frames `generate_speech` would allow this row if it ran alone (it decodes reduction_factor a step)."""
+        """Frames `generate_speech` would allow this row alone (it decodes reduction_factor frames a step)."""
         reduction = model.config.reduction_factor
         return max(1, int(encoder_length * max_len_ratio / reduction)) * reduction
 
     @staticmethod
-    def _trim(spectrograms: torch.Tensor, lengths: Sequence[int], limits: Sequence[int]) -> list[torch.Tensor]:
+    def _trim(
+        spectrograms: torch.Tensor, lengths: Sequence[int], limits: Sequence[int]
+    ) -> list[torch.Tensor]:
         # generate_speech sizes the length limits by the longest row of the call; cap every row at its own
         # limit so that a sentence that never hits the stop threshold is no longer than it would be alone.
-        return [spectrograms[row, : min(length, limit)] for row, (length, limit) in enumerate(zip(lengths, limits, strict=True))]
+        return [
+            spectrograms[row, : min(length, limit)]
+            for row, (length, limit) in enumerate(zip(lengths, limits, strict=True))
+        ]
 
     def _vocode(self, spectrograms: list[torch.Tensor], speeds: Sequence[float]) -> list[np.ndarray]:
-        stretched = [self._stretch(spectrogram, speed) for spectrogram, speed in zip(spectrograms, speeds, strict=True)]
+        stretched = [
+            self._stretch(spectrogram, speed) for spectrogram, speed in zip(spectrograms, speeds, strict=True)
+        ]
         batch = torch.nn.utils.rnn.pad_sequence(stretched, batch_first=True)
         waveforms = self.vocoder(batch)
         hop = waveforms.shape[1] // batch.shape[1]  # samples per spectrogram frame (256 for HiFi-GAN)
-        return [waveforms[row, : frames.shape[0] * hop].float().cpu().numpy() for row, frames in enumerate(stretched)]
+        return [
+            waveforms[row, : frames.shape[0] * hop].float().cpu().numpy()
+            for row, frames in enumerate(stretched)
+        ]
 
     @staticmethod
     def _stretch(spectrogram: torch.Tensor, speed: float) -> torch.Tensor:

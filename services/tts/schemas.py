@@ -29,11 +29,17 @@ class SpeechRequest(BaseModel):
 
     model: str | None = Field(None, description="the served model's name or an OpenAI alias such as tts-1")
     input: str = Field(description="text to speak")
-    voice: str | VoiceRef | None = Field(None, description="a named voice (GET /v1/voices); default voice if unset")
+    voice: str | VoiceRef | None = Field(
+        None, description="a named voice (GET /v1/voices); default voice if unset"
+    )
     response_format: str | None = Field(None, description="mp3, opus, flac, wav or pcm (16 kHz s16le)")
     speed: float = Field(1.0, ge=0.25, le=4.0, description="tempo; pitch is kept")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="same seed, same request: same audio bytes")
-    speaker_embedding: list[float] | None = Field(None, description="a speaker x-vector used instead of voice")
+    seed: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="same seed, same request: same audio bytes"
+    )
+    speaker_embedding: list[float] | None = Field(
+        None, description="a speaker x-vector used instead of voice"
+    )
     stream: bool = Field(False, description="send audio sentence by sentence as it is made (wav or pcm)")
     stream_format: Literal["audio"] | None = Field(None, description="OpenAI's; only raw audio is served")
 
@@ -69,31 +75,39 @@ def output_format(requested: str | None, default: str) -> str:
     fmt = (requested or default).lower()
     if fmt not in supported:
         raise InvalidArgument(
-            f"response_format: unsupported format {fmt!r}; supported: {', '.join(supported)}", field="response_format"
+            f"response_format: unsupported format {fmt!r}; supported: {', '.join(supported)}",
+            field="response_format",
         )
     return fmt
 
 
-def build_speech_job(request: SpeechRequest, runner: SpeechRunner, settings: TTSSettings) -> tuple[SpeechJob, str]:
+def build_speech_job(
+    request: SpeechRequest, runner: SpeechRunner, settings: TTSSettings
+) -> tuple[SpeechJob, str]:
     """The job for the runner and the output format; every refusal names the field."""
     if request.model and request.model not in accepted_models(settings):
         raise InvalidArgument(
-            f"model: unknown model {request.model!r}; available: {', '.join(accepted_models(settings))}", field="model"
+            f"model: unknown model {request.model!r}; available: {', '.join(accepted_models(settings))}",
+            field="model",
         )
     if len(request.input) > settings.max_input_chars:
         raise InvalidArgument(
-            f"input: {len(request.input)} characters exceeds the limit of {settings.max_input_chars}", field="input"
+            f"input: {len(request.input)} characters exceeds the limit of {settings.max_input_chars}",
+            field="input",
         )
     if not request.input.strip():
         raise InvalidArgument("input: must not be empty", field="input")
     sentences = runner.sentences(request.input)
     if not sentences:
-        raise InvalidArgument("input: nothing to pronounce (no letter or digit the model knows)", field="input")
+        raise InvalidArgument(
+            "input: nothing to pronounce (no letter or digit the model knows)", field="input"
+        )
     if request.stream:
         fmt = output_format(request.response_format, "wav")
         if fmt not in STREAM_FORMATS:
             raise InvalidArgument(
-                f"response_format: streaming sends {' or '.join(STREAM_FORMATS)}, not {fmt!r}", field="response_format"
+                f"response_format: streaming sends {' or '.join(STREAM_FORMATS)}, not {fmt!r}",
+                field="response_format",
             )
     else:
         fmt = output_format(request.response_format, settings.default_response_format)
@@ -104,7 +118,11 @@ def build_speech_job(request: SpeechRequest, runner: SpeechRunner, settings: TTS
 
 
 def build_conversion_job(
-    request: ConversionRequest, audio: bytes, filename: str | None, runner: SpeechRunner, settings: TTSSettings
+    request: ConversionRequest,
+    audio: bytes,
+    filename: str | None,
+    runner: SpeechRunner,
+    settings: TTSSettings,
 ) -> tuple[ConversionJob, str]:
     """Decodes the upload (blocking: call it off the event loop)."""
     fmt = output_format(request.response_format, "wav")

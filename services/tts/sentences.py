@@ -33,7 +33,7 @@ def _ends_with_abbreviation(sentence: str) -> bool:
 
 
 def _cut(sentence: str, max_chars: int) -> list[str]:
-    """Over-long sentences split at the last clause break (or else space) that keeps a part within max_chars."""
+    """Cut an over-long sentence at the last clause break (else space) that keeps a part within max_chars."""
     parts = []
     while len(sentence) > max_chars:
         window = sentence[: max_chars + 1]

@@ -13,8 +13,12 @@ class TTSSettings(ServiceSettings):
     model: str = "microsoft/speecht5_tts"
     vocoder: str = "microsoft/speecht5_hifigan"
     vc_model: str = "microsoft/speecht5_vc"
-    voices_dir: Path = Field(Path("voices"), description="named voices: <name>.npy, one 512-dim x-vector each")
-    default_voice: str | None = Field(None, description="voice of requests that name none; default: first by name")
+    voices_dir: Path = Field(
+        Path("voices"), description="named voices: <name>.npy, one 512-dim x-vector each"
+    )
+    default_voice: str | None = Field(
+        None, description="voice of requests that name none; default: first by name"
+    )
     # Names OpenAI clients send as `model`; they all select the SpeechT5 model.
     model_aliases: tuple[str, ...] = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 

@@ -32,10 +32,14 @@ class VoiceBank:
         if not files:
             raise FileNotFoundError(f"no voices (*.npy) in {directory}")
         # allow_pickle=False: a voice file is data, never code.
-        self.voices = {f.stem: check_embedding(np.load(f, allow_pickle=False), dim, f"voice file {f}") for f in files}
+        self.voices = {
+            f.stem: check_embedding(np.load(f, allow_pickle=False), dim, f"voice file {f}") for f in files
+        }
         self.default = default or next(iter(self.voices))
         if self.default not in self.voices:
-            raise ValueError(f"default voice {self.default!r} is not among the voices in {directory}: {self.names()}")
+            raise ValueError(
+                f"default voice {self.default!r} is not among the voices in {directory}: {self.names()}"
+            )
         log.info("voices from %s: %s (default %s)", directory, ", ".join(self.voices), self.default)
 
     def names(self) -> list[str]:
@@ -45,5 +49,7 @@ class VoiceBank:
         if not name:
             return self.voices[self.default]
         if name not in self.voices:
-            raise InvalidArgument(f"voice: unknown voice {name!r}; available: {', '.join(self.voices)}", field="voice")
+            raise InvalidArgument(
+                f"voice: unknown voice {name!r}; available: {', '.join(self.voices)}", field="voice"
+            )
         return self.voices[name]

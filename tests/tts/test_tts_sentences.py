@@ -5,7 +5,13 @@ from services.tts.sentences import split_sentences
 
 def test_splits_at_sentence_ends_and_line_breaks():
     text = 'Hello world. How are you?  I am fine!\nA new line "quoted." Done'
-    assert split_sentences(text, 300) == ["Hello world.", "How are you?", "I am fine!", "A new line \"quoted.\"", "Done"]
+    assert split_sentences(text, 300) == [
+        "Hello world.",
+        "How are you?",
+        "I am fine!",
+        'A new line "quoted."',
+        "Done",
+    ]
 
 
 def test_abbreviations_and_initials_do_not_end_sentences():

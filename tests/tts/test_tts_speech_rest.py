@@ -71,7 +71,9 @@ def test_every_supported_format_carries_the_same_audio(tts_server, fmt):
 def test_sentences_are_joined_with_a_pause_and_longer_text_is_longer(tts_server, runner):
     one, _ = decode(speak(tts_server, input="One two three.", response_format="wav").content)
     two, _ = decode(speak(tts_server, input="One two three. Four five.", response_format="wav").content)
-    expected = (frames(runner, "One two three.") + frames(runner, "Four five.")) * SAMPLES_PER_FRAME + PAUSE_SAMPLES
+    expected = (
+        frames(runner, "One two three.") + frames(runner, "Four five.")
+    ) * SAMPLES_PER_FRAME + PAUSE_SAMPLES
     assert one.size == frames(runner, "One two three.") * SAMPLES_PER_FRAME
     assert two.size == expected
     silent = np.flatnonzero(two[one.size : one.size + PAUSE_SAMPLES])
@@ -149,7 +151,9 @@ def test_bad_requests_get_400_naming_the_field(tts_server, body, param, message)
 
 
 def test_openai_sdk_creates_speech(client, tts_server):
-    response = client.audio.speech.create(model="tts-1", voice="nova", input="Hi from the SDK.", response_format="wav")
+    response = client.audio.speech.create(
+        model="tts-1", voice="nova", input="Hi from the SDK.", response_format="wav"
+    )
     samples, rate = decode(response.content)
     assert rate == 16000 and samples.size > 0
     model_ids = [m.id for m in client.models.list().data]
@@ -172,7 +176,11 @@ def test_sdk_streaming_sends_the_first_sentence_before_the_last_is_made(client, 
 
     patch_synthesize(hold_last_sentence)
     with client.audio.speech.with_streaming_response.create(
-        model="tts-1", voice="alloy", input=text, response_format="pcm", extra_body={"stream": True, "seed": 9}
+        model="tts-1",
+        voice="alloy",
+        input=text,
+        response_format="pcm",
+        extra_body={"stream": True, "seed": 9},
     ) as response:
         assert response.headers["transfer-encoding"] == "chunked"
         chunks = response.iter_bytes()

@@ -1,0 +1,70 @@
+"""How requests share SpeechT5 generate calls: pooled sentences, seeded requests alone, per-row lengths."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+from conftest import LENGTH_RATIO
+
+
+def speak(server, **body) -> httpx.Response:
+    return httpx.post(
+        f"{server.rest_url}/v1/audio/speech", json={"response_format": "pcm", **body}, timeout=60
+    )
+
+
+def wait_for(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def run_while_model_is_busy(server, patch_synthesize, bodies: list[dict]) -> list[int]:
+    """Hold the model thread on a first request while `bodies` queue up; return rows per generate call."""
+    holding, release = threading.Event(), threading.Event()
+    rows_per_call = []
+
+    def record(token_ids):
+        rows_per_call.append(len(token_ids))
+        if len(rows_per_call) == 1:
+            holding.set()
+            release.wait(timeout=20)
+
+    patch_synthesize(record)
+    batcher = next(b for b in server.services[0].batchers if b.name == "tts.speech")
+    with ThreadPoolExecutor(len(bodies) + 1) as pool:
+        blocker = pool.submit(speak, server, input="Hold the model.")
+        assert holding.wait(timeout=20)
+        queued = [pool.submit(speak, server, **body) for body in bodies]
+        wait_for(lambda: batcher.queue_depth == len(bodies))
+        release.set()
+        assert all(f.result().status_code == 200 for f in [blocker, *queued])
+    return rows_per_call[1:]
+
+
+def test_sentences_of_queued_requests_share_one_generate_call(tts_server, patch_synthesize):
+    bodies = [{"input": f"Request {i} first. Request {i} second."} for i in range(3)]
+    assert run_while_model_is_busy(tts_server, patch_synthesize, bodies) == [6]
+
+
+def test_seeded_requests_run_alone(tts_server, patch_synthesize):
+    bodies = [
+        {"input": "Plain one. Plain two."},
+        {"input": "Seeded one. Seeded two.", "seed": 1},
+        {"input": "Plain."},
+    ]
+    # The unseeded requests pool their three sentences; the seeded one makes its first sentence, then the rest.
+    assert sorted(run_while_model_is_busy(tts_server, patch_synthesize, bodies)) == [1, 1, 3]
+
+
+def test_each_sentence_keeps_its_own_length_in_a_shared_call(runner):
+    short, long = (runner.sentences(t)[0].token_ids for t in ("Hi.", "A considerably longer sentence here."))
+    voice = runner.voices.get(None)
+    together = runner.synthesize([short, long], [voice, voice], [1.0, 1.0])
+    alone = [runner.synthesize([ids], [voice], [1.0])[0] for ids in (short, long)]
+    assert [w.size for w in together] == [w.size for w in alone]
+    assert together[0].size == len(short) * LENGTH_RATIO * 256
+    assert all(np.isfinite(w).all() for w in together)
