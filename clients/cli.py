@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .client import (
     DEFAULT_GRPC_TARGET,
     DEFAULT_URL,
@@ -21,7 +23,9 @@ from .client import (
     with_port,
 )
 from .errors import APIError, ConnectionFailedError, DeadlineExceededError, ModelServeError, UnavailableError
+from .images import Progress
 from .retry import RetryPolicy
+from .tts import save_audio_stream
 
 EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -83,6 +87,115 @@ def cmd_translate(args, rest: Client, grpc_client: GrpcClient) -> None:
             _say(args, f"  ~ {alternative}")
 
 
+AUDIO_SUFFIXES = {
+    ".wav": "wav",
+    ".flac": "flac",
+    ".mp3": "mp3",
+    ".opus": "opus",
+    ".ogg": "opus",
+    ".pcm": "pcm",
+    ".raw": "pcm",
+}
+IMAGE_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+def _format_for(path: str, table: dict[str, str], given: str | None, default: str) -> str:
+    return given or table.get(Path(path).suffix.lower(), default)
+
+
+def _progress(args, **options) -> tqdm:
+    """A progress bar on stderr; off with --quiet or when stderr is not a terminal."""
+    return tqdm(disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr, leave=False, **options)
+
+
+def cmd_synthesize(args, rest: Client, grpc_client: GrpcClient) -> None:
+    api = grpc_client.tts if args.protocol == "grpc" else rest.tts
+    text = sys.stdin.read() if args.text == "-" else args.text
+    fmt = _format_for(args.output, AUDIO_SUFFIXES, args.format, "wav")
+    options = {"voice": args.voice, "response_format": fmt, "speed": args.speed, "seed": args.seed}
+    options = {k: v for k, v in options.items() if v is not None}
+    if fmt in ("wav", "pcm") and not args.no_stream:
+        # Streamed: the file grows sentence by sentence and the bar counts seconds of audio received.
+        with _progress(args, unit="s", desc="audio", bar_format="{desc}: {n:.1f} s [{elapsed}]") as bar:
+            speech = save_audio_stream(
+                api.stream_speech(text, **options), args.output, lambda chunk: bar.update(chunk.duration_s)
+            )
+    else:
+        with _progress(args, total=None, desc="synthesizing", bar_format="{desc} [{elapsed}]"):
+            speech = api.speech(text, **options)
+        _write_file(args.output, speech.audio)
+    duration = f"{speech.duration_s:.1f} s of " if speech.duration_s else ""
+    _say(args, f"wrote {duration}{fmt} audio to {args.output}")
+
+
+def cmd_convert(args, rest: Client, grpc_client: GrpcClient) -> None:
+    api = grpc_client.tts if args.protocol == "grpc" else rest.tts
+    fmt = _format_for(args.output, AUDIO_SUFFIXES, args.format, "wav")
+    speech = api.convert(_read_file(args.audio), voice=args.voice, response_format=fmt, seed=args.seed)
+    _write_file(args.output, speech.audio)
+    _say(args, f"wrote {fmt} audio in voice {args.voice or '(default)'} to {args.output}")
+
+
+def cmd_voices(args, rest: Client, grpc_client: GrpcClient) -> None:
+    voices = (grpc_client.tts if args.protocol == "grpc" else rest.tts).voices()
+    for voice in voices.names:
+        _say(args, f"{voice} (default)" if voice == voices.default else voice)
+
+
+def _image_options(args) -> dict:
+    options = {
+        "n": args.n,
+        "size": args.size,
+        "steps": args.steps,
+        "seed": args.seed,
+        "scheduler": args.scheduler,
+        "guidance_scale": args.guidance,
+        "negative_prompt": args.negative,
+        "output_format": _format_for(args.output, IMAGE_SUFFIXES, None, "png"),
+    }
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _save_images(args, result) -> None:
+    output = Path(args.output)
+    for i, image in enumerate(result.images):
+        path = (
+            output if len(result.images) == 1 else output.with_name(f"{output.stem}-{i + 1}{output.suffix}")
+        )
+        _write_file(str(path), image.data)
+        _say(args, f"wrote {result.size} image (seed {image.seed}) to {path}")
+
+
+def _step_bar(args):
+    bar = _progress(args, unit="step", desc="denoising")
+
+    def update(event) -> None:
+        if isinstance(event, Progress):
+            bar.total = event.total_steps
+            bar.update(event.step - bar.n)
+
+    return bar, update
+
+
+def cmd_generate(args, rest: Client, grpc_client: GrpcClient) -> None:
+    api = grpc_client.images if args.protocol == "grpc" else rest.images
+    bar, update = _step_bar(args)
+    with bar:
+        result = api.generate(args.prompt, on_progress=update, **_image_options(args))
+    _save_images(args, result)
+
+
+def cmd_edit(args, rest: Client, grpc_client: GrpcClient) -> None:
+    api = grpc_client.images if args.protocol == "grpc" else rest.images
+    image = _read_file(args.image)
+    mask = _read_file(args.mask) if args.mask else None
+    options = _image_options(args) | ({"strength": args.strength} if args.strength is not None else {})
+    bar, update = _step_bar(args)
+    with bar:
+        result = api.edit(image, args.prompt, mask=mask, on_progress=update, **options)
+    _save_images(args, result)
+
+
 def cmd_models(args, rest: Client, grpc_client: GrpcClient) -> None:
     entries = rest.models()
     if args.json:
@@ -96,6 +209,43 @@ def cmd_models(args, rest: Client, grpc_client: GrpcClient) -> None:
 # -- parser ---------------------------------------------------------------------------------------
 
 
+def _add_connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """On the main parser with defaults; on every command without, so they may follow the command too."""
+
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
+
+    env = os.environ.get
+    parser.add_argument(
+        "--url",
+        default=default(env("MODELSERVE_URL", DEFAULT_URL)),
+        help=f"platform REST URL (default {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--grpc",
+        default=default(env("MODELSERVE_GRPC", DEFAULT_GRPC_TARGET)),
+        help=f"platform gRPC target (default {DEFAULT_GRPC_TARGET})",
+    )
+    parser.add_argument(
+        "--vit-url",
+        default=default(env("MODELSERVE_VIT_URL")),
+        help=f"ViT REST URL (default: the --url host, port {VIT_REST_PORT})",
+    )
+    parser.add_argument(
+        "--vit-grpc",
+        default=default(env("MODELSERVE_VIT_GRPC")),
+        help=f"ViT gRPC target (default: the --grpc host, port {VIT_GRPC_PORT})",
+    )
+    parser.add_argument("--protocol", choices=("rest", "grpc"), default=default("rest"))
+    parser.add_argument(
+        "--timeout", type=float, default=default(600.0), help="seconds per attempt (default 600)"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=default(3), help="retries on overload/unavailable (default 3)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False), help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelserve",
@@ -104,30 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Addresses default to the environment: MODELSERVE_URL, MODELSERVE_GRPC, MODELSERVE_VIT_URL, "
         "MODELSERVE_VIT_GRPC.",
     )
-    url = os.environ.get("MODELSERVE_URL", DEFAULT_URL)
-    parser.add_argument("--url", default=url, help="platform REST URL (default %(default)s)")
-    parser.add_argument(
-        "--grpc", default=os.environ.get("MODELSERVE_GRPC", DEFAULT_GRPC_TARGET), help="platform gRPC target"
-    )
-    parser.add_argument(
-        "--vit-url",
-        default=os.environ.get("MODELSERVE_VIT_URL"),
-        help=f"ViT REST URL (default: the --url host, port {VIT_REST_PORT})",
-    )
-    parser.add_argument(
-        "--vit-grpc",
-        default=os.environ.get("MODELSERVE_VIT_GRPC"),
-        help=f"ViT gRPC target (default: the --grpc host, port {VIT_GRPC_PORT})",
-    )
-    parser.add_argument("--protocol", choices=("rest", "grpc"), default="rest")
-    parser.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds per attempt (default %(default)s)"
-    )
-    parser.add_argument("--retries", type=int, default=3, help="retries on overload/unavailable (default 3)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_connection_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = commands.add_parser("translate", help="translate text")
+    def new_command(name: str, help: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help)
+        _add_connection_options(command.add_argument_group("connection"), defaults=False)
+        return command
+
+    p = new_command("translate", help="translate text")
     p.add_argument("text", nargs="+", help="one or more texts")
     p.add_argument("--from", dest="source", required=True, help="source language, e.g. en")
     p.add_argument("--to", dest="target", required=True, help="target language, e.g. de")
@@ -137,7 +272,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.set_defaults(run=cmd_translate)
 
-    p = commands.add_parser("models", help="list the models every service serves")
+    p = new_command("synthesize", help="text to speech, into an audio file")
+    p.add_argument("text", help="the text, or - to read it from stdin")
+    p.add_argument("-o", "--output", required=True, help="audio file to write (format from its suffix)")
+    p.add_argument("--voice", help="a named voice (see: modelserve voices)")
+    p.add_argument("--format", choices=sorted(set(AUDIO_SUFFIXES.values())), help="default: from --output")
+    p.add_argument("--speed", type=float)
+    p.add_argument("--seed", type=int, help="same seed, same audio")
+    p.add_argument("--no-stream", action="store_true", help="wait for the whole file instead of streaming")
+    p.set_defaults(run=cmd_synthesize)
+
+    p = new_command("convert", help="voice conversion: the same speech in another voice")
+    p.add_argument("audio", help="wav, flac, ogg or mp3 file")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--voice")
+    p.add_argument("--format", choices=sorted(set(AUDIO_SUFFIXES.values())))
+    p.add_argument("--seed", type=int)
+    p.set_defaults(run=cmd_convert)
+
+    p = new_command("voices", help="list the TTS voices")
+    p.set_defaults(run=cmd_voices)
+
+    for command, help_text in (
+        ("generate", "text to image"),
+        ("edit", "image to image, or inpainting with --mask"),
+    ):
+        p = new_command(command, help=help_text)
+        if command == "edit":
+            p.add_argument("image", help="the image to edit")
+        p.add_argument("prompt")
+        p.add_argument("-o", "--output", required=True, help="image file to write (png, jpg or webp)")
+        p.add_argument("-n", type=int, help="number of images (files get -1, -2... suffixes)")
+        p.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8")
+        p.add_argument("--steps", type=int)
+        p.add_argument("--seed", type=int)
+        p.add_argument("--scheduler", help="ddim, pndm, euler, euler_ancestral, lms, dpm++_2m, ...")
+        p.add_argument("--guidance", type=float, help="guidance scale")
+        p.add_argument("--negative", help="negative prompt")
+        if command == "edit":
+            p.add_argument("--mask", help="inpainting mask: transparent or white pixels are redrawn")
+            p.add_argument("--strength", type=float, help="how much of the image to redraw, (0, 1]")
+        p.set_defaults(run=cmd_generate if command == "generate" else cmd_edit)
+
+    p = new_command("models", help="list the models every service serves")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_models)
     return parser
@@ -167,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"server error: {exc}", EXIT_SERVER_ERROR)
     except ModelServeError as exc:
         return _fail(str(exc), EXIT_UNREACHABLE)
+    except OSError as exc:  # a local file (an output path) could not be written
+        return _fail(f"{exc.filename or ''}: {exc.strerror or exc}", EXIT_USAGE)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     return 0

@@ -1,11 +1,20 @@
 """Locust users per service and protocol; class weights make the mixed-traffic scenario.
 
-REST users are Locust `HttpUser`s (requests, multipart uploads, streamed bodies); gRPC users call
-through the SDK's gRPC clients. Every answer is checked (status, shape, decodable content), so a
-200 with a broken body still counts as a failure. Request names start with the service name.
+REST users are Locust `HttpUser`s (requests: JSON, multipart uploads, streamed bodies); gRPC users
+call through the SDK's gRPC clients. Every answer is checked (status, shape, decodable content),
+so a 200 with a broken body still counts as a failure. Request names start with the service name,
+and class names follow `<Service><Protocol>User` (loadtests/run.py picks them by that name).
 """
 
+import base64
+import io
+import json
+import time
+
+import requests
+import soundfile as sf
 from locust import HttpUser, between, task
+from PIL import Image
 
 from .common import Check, GrpcUser, name, payloads
 
@@ -13,6 +22,7 @@ from .common import Check, GrpcUser, name, payloads
 # often than expensive ones (image generation).
 WEIGHTS = {"translation": 4, "asr": 2, "tts": 2, "imagegen": 1, "vit": 4}
 WAIT = between(0.1, 1.0)
+AUDIO_FORMATS = ("wav", "flac", "pcm")  # what every libsndfile build writes
 
 
 class RestUser(HttpUser):
@@ -23,31 +33,38 @@ class RestUser(HttpUser):
     def on_start(self) -> None:
         self.payloads = payloads(self.environment)
 
-    def post_json(self, path: str, body: dict, check, operation: str | None = None):
-        """POST JSON; `check(response)` raises `Check` (or KeyError/ValueError) when the answer is wrong."""
-        with self.client.post(
-            path, json=body, name=name(self.service, operation or f"POST {path}"), catch_response=True
-        ) as response:
-            _judge(response, check)
+    def post(self, path: str, check, operation: str | None = None, *, stream: str | None = None, **request):
+        """POST and judge the answer: `check(body_bytes, response)` raises `Check` (or KeyError/ValueError).
+
+        `stream="first"` reports the time until the response started (the TTS stream answers once
+        its first sentence is ready: time to first audio); `stream="whole"` the time until the last
+        byte (server-sent events). Either way the whole body is read and checked.
+        """
+        label = name(self.service, operation or f"POST {path}")
+        started = time.perf_counter()
+        with self.client.post(path, name=label, catch_response=True, stream=bool(stream), **request) as response:
+            if response.status_code != 200:
+                response.failure(f"{response.status_code}: {response.text[:300]}")
+                return
+            try:
+                body = b"".join(response.iter_content(chunk_size=None)) if stream else response.content
+            except requests.RequestException as exc:  # the stream broke off
+                response.failure(f"body interrupted: {exc}")
+                return
+            if stream == "whole":
+                response.request_meta["response_time"] = (time.perf_counter() - started) * 1000
+            response.request_meta["response_length"] = len(body)
+            try:
+                check(body, response)
+            except (Check, KeyError, ValueError, TypeError, OSError, sf.LibsndfileError) as exc:
+                response.failure(f"bad answer: {type(exc).__name__}: {exc}")
 
     def get_json(self, path: str, operation: str | None = None) -> dict | None:
-        with self.client.get(
-            path, name=name(self.service, operation or f"GET {path}"), catch_response=True
-        ) as r:
+        with self.client.get(path, name=name(self.service, operation or f"GET {path}"), catch_response=True) as r:
             if r.status_code != 200:
                 r.failure(f"{r.status_code}: {r.text[:200]}")
                 return None
             return r.json()
-
-
-def _judge(response, check) -> None:
-    if response.status_code != 200:
-        response.failure(f"{response.status_code}: {response.text[:300]}")
-        return
-    try:
-        check(response)
-    except (Check, KeyError, ValueError, TypeError) as exc:
-        response.failure(f"bad answer: {type(exc).__name__}: {exc}")
 
 
 def token_limit(payloads) -> dict:
@@ -55,11 +72,34 @@ def token_limit(payloads) -> dict:
     return {"max_new_tokens": limit} if limit else {}
 
 
-def _models_of(body: dict | None, service: str) -> list[dict]:
-    return [m for m in (body or {}).get("data", []) if m.get("service") == service]
+def check_audio(data: bytes, fmt: str) -> None:
+    if fmt == "pcm":
+        if not data or len(data) % 2:
+            raise Check(f"{len(data)} bytes is not 16-bit PCM")
+        return
+    if sf.info(io.BytesIO(data)).frames <= 0:
+        raise Check("audio without samples")
+
+
+def check_image(data: bytes) -> None:
+    with Image.open(io.BytesIO(data)) as image:
+        image.verify()
+
+
+def sse_events(body: bytes) -> list[tuple[str, dict]]:
+    events = []
+    for block in body.decode().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "data" in lines:
+            events.append((lines.get("event", "message"), json.loads(lines["data"])))
+    return events
 
 
 # -- translation ----------------------------------------------------------------------------------
+
+
+def _pair_lang(pair: tuple[str, str]) -> str:
+    return pair[0] if pair[0] in ("en", "de", "ru") else "en"
 
 
 class TranslationRestUser(RestUser):
@@ -68,38 +108,35 @@ class TranslationRestUser(RestUser):
 
     def on_start(self) -> None:
         super().on_start()
-        models = _models_of(self.get_json("/v1/models", "GET /v1/models"), "translation")
+        listing = self.get_json("/v1/models", "GET /v1/models") or {}
+        models = [m for m in listing.get("data", []) if m.get("service") == "translation"]
         self.pairs = [(m["source_lang"], m["target_lang"]) for m in models] or [("en", "de")]
 
     @task(4)
     def translate(self) -> None:
-        source, target = self.payloads.rng.choice(self.pairs)
-        texts = self.payloads.texts(source if source in ("en", "de", "ru") else "en")
-        body = {"text": texts, "source_lang": source, "target_lang": target, **token_limit(self.payloads)}
+        pair = self.payloads.rng.choice(self.pairs)
+        texts = self.payloads.texts(_pair_lang(pair))
+        body = {"text": texts, "source_lang": pair[0], "target_lang": pair[1], **token_limit(self.payloads)}
 
-        def check(response):
+        def check(_, response):
             if len(response.json()["translations"]) != len(texts):
                 raise Check("one translation per text expected")
 
-        self.post_json("/v1/translate", body, check)
+        self.post("/v1/translate", check, json=body)
 
     @task(1)
     def translate_with_beams(self) -> None:
-        source, target = self.payloads.rng.choice(self.pairs)
+        pair = self.payloads.rng.choice(self.pairs)
         body = {
-            "text": self.payloads.text(source if source in ("en", "de", "ru") else "en"),
-            "source_lang": source,
-            "target_lang": target,
-            "num_beams": 4,
-            "num_return_sequences": 2,
-            **token_limit(self.payloads),
+            "text": self.payloads.text(_pair_lang(pair)), "source_lang": pair[0], "target_lang": pair[1],
+            "num_beams": 4, "num_return_sequences": 2, **token_limit(self.payloads),
         }
 
-        def check(response):
+        def check(_, response):
             if len(response.json()["alternatives"][0]) != 2:
                 raise Check("two alternatives expected")
 
-        self.post_json("/v1/translate", body, check, "POST /v1/translate (beam search)")
+        self.post("/v1/translate", check, "POST /v1/translate (beam search)", json=body)
 
 
 class TranslationGrpcUser(GrpcUser):
@@ -109,18 +146,160 @@ class TranslationGrpcUser(GrpcUser):
 
     def on_start(self) -> None:
         super().on_start()
+        self.pairs = [("en", "de")]
         with self.measure("ListModels"):
-            self.pairs = [(m.source_lang, m.target_lang) for m in self.grpc.translation.models()]
-        self.pairs = getattr(self, "pairs", None) or [("en", "de")]
+            self.pairs = [(m.source_lang, m.target_lang) for m in self.grpc.translation.models()] or self.pairs
 
     @task
     def translate(self) -> None:
-        source, target = self.payloads.rng.choice(self.pairs)
-        texts = self.payloads.texts(source if source in ("en", "de", "ru") else "en")
+        pair = self.payloads.rng.choice(self.pairs)
+        texts = self.payloads.texts(_pair_lang(pair))
         with self.measure("Translate") as record:
             result = self.grpc.translation.translate(
-                texts, source_lang=source, target_lang=target, **token_limit(self.payloads)
+                texts, source_lang=pair[0], target_lang=pair[1], **token_limit(self.payloads)
             )
             if len(result.translations) != len(texts):
                 raise Check("one translation per text expected")
             record["length"] = sum(len(t) for t in result.translations)
+
+
+# -- text to speech -------------------------------------------------------------------------------
+
+
+class TtsRestUser(RestUser):
+    service = "tts"
+    weight = WEIGHTS["tts"]
+
+    def on_start(self) -> None:
+        super().on_start()
+        listing = self.get_json("/v1/voices") or {}
+        self.voices = [v["id"] for v in listing.get("data", [])] or [None]
+
+    @task(3)
+    def speech(self) -> None:
+        fmt = self.payloads.rng.choice(AUDIO_FORMATS)
+        body = {"input": self.payloads.speech_text(), "voice": self.payloads.rng.choice(self.voices),
+                "response_format": fmt}
+        self.post("/v1/audio/speech", lambda data, _: check_audio(data, fmt), json=body)
+
+    @task(2)
+    def speech_stream(self) -> None:
+        body = {"input": self.payloads.speech_text(), "voice": self.payloads.rng.choice(self.voices),
+                "response_format": "pcm", "stream": True}
+        self.post("/v1/audio/speech", lambda data, _: check_audio(data, "pcm"),
+                  "POST /v1/audio/speech (stream, time to first audio)", stream="first", json=body)
+
+    @task(1)
+    def convert(self) -> None:
+        audio, filename = self.payloads.audio()
+        form = {"voice": self.payloads.rng.choice(self.voices) or "", "response_format": "wav"}
+        self.post("/v1/audio/conversions", lambda data, _: check_audio(data, "wav"),
+                  files={"file": (filename, audio)}, data={k: v for k, v in form.items() if v})
+
+
+class TtsGrpcUser(GrpcUser):
+    service = "tts"
+    weight = WEIGHTS["tts"]
+    wait_time = WAIT
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.voices = [None]
+        with self.measure("ListVoices"):
+            self.voices = self.grpc.tts.voices().names or self.voices
+
+    @task(3)
+    def synthesize(self) -> None:
+        fmt = self.payloads.rng.choice(AUDIO_FORMATS)
+        with self.measure("Synthesize") as record:
+            speech = self.grpc.tts.speech(
+                self.payloads.speech_text(), voice=self.payloads.rng.choice(self.voices), response_format=fmt
+            )
+            check_audio(speech.audio, fmt)
+            record["length"] = len(speech.audio)
+
+    @task(2)
+    def synthesize_stream(self) -> None:
+        with self.measure("SynthesizeStream") as record:
+            chunks = list(self.grpc.tts.stream_speech(
+                self.payloads.speech_text(), voice=self.payloads.rng.choice(self.voices), response_format="pcm"
+            ))
+            audio = b"".join(c.audio for c in chunks)
+            check_audio(audio, "pcm")
+            record["length"] = len(audio)
+
+    @task(1)
+    def convert(self) -> None:
+        audio, _ = self.payloads.audio()
+        with self.measure("Convert") as record:
+            speech = self.grpc.tts.convert(audio, voice=self.payloads.rng.choice(self.voices))
+            check_audio(speech.audio, "wav")
+            record["length"] = len(speech.audio)
+
+
+# -- image generation -----------------------------------------------------------------------------
+
+
+class ImagegenRestUser(RestUser):
+    service = "imagegen"
+    weight = WEIGHTS["imagegen"]
+
+    @staticmethod
+    def check_images(_, response) -> None:
+        data = response.json()["data"]
+        if not data:
+            raise Check("no image")
+        check_image(base64.b64decode(data[0]["b64_json"]))
+
+    @task(3)
+    def generate(self) -> None:
+        body = {"prompt": self.payloads.prompt(), **self.payloads.imagegen_options()}
+        self.post("/v1/images/generations", self.check_images, json=body)
+
+    @task(1)
+    def generate_stream(self) -> None:
+        body = {"prompt": self.payloads.prompt(), **self.payloads.imagegen_options(), "stream": True}
+
+        def check(data, _):
+            events = sse_events(data)
+            errors = [e for kind, e in events if kind == "error"]
+            if errors:
+                raise Check(f"error event: {errors[0]}")
+            completed = [e for kind, e in events if kind.endswith(".completed")]
+            if not completed or not any(kind.endswith(".progress") for kind, _ in events):
+                raise Check("progress events and a completed image expected")
+            check_image(base64.b64decode(completed[0]["b64_json"]))
+
+        self.post("/v1/images/generations", check, "POST /v1/images/generations (stream)", stream="whole", json=body)
+
+    @task(1)
+    def edit(self) -> None:
+        image, fmt = self.payloads.image()
+        options = self.payloads.imagegen_options()
+        form = {"prompt": self.payloads.prompt(), "strength": "0.7", **{k: str(v) for k, v in options.items()}}
+        self.post("/v1/images/edits", self.check_images, files={"image": (f"source.{fmt}", image)}, data=form)
+
+
+class ImagegenGrpcUser(GrpcUser):
+    service = "imagegen"
+    weight = WEIGHTS["imagegen"]
+    wait_time = WAIT
+
+    @task(3)
+    def generate(self) -> None:
+        with self.measure("Generate") as record:
+            result = self.grpc.images.generate(self.payloads.prompt(), **self.payloads.imagegen_options())
+            check_image(result.image.data)
+            record["length"] = len(result.image.data)
+
+    @task(1)
+    def generate_stream(self) -> None:
+        steps = []
+        with self.measure("GenerateStream") as record:
+            result = self.grpc.images.generate(
+                self.payloads.prompt(), on_progress=steps.append, **self.payloads.imagegen_options()
+            )
+            if not steps:
+                raise Check("no progress events")
+            check_image(result.image.data)
+            record["length"] = len(result.image.data)

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from clients import AsyncClient, Client, GrpcClient
+from clients.cli import main
 from clients.errors import InvalidRequestError
 from clients.images import ImageResult, PartialImage, Progress
 from loadtests.payloads import image_file
@@ -101,3 +102,59 @@ async def test_async_generate_with_progress(server, rest):
         plain = await client.images.generate("a cat", **OPTIONS)
     assert [p.step for p in seen if isinstance(p, Progress)] == [1, 2, 3]
     assert result.image.data == plain.image.data == rest.images.generate("a cat", **OPTIONS).image.data
+
+
+# -- the command line on the same server ----------------------------------------------------------
+
+
+def test_cli_generates_and_edits_image_files(server, rest, tmp_path, capsys):
+    expected = rest.images.generate("a small boat", n=2, **OPTIONS)
+    for protocol in ("rest", "grpc"):
+        out = tmp_path / f"{protocol}.png"
+        args = [
+            "generate",
+            "a small boat",
+            "-o",
+            str(out),
+            "-n",
+            "2",
+            "--size",
+            "64x64",
+            "--steps",
+            "3",
+            "--seed",
+            "42",
+            "--scheduler",
+            "euler",
+            "--protocol",
+            protocol,
+            "--url",
+            server.rest_url,
+            "--grpc",
+            server.grpc_target,
+        ]
+        assert main(args) == 0
+        written = [tmp_path / f"{protocol}-1.png", tmp_path / f"{protocol}-2.png"]
+        assert [p.read_bytes() for p in written] == [i.data for i in expected.images]
+        assert f"(seed 43) to {written[1]}" in capsys.readouterr().out
+    jpeg = tmp_path / "edited.jpg"
+    code = main(
+        [
+            "edit",
+            str(written[0]),
+            "a boat at dusk",
+            "-o",
+            str(jpeg),
+            "--strength",
+            "0.5",
+            "--steps",
+            "4",
+            "--url",
+            server.rest_url,
+        ]
+    )
+    assert code == 0 and decoded(jpeg.read_bytes()).format == "JPEG"
+    code = main(
+        ["generate", "x", "-o", str(tmp_path / "bad.png"), "--size", "65x64", "--url", server.rest_url]
+    )
+    assert code == 1 and "multiples of 8" in capsys.readouterr().err

@@ -1,8 +1,11 @@
 """The translation client (REST sync and async, gRPC) against a real translation server."""
 
+import json
+
 import pytest
 
 from clients import AsyncClient, Client, GrpcClient
+from clients.cli import main
 from clients.errors import InvalidRequestError, NotFoundError
 from clients.translation import Translation
 from services.kit.testing import ServerThread
@@ -87,3 +90,43 @@ async def test_async_client_translates_concurrently(server, rest):
     assert [r.text for r in results] == rest.translation.translate(
         TEXTS, source_lang="en", target_lang="de"
     ).translations
+
+
+# -- the command line on the same server ----------------------------------------------------------
+
+
+def test_cli_translates_over_rest_and_grpc(server, rest, capsys):
+    expected = rest.translation.translate(TEXTS, source_lang="en", target_lang="de").translations
+    assert main(["--url", server.rest_url, "translate", *TEXTS, "--from", "en", "--to", "de"]) == 0
+    assert capsys.readouterr().out.splitlines() == expected
+    code = main(
+        [
+            "translate",
+            *TEXTS,
+            "--from",
+            "en",
+            "--to",
+            "de",
+            "--protocol",
+            "grpc",
+            "--grpc",
+            server.grpc_target,
+        ]
+    )
+    assert code == 0 and capsys.readouterr().out.splitlines() == expected
+
+
+def test_cli_prints_the_servers_message_on_400(server, capsys):
+    code = main(["--url", server.rest_url, "translate", " ", "--from", "en", "--to", "de"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("modelserve: server error: 400 invalid_argument: text[0]: must not be empty")
+
+
+def test_cli_lists_models(server, capsys):
+    assert main(["models", "--url", server.rest_url, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {(m["service"], m["source_lang"], m["target_lang"]) for m in listed} == {
+        ("translation", "en", "de"),
+        ("translation", "de", "en"),
+    }

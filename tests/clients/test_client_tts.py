@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 
 from clients import AsyncClient, Client, GrpcClient
+from clients.cli import main
 from clients.errors import InvalidRequestError
 from clients.tts import save_audio_stream
 from loadtests.payloads import audio_file
@@ -119,3 +120,31 @@ async def test_async_speech_and_stream(server, rest):
             chunk.audio async for chunk in client.tts.stream_speech(TEXT, response_format="pcm", seed=11)
         ]
     assert whole.audio == expected and b"".join(pieces) == expected
+
+
+# -- the command line on the same server ----------------------------------------------------------
+
+
+def test_cli_synthesizes_streamed_and_whole_files(server, rest, tmp_path, capsys):
+    expected, _ = samples(rest.tts.speech(TEXT, response_format="wav", seed=9).audio)
+    for protocol in ("rest", "grpc"):
+        for extra in ([], ["--no-stream"]):
+            out = tmp_path / f"{protocol}{len(extra)}.wav"
+            args = ["--url", server.rest_url, "--grpc", server.grpc_target, "--protocol", protocol]
+            assert main([*args, "synthesize", TEXT, "-o", str(out), "--seed", "9", *extra]) == 0
+            assert f"wav audio to {out}" in capsys.readouterr().out
+            written, _ = samples(out.read_bytes())
+            assert np.array_equal(written, expected), (protocol, extra)
+    flac = tmp_path / "speech.flac"
+    assert main(["--url", server.rest_url, "synthesize", TEXT, "-o", str(flac)]) == 0
+    assert sf.info(str(flac)).format == "FLAC"
+
+
+def test_cli_voices_and_unknown_voice(server, rest, capsys):
+    assert main(["voices", "--url", server.rest_url]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    voices = rest.tts.voices()
+    assert listed == [f"{v} (default)" if v == voices.default else v for v in voices.names]
+    code = main(["synthesize", "hi", "-o", "/dev/null", "--voice", "nobody", "--url", server.rest_url])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("modelserve: server error: 400") and "nobody" in err
