@@ -2,6 +2,7 @@
 
     python /app/fetch_models.py TRANSLATION_MODELS            # names of env vars to read
     python /app/fetch_models.py ASR_MODEL ASR_ASSISTANT_MODEL
+    python /app/fetch_models.py TTS_MODEL TTS_VOCODER TTS_VC_MODEL --voices TTS_VOICES_DIR
 
 Each variable holds a Hub id (`org/name`, optionally `org/name@revision`), a local directory
 (skipped: it is baked in or mounted), or a JSON object/list of those (TRANSLATION_MODELS).
@@ -10,13 +11,19 @@ safetensors is an error unless MODELSERVE_CONVERT_BIN=1 opts into a one-time con
 its pytorch_model.bin with `torch.load(weights_only=True)` (no arbitrary unpickling), so the
 server itself never reads a pickle. A marker written after a complete download makes the
 next pod start skip the repository without touching the network.
+
+`--voices VAR`: the TTS service needs named speaker x-vectors (`<name>.npy`) in the directory
+VAR names. When it holds none, one vector per speaker is taken from the CMU ARCTIC x-vector
+set the SpeechT5 examples use (dataset `Matthijs/cmu-arctic-xvectors`, `spkrec-xvect.zip`).
 """
 
 import fnmatch
 import json
 import logging
 import os
+import re
 import sys
+import zipfile
 from pathlib import Path
 
 log = logging.getLogger("fetch_models")
@@ -125,17 +132,56 @@ def fetch(spec: str, cache: Path, hub=None) -> str:
     return "downloaded"
 
 
+VOICES_REPO = "Matthijs/cmu-arctic-xvectors"
+VOICES_FILE = "spkrec-xvect.zip"
+
+
+def extract_voices(archive: Path, voices_dir: Path) -> list[str]:
+    """One x-vector per CMU ARCTIC speaker (its first utterance) saved as <speaker>.npy."""
+    pattern = re.compile(r"cmu_us_([a-z]+)_arctic.*\.npy$")
+    first: dict[str, str] = {}
+    with zipfile.ZipFile(archive) as zf:
+        for name in sorted(zf.namelist()):
+            m = pattern.search(name.rsplit("/", 1)[-1])
+            if m and m.group(1) not in first:
+                first[m.group(1)] = name
+        if not first:
+            raise SystemExit(f"{archive}: no cmu_us_<speaker>_arctic*.npy x-vectors inside")
+        voices_dir.mkdir(parents=True, exist_ok=True)
+        for speaker, name in first.items():
+            (voices_dir / f"{speaker}.npy").write_bytes(zf.read(name))
+    return sorted(first)
+
+
+def fetch_voices(voices_dir: Path, hub=None) -> str:
+    if any(voices_dir.glob("*.npy")):
+        return "present"
+    if hub is None:
+        import huggingface_hub as hub
+    repo = os.environ.get("MODELSERVE_VOICES_REPO", VOICES_REPO)
+    archive = hub.hf_hub_download(repo, VOICES_FILE, repo_type="dataset")
+    return "extracted " + ", ".join(extract_voices(Path(archive), voices_dir))
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
+    voices_var = None
+    if "--voices" in argv:
+        i = argv.index("--voices")
+        voices_var = argv[i + 1]
+        argv = argv[:i] + argv[i + 2 :]
     cache = Path(os.environ.get("HF_HOME", "/models/hf-cache"))
     for spec in parse_specs([os.environ.get(name, "") for name in argv]):
         if is_local(spec):
             log.info("%s: local directory, nothing to fetch", spec)
             continue
         log.info("%s: %s", spec, fetch(spec, cache))
+    if voices_var:
+        voices_dir = Path(os.environ[voices_var])
+        log.info("voices in %s: %s", voices_dir, fetch_voices(voices_dir))
     return 0
 
 

@@ -41,9 +41,12 @@ RUN mkdir -p services clients tools \
 
 COPY services/ /app/services/
 WORKDIR /app/services
-# Keep this service and the shared libraries (packages without __main__.py), drop the other services.
-RUN for d in */; do d="${d%/}"; \
-         if [ "$d" != "translation" ] && [ -f "$d/__main__.py" ]; then rm -rf "$d"; fi; \
+# Keep this service and the shared libraries; drop the other services (the known ones and any
+# other runnable package). A missing entry point fails here rather than in the pod.
+RUN test -f translation/__main__.py \
+    && for d in */; do d="${d%/}"; \
+         case "$d" in translation) ;; asr|tts|imagegen|vit) rm -rf "$d" ;; \
+           *) if [ -f "$d/__main__.py" ]; then rm -rf "$d"; fi ;; esac; \
        done \
     && find /app -name __pycache__ -prune -exec rm -rf {} + \
     && python -m compileall -q /app

@@ -143,3 +143,53 @@ def test_main_skips_local_directories(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "cache"))
     assert fetch_models.main(["TRANSLATION_MODELS"]) == 0
     assert "local directory" in caplog.text
+
+
+def voices_zip(path: Path, names: list[str]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in names:
+            zf.writestr(f"spkrec-xvect/{name}", name.encode())
+    return path
+
+
+def test_voices_one_per_speaker_from_the_arctic_xvectors(tmp_path, monkeypatch):
+    archive = voices_zip(
+        tmp_path / "x.zip",
+        [
+            "cmu_us_slt_arctic-wav-arctic_a0002.npy",
+            "cmu_us_slt_arctic-wav-arctic_a0001.npy",
+            "cmu_us_bdl_arctic-wav-arctic_b0539.npy",
+            "readme.txt",
+        ],
+    )
+    calls = []
+
+    class Hub:
+        def hf_hub_download(self, repo, filename, repo_type):
+            calls.append((repo, filename, repo_type))
+            return str(archive)
+
+    voices = tmp_path / "voices"
+    monkeypatch.delenv("MODELSERVE_VOICES_REPO", raising=False)
+    assert fetch_models.fetch_voices(voices, Hub()) == "extracted bdl, slt"
+    assert calls == [("Matthijs/cmu-arctic-xvectors", "spkrec-xvect.zip", "dataset")]
+    assert (voices / "slt.npy").read_bytes() == b"cmu_us_slt_arctic-wav-arctic_a0001.npy"
+    # Voices already there (baked, or a previous pod): nothing is downloaded.
+    assert fetch_models.fetch_voices(voices, None) == "present"
+
+
+def test_voices_archive_without_xvectors_is_an_error(tmp_path):
+    archive = voices_zip(tmp_path / "x.zip", ["other.npy"])
+    with pytest.raises(SystemExit, match="no cmu_us_"):
+        fetch_models.extract_voices(archive, tmp_path / "voices")
+
+
+def test_main_voices_flag(tmp_path, monkeypatch):
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    (voices / "a.npy").write_bytes(b"")
+    monkeypatch.setenv("TTS_MODEL", str(tmp_path))
+    monkeypatch.setenv("TTS_VOICES_DIR", str(voices))
+    assert fetch_models.main(["TTS_MODEL", "--voices", "TTS_VOICES_DIR"]) == 0

@@ -111,10 +111,13 @@ def test_deployments(path):
             assert init["command"][:2] == ["python", "/app/fetch_models.py"], name
             env = config_env(objects, dep, init)
             assert env["HF_HUB_OFFLINE"] == "0", f"{name}: the init container is the one that downloads"
-            for var in init["command"][2:]:
+            for var in (a for a in init["command"][2:] if not a.startswith("--")):
                 assert var in env, f"{name}: fetch_models reads {var}, which the pod does not set"
             claim = volumes["models"]["persistentVolumeClaim"]["claimName"]
             assert claim in pvcs, f"{name}: PVC {claim} not rendered"
+            if name == "tts":  # the service refuses to start without named voices
+                assert init["command"][-2:] == ["--voices", "TTS_VOICES_DIR"]
+                assert env["TTS_VOICES_DIR"].startswith("/models/")
             (server,) = spec["containers"]
             assert {m["mountPath"]: m.get("readOnly") for m in server["volumeMounts"]}["/models"] is True
 
@@ -225,6 +228,7 @@ def test_torch_dockerfile_contract(svc):
     assert re.search(r"^HEALTHCHECK .*\n.*/healthz", final, re.M)
     assert "EXPOSE 8000 50051" in final
     assert f'ENTRYPOINT ["python", "-m", "services.{svc}"]' in final
+    assert f"test -f {svc}/__main__.py" in text, "a build without the service's entry point must fail"
     assert "ARG MODELS_DIR" in final and "HF_HUB_OFFLINE=1" in final
     for forbidden in ("apt-get install -y --no-install-recommends python3 python3-venv", "pip install"):
         assert forbidden not in final, f"final stage must not build: {forbidden}"
