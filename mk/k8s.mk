@@ -13,6 +13,13 @@ K8S_PATH ?= .
 K8S_OUT ?= .docker/k8s-rendered
 K8S_VERSIONS ?= 1.30.0 1.32.0
 
+# The engine docker/start-dockerd.sh runs, unless DOCKER_HOST says otherwise.
+ifeq ($(origin DOCKER_HOST),undefined)
+ifneq ($(wildcard /run/modelserve-docker/docker.sock),)
+export DOCKER_HOST := unix:///run/modelserve-docker/docker.sock
+endif
+endif
+
 ifeq ($(IMAGE_VARIANT),cpu)
 IMAGE_BUILD_ARGS = --build-arg BASE=$(LOCAL_BASE) --build-arg TORCH_INDEX_URL=
 endif
