@@ -1,0 +1,36 @@
+"""Assembles the TF Serving-compatible server for the kit: runner, batcher, routes, servicers.
+
+Named server.py, not service.py: the platform imports services/<name>/service.py into its own process,
+while this one runs TensorFlow in a process of its own (`python -m services.vit`).
+"""
+
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+from services.kit.service import GrpcServicer, Service
+
+from . import schemas
+from .grpc_servicer import MODEL_SERVICE, PREDICTION_SERVICE, ModelServicer, PredictionServicer
+from .rest import create_router
+from .runner import VitRunner
+from .settings import VitSettings
+
+
+def create_service(settings: VitSettings | None = None) -> Service:
+    settings = settings or VitSettings()
+    runner = VitRunner(settings)
+    service = Service(name="vit", settings=settings, runner=runner, error_body=schemas.error_body)
+    # One batcher for every model version and signature: the batch key keeps them apart.
+    batcher = service.batcher("predict", runner.predict_batch)
+    service.router = create_router(runner, batcher)
+    service.grpc += [
+        GrpcServicer(
+            prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
+            PredictionServicer(runner, batcher),
+            PREDICTION_SERVICE,
+        ),
+        GrpcServicer(model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(runner), MODEL_SERVICE),
+    ]
+    service.models = lambda: [
+        {"id": settings.model_name, "versions": runner.available_versions(), "protocol": "tensorflow-serving"}
+    ]
+    return service
