@@ -196,6 +196,18 @@ def cmd_edit(args, rest: Client, grpc_client: GrpcClient) -> None:
     _save_images(args, result)
 
 
+def cmd_classify(args, rest: Client, grpc_client: GrpcClient) -> None:
+    api = grpc_client.vit if args.protocol == "grpc" else rest.vit
+    images = [_read_file(path) for path in args.images]
+    if args.top:
+        for path, image in zip(args.images, images, strict=True):
+            ranking = api.top_k(image)[: args.top]
+            _say(args, f"{path}\t" + ", ".join(f"{c.label} ({c.confidence:.3f})" for c in ranking))
+        return
+    for path, result in zip(args.images, api.classify_many(images), strict=True):
+        _say(args, f"{path}\t{result.label}\t{result.confidence:.4f}")
+
+
 def cmd_models(args, rest: Client, grpc_client: GrpcClient) -> None:
     entries = rest.models()
     if args.json:
@@ -313,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--mask", help="inpainting mask: transparent or white pixels are redrawn")
             p.add_argument("--strength", type=float, help="how much of the image to redraw, (0, 1]")
         p.set_defaults(run=cmd_generate if command == "generate" else cmd_edit)
+
+    p = new_command("classify", help="classify images with ViT (TF Serving protocol)")
+    p.add_argument("images", nargs="+", help="JPEG, PNG, GIF or BMP files")
+    p.add_argument("--top", type=int, help="show the N best labels with scores instead of the best one")
+    p.set_defaults(run=cmd_classify)
 
     p = new_command("models", help="list the models every service serves")
     p.add_argument("--json", action="store_true")

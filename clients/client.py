@@ -16,6 +16,7 @@ from .rest import AsyncRestTransport, RestTransport
 from .retry import RetryPolicy
 from .translation import AsyncTranslationClient, TranslationClient, TranslationGrpcClient
 from .tts import AsyncTTSClient, TTSClient, TTSGrpcClient
+from .vit import AsyncVitClient, VitClient, VitGrpcClient
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_GRPC_TARGET = "127.0.0.1:50051"
@@ -50,6 +51,7 @@ class Client:
         self.translation = TranslationClient(self.transport)
         self.tts = TTSClient(self.transport)
         self.images = ImagesClient(self.transport)
+        self.vit = VitClient(self.vit_transport)
 
     def models(self) -> list[ModelEntry]:
         """Every model the platform serves (GET /v1/models)."""
@@ -84,6 +86,7 @@ class AsyncClient:
         self.translation = AsyncTranslationClient(self.transport)
         self.tts = AsyncTTSClient(self.transport)
         self.images = AsyncImagesClient(self.transport)
+        self.vit = AsyncVitClient(self.vit_transport)
 
     async def models(self) -> list[ModelEntry]:
         return parse_models((await self.transport.request("GET", "/v1/models")).json())
@@ -118,6 +121,7 @@ class GrpcClient:
         self.translation = TranslationGrpcClient(self.caller)
         self.tts = TTSGrpcClient(self.caller)
         self.images = ImagesGrpcClient(self.caller)
+        self.vit = VitGrpcClient(self.vit_caller)
 
     def close(self) -> None:
         self.caller.close()

@@ -24,16 +24,10 @@ from clients.client import VIT_GRPC_PORT, VIT_REST_PORT, with_port
 from . import hpa as hpa_recording
 from . import report
 from .platform import REPO, VIT_MODEL_NAME, LocalPlatform
+from .scenario import PROTOCOLS, SERVICES, WEIGHTS, split_users, user_class
 
-SERVICES = ("translation", "asr", "tts", "imagegen", "vit")
-PROTOCOLS = ("rest", "grpc")
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 DEFAULT_NAMESPACE = "modelserve"
-
-
-def user_class(service: str, protocol: str) -> str:
-    """The Locust user class for a service and protocol, e.g. TranslationGrpcUser (see users.py)."""
-    return f"{service.capitalize()}{protocol.capitalize()}User"
 
 
 def parse_duration(text: str) -> int:
@@ -184,7 +178,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no service answers at {targets['host']} (nor ViT at {targets['vit']})", file=sys.stderr)
             return 2
         protocols = PROTOCOLS if args.protocol == "both" else (args.protocol,)
-        classes = [user_class(service, protocol) for service in services for protocol in protocols]
+        weights = {user_class(s, p): WEIGHTS[s] for s in services for p in protocols}
+        try:
+            counts = split_users(args.users, weights)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        classes = list(counts)
         print(
             f"load test: {', '.join(services)} over {', '.join(protocols)}; {args.users} users, {args.duration}, "
             f"{args.shape} shape, {args.payloads} payloads -> {out}",
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
+        env["LOADTEST_USER_COUNTS"] = ",".join(f"{name}={count}" for name, count in counts.items())
         if args.shape == "step":
             env.update(LOADTEST_SHAPE="step", LOADTEST_STEPS=str(args.steps))
         try:

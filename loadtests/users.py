@@ -13,14 +13,12 @@ import time
 
 import requests
 import soundfile as sf
-from locust import HttpUser, between, task
+from locust import HttpUser, between, events, task
 from PIL import Image
 
-from .common import Check, GrpcUser, name, payloads
+from .common import Check, GrpcUser, name, payloads, vit_url
+from .scenario import WEIGHTS
 
-# Relative traffic in the mixed scenario: cheap, frequent calls (translation, classification) more
-# often than expensive ones (image generation).
-WEIGHTS = {"translation": 4, "asr": 2, "tts": 2, "imagegen": 1, "vit": 4}
 WAIT = between(0.1, 1.0)
 AUDIO_FORMATS = ("wav", "flac", "pcm")  # what every libsndfile build writes
 
@@ -42,7 +40,9 @@ class RestUser(HttpUser):
         """
         label = name(self.service, operation or f"POST {path}")
         started = time.perf_counter()
-        with self.client.post(path, name=label, catch_response=True, stream=bool(stream), **request) as response:
+        with self.client.post(
+            path, name=label, catch_response=True, stream=bool(stream), **request
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {response.text[:300]}")
                 return
@@ -60,7 +60,9 @@ class RestUser(HttpUser):
                 response.failure(f"bad answer: {type(exc).__name__}: {exc}")
 
     def get_json(self, path: str, operation: str | None = None) -> dict | None:
-        with self.client.get(path, name=name(self.service, operation or f"GET {path}"), catch_response=True) as r:
+        with self.client.get(
+            path, name=name(self.service, operation or f"GET {path}"), catch_response=True
+        ) as r:
             if r.status_code != 200:
                 r.failure(f"{r.status_code}: {r.text[:200]}")
                 return None
@@ -128,8 +130,12 @@ class TranslationRestUser(RestUser):
     def translate_with_beams(self) -> None:
         pair = self.payloads.rng.choice(self.pairs)
         body = {
-            "text": self.payloads.text(_pair_lang(pair)), "source_lang": pair[0], "target_lang": pair[1],
-            "num_beams": 4, "num_return_sequences": 2, **token_limit(self.payloads),
+            "text": self.payloads.text(_pair_lang(pair)),
+            "source_lang": pair[0],
+            "target_lang": pair[1],
+            "num_beams": 4,
+            "num_return_sequences": 2,
+            **token_limit(self.payloads),
         }
 
         def check(_, response):
@@ -148,7 +154,9 @@ class TranslationGrpcUser(GrpcUser):
         super().on_start()
         self.pairs = [("en", "de")]
         with self.measure("ListModels"):
-            self.pairs = [(m.source_lang, m.target_lang) for m in self.grpc.translation.models()] or self.pairs
+            self.pairs = [
+                (m.source_lang, m.target_lang) for m in self.grpc.translation.models()
+            ] or self.pairs
 
     @task
     def translate(self) -> None:
@@ -178,23 +186,39 @@ class TtsRestUser(RestUser):
     @task(3)
     def speech(self) -> None:
         fmt = self.payloads.rng.choice(AUDIO_FORMATS)
-        body = {"input": self.payloads.speech_text(), "voice": self.payloads.rng.choice(self.voices),
-                "response_format": fmt}
+        body = {
+            "input": self.payloads.speech_text(),
+            "voice": self.payloads.rng.choice(self.voices),
+            "response_format": fmt,
+        }
         self.post("/v1/audio/speech", lambda data, _: check_audio(data, fmt), json=body)
 
     @task(2)
     def speech_stream(self) -> None:
-        body = {"input": self.payloads.speech_text(), "voice": self.payloads.rng.choice(self.voices),
-                "response_format": "pcm", "stream": True}
-        self.post("/v1/audio/speech", lambda data, _: check_audio(data, "pcm"),
-                  "POST /v1/audio/speech (stream, time to first audio)", stream="first", json=body)
+        body = {
+            "input": self.payloads.speech_text(),
+            "voice": self.payloads.rng.choice(self.voices),
+            "response_format": "pcm",
+            "stream": True,
+        }
+        self.post(
+            "/v1/audio/speech",
+            lambda data, _: check_audio(data, "pcm"),
+            "POST /v1/audio/speech (stream, time to first audio)",
+            stream="first",
+            json=body,
+        )
 
     @task(1)
     def convert(self) -> None:
         audio, filename = self.payloads.audio()
         form = {"voice": self.payloads.rng.choice(self.voices) or "", "response_format": "wav"}
-        self.post("/v1/audio/conversions", lambda data, _: check_audio(data, "wav"),
-                  files={"file": (filename, audio)}, data={k: v for k, v in form.items() if v})
+        self.post(
+            "/v1/audio/conversions",
+            lambda data, _: check_audio(data, "wav"),
+            files={"file": (filename, audio)},
+            data={k: v for k, v in form.items() if v},
+        )
 
 
 class TtsGrpcUser(GrpcUser):
@@ -221,9 +245,13 @@ class TtsGrpcUser(GrpcUser):
     @task(2)
     def synthesize_stream(self) -> None:
         with self.measure("SynthesizeStream") as record:
-            chunks = list(self.grpc.tts.stream_speech(
-                self.payloads.speech_text(), voice=self.payloads.rng.choice(self.voices), response_format="pcm"
-            ))
+            chunks = list(
+                self.grpc.tts.stream_speech(
+                    self.payloads.speech_text(),
+                    voice=self.payloads.rng.choice(self.voices),
+                    response_format="pcm",
+                )
+            )
             audio = b"".join(c.audio for c in chunks)
             check_audio(audio, "pcm")
             record["length"] = len(audio)
@@ -270,13 +298,19 @@ class ImagegenRestUser(RestUser):
                 raise Check("progress events and a completed image expected")
             check_image(base64.b64decode(completed[0]["b64_json"]))
 
-        self.post("/v1/images/generations", check, "POST /v1/images/generations (stream)", stream="whole", json=body)
+        self.post(
+            "/v1/images/generations", check, "POST /v1/images/generations (stream)", stream="whole", json=body
+        )
 
     @task(1)
     def edit(self) -> None:
         image, fmt = self.payloads.image()
         options = self.payloads.imagegen_options()
-        form = {"prompt": self.payloads.prompt(), "strength": "0.7", **{k: str(v) for k, v in options.items()}}
+        form = {
+            "prompt": self.payloads.prompt(),
+            "strength": "0.7",
+            **{k: str(v) for k, v in options.items()},
+        }
         self.post("/v1/images/edits", self.check_images, files={"image": (f"source.{fmt}", image)}, data=form)
 
 
@@ -303,3 +337,71 @@ class ImagegenGrpcUser(GrpcUser):
                 raise Check("no progress events")
             check_image(result.image.data)
             record["length"] = len(result.image.data)
+
+
+# -- ViT on the TensorFlow Serving protocol -------------------------------------------------------
+
+
+class VitRestUser(RestUser):
+    """Posts to the ViT server (its own address: --vit-host), as TF Serving's REST API expects."""
+
+    service = "vit"
+    weight = WEIGHTS["vit"]
+    model = "hf-vit"
+
+    def __init__(self, environment):
+        self.host = vit_url(environment)
+        super().__init__(environment)
+
+    @task(3)
+    def predict(self) -> None:
+        images = [self.payloads.image()[0] for _ in range(self.payloads.rng.choice((1, 1, 2, 4)))]
+        body = {"instances": [{"b64": base64.b64encode(image).decode()} for image in images]}
+
+        def check(_, response):
+            predictions = response.json()["predictions"]
+            if len(predictions) != len(images) or not all(p["label"] for p in predictions):
+                raise Check("one label per image expected")
+
+        self.post(f"/v1/models/{self.model}:predict", check, json=body)
+
+    @task(1)
+    def top_k(self) -> None:
+        body = {
+            "signature_name": "top_k",
+            "instances": [{"b64": base64.b64encode(self.payloads.image()[0]).decode()}],
+        }
+
+        def check(_, response):
+            scores = response.json()["predictions"][0]["scores"]
+            if scores != sorted(scores, reverse=True):
+                raise Check("top_k scores not in order")
+
+        self.post(
+            f"/v1/models/{self.model}:predict",
+            check,
+            f"POST /v1/models/{self.model}:predict (top_k)",
+            json=body,
+        )
+
+
+@events.init.add_listener
+def load_tensorflow_serving_stubs(environment, **_) -> None:
+    """The TF Serving stubs import TensorFlow (seconds): once, before any user starts, not mid-test."""
+    if any(user.__name__ == "VitGrpcUser" for user in environment.user_classes):
+        import tensorflow_serving.apis.prediction_service_pb2_grpc  # noqa: F401
+
+
+class VitGrpcUser(GrpcUser):
+    service = "vit"
+    weight = WEIGHTS["vit"]
+    wait_time = WAIT
+
+    @task
+    def predict(self) -> None:
+        images = [self.payloads.image()[0] for _ in range(self.payloads.rng.choice((1, 1, 2, 4)))]
+        with self.measure("Predict") as record:
+            results = self.grpc.vit.classify_many(images)
+            if len(results) != len(images):
+                raise Check("one label per image expected")
+            record["length"] = len(results)
