@@ -1,0 +1,78 @@
+"""Image files in and out: uploads (source image and mask) decoded with limits, results encoded.
+
+PIL does the work; this module adds the service's rules: which formats, how large, what a mask means.
+"""
+
+import io
+import math
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from services.kit.errors import InvalidArgument, PayloadTooLarge, UnsupportedMediaType
+
+READABLE_FORMATS = ("PNG", "JPEG", "WEBP")
+# name -> (PIL format, media type)
+OUTPUT_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+SIZE_MULTIPLE = 8  # the VAE downsamples by 8: latents need whole pixels
+MIN_SIDE = 64
+
+
+def decode_image(data: bytes, *, field: str, max_pixels: int) -> Image.Image:
+    """An uploaded PNG/JPEG/WebP, EXIF rotation applied; the pixel count is checked before decoding."""
+    if not data:
+        raise InvalidArgument(f"{field}: the file is empty", field=field)
+    try:
+        image = Image.open(io.BytesIO(data), formats=READABLE_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"{field}: {exc}", field=field) from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UnsupportedMediaType(
+            f"{field}: not a readable image ({exc}); send one of {', '.join(READABLE_FORMATS)}", field=field
+        ) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"{field}: {width}x{height} exceeds the limit of {max_pixels} pixels", field=field
+        )
+    try:
+        image.load()
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(
+            f"{field}: the {image.format} data is corrupt or truncated ({exc})", field=field
+        ) from None
+    return ImageOps.exif_transpose(image)
+
+
+def mask_from(image: Image.Image) -> Image.Image:
+    """A mask as the inpainting pipeline reads it: white repaints, black keeps.
+
+    A mask with transparency follows OpenAI's rule (transparent pixels are the ones to edit); an
+    opaque one is read as a grey-scale mask, white = edit (the diffusers convention).
+    """
+    if "A" in image.getbands() or "transparency" in image.info:
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            return alpha.point(lambda a: 255 if a < 128 else 0)
+    return image.convert("L")
+
+
+def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The largest size with the same aspect ratio within max_pixels, both sides multiples of 8."""
+    scale = min(1.0, math.sqrt(max_pixels / (width * height)))
+    return (
+        max(SIZE_MULTIPLE, int(width * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE),
+        max(SIZE_MULTIPLE, int(height * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE),
+    )
+
+
+def encode_image(image: Image.Image, fmt: str, quality: int | None = None) -> bytes:
+    """PNG is lossless; `quality` (0-100) applies to JPEG and WebP."""
+    pil_format, _ = OUTPUT_FORMATS[fmt]
+    options = {} if fmt == "png" else {"quality": 95 if quality is None else quality}
+    buffer = io.BytesIO()
+    image.save(buffer, format=pil_format, **options)
+    return buffer.getvalue()
+
+
+def media_type(fmt: str) -> str:
+    return OUTPUT_FORMATS[fmt][1]
