@@ -7,6 +7,7 @@ utilisation the HPA sees; the report plots them on the same time axis as the loa
 
 import csv
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -36,14 +37,20 @@ class HpaSample:
     cpu_percent: int | None
 
 
-def connect(context: str | None = None):
-    """An AutoscalingV2Api and the context's namespace, or None when no cluster is configured."""
+def connect(context: str | None = None, kubeconfig: str | None = None):
+    """(AutoscalingV2Api, the context's namespace or None), or None when no cluster is configured.
+
+    The kubeconfig is $KUBECONFIG (read now, not when the kubernetes package was imported) or
+    ~/.kube/config; inside a pod the service account is used.
+    """
     from kubernetes import client, config
 
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser())
     try:
-        config.load_kube_config(context=context)
-        _, active = config.list_kube_config_contexts()
-        namespace = (active or {}).get("context", {}).get("namespace")
+        config.load_kube_config(config_file=kubeconfig, context=context)
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        chosen = next((c for c in contexts if c["name"] == context), active) if context else active
+        namespace = (chosen or {}).get("context", {}).get("namespace")
     except (config.ConfigException, FileNotFoundError, TypeError, KeyError):
         try:
             config.load_incluster_config()

@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hpa", action="append", default=[], help="HPA name to record (repeatable; default all)"
     )
     parser.add_argument("--kube-context", default=None)
+    parser.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG or ~/.kube/config")
     parser.add_argument("--no-hpa", action="store_true", help="do not look for a Kubernetes context")
     return parser
 
@@ -146,15 +147,17 @@ def resolve_targets(args) -> dict[str, str]:
 def start_hpa_recorder(args):
     if args.no_hpa:
         return None
-    connection = hpa_recording.connect(args.kube_context)
+    connection = hpa_recording.connect(args.kube_context, args.kubeconfig)
     if connection is None:
         print("no Kubernetes context: HPA replicas will not be recorded")
         return None
     api, context_namespace = connection
     namespace = args.namespace or context_namespace or DEFAULT_NAMESPACE
-    recorder = hpa_recording.HpaRecorder(api, namespace, args.hpa)
+    # One service under test: its own HPA (the manifests name each HPA after its service); else all.
+    names = args.hpa or ([args.service] if args.service != "all" else [])
+    recorder = hpa_recording.HpaRecorder(api, namespace, names)
     recorder.start()
-    print(f"recording HPAs in namespace {namespace}")
+    print(f"recording HPAs {', '.join(names) or '(all)'} in namespace {namespace}")
     return recorder
 
 
