@@ -165,15 +165,15 @@ def main() -> None:
 
     baseline_first, baseline_total, _ = rows["REST, whole file (sentences batched)"]
     print(
-        f"\n### TTS ({args.size} model on {device}, {sentences}-sentence paragraph of {len(PARAGRAPH)} characters, "
-        f"median of {args.repeats})\n"
+        f"\n### TTS ({args.size} model on {device}, {sentences}-sentence paragraph of {len(PARAGRAPH)} "
+        f"characters, median of {args.repeats})\n"
     )
     print("| path | first audio s | vs whole file | total s | vs whole file | audio s | real-time factor |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, (first, total, audio) in rows.items():
         print(
-            f"| {name} | {first:.2f} | {first / baseline_first:.2f}x | {total:.2f} | {total / baseline_total:.2f}x "
-            f"| {audio:.1f} | {total / audio:.3f} |"
+            f"| {name} | {first:.2f} | {first / baseline_first:.2f}x | {total:.2f} "
+            f"| {total / baseline_total:.2f}x | {audio:.1f} | {total / audio:.3f} |"
         )
     print("\nreal-time factor = synthesis seconds per second of audio (below 1: faster than real time);")
     print("REST audio includes the 250 ms pauses between sentences, the runner's does not.")
