@@ -68,6 +68,11 @@ class LocalPlatform:
         wanted = self.services == "all" or "vit" in self.services.split(",")
         return wanted and (REPO / "services" / "vit" / "__main__.py").exists()
 
+    @property
+    def has_shared_server(self) -> bool:
+        """False when only ViT was asked for: then no service runs on the platform's own ports."""
+        return self.services == "all" or any(name != "vit" for name in self.services.split(","))
+
     def environment(self) -> dict[str, str]:
         env = {**os.environ, **read_env_file(self.env_file)}
         env.update(
@@ -93,7 +98,8 @@ class LocalPlatform:
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + self.ready_timeout_s
-        checks = [self._platform_ready] + ([self._vit_ready] if self.has_vit else [])
+        checks = [self._platform_ready] if self.has_shared_server else []
+        checks += [self._vit_ready] if self.has_vit else []
         while checks:
             if self.process.poll() is not None:
                 raise RuntimeError(
@@ -114,7 +120,11 @@ class LocalPlatform:
         return _get_ok(f"{self.vit_url}/v1/models/{VIT_MODEL_NAME}")
 
     def served_services(self) -> list[str]:
-        names = httpx.get(f"{self.rest_url}/readyz", timeout=5).json().get("services", [])
+        names = (
+            httpx.get(f"{self.rest_url}/readyz", timeout=5).json()["services"]
+            if self.has_shared_server
+            else []
+        )
         return sorted(names + (["vit"] if self.has_vit else []))
 
     def stop(self) -> int | None:

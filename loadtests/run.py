@@ -96,40 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def locust_command(args, targets: dict[str, str], classes: list[str], out: Path) -> list[str]:
-    spawn_rate = args.spawn_rate or max(1.0, args.users / 5)
-    return [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
-        "--headless",
-        "--users",
-        str(args.users),
-        "--spawn-rate",
-        str(spawn_rate),
-        "--run-time",
-        f"{parse_duration(args.duration)}s",
-        "--host",
-        targets["host"],
-        "--grpc-host",
-        targets["grpc"],
-        "--vit-host",
-        targets["vit"],
-        "--vit-grpc-host",
-        targets["vit_grpc"],
-        "--payloads",
-        args.payloads,
-        "--csv",
-        str(out / "locust"),
-        "--csv-full-history",
-        "--html",
-        str(out / "report.html"),
-        "--only-summary",
-        "--loglevel",
-        "WARNING",
-        *classes,
-    ]
+    options = {
+        "--users": args.users,
+        "--spawn-rate": args.spawn_rate or max(1.0, args.users / 5),
+        "--run-time": f"{parse_duration(args.duration)}s",
+        "--host": targets["host"],
+        "--grpc-host": targets["grpc"],
+        "--vit-host": targets["vit"],
+        "--vit-grpc-host": targets["vit_grpc"],
+        "--payloads": args.payloads,
+        "--csv": out / "locust",
+        "--html": out / "report.html",
+        "--loglevel": "WARNING",
+    }
+    flags = ["--headless", "--csv-full-history", "--only-summary"]
+    pairs = [str(part) for option in options.items() for part in option]
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *flags, *pairs, *classes]
 
 
 def resolve_targets(args) -> dict[str, str]:
