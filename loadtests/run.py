@@ -201,9 +201,8 @@ def main(argv: list[str] | None = None) -> int:
 
     history = out / "locust_stats_history.csv"
     if history.exists():
-        title = (
-            f"{args.service} via {args.protocol}: {args.users} users, {args.shape} load, {targets['host']}"
-        )
+        over = " and ".join({"rest": "REST", "grpc": "gRPC"}[p] for p in protocols)
+        title = f"{', '.join(services)} over {over}: {args.users} users, {args.shape} load, {targets['host']}"
         pngs = report.plot(history, out, samples, title)
         table = report.summary_table(out / "locust_stats.csv")
         (out / "summary.md").write_text(table + "\n")
