@@ -122,21 +122,35 @@ def main() -> None:
         checkpoint = TINY if args.size == "tiny" else small_checkpoint(work)
         version_dir = export_saved_model(checkpoint, work / "models")
         images = photos(16)
-        bodies = [{"instances": [base64.urlsafe_b64encode(images[i % len(images)]).decode()]}
-                  for i in range(args.requests)]
+        bodies = [
+            {"instances": [base64.urlsafe_b64encode(images[i % len(images)]).decode()]}
+            for i in range(args.requests)
+        ]
 
         print(f"\n## ViT ({args.size}) per-image cost, {THREADS} TF threads, 320x240 JPEG in\n")
-        print("| batch | serving_default ms/img | model only (pixel_values) ms/img | decode+preprocess ms/img | "
-              "preprocess share |")
+        print(
+            "| batch | serving_default ms/img | model only (pixel_values) ms/img | decode+preprocess ms/img | "
+            "preprocess share |"
+        )
         print("|---:|---:|---:|---:|---:|")
         for batch, total, model in cost_split(version_dir, images):
-            print(f"| {batch} | {total:.1f} | {model:.1f} | {total - model:.1f} | {(total - model) / total:.0%} |")
+            print(
+                f"| {batch} | {total:.1f} | {model:.1f} | {total - model:.1f} | {(total - model) / total:.0%} |"
+            )
 
         servers = {}
-        for mode, overrides in (("off", dict(max_batch_size=1, max_wait_ms=0)),
-                                ("on", dict(max_batch_size=16, max_wait_ms=5))):
-            settings = VitSettings(model_base=work / "models", checkpoint=None, poll_interval_s=0, threads=THREADS,
-                                   log_level="warning", **overrides)
+        for mode, overrides in (
+            ("off", dict(max_batch_size=1, max_wait_ms=0)),
+            ("on", dict(max_batch_size=16, max_wait_ms=5)),
+        ):
+            settings = VitSettings(
+                model_base=work / "models",
+                checkpoint=None,
+                poll_interval_s=0,
+                threads=THREADS,
+                log_level="warning",
+                **overrides,
+            )
             servers[mode] = ServerThread(lambda s=settings: [create_service(s)], settings).start()
         results: dict[tuple[str, int], tuple[float, float, float]] = {}
         try:
@@ -149,8 +163,11 @@ def main() -> None:
                     for mode, server in servers.items():
                         url = f"{server.rest_url}/v1/models/hf-vit:predict"
                         elapsed, latencies = asyncio.run(load(url, bodies, concurrency))
-                        measured = (len(bodies) / elapsed, percentile(latencies, 50) * 1000,
-                                    percentile(latencies, 95) * 1000)
+                        measured = (
+                            len(bodies) / elapsed,
+                            percentile(latencies, 50) * 1000,
+                            percentile(latencies, 95) * 1000,
+                        )
                         if measured[0] > results.get((mode, concurrency), (0,))[0]:
                             results[mode, concurrency] = measured
         finally:
@@ -161,7 +178,9 @@ def main() -> None:
         print(f"\n## ViT ({args.size}) through the REST server, {args.requests} requests of one image\n")
         print("| batching | concurrency | images/s | p50 ms | p95 ms | images/s vs batching off |")
         print("|---|---:|---:|---:|---:|---:|")
-        for (mode, concurrency), (rate, p50, p95) in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        for (mode, concurrency), (rate, p50, p95) in sorted(
+            results.items(), key=lambda kv: (kv[0][1], kv[0][0])
+        ):
             baseline = results["off", concurrency][0]
             print(f"| {mode} | {concurrency} | {rate:.1f} | {p50:.0f} | {p95:.0f} | {rate / baseline:.2f}x |")
 

@@ -64,7 +64,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             model_spec=schemas.model_spec(servable.name, servable.version, signature_name)
         )
         for key, value in outputs.items():
-            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+            response.outputs[key].CopyFrom(schemas.tensor_proto(value))
         return response
 
     async def GetModelMetadata(
@@ -103,4 +103,6 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return schemas.status_response(self.runner.version_states(spec.name, version))
 
     async def HandleReloadConfigRequest(self, request, context):
-        raise schemas.Unimplemented("model config reloads are not supported: new versions are picked up by polling")
+        raise schemas.Unimplemented(
+            "model config reloads are not supported: new versions are picked up by polling"
+        )

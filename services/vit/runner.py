@@ -22,7 +22,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from services.kit.batcher import Work
-from services.kit.errors import InvalidArgument, NotFound, ServiceError
+from services.kit.errors import Cancelled, InvalidArgument, NotFound, ServiceError
 
 from .settings import VitSettings
 
@@ -36,11 +36,14 @@ MODEL_CALLS = Counter(
     "vit_signature_calls_total", "Signature executions (one per merged batch)", ["model", "signature"]
 )
 PREDICTED_ROWS = Counter(
-    "vit_predicted_rows_total", "Rows (images) predicted, by model version and signature",
+    "vit_predicted_rows_total",
+    "Rows (images) predicted, by model version and signature",
     ["model", "version", "signature"],
 )
 BATCH_FALLBACKS = Counter(
-    "vit_batch_fallbacks_total", "Merged batches re-run request by request because one request failed", ["model"]
+    "vit_batch_fallbacks_total",
+    "Merged batches re-run request by request because one request failed",
+    ["model"],
 )
 LATEST_VERSION = Gauge("vit_model_latest_version", "Highest available version", ["model"])
 VERSION_LOADS = Counter("vit_version_loads_total", "Version load attempts", ["model", "outcome"])
@@ -115,7 +118,8 @@ class Servable:
         }
         saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
         meta_graph = next(
-            (m for m in saved_model.meta_graphs if SERVE_TAG in m.meta_info_def.tags), saved_model.meta_graphs[0]
+            (m for m in saved_model.meta_graphs if SERVE_TAG in m.meta_info_def.tags),
+            saved_model.meta_graphs[0],
         )
         self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(meta_graph.signature_def)
 
@@ -183,7 +187,9 @@ def validate_inputs(signature: Signature, inputs: dict[str, np.ndarray]) -> None
             )
         dtype = tf.as_dtype(value.dtype) if value.dtype != object else tf.string
         if dtype != spec.dtype:
-            raise InvalidArgument(f"Expects arg[{index}] to be {spec.dtype.name} but {dtype.name} is provided")
+            raise InvalidArgument(
+                f"Expects arg[{index}] to be {spec.dtype.name} but {dtype.name} is provided"
+            )
         if not spec.shape.is_compatible_with(value.shape):
             raise InvalidArgument(
                 f"input {key}: shape {list(value.shape)} is not compatible with the signature's "
@@ -243,7 +249,9 @@ class VitRunner:
 
     def warmup(self) -> None:
         for servable in self._servables.values():
-            log.info("%s version %d: replayed %d warm-up requests", self.name, servable.version, servable.warmup())
+            log.info(
+                "%s version %d: replayed %d warm-up requests", self.name, servable.version, servable.warmup()
+            )
 
     def close(self) -> None:
         self._stop.set()
@@ -334,17 +342,21 @@ class VitRunner:
 
     def predict_batch(self, works: list[Work]) -> list[dict[str, np.ndarray] | Exception]:
         """Requests sharing a batch key run as one signature call on their concatenated inputs."""
-        jobs: list[PredictJob] = [work.payload for work in works]
-        first = jobs[0]
+        live = [not work.cancelled for work in works]  # skip requests whose client already gave up
+        answers = iter(self._predict([work.payload for work, keep in zip(works, live, strict=True) if keep]))
+        return [next(answers) if keep else Cancelled("the client stopped waiting") for keep in live]
+
+    def _predict(self, jobs: list[PredictJob]) -> list[dict[str, np.ndarray] | Exception]:
         if len(jobs) > 1 and all(job.rows for job in jobs):
-            merged = {key: np.concatenate([job.inputs[key] for job in jobs]) for key in first.inputs}
+            merged = {key: np.concatenate([job.inputs[key] for job in jobs]) for key in jobs[0].inputs}
             total = sum(job.rows for job in jobs)
             try:
-                outputs = self._run(first, merged, total)
+                outputs = self._run(jobs[0], merged, total)
             except InvalidArgument:
                 # One bad image fails the whole merged call: re-run one by one so only its sender fails.
                 BATCH_FALLBACKS.labels(self.name).inc()
             else:
+                # Outputs without a per-row leading dimension cannot be split: then each request runs alone.
                 if all(value.ndim and value.shape[0] == total for value in outputs.values()):
                     results, offset = [], 0
                     for job in jobs:
@@ -352,12 +364,8 @@ class VitRunner:
                         results.append(job.select(part))
                         offset += job.rows
                     return results
-                # Outputs without a per-row leading dimension cannot be split: run each request alone.
         results: list[dict[str, np.ndarray] | Exception] = []
-        for work, job in zip(works, jobs, strict=True):
-            if work.cancelled:
-                results.append(InvalidArgument("cancelled"))  # nobody reads it
-                continue
+        for job in jobs:
             try:
                 results.append(job.select(self._run(job, job.inputs, job.rows or 1)))
             except ServiceError as exc:

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.wrappers_pb2 import Int64Value
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
 from services.kit.errors import InvalidArgument, ServiceError
@@ -78,7 +79,9 @@ def parse_json(body: bytes) -> dict:
     try:
         doc = json.loads(body)
     except UnicodeDecodeError as exc:
-        raise InvalidArgument(f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from None
+        raise InvalidArgument(
+            f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}"
+        ) from None
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
     if not isinstance(doc, dict):
@@ -144,7 +147,9 @@ def _scalar(value: Any, dtype: tf.DType) -> Any:
         if not isinstance(value, int) or not dtype.min <= value <= dtype.max:
             raise type_error()
         return value
-    raise InvalidArgument(f"Conversion of JSON Value: {_show(value)} to type: {_dtype_name(dtype)} is not supported")
+    raise InvalidArgument(
+        f"Conversion of JSON Value: {_show(value)} to type: {_dtype_name(dtype)} is not supported"
+    )
 
 
 def _dense_shape(value: Any) -> list[int]:
@@ -326,6 +331,34 @@ def dumps(doc: dict) -> bytes:
 # -- model status and metadata ------------------------------------------------------------------
 
 
+# Tensor::AsProtoField's value field per dtype: TF Serving's Predict answers with these, not tensor_content,
+# and clients read them directly (`response.outputs["scores"].float_val`).
+_VALUE_FIELDS = {
+    np.float32: "float_val",
+    np.float64: "double_val",
+    np.int64: "int64_val",
+    np.bool_: "bool_val",
+    np.int32: "int_val",
+    np.int16: "int_val",
+    np.int8: "int_val",
+    np.uint8: "int_val",
+    np.uint16: "int_val",
+    np.uint32: "uint32_val",
+    np.uint64: "uint64_val",
+}
+
+
+def tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    field = _VALUE_FIELDS.get(array.dtype.type)
+    if field is None:  # strings (string_val) and the rest
+        return tf.make_tensor_proto(array)
+    proto = tensor_pb2.TensorProto(
+        dtype=tf.as_dtype(array.dtype).as_datatype_enum, tensor_shape=tf.TensorShape(array.shape).as_proto()
+    )
+    getattr(proto, field).extend(array.ravel().tolist())
+    return proto
+
+
 def model_spec(name: str, version: int, signature_name: str = "") -> model_pb2.ModelSpec:
     return model_pb2.ModelSpec(name=name, version=Int64Value(value=version), signature_name=signature_name)
 
@@ -346,7 +379,9 @@ def status_response(states: list[VersionState]) -> get_model_status_pb2.GetModel
 
 
 def metadata_response(servable: Servable) -> get_model_metadata_pb2.GetModelMetadataResponse:
-    response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=model_spec(servable.name, servable.version))
+    response = get_model_metadata_pb2.GetModelMetadataResponse(
+        model_spec=model_spec(servable.name, servable.version)
+    )
     signatures = get_model_metadata_pb2.SignatureDefMap()
     for key, signature_def in servable.signature_defs.items():
         signatures.signature_def[key].CopyFrom(signature_def)

@@ -28,7 +28,9 @@ def create_service(settings: VitSettings | None = None) -> Service:
             PredictionServicer(runner, batcher),
             PREDICTION_SERVICE,
         ),
-        GrpcServicer(model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(runner), MODEL_SERVICE),
+        GrpcServicer(
+            model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(runner), MODEL_SERVICE
+        ),
     ]
     service.models = lambda: [
         {"id": settings.model_name, "versions": runner.available_versions(), "protocol": "tensorflow-serving"}

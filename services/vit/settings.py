@@ -17,10 +17,13 @@ class VitSettings(ServiceSettings):
     model_base: Path = Path("/models")
     model_name: str = "hf-vit"
     checkpoint: str | None = Field(
-        None, description="HF ViT checkpoint exported as version 1 at start-up when the model has no version yet"
+        None,
+        description="HF ViT checkpoint exported as version 1 at start-up when the model has no version yet",
     )
     poll_interval_s: float = Field(
-        5.0, ge=0, description="how often the model directory is rescanned for new or removed versions; 0 = never"
+        5.0,
+        ge=0,
+        description="how often the model directory is rescanned for new or removed versions; 0 = never",
     )
     # As the exporter's batching_parameters.txt: up to 16 requests per model call, 5 ms to fill a batch.
     max_batch_size: int = Field(16, ge=1)

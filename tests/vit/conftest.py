@@ -15,7 +15,9 @@ from services.vit.settings import VitSettings
 @pytest.fixture(scope="session")
 def vit_checkpoint(models_dir):
     path = models_dir / "vit" / "hf-vit"
-    assert (path / "model.safetensors").is_file(), f"tiny ViT missing at {path}: run python -m tools.tiny_models"
+    assert (path / "model.safetensors").is_file(), (
+        f"tiny ViT missing at {path}: run python -m tools.tiny_models"
+    )
     return path
 
 

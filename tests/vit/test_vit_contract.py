@@ -103,7 +103,9 @@ def server(request, model_base, tmp_path_factory):
     binary = shutil.which("tensorflow_model_server")
     if binary is None:
         pytest.skip("no tensorflow_model_server binary on PATH (it ships as the tensorflow/serving image)")
-    process, endpoint = _serve_with_tensorflow_model_server(binary, model_base, tmp_path_factory.mktemp("tfs"))
+    process, endpoint = _serve_with_tensorflow_model_server(
+        binary, model_base, tmp_path_factory.mktemp("tfs")
+    )
     yield endpoint
     process.terminate()
     process.wait(timeout=30)
@@ -114,7 +116,11 @@ def post(server: Endpoint, path: str, body) -> requests.Response:
 
 
 def available(version: int) -> dict:
-    return {"version": str(version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+    return {
+        "version": str(version),
+        "state": "AVAILABLE",
+        "status": {"error_code": "OK", "error_message": ""},
+    }
 
 
 # -- REST, following api_rest.md ----------------------------------------------------------------
@@ -151,7 +157,9 @@ def test_floats_are_written_in_their_shortest_form(server):
 
 
 def test_predict_columnar_format(server):
-    assert post(server, f"/v1/models/{MODEL}:predict", {"inputs": [1.0, 2.0]}).json() == {"outputs": [3.5, 4.0]}
+    assert post(server, f"/v1/models/{MODEL}:predict", {"inputs": [1.0, 2.0]}).json() == {
+        "outputs": [3.5, 4.0]
+    }
     assert post(server, f"/v1/models/{MODEL}:predict", {"inputs": {"x": [1.0, 2.0]}}).json() == {
         "outputs": [3.5, 4.0]
     }
@@ -160,7 +168,10 @@ def test_predict_columnar_format(server):
 def test_row_format_with_named_inputs_and_binary_values(server):
     body = {
         "signature_name": "tagged",
-        "instances": [{"x": 1.0, "tag": "foo"}, {"x": 2.0, "tag": {"b64": base64.b64encode(b"\x00\xffbar").decode()}}],
+        "instances": [
+            {"x": 1.0, "tag": "foo"},
+            {"x": 2.0, "tag": {"b64": base64.b64encode(b"\x00\xffbar").decode()}},
+        ],
     }
     response = post(server, f"/v1/models/{MODEL}:predict", body)
     assert response.status_code == 200, response.text
@@ -183,7 +194,10 @@ def test_columnar_format_with_named_inputs(server):
 
 
 def test_metadata(server):
-    for path, version in ((f"/v1/models/{MODEL}/metadata", LATEST), (f"/v1/models/{MODEL}/versions/1/metadata", 1)):
+    for path, version in (
+        (f"/v1/models/{MODEL}/metadata", LATEST),
+        (f"/v1/models/{MODEL}/versions/1/metadata", 1),
+    ):
         doc = requests.get(f"{server.rest}{path}", timeout=10).json()
         assert doc["model_spec"] == {"name": MODEL, "signature_name": "", "version": str(version)}
         signatures = doc["metadata"]["signature_def"]["signature_def"]
@@ -191,7 +205,10 @@ def test_metadata(server):
         default = signatures["serving_default"]
         assert default["method_name"] == "tensorflow/serving/predict"
         assert default["inputs"]["x"]["dtype"] == "DT_FLOAT"
-        assert default["inputs"]["x"]["tensor_shape"] == {"dim": [{"size": "-1", "name": ""}], "unknown_rank": False}
+        assert default["inputs"]["x"]["tensor_shape"] == {
+            "dim": [{"size": "-1", "name": ""}],
+            "unknown_rank": False,
+        }
         assert default["outputs"]["y"]["dtype"] == "DT_FLOAT"
         assert signatures["tagged"]["outputs"]["tag_bytes"]["dtype"] == "DT_STRING"
 
@@ -199,26 +216,74 @@ def test_metadata(server):
 @pytest.mark.parametrize(
     ("path", "body", "status", "message"),
     [
-        ("/v1/models/half:predict", {"instances": [1.0, 5.0]}, 404, "Servable not found for request: Latest(half)"),
-        (f"/v1/models/{MODEL}/versions/7:predict", {"instances": [1.0]}, 404,
-         f"Servable not found for request: Specific({MODEL}, 7)"),
-        (f"/v1/models/{MODEL}:predict", {"signature_name": "nope", "instances": [1.0]}, 400,
-         'Serving signature name: "nope" not found in signature def'),
-        (f"/v1/models/{MODEL}:predict", {"instances": [1.0], "inputs": [1.0]}, 400,
-         "expecting only one of 'inputs' or 'instances' keys to exist"),
-        (f"/v1/models/{MODEL}:predict", {"signature": "serving_default"}, 400, "Missing 'inputs' or 'instances' key"),
+        (
+            "/v1/models/half:predict",
+            {"instances": [1.0, 5.0]},
+            404,
+            "Servable not found for request: Latest(half)",
+        ),
+        (
+            f"/v1/models/{MODEL}/versions/7:predict",
+            {"instances": [1.0]},
+            404,
+            f"Servable not found for request: Specific({MODEL}, 7)",
+        ),
+        (
+            f"/v1/models/{MODEL}:predict",
+            {"signature_name": "nope", "instances": [1.0]},
+            400,
+            'Serving signature name: "nope" not found in signature def',
+        ),
+        (
+            f"/v1/models/{MODEL}:predict",
+            {"instances": [1.0], "inputs": [1.0]},
+            400,
+            "expecting only one of 'inputs' or 'instances' keys to exist",
+        ),
+        (
+            f"/v1/models/{MODEL}:predict",
+            {"signature": "serving_default"},
+            400,
+            "Missing 'inputs' or 'instances' key",
+        ),
         (f"/v1/models/{MODEL}:predict", {"instances": ["one"]}, 400, "is not of expected type: float"),
-        (f"/v1/models/{MODEL}:predict", {"instances": [[1.0], [2.0, 3.0]]}, 400, "Expecting tensor size: 1 but got: 2"),
-        (f"/v1/models/{MODEL}:predict", {"signature_name": "tagged", "instances": [{"x": 1.0}]}, 400,
-         "must only have keys: tag,x"),
-        (f"/v1/models/{MODEL}:predict", {"signature_name": "tagged", "instances": [{"x": 1.0, "tag": {"b64": "QQ==",
-                                                                                                   "x": 1}}]},
-         400, "not formatted correctly for base64 data"),
-        (f"/v1/models/{MODEL}:predict", {"signature_name": "tagged", "inputs": {"x": [1.0], "tag": [{"b64": "#"}]}},
-         400, "Unable to base64 decode"),
+        (
+            f"/v1/models/{MODEL}:predict",
+            {"instances": [[1.0], [2.0, 3.0]]},
+            400,
+            "Expecting tensor size: 1 but got: 2",
+        ),
+        (
+            f"/v1/models/{MODEL}:predict",
+            {"signature_name": "tagged", "instances": [{"x": 1.0}]},
+            400,
+            "must only have keys: tag,x",
+        ),
+        (
+            f"/v1/models/{MODEL}:predict",
+            {"signature_name": "tagged", "instances": [{"x": 1.0, "tag": {"b64": "QQ==", "x": 1}}]},
+            400,
+            "not formatted correctly for base64 data",
+        ),
+        (
+            f"/v1/models/{MODEL}:predict",
+            {"signature_name": "tagged", "inputs": {"x": [1.0], "tag": [{"b64": "#"}]}},
+            400,
+            "Unable to base64 decode",
+        ),
     ],
-    ids=["unknown-model", "unknown-version", "unknown-signature", "instances-and-inputs", "no-tensors", "wrong-type",
-         "ragged", "missing-input", "b64-extra-key", "bad-base64"],
+    ids=[
+        "unknown-model",
+        "unknown-version",
+        "unknown-signature",
+        "instances-and-inputs",
+        "no-tensors",
+        "wrong-type",
+        "ragged",
+        "missing-input",
+        "b64-extra-key",
+        "bad-base64",
+    ],
 )
 def test_errors_have_tf_serving_shape_and_status(server, path, body, status, message):
     response = post(server, path, body)
@@ -252,6 +317,8 @@ def test_grpc_predict(channel):
     request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0, 2.0, 5.0], dtype=tf.float32))
     response = stub.Predict(request, 10.0)
     assert tf.make_ndarray(response.outputs["y"]).tolist() == [3.5, 4.0, 5.5]
+    # Values come in the typed field, as TF Serving sends them: clients read it directly.
+    assert list(response.outputs["y"].float_val) == [3.5, 4.0, 5.5]
     assert response.model_spec.name == MODEL and response.model_spec.version.value == LATEST
     assert response.model_spec.signature_name == "serving_default"
 
@@ -268,7 +335,8 @@ def test_grpc_predict_named_inputs_and_output_filter(channel):
     request.inputs["tag"].CopyFrom(tf.make_tensor_proto([b"ab", b"\xff\x00\x01"]))
     response = stub.Predict(request, 10.0)
     assert set(response.outputs) == {"tag_length"}
-    assert tf.make_ndarray(response.outputs["tag_length"]).tolist() == [2, 3]
+    assert list(response.outputs["tag_length"].int_val) == [2, 3]
+    assert response.outputs["tag_length"].tensor_shape.dim[0].size == 2
 
 
 @pytest.mark.parametrize(

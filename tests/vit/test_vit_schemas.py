@@ -25,11 +25,15 @@ def test_row_format_stacks_instances_into_a_batch():
 
 
 def test_columnar_format_keeps_each_input_whole():
-    fmt, arrays = schemas.decode_predict_inputs({"inputs": {"tag": ["a"], "signal": [[1, 2, 3]] * 4}}, TWO_INPUTS)
+    fmt, arrays = schemas.decode_predict_inputs(
+        {"inputs": {"tag": ["a"], "signal": [[1, 2, 3]] * 4}}, TWO_INPUTS
+    )
     assert fmt is schemas.Format.COLUMNAR
     assert arrays["signal"].shape == (4, 3) and arrays["tag"].shape == (1,)
     # A lone b64 object is the single input's value, not an object of named inputs.
-    _, arrays = schemas.decode_predict_inputs({"inputs": {"b64": "QUJD"}}, {"image": tf.TensorSpec([], tf.string)})
+    _, arrays = schemas.decode_predict_inputs(
+        {"inputs": {"b64": "QUJD"}}, {"image": tf.TensorSpec([], tf.string)}
+    )
     assert arrays["image"] == np.array(b"ABC", dtype=object)
 
 
@@ -38,7 +42,9 @@ def test_b64_accepts_missing_padding_and_rejects_url_safe_alphabet():
     _, arrays = schemas.decode_predict_inputs({"instances": [{"b64": "QUI"}]}, spec)
     assert arrays["s"].tolist() == [b"AB"]
     with pytest.raises(InvalidArgument, match="Unable to base64 decode"):
-        schemas.decode_predict_inputs({"instances": [{"b64": base64.urlsafe_b64encode(b"\xfb\xff").decode()}]}, spec)
+        schemas.decode_predict_inputs(
+            {"instances": [{"b64": base64.urlsafe_b64encode(b"\xfb\xff").decode()}]}, spec
+        )
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,9 @@ def test_hf_blog_rest_client_works_unchanged(vit_server, images, reference):
     b64str = base64.urlsafe_b64encode(images[1]).decode("utf-8")
     data = json.dumps({"signature_name": "serving_default", "instances": [b64str]})
     headers = {"content-type": "application/json"}
-    json_response = requests.post(f"{vit_server.rest_url}/v1/models/{MODEL}:predict", data=data, headers=headers)
+    json_response = requests.post(
+        f"{vit_server.rest_url}/v1/models/{MODEL}:predict", data=data, headers=headers
+    )
     predictions = json.loads(json_response.text)["predictions"]
 
     label, confidence = reference(images[1])
@@ -68,11 +70,15 @@ def test_b64_objects_row_and_columnar_and_top_k(vit_server, images, reference):
     encoded = [{"b64": base64.b64encode(data).decode()} for data in images[:3]]
     rows = predict(vit_server, {"instances": encoded}).json()["predictions"]
     expected = [reference(data) for data in images[:3]]
-    assert [(p["label"], p["confidence"]) for p in rows] == [(label, pytest.approx(c, abs=1e-6)) for label, c in expected]
+    assert [(p["label"], p["confidence"]) for p in rows] == [
+        (label, pytest.approx(c, abs=1e-6)) for label, c in expected
+    ]
 
     columns = predict(vit_server, {"signature_name": "top_k", "inputs": encoded}).json()["outputs"]
     assert len(columns["labels"]) == 3 and all(len(labels) == 5 for labels in columns["labels"])
-    for (label, confidence), labels, scores in zip(expected, columns["labels"], columns["scores"], strict=True):
+    for (label, confidence), labels, scores in zip(
+        expected, columns["labels"], columns["scores"], strict=True
+    ):
         assert labels[0] == label and scores[0] == pytest.approx(confidence, abs=1e-6)
         assert scores == sorted(scores, reverse=True)
 
@@ -90,13 +96,18 @@ def test_hf_blog_grpc_client_works_unchanged(vit_server, images, reference):
 
     label, confidence = reference(images[0])
     assert tf.make_ndarray(grpc_predictions.outputs["label"])[0].decode() == label
-    assert float(tf.make_ndarray(grpc_predictions.outputs["confidence"])[0]) == pytest.approx(confidence, abs=1e-6)
+    assert float(tf.make_ndarray(grpc_predictions.outputs["confidence"])[0]) == pytest.approx(
+        confidence, abs=1e-6
+    )
 
 
 def test_concurrent_requests_share_model_calls_and_get_their_own_answers(vit_server, images, reference):
     calls_before = metric(vit_server, "vit_signature_calls_total")
     requests_sent = 10
-    bodies = [{"instances": [base64.urlsafe_b64encode(images[i % len(images)]).decode()]} for i in range(requests_sent)]
+    bodies = [
+        {"instances": [base64.urlsafe_b64encode(images[i % len(images)]).decode()]}
+        for i in range(requests_sent)
+    ]
     with ThreadPoolExecutor(requests_sent) as pool:
         answers = list(pool.map(lambda body: predict(vit_server, body).json()["predictions"][0], bodies))
     calls = metric(vit_server, "vit_signature_calls_total") - calls_before
@@ -129,15 +140,30 @@ def _png(width: int, height: int) -> bytes:
         ({"instances": [{"b64": base64.b64encode(b"plain text, no image").decode()}]}, 400, "image"),
         ({"instances": [{"b64": ""}]}, 400, ""),
         ({"instances": [{"b64": base64.b64encode(_png(7100, 7100)).decode()}]}, 400, "image too large"),
-        ({"signature_name": "classify", "instances": ["x"]}, 400, 'Serving signature name: "classify" not found'),
+        (
+            {"signature_name": "classify", "instances": ["x"]},
+            400,
+            'Serving signature name: "classify" not found',
+        ),
         ({"instances": ["x"], "inputs": ["x"]}, 400, "only one of 'inputs' or 'instances'"),
         ({"instances": [{"b64": "QUJD", "extra": 1}]}, 400, "does not have named input"),
         ({"instances": "x"}, 400, "list/array"),
         ({"instances": []}, 400, "No values in 'instances' array"),
         ({"instances": [1.5]}, 400, "is not of expected type: string"),
     ],
-    ids=["not-base64", "plain-string-not-base64", "not-an-image", "zero-bytes", "50-megapixels", "wrong-signature",
-         "both-formats", "b64-extra-key", "instances-not-list", "no-instances", "number-not-string"],
+    ids=[
+        "not-base64",
+        "plain-string-not-base64",
+        "not-an-image",
+        "zero-bytes",
+        "50-megapixels",
+        "wrong-signature",
+        "both-formats",
+        "b64-extra-key",
+        "instances-not-list",
+        "no-instances",
+        "number-not-string",
+    ],
 )
 def test_bad_input_gets_tf_serving_error_and_server_keeps_serving(vit_server, images, body, status, message):
     response = predict(vit_server, body)
@@ -149,7 +175,9 @@ def test_bad_input_gets_tf_serving_error_and_server_keeps_serving(vit_server, im
 
 
 def test_non_json_unknown_model_and_version(vit_server):
-    response = requests.post(f"{vit_server.rest_url}/v1/models/{MODEL}:predict", data=b"\x89PNG...", timeout=10)
+    response = requests.post(
+        f"{vit_server.rest_url}/v1/models/{MODEL}:predict", data=b"\x89PNG...", timeout=10
+    )
     assert response.status_code == 400 and response.json()["error"].startswith("JSON Parse error")
     response = requests.post(f"{vit_server.rest_url}/v1/models/resnet:predict", json={"instances": ["x"]})
     assert response.status_code == 404
@@ -173,7 +201,9 @@ def test_grpc_bad_image_is_invalid_argument(vit_server):
 def _wait_for_versions(server, expected: set[str], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        statuses = requests.get(f"{server.rest_url}/v1/models/{MODEL}", timeout=10).json()["model_version_status"]
+        statuses = requests.get(f"{server.rest_url}/v1/models/{MODEL}", timeout=10).json()[
+            "model_version_status"
+        ]
         if {s["version"] for s in statuses if s["state"] == "AVAILABLE"} == expected:
             return
         time.sleep(0.2)
@@ -190,7 +220,9 @@ def test_new_versions_are_picked_up_and_removed_ones_unloaded(vit_server, images
         with grpc.insecure_channel(vit_server.grpc_target) as channel:
             request = predict_pb2.PredictRequest()
             request.model_spec.name = MODEL
-            request.inputs["string_input"].CopyFrom(tf.make_tensor_proto([base64.urlsafe_b64encode(images[0])]))
+            request.inputs["string_input"].CopyFrom(
+                tf.make_tensor_proto([base64.urlsafe_b64encode(images[0])])
+            )
             response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, 10.0)
         assert response.model_spec.version.value == 2, "the latest version serves requests without a version"
         body = {"instances": [base64.urlsafe_b64encode(images[0]).decode()]}
@@ -203,9 +235,33 @@ def test_new_versions_are_picked_up_and_removed_ones_unloaded(vit_server, images
 
 def test_metrics_and_model_listing(vit_server):
     text = requests.get(vit_server.rest_url + "/metrics", timeout=10).text
-    for name in ("vit_signature_calls_total", "vit_predicted_rows_total", "vit_model_latest_version",
-                 "serving_batch_size"):
+    for name in (
+        "vit_signature_calls_total",
+        "vit_predicted_rows_total",
+        "vit_model_latest_version",
+        "serving_batch_size",
+    ):
         assert name in text
     listing = requests.get(vit_server.rest_url + "/v1/models", timeout=10).json()["data"]
     assert [entry["id"] for entry in listing] == [MODEL]
     assert 1 in listing[0]["versions"]
+
+
+def test_a_broken_version_is_reported_and_does_not_replace_the_served_one(vit_server, images):
+    broken = vit_server.settings.model_base / MODEL / "5"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            response = requests.get(f"{vit_server.rest_url}/v1/models/{MODEL}/versions/5", timeout=10)
+            if response.status_code == 200:
+                break
+            time.sleep(0.2)
+        (status,) = response.json()["model_version_status"]
+        assert status["state"] == "END" and status["status"]["error_message"]
+        body = {"instances": [base64.urlsafe_b64encode(images[0]).decode()]}
+        assert predict(vit_server, body).status_code == 200  # still version 1
+        assert predict(vit_server, body, version=5).status_code == 404
+    finally:
+        shutil.rmtree(broken)

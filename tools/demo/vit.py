@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import grpc
@@ -32,9 +33,23 @@ def _images() -> dict[str, bytes]:
     return images
 
 
+def wait_ready(rest: str, timeout: float = 300) -> None:
+    """The platform's readiness does not cover this separate process (it may still be exporting)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{rest}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the ViT server at {rest} was not ready after {timeout:.0f} s")
+
+
 def run(rest_url: str, grpc_target: str, out_dir: Path) -> list[str]:
     rest = f"http://127.0.0.1:{os.environ.get('VIT_REST_PORT', '8501')}"
     target = f"127.0.0.1:{os.environ.get('VIT_GRPC_PORT', '8500')}"
+    wait_ready(rest)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = _images()
     results: dict = {"status": httpx.get(f"{rest}/v1/models/{MODEL}", timeout=30).json()}
@@ -64,9 +79,17 @@ def run(rest_url: str, grpc_target: str, out_dir: Path) -> list[str]:
         reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, 60.0)
     labels = [label.decode() for label in tf.make_ndarray(reply.outputs["label"])]
     confidences = tf.make_ndarray(reply.outputs["confidence"]).tolist()
-    results["grpc"] = {"version": reply.model_spec.version.value, "labels": labels, "confidences": confidences}
-    lines.append(f"gRPC batch of {len(labels)} (version {reply.model_spec.version.value}): {', '.join(labels)}")
+    results["grpc"] = {
+        "version": reply.model_spec.version.value,
+        "labels": labels,
+        "confidences": confidences,
+    }
+    lines.append(
+        f"gRPC batch of {len(labels)} (version {reply.model_spec.version.value}): {', '.join(labels)}"
+    )
 
     (out_dir / "predictions.json").write_text(json.dumps(results, indent=2))
-    lines.append("(the tiny ViT has random weights: labels are arbitrary; real checkpoints export the same way)")
+    lines.append(
+        "(the tiny ViT has random weights: labels are arbitrary; real checkpoints export the same way)"
+    )
     return lines
