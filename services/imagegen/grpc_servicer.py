@@ -72,7 +72,7 @@ class ImageGenerationServicer(pb_grpc.ImageGenerationServicer):
                 body,
                 self.runner,
                 size=size,
-                size_field="width" if body.width else "height",
+                size_field="width",
                 streaming=streaming,
                 strength=body.strength,
                 image=image,

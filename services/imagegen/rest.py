@@ -148,7 +148,8 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
         """multipart/form-data: `image` (PNG/JPEG/WebP), optional `mask`, and the generation fields.
 
         With a mask it inpaints (transparent mask pixels, or white ones in an opaque mask, are
-        redrawn); without one it runs image-to-image.
+        redrawn); without one it runs image-to-image. `size` resizes the source; by default the
+        output keeps the source's size, scaled down into the pixel limit and to multiples of 8.
         """
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise UnsupportedMediaType("send multipart/form-data with an image file (and optionally a mask)")

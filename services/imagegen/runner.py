@@ -230,7 +230,9 @@ class ImageGenRunner:
     @property
     def max_steps(self) -> int:
         """Schedulers cannot take more steps than the timesteps the model was trained on (1000)."""
-        return min(self.settings.max_steps, self.pipelines[TEXT_TO_IMAGE].scheduler.config.num_train_timesteps)
+        return min(
+            self.settings.max_steps, self.pipelines[TEXT_TO_IMAGE].scheduler.config.num_train_timesteps
+        )
 
     @property
     def safety_checker_active(self) -> bool:

@@ -182,8 +182,12 @@ def build_job(
             f"mask: {mask.size[0]}x{mask.size[1]} differs from the image's {image.size[0]}x{image.size[1]}",
             field="mask",
         )
-    if size is None:
-        size = runner.native_size if image is None else fit_size(*image.size, s.max_pixels)
+    if size is None:  # the model's native size, or the source image's (scaled into the pixel limit)
+        size, size_field = (
+            (runner.native_size, size_field)
+            if image is None
+            else (fit_size(*image.size, s.max_pixels), "image")
+        )
     width, height = size
     check_size(width, height, s, size_field)
     if task != TEXT_TO_IMAGE:

@@ -227,6 +227,8 @@ def test_sdk_sees_openai_errors(client):
             400,
             "mask",
         ),
+        ({"image": ("a.png", png(SOURCE.resize((40, 64))), "image/png")}, {"prompt": "x"}, 400, "image"),
+        ({"image": ("a.png", png(SOURCE), "image/png")}, {"prompt": "x", "size": "64x60"}, 400, "size"),
         ({"image": ("a.png", png(SOURCE), "image/png")}, {"prompt": "x", "strength": "1.5"}, 400, "strength"),
         (
             {"image": ("a.png", png(SOURCE), "image/png")},
