@@ -2,7 +2,7 @@
 
 Batching: one `generate_speech` call synthesizes many sentences at once (padded token ids with an
 attention mask, one speaker embedding per row). The sentences of all requests in a batch are pooled,
-sorted by length (less padding) and cut into calls of at most `max_rows_per_call` rows.
+ordered (see `_row_order`) and cut into calls of at most `max_rows_per_call` rows.
 
 Randomness: SpeechT5's decoder pre-net applies dropout at inference on purpose, so outputs vary from run
 to run. Its dropout mask is drawn once per decoding step and shared by every row of a call, so a row's
@@ -300,7 +300,7 @@ class SpeechRunner:
                 if round_index < len(plan) and not works[w].cancelled
                 for i in plan[round_index]
             ]
-            rows.sort(key=lambda row: len(jobs[row[0]].sentences[row[1]].token_ids))
+            rows.sort(key=lambda row: self._row_order(jobs[row[0]], row[1]))
             for start in range(0, len(rows), step):
                 call = [(w, i) for w, i in rows[start : start + step] if not works[w].cancelled]
                 if not call:
@@ -325,6 +325,14 @@ class SpeechRunner:
             self._observe("synthesis", result)
             results.append(result)
         return results
+
+    @staticmethod
+    def _row_order(job: SpeechJob, index: int) -> tuple[int, int]:
+        """Streaming sentences first and in text order, so that every call extends what can be sent;
+        seeded ones in text order too (the same calls streamed or not); the rest by length (less padding)."""
+        if job.stream or job.seed is not None:
+            return (0, index)
+        return (1, len(job.sentences[index].token_ids))
 
     def _emit_in_order(self, work: Work, ready: dict[int, np.ndarray], parts: list[np.ndarray]) -> None:
         job: SpeechJob = work.payload

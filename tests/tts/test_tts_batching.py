@@ -15,11 +15,17 @@ def speak(server, **body) -> httpx.Response:
     )
 
 
-def wait_for(condition, timeout=20.0):
+def reached(condition, timeout=20.0) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.01)
+    return True
+
+
+def wait_for(condition, timeout=20.0):
+    assert reached(condition, timeout), "condition not reached"
 
 
 def run_while_model_is_busy(server, patch_synthesize, bodies: list[dict]) -> list[int]:
@@ -68,3 +74,26 @@ def test_each_sentence_keeps_its_own_length_in_a_shared_call(runner):
     assert [w.size for w in together] == [w.size for w in alone]
     assert together[0].size == len(short) * LENGTH_RATIO * 256
     assert all(np.isfinite(w).all() for w in together)
+
+
+def test_synthesis_stops_when_a_streaming_client_goes_away(tts_server, patch_synthesize):
+    text = " ".join(f"Sentence number {i}." for i in range(40))  # calls of 1, 16, 16 and 7 sentences
+    client_gone = threading.Event()
+    rows_per_call, server_let_go = [], []
+
+    def record(token_ids):
+        rows_per_call.append(len(token_ids))
+        if len(rows_per_call) == 2:  # may start before the client has even read the first sentence
+            client_gone.wait(timeout=20)
+            server_let_go.append(reached(lambda: tts_server.state.inflight == 0))
+
+    patch_synthesize(record)
+    body = {"input": text, "stream": True, "response_format": "pcm"}
+    with httpx.stream("POST", f"{tts_server.rest_url}/v1/audio/speech", json=body, timeout=60) as response:
+        next(response.iter_raw())
+    client_gone.set()
+    batcher = next(b for b in tts_server.services[0].batchers if b.name == "tts.speech")
+    wait_for(lambda: not batcher.busy)
+    # The call running when the client left finishes; no new one starts.
+    assert rows_per_call in ([1], [1, 16])
+    assert server_let_go in ([], [True])

@@ -86,3 +86,12 @@ def test_streaming_refuses_formats_it_cannot_stream(stub):
         list(stub.SynthesizeStream(pb.SynthesizeRequest(input="Hi.", response_format="mp3")))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "streaming sends wav or pcm" in error.value.details()
+
+
+def test_long_streams_arrive_in_order_and_match_the_unary_audio(stub):
+    # More sentences than one generate call takes (16): the stream spans several calls.
+    text = " ".join(f"Sentence number {i}." for i in range(20))
+    request = pb.SynthesizeRequest(input=text, response_format="pcm", seed=12)
+    chunks = list(stub.SynthesizeStream(request, timeout=120))
+    assert [c.sentence_index for c in chunks] == list(range(20))
+    assert b"".join(c.audio for c in chunks) == stub.Synthesize(request, timeout=120).audio
