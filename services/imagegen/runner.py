@@ -242,20 +242,26 @@ class ImageGenRunner:
         return scheduler_name(self.settings.default_scheduler or DEFAULT_SCHEDULER)
 
     def warmup(self) -> None:
-        grey, everything = Image.new("RGB", (64, 64), (128, 128, 128)), Image.new("L", (64, 64), 255)
+        """Two steps of each task at the native size: allocations, kernel choice (and compilation) happen here."""
+        width, height = self.native_size
+        grey, everything = (
+            Image.new("RGB", (width, height), (128, 128, 128)),
+            Image.new("L", (width, height), 255),
+        )
         for task in PIPELINES:
+            edit = task != TEXT_TO_IMAGE
             job = ImageJob(
-                task,
-                "warm up",
-                "",
-                (0,),
-                64,
-                64,
-                2,
-                self.settings.default_guidance_scale,
-                self.default_scheduler(),
-                strength=None if task == TEXT_TO_IMAGE else 1.0,
-                image=grey if task != TEXT_TO_IMAGE else None,
+                task=task,
+                prompt="warm up",
+                negative_prompt="",
+                seeds=(0,),
+                width=width,
+                height=height,
+                steps=2,
+                guidance_scale=self.settings.default_guidance_scale,
+                scheduler=self.default_scheduler(),
+                strength=1.0 if edit else None,
+                image=grey if edit else None,
                 mask=everything if task == INPAINT else None,
             )
             self.generate([job])

@@ -138,10 +138,9 @@ def build_job(
     No image: text-to-image. An image: image-to-image, or inpainting when a mask comes with it.
     """
     s = runner.settings
-    prompt = options.prompt.strip()
-    if not prompt:
+    if not options.prompt.strip():
         raise InvalidArgument("prompt: must not be empty", field="prompt")
-    for name, text in (("prompt", prompt), ("negative_prompt", options.negative_prompt or "")):
+    for name, text in (("prompt", options.prompt), ("negative_prompt", options.negative_prompt or "")):
         if len(text) > s.max_prompt_chars:
             raise InvalidArgument(
                 f"{name}: {len(text)} characters exceeds the limit of {s.max_prompt_chars}", field=name
@@ -182,13 +181,9 @@ def build_job(
             f"mask: {mask.size[0]}x{mask.size[1]} differs from the image's {image.size[0]}x{image.size[1]}",
             field="mask",
         )
-    if size is None:  # the model's native size, or the source image's (scaled into the pixel limit)
-        size, size_field = (
-            (runner.native_size, size_field)
-            if image is None
-            else (fit_size(*image.size, s.max_pixels), "image")
-        )
-    width, height = size
+    if size is None and image is not None:  # the source's size, scaled into the pixel limit
+        size, size_field = fit_size(*image.size, s.max_pixels), "image"
+    width, height = size or runner.native_size
     check_size(width, height, s, size_field)
     if task != TEXT_TO_IMAGE:
         strength = DEFAULT_STRENGTH[task] if strength is None else strength
@@ -204,8 +199,8 @@ def build_job(
     seed = random.randint(0, MAX_SEED) if options.seed is None else options.seed
     return ImageJob(
         task=task,
-        prompt=prompt,
-        negative_prompt=(options.negative_prompt or "").strip(),
+        prompt=options.prompt,
+        negative_prompt=options.negative_prompt or "",
         seeds=tuple((seed + i) % (MAX_SEED + 1) for i in range(options.n)),
         width=width,
         height=height,

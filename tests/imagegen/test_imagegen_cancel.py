@@ -21,7 +21,7 @@ ENDLESS = 1000  # the most a scheduler takes (the model's training timesteps)
 
 @pytest.fixture(scope="module")
 def server(make_settings):
-    settings = make_settings(max_wait_ms=0, max_steps=5000)
+    settings = make_settings(max_wait_ms=0, max_steps=5000, max_queue=1)
     with ServerThread(lambda: [create_service(settings)], settings) as running:
         yield running
 
@@ -90,3 +90,29 @@ def test_dropped_rest_request_stops_compute(server, compute):
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.rest_url + "/v1/images/generations", json=endless(size="256x256"), timeout=1.0)
     assert 0 < compute.settled() < ENDLESS / 4
+
+
+def queue_depth(server) -> float:
+    text = httpx.get(server.rest_url + "/metrics", timeout=10).text
+    line = next(
+        line
+        for line in text.splitlines()
+        if line.startswith('serving_queue_depth{batcher="imagegen.generate"}')
+    )
+    return float(line.split()[-1])
+
+
+def test_full_queue_gets_503_and_the_queued_request_still_answers(server, stub, compute):
+    running = stub.GenerateStream(pb.GenerateRequest(**endless(width=256, height=256)), timeout=120)
+    next(running)  # the worker is busy with it
+    queued = stub.Generate.future(pb.GenerateRequest(prompt="queued", steps=4, seed=1), timeout=60)
+    deadline = time.monotonic() + 30
+    while queue_depth(server) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for body in ({"prompt": "one more"}, {"prompt": "one more", "stream": True}):
+        refused = httpx.post(server.rest_url + "/v1/images/generations", json=body, timeout=30)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "overloaded"
+        assert int(refused.headers["retry-after"]) >= 1
+    running.cancel()
+    assert [image.seed for image in queued.result().images] == [1]
+    compute.settled()

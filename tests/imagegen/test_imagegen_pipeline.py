@@ -4,7 +4,9 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from diffusers import DPMSolverMultistepScheduler, PNDMScheduler
+from diffusers.models.attention_processor import SlicedAttnProcessor
 from PIL import Image
 
 from services.imagegen.runner import (
@@ -117,6 +119,26 @@ def test_previews_are_spread_over_the_steps():
     assert [job(partial_images=2).preview_index(s, 4) for s in range(1, 5)] == [None, 0, None, 1]
     assert [job(partial_images=9).preview_index(s, 3) for s in range(1, 4)] == [0, 1, 2]
     assert job(partial_images=0).preview_index(1, 3) is None
+
+
+def test_gpu_switches_apply_to_the_shared_components_of_every_task(make_settings, runner):
+    switched = ImageGenRunner(make_settings(attention_slicing="max", vae_tiling=True))
+    switched.load()
+    for pipe in switched.pipelines.values():
+        assert all(isinstance(p, SlicedAttnProcessor) for p in pipe.unet.attn_processors.values())
+        assert pipe.vae.use_tiling
+    # Slicing trades speed for memory, not pixels; tiling kicks in above the VAE's 64-pixel tiles.
+    sliced = as_array(switched.generate([job()])[0][0])
+    assert np.abs(sliced - as_array(runner.generate([job()])[0][0])).max() <= 1
+    assert switched.generate([job(width=128, height=128)])[0][0].image.size == (128, 128)
+
+
+def test_half_precision_survives_building_the_other_tasks(make_settings):
+    # from_pipe casts to float32 unless told otherwise: on a GPU that would double the memory.
+    half = ImageGenRunner(make_settings(dtype="float16"))
+    half.load()
+    for pipe in half.pipelines.values():
+        assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float16
 
 
 def test_missing_safety_checker_is_reported_at_start_up(make_settings, caplog):
