@@ -20,7 +20,9 @@ IMAGES = [image_file(64, 48, random.Random(i), fmt) for i, fmt in enumerate(("PN
 @pytest.fixture(scope="module")
 def server(models_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("vit-serving")
-    settings = VitSettings(model_base=base, checkpoint=str(models_dir / "vit" / "hf-vit"), log_level="warning")
+    settings = VitSettings(
+        model_base=base, checkpoint=str(models_dir / "vit" / "hf-vit"), log_level="warning"
+    )
     with ServerThread(lambda: [create_service(settings)], settings) as running:
         yield running
 
@@ -77,7 +79,17 @@ def test_cli_classifies_files(server, rest, tmp_path, capsys):
         paths[-1].write_bytes(data)
     expected = rest.classify_many(IMAGES)
     for protocol in ("rest", "grpc"):
-        code = main(["classify", *map(str, paths), "--vit-url", server.rest_url, "--vit-grpc", server.grpc_target,
-                     "--protocol", protocol])
+        code = main(
+            [
+                "classify",
+                *map(str, paths),
+                "--vit-url",
+                server.rest_url,
+                "--vit-grpc",
+                server.grpc_target,
+                "--protocol",
+                protocol,
+            ]
+        )
         lines = capsys.readouterr().out.splitlines()
         assert code == 0 and [line.split("\t")[1] for line in lines] == [c.label for c in expected]
