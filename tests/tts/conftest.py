@@ -1,6 +1,5 @@
 """One tiny-model TTS server for the whole tts test session (REST + gRPC on loopback)."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +8,6 @@ from services.kit.testing import ServerThread
 from services.tts.service import create_service
 from services.tts.settings import TTSSettings
 
-REPO = Path(__file__).resolve().parents[2]
 # Random tiny weights never reach a stop probability that means anything: length = ratio x tokens instead.
 LENGTH_RATIO = 2.0
 
@@ -38,19 +36,8 @@ def tiny_settings(models: Path, **overrides) -> TTSSettings:
 
 
 @pytest.fixture(scope="session")
-def tts_models(models_dir: Path) -> Path:
-    if not (models_dir / "tts" / "voices").is_dir():
-        # The builder's command line may not cover tts alone: build just these models.
-        sys.path.insert(0, str(REPO))
-        from tools.tiny_models import tts
-
-        tts.build(models_dir)
-    return models_dir
-
-
-@pytest.fixture(scope="session")
-def tts_server(tts_models: Path):
-    settings = tiny_settings(tts_models)
+def tts_server(models_dir: Path):
+    settings = tiny_settings(models_dir)
     with ServerThread(lambda: [create_service(settings)], settings) as server:
         yield server
 

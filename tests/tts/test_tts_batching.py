@@ -6,7 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
-from conftest import LENGTH_RATIO
 
 
 def speak(server, **body) -> httpx.Response:
@@ -72,7 +71,7 @@ def test_each_sentence_keeps_its_own_length_in_a_shared_call(runner):
     together = runner.synthesize([short, long], [voice, voice], [1.0, 1.0])
     alone = [runner.synthesize([ids], [voice], [1.0])[0] for ids in (short, long)]
     assert [w.size for w in together] == [w.size for w in alone]
-    assert together[0].size == len(short) * LENGTH_RATIO * 256
+    assert together[0].size == len(short) * runner.settings.max_len_ratio * 256
     assert all(np.isfinite(w).all() for w in together)
 
 

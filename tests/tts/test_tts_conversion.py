@@ -46,8 +46,8 @@ def test_flac_input_mp3_output_and_seeded_reproducibility(tts_server):
     assert sf.read(io.BytesIO(mp3.content))[0].size > 0
 
 
-def test_own_speaker_embedding_as_json(tts_server, tts_models):
-    vector = np.load(tts_models / "tts" / "voices" / "shimmer.npy").tolist()
+def test_own_speaker_embedding_as_json(tts_server, models_dir):
+    vector = np.load(models_dir / "tts" / "voices" / "shimmer.npy").tolist()
     data = audio_file(0.5)
     named = convert(tts_server, data, voice="shimmer", seed="1").content
     own = convert(tts_server, data, speaker_embedding=str(vector), seed="1").content

@@ -9,7 +9,6 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
-from conftest import LENGTH_RATIO
 
 from services.kit.audio import supported_output_formats
 
@@ -27,8 +26,8 @@ def decode(content: bytes) -> tuple[np.ndarray, int]:
 
 
 def frames(runner, text: str) -> int:
-    """Spectrogram frames the tiny model makes for one sentence: LENGTH_RATIO per token."""
-    return len(runner.sentences(text)[0].token_ids) * int(LENGTH_RATIO)
+    """Spectrogram frames the tiny model makes for one sentence: the (min = max) length ratio per token."""
+    return len(runner.sentences(text)[0].token_ids) * int(runner.settings.max_len_ratio)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +110,7 @@ def test_seeded_audio_does_not_depend_on_concurrent_requests(tts_server):
         assert seeded.result().content == alone
 
 
-def test_voices_are_listed_and_change_the_voice(tts_server, tts_models):
+def test_voices_are_listed_and_change_the_voice(tts_server, models_dir):
     listing = httpx.get(f"{tts_server.rest_url}/v1/voices").json()
     names = [v["id"] for v in listing["data"]]
     assert names == ["alloy", "echo", "nova", "shimmer"]
@@ -120,7 +119,7 @@ def test_voices_are_listed_and_change_the_voice(tts_server, tts_models):
     assert echo != speak(tts_server, voice="nova", response_format="wav", seed=5).content
     # OpenAI's object form of a voice, and the same x-vector sent as the request's own embedding.
     assert speak(tts_server, voice={"id": "echo"}, response_format="wav", seed=5).content == echo
-    vector = np.load(tts_models / "tts" / "voices" / "echo.npy").tolist()
+    vector = np.load(models_dir / "tts" / "voices" / "echo.npy").tolist()
     assert speak(tts_server, speaker_embedding=vector, response_format="wav", seed=5).content == echo
 
 
