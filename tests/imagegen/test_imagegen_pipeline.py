@@ -5,9 +5,11 @@ import logging
 import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, PNDMScheduler
+from diffusers import DPMSolverMultistepScheduler, PNDMScheduler, StableDiffusionPipeline
 from diffusers.models.attention_processor import SlicedAttnProcessor
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from PIL import Image
+from transformers import CLIPConfig, CLIPImageProcessor
 
 from services.imagegen.runner import (
     IMAGE_TO_IMAGE,
@@ -139,6 +141,38 @@ def test_half_precision_survives_building_the_other_tasks(make_settings):
     half.load()
     for pipe in half.pipelines.values():
         assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float16
+
+
+@pytest.fixture(scope="module")
+def model_with_safety_checker(sd_model, tmp_path_factory):
+    """The tiny checkpoint plus a tiny safety checker that flags every image (all concept thresholds < 0)."""
+    pipe = StableDiffusionPipeline.from_pretrained(sd_model, use_safetensors=True)
+    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4)
+    checker = StableDiffusionSafetyChecker(
+        CLIPConfig(
+            text_config=tower, vision_config={**tower, "image_size": 32, "patch_size": 8}, projection_dim=16
+        )
+    )
+    checker.concept_embeds_weights.data.fill_(-10.0)
+    extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    target = tmp_path_factory.mktemp("sd") / "with-safety-checker"
+    StableDiffusionPipeline(
+        **{**pipe.components, "safety_checker": checker, "feature_extractor": extractor},
+        requires_safety_checker=True,
+    ).save_pretrained(target, safe_serialization=True)
+    return target
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_safety_checker_on_or_off_by_configuration(make_settings, model_with_safety_checker, enabled):
+    configured = ImageGenRunner(make_settings(model=str(model_with_safety_checker), safety_checker=enabled))
+    configured.load()
+    assert configured.safety_checker_active is enabled
+    images = configured.generate([job(seeds=(1, 2))])[0]
+    if enabled:  # flagged images come back black, and say so
+        assert [(g.nsfw, np.asarray(g.image).max()) for g in images] == [(True, 0), (True, 0)]
+    else:
+        assert all(g.nsfw is None and np.asarray(g.image).max() > 0 for g in images)
 
 
 def test_missing_safety_checker_is_reported_at_start_up(make_settings, caplog):
