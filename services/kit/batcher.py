@@ -73,6 +73,7 @@ class DynamicBatcher:
         max_queue: int = 64,
         timeout_s: float = 60.0,
         retry_after_s: float = 1.0,
+        worker_init: Callable[[], None] | None = None,
     ):
         self.name = name
         self.predict_batch = predict_batch
@@ -84,7 +85,10 @@ class DynamicBatcher:
         self._queue: collections.deque[Work] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        # worker_init runs in the model thread itself: thread-pool sizes (torch, OpenMP) are per thread.
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"model-{name}", initializer=worker_init
+        )
         self._running = 0  # requests inside the current model call
         self._queue_depth = metrics.QUEUE_DEPTH.labels(batcher=name)
 

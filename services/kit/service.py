@@ -3,8 +3,10 @@
 A service module builds one `Service` and never touches server start-up, health or metrics.
 """
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from fastapi import APIRouter
@@ -12,6 +14,13 @@ from fastapi import APIRouter
 from .batcher import DynamicBatcher
 from .config import ServiceSettings
 from .errors import ServiceError
+
+
+def limit_threads(threads: int) -> None:
+    """Cap the calling thread's compute threads for whichever framework the service loaded."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 class ModelRunner(Protocol):
@@ -54,6 +63,8 @@ class Service:
             timeout_s=s.request_timeout_s,
             retry_after_s=s.retry_after_s,
         )
+        if s.threads:
+            options["worker_init"] = partial(limit_threads, s.threads)
         options.update(overrides)
         batcher = DynamicBatcher(f"{self.name}.{name}", predict_batch, **options)
         self.batchers.append(batcher)
