@@ -1,4 +1,5 @@
 """The model thread gets the configured compute-thread cap (thread pools are sized per thread)."""
+
 import torch
 
 from services.kit.config import ServiceSettings

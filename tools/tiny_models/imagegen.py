@@ -89,6 +89,8 @@ def build(out_dir: Path) -> list[Path]:
         set_alpha_to_one=False,
         steps_offset=1,
     )
+    # SD 1.5's file also says clip_sample=false, which DDIM reads when a service swaps schedulers.
+    scheduler.register_to_config(clip_sample=False)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
