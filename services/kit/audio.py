@@ -98,6 +98,25 @@ def decode_audio(
     return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
 
 
+def decode_pcm16(
+    data: bytes, source_rate: int, *, sample_rate: int = 16000, max_seconds: float | None = None
+) -> np.ndarray:
+    """Raw 16-bit little-endian mono PCM (what a microphone stream carries) -> float32 samples at `sample_rate`."""
+    if not data:
+        raise InvalidArgument("audio stream is empty", field="audio")
+    if len(data) % 2:
+        raise InvalidArgument(f"raw PCM needs whole 16-bit samples; got {len(data)} bytes", field="audio")
+    if not 1000 <= source_rate <= 384000:
+        raise InvalidArgument(f"sample rate {source_rate} Hz is outside 1000-384000 Hz", field="sample_rate")
+    duration = len(data) / 2 / source_rate
+    if max_seconds is not None and duration > max_seconds:
+        raise PayloadTooLarge(
+            f"audio is {duration:.1f} s long; the limit is {max_seconds:g} s", field="audio"
+        )
+    samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+    return np.clip(resample(samples, source_rate, sample_rate), -1.0, 1.0).astype(np.float32, copy=False)
+
+
 def encode_audio(samples: np.ndarray, sample_rate: int, fmt: str) -> tuple[bytes, str]:
     """Mono float samples -> (file bytes, media type) in one of `supported_output_formats()`."""
     supported = supported_output_formats()

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from services.kit.audio import decode_audio, encode_audio, readable_formats, supported_output_formats
+from services.kit.audio import (
+    decode_audio,
+    decode_pcm16,
+    encode_audio,
+    readable_formats,
+    supported_output_formats,
+)
 from services.kit.errors import InvalidArgument, PayloadTooLarge, UnsupportedMediaType
 
 
@@ -128,3 +134,21 @@ def test_encode_unknown_format_names_supported_ones():
     with pytest.raises(InvalidArgument) as caught:
         encode_audio(np.zeros(10, dtype=np.float32), 16000, "aac")
     assert "wav" in caught.value.message and "aac" in caught.value.message
+
+
+def test_raw_pcm_decodes_and_resamples():
+    pcm = (tone(500, 1.0, 8000) * 32767).astype("<i2").tobytes()
+    samples = decode_pcm16(pcm, 8000)
+    assert samples.size == 16000
+    assert abs(dominant_frequency(samples, 16000) - 500) < 2
+
+
+def test_raw_pcm_refuses_half_samples_bad_rates_and_long_streams():
+    with pytest.raises(InvalidArgument, match="16-bit"):
+        decode_pcm16(b"\x00\x01\x02", 16000)
+    with pytest.raises(InvalidArgument, match="sample rate"):
+        decode_pcm16(b"\x00\x00", 10)
+    with pytest.raises(InvalidArgument, match="empty"):
+        decode_pcm16(b"", 16000)
+    with pytest.raises(PayloadTooLarge, match="limit is 1 s"):
+        decode_pcm16(bytes(4 * 16000), 16000, max_seconds=1)
