@@ -108,6 +108,58 @@ def _progress(args, **options) -> tqdm:
     return tqdm(disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr, leave=False, **options)
 
 
+def cmd_transcribe(args, rest: Client, grpc_client: GrpcClient) -> None:
+    audio = _read_file(args.audio)
+    options = {
+        "language": args.language,
+        "prompt": args.prompt,
+        "temperature": args.temperature,
+        "decoding": args.decoding,
+    }
+    options = {k: v for k, v in options.items() if v is not None} | {"task": args.task}
+    timestamps = args.format in ("verbose_json", "srt", "vtt")
+    if args.protocol == "grpc":
+        # Streamed upload: the bar follows the bytes sent, then the transcript arrives when decoding ends.
+        with _progress(args, total=len(audio), unit="B", unit_scale=True, desc="uploading") as bar:
+            result = grpc_client.asr.transcribe_file_streamed(
+                audio, timestamps=timestamps, on_chunk=lambda chunk: bar.update(len(chunk)), **options
+            )
+        text = result.subtitles(args.format) if args.format in ("srt", "vtt") else None
+    else:
+        with _progress(args, desc="transcribing", bar_format="{desc} [{elapsed}]"):
+            if args.format in ("srt", "vtt"):
+                text, result = rest.asr.transcribe_as(audio, args.format, **options), None
+            else:
+                text, result = None, rest.asr.transcribe(audio, timestamps=timestamps, **options)
+    if text is None:
+        text = (
+            result.text
+            if args.format == "text"
+            else json.dumps(
+                _transcription_json(result, args.format),
+                ensure_ascii=False,
+                indent=2 if args.format == "verbose_json" else None,
+            )
+        )
+    if args.output:
+        _write_file(args.output, text.encode())
+        _say(args, f"wrote {args.format} to {args.output}")
+    else:
+        _say(args, text.rstrip("\n"))
+
+
+def _transcription_json(result, fmt: str) -> dict:
+    body = {"text": result.text, "decoding": result.decoding}
+    if fmt == "verbose_json":
+        body |= {
+            "task": result.task,
+            "language": result.language,
+            "duration": result.duration,
+            "segments": [vars(s) for s in result.segments or []],
+        }
+    return body
+
+
 def cmd_synthesize(args, rest: Client, grpc_client: GrpcClient) -> None:
     api = grpc_client.tts if args.protocol == "grpc" else rest.tts
     text = sys.stdin.read() if args.text == "-" else args.text
@@ -283,6 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.set_defaults(run=cmd_translate)
+
+    p = new_command("transcribe", help="speech to text (or to English with --task translate)")
+    p.add_argument("audio", help="wav, flac, ogg (or mp3) file")
+    p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    p.add_argument("--language", help="spoken language, e.g. en or german (default: detected)")
+    p.add_argument("--prompt", help="text that conditions the decoder, e.g. spellings of names")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--decoding", choices=("auto", "assisted", "plain"), help="force the decoding path")
+    p.add_argument("--format", choices=("text", "json", "verbose_json", "srt", "vtt"), default="text")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(run=cmd_transcribe)
 
     p = new_command("synthesize", help="text to speech, into an audio file")
     p.add_argument("text", help="the text, or - to read it from stdin")

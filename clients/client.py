@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from .asr import ASRClient, ASRGrpcClient, AsyncASRClient
 from .grpc_channel import GrpcCaller
 from .images import AsyncImagesClient, ImagesClient, ImagesGrpcClient
 from .listing import ModelEntry, parse_models
@@ -49,6 +50,7 @@ class Client:
         self.transport = RestTransport(base_url, **options)
         self.vit_transport = RestTransport(vit_url or with_port(base_url, VIT_REST_PORT), **options)
         self.translation = TranslationClient(self.transport)
+        self.asr = ASRClient(self.transport)
         self.tts = TTSClient(self.transport)
         self.images = ImagesClient(self.transport)
         self.vit = VitClient(self.vit_transport)
@@ -84,6 +86,7 @@ class AsyncClient:
         self.transport = AsyncRestTransport(base_url, **options)
         self.vit_transport = AsyncRestTransport(vit_url or with_port(base_url, VIT_REST_PORT), **options)
         self.translation = AsyncTranslationClient(self.transport)
+        self.asr = AsyncASRClient(self.transport)
         self.tts = AsyncTTSClient(self.transport)
         self.images = AsyncImagesClient(self.transport)
         self.vit = AsyncVitClient(self.vit_transport)
@@ -119,6 +122,7 @@ class GrpcClient:
         self.caller = GrpcCaller(target, **options)
         self.vit_caller = GrpcCaller(vit_target or with_port(target, VIT_GRPC_PORT), **options)
         self.translation = TranslationGrpcClient(self.caller)
+        self.asr = ASRGrpcClient(self.caller)
         self.tts = TTSGrpcClient(self.caller)
         self.images = ImagesGrpcClient(self.caller)
         self.vit = VitGrpcClient(self.vit_caller)

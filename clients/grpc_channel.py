@@ -69,8 +69,8 @@ class GrpcCaller:
         metadata = (("x-request-id", uuid.uuid4().hex), *self.metadata)
         return {"timeout": self.timeout if timeout is None else timeout, "metadata": metadata}
 
-    def _wait_or_raise(self, number: int, error: ModelServeError) -> None:
-        delay = self.retry.delay(number, error)
+    def _wait_or_raise(self, number: int, error: ModelServeError, retry: RetryPolicy | None = None) -> None:
+        delay = (retry or self.retry).delay(number, error)
         if delay is None:
             raise error
         log.info("gRPC call to %s: %s; retry %d in %.2f s", self.target, error, number, delay)
@@ -94,8 +94,10 @@ class GrpcCaller:
         requests: Callable[[], Iterator[Any]],
         *,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Any:
-        """`requests` is called once per attempt, so that a retry sends the whole stream again."""
+        """`requests` is called once per attempt, so that a retry sends the whole stream again; pass
+        `retry=NO_RETRY` when it cannot replay its stream (live audio)."""
         options = self._call_options(timeout)
         number = 0
         while True:
@@ -103,7 +105,7 @@ class GrpcCaller:
             try:
                 return method(requests(), **options)
             except grpc.RpcError as exc:
-                self._wait_or_raise(number, error_from_rpc(exc))
+                self._wait_or_raise(number, error_from_rpc(exc), retry)
 
     def unary_stream(
         self, method: grpc.UnaryStreamMultiCallable, request: Any, *, timeout: float | None = None

@@ -171,6 +171,64 @@ class TranslationGrpcUser(GrpcUser):
             record["length"] = sum(len(t) for t in result.translations)
 
 
+# -- speech recognition --------------------------------------------------------------------------
+
+
+class AsrRestUser(RestUser):
+    service = "asr"
+    weight = WEIGHTS["asr"]
+
+    @staticmethod
+    def check_transcript(_, response) -> None:
+        body = response.json()
+        if not isinstance(body["text"], str) or body.get("decoding") not in (None, "assisted", "plain"):
+            raise Check("a transcript with its decoding path expected")
+
+    @task(3)
+    def transcribe(self) -> None:
+        audio, filename = self.payloads.audio()
+        form = {"response_format": self.payloads.rng.choice(("json", "json", "verbose_json"))}
+        self.post(
+            "/v1/audio/transcriptions", self.check_transcript, files={"file": (filename, audio)}, data=form
+        )
+
+    @task(1)
+    def translate(self) -> None:
+        audio, filename = self.payloads.audio()
+        self.post(
+            "/v1/audio/translations",
+            self.check_transcript,
+            files={"file": (filename, audio)},
+            data={"response_format": "json"},
+        )
+
+
+class AsrGrpcUser(GrpcUser):
+    service = "asr"
+    weight = WEIGHTS["asr"]
+    wait_time = WAIT
+
+    @task(2)
+    def transcribe(self) -> None:
+        audio, filename = self.payloads.audio()
+        with self.measure("Transcribe") as record:
+            result = self.grpc.asr.transcribe(
+                audio, task=self.payloads.rng.choice(("transcribe", "translate"))
+            )
+            if result.decoding not in ("assisted", "plain"):
+                raise Check(f"unknown decoding path {result.decoding!r}")
+            record["length"] = len(result.text)
+
+    @task(1)
+    def transcribe_stream(self) -> None:
+        audio, filename = self.payloads.audio()
+        with self.measure("TranscribeStream") as record:
+            result = self.grpc.asr.transcribe_file_streamed(audio, chunk_bytes=16 * 1024)
+            if result.duration is None or result.duration <= 0:
+                raise Check("the streamed audio was not received")
+            record["length"] = len(result.text)
+
+
 # -- text to speech -------------------------------------------------------------------------------
 
 
