@@ -20,6 +20,9 @@ from services.kit.testing import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 VIT_MODEL_NAME = "hf-vit"
+# Random-weight Whisper rarely emits end-of-text: cap each window so a request takes a fraction of a
+# second instead of 448 decoder steps. Applies only where the environment does not say otherwise.
+TINY_MODEL_DEFAULTS = {"ASR_MAX_NEW_TOKENS": "40"}
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -37,6 +40,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 class LocalPlatform:
     env_file: Path = REPO / "env" / "tiny.env"
     services: str = "all"
+    extra_env: dict[str, str] = field(default_factory=dict)  # wins over the env file and the caller's
     ready_timeout_s: float = 300.0
     log_path: Path | None = None
     rest_port: int = field(default_factory=free_port)
@@ -74,7 +78,8 @@ class LocalPlatform:
         return self.services == "all" or any(name != "vit" for name in self.services.split(","))
 
     def environment(self) -> dict[str, str]:
-        env = {**os.environ, **read_env_file(self.env_file)}
+        """The env file, then the caller's environment (explicit settings win), then our ports."""
+        env = {**TINY_MODEL_DEFAULTS, **read_env_file(self.env_file), **os.environ, **self.extra_env}
         env.update(
             PLATFORM_SERVICES=self.services,
             PLATFORM_HOST="127.0.0.1",

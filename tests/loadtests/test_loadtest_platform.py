@@ -24,11 +24,8 @@ USERS, DURATION = 10, "20s"
 def platform(models_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("platform") / "platform.log"
     # Warm-up off: it only makes the first requests faster, and start-up time is CI time.
-    local = LocalPlatform(log_path=log)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PLATFORM_WARMUP", "false")
-        patch.setenv("VIT_WARMUP", "false")
-        local.start()
+    local = LocalPlatform(log_path=log, extra_env={"PLATFORM_WARMUP": "false", "VIT_WARMUP": "false"})
+    local.start()
     yield local
     assert local.stop() == 0, f"the platform did not drain cleanly; see {log}"
 
