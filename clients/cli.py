@@ -48,10 +48,6 @@ def _write_file(path: str, data: bytes) -> None:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _say(args, line: str) -> None:
-    print(line, file=sys.stdout)
-
-
 # -- commands -------------------------------------------------------------------------------------
 
 
@@ -69,8 +65,7 @@ def cmd_translate(args, rest: Client, grpc_client: GrpcClient) -> None:
         **{k: v for k, v in options.items() if v is not None},
     )
     if args.json:
-        _say(
-            args,
+        print(
             json.dumps(
                 {
                     "translations": result.translations,
@@ -82,9 +77,9 @@ def cmd_translate(args, rest: Client, grpc_client: GrpcClient) -> None:
         )
         return
     for i, translation in enumerate(result.translations):
-        _say(args, translation)
+        print(translation)
         for alternative in result.alternatives[i][1:] if result.alternatives else []:
-            _say(args, f"  ~ {alternative}")
+            print(f"  ~ {alternative}")
 
 
 AUDIO_SUFFIXES = {
@@ -143,9 +138,9 @@ def cmd_transcribe(args, rest: Client, grpc_client: GrpcClient) -> None:
         )
     if args.output:
         _write_file(args.output, text.encode())
-        _say(args, f"wrote {args.format} to {args.output}")
+        print(f"wrote {args.format} to {args.output}")
     else:
-        _say(args, text.rstrip("\n"))
+        print(text.rstrip("\n"))
 
 
 def _transcription_json(result, fmt: str) -> dict:
@@ -177,7 +172,7 @@ def cmd_synthesize(args, rest: Client, grpc_client: GrpcClient) -> None:
             speech = api.speech(text, **options)
         _write_file(args.output, speech.audio)
     duration = f"{speech.duration_s:.1f} s of " if speech.duration_s else ""
-    _say(args, f"wrote {duration}{fmt} audio to {args.output}")
+    print(f"wrote {duration}{fmt} audio to {args.output}")
 
 
 def cmd_convert(args, rest: Client, grpc_client: GrpcClient) -> None:
@@ -185,13 +180,13 @@ def cmd_convert(args, rest: Client, grpc_client: GrpcClient) -> None:
     fmt = _format_for(args.output, AUDIO_SUFFIXES, args.format, "wav")
     speech = api.convert(_read_file(args.audio), voice=args.voice, response_format=fmt, seed=args.seed)
     _write_file(args.output, speech.audio)
-    _say(args, f"wrote {fmt} audio in voice {args.voice or '(default)'} to {args.output}")
+    print(f"wrote {fmt} audio in voice {args.voice or '(default)'} to {args.output}")
 
 
 def cmd_voices(args, rest: Client, grpc_client: GrpcClient) -> None:
     voices = (grpc_client.tts if args.protocol == "grpc" else rest.tts).voices()
     for voice in voices.names:
-        _say(args, f"{voice} (default)" if voice == voices.default else voice)
+        print(f"{voice} (default)" if voice == voices.default else voice)
 
 
 def _image_options(args) -> dict:
@@ -215,7 +210,7 @@ def _save_images(args, result) -> None:
             output if len(result.images) == 1 else output.with_name(f"{output.stem}-{i + 1}{output.suffix}")
         )
         _write_file(str(path), image.data)
-        _say(args, f"wrote {result.size} image (seed {image.seed}) to {path}")
+        print(f"wrote {result.size} image (seed {image.seed}) to {path}")
 
 
 def _step_bar(args):
@@ -254,20 +249,20 @@ def cmd_classify(args, rest: Client, grpc_client: GrpcClient) -> None:
     if args.top:
         for path, image in zip(args.images, images, strict=True):
             ranking = api.top_k(image)[: args.top]
-            _say(args, f"{path}\t" + ", ".join(f"{c.label} ({c.confidence:.3f})" for c in ranking))
+            print(f"{path}\t" + ", ".join(f"{c.label} ({c.confidence:.3f})" for c in ranking))
         return
     for path, result in zip(args.images, api.classify_many(images), strict=True):
-        _say(args, f"{path}\t{result.label}\t{result.confidence:.4f}")
+        print(f"{path}\t{result.label}\t{result.confidence:.4f}")
 
 
 def cmd_models(args, rest: Client, grpc_client: GrpcClient) -> None:
     entries = rest.models()
     if args.json:
-        _say(args, json.dumps([{"id": e.id, "service": e.service, **e.extra} for e in entries]))
+        print(json.dumps([{"id": e.id, "service": e.service, **e.extra} for e in entries]))
         return
     for entry in entries:
         details = " ".join(f"{k}={v}" for k, v in entry.extra.items() if not isinstance(v, dict | list))
-        _say(args, f"{entry.service:<12} {entry.id:<32} {details}".rstrip())
+        print(f"{entry.service:<12} {entry.id:<32} {details}".rstrip())
 
 
 # -- parser ---------------------------------------------------------------------------------------
