@@ -1,0 +1,455 @@
+"""Whisper runner: a main model, a speculative-decoding assistant, and load-adaptive batch decoding. No web code.
+
+Assisted (speculative) decoding lets a small assistant draft tokens that the main model checks in one forward
+pass; greedy output is exactly the main model's own. It only pays at batch size 1, so `predict_batch` looks at
+how many requests the batcher handed over: a few are decoded one by one with the assistant, more than
+`adaptive_threshold` together in one plain batched generate.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from prometheus_client import Counter, Gauge
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessorList,
+    SuppressTokensAtBeginLogitsProcessor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+)
+from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+from transformers.utils import cached_file
+
+from services.kit.batcher import Work
+from services.kit.errors import Cancelled, InvalidArgument
+from services.kit.torch_models import TorchRuntime, resolve_source
+
+from .settings import AsrSettings
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+DecodingPath = Literal["assisted", "plain"]
+
+REQUESTS = Counter("asr_requests_total", "Transcriptions served, by decoding path", ["path"])
+MAIN_FORWARD_PASSES = Counter(
+    "asr_main_forward_passes_total", "Forward passes of the main model's decoder, by decoding path", ["path"]
+)
+DRAFTED = Counter("asr_draft_tokens_total", "Tokens the assistant drafted")
+ACCEPTED = Counter("asr_draft_tokens_accepted_total", "Drafted tokens the main model accepted")
+ACCEPTANCE = Gauge("asr_draft_acceptance_rate", "Accepted / drafted tokens since start-up")
+DECODED_TOKENS = Counter("asr_decoded_tokens_total", "Transcript tokens produced, by decoding path", ["path"])
+COMPUTE_SECONDS = Counter(
+    "asr_compute_seconds_total", "Seconds spent in the model, by decoding path", ["path"]
+)
+AUDIO_SECONDS = Counter("asr_audio_seconds_total", "Seconds of audio transcribed, by decoding path", ["path"])
+TOKENS_PER_SECOND = Gauge(
+    "asr_decoded_tokens_per_second", "Tokens per compute second in the last batch", ["path"]
+)
+REALTIME_FACTOR = Gauge(
+    "asr_audio_seconds_per_compute_second", "Audio seconds per compute second in the last batch", ["path"]
+)
+
+
+class _MaxNewTokensWarningFilter(logging.Filter):
+    """Assisted decoding sets max_new_tokens on the assistant every round; its max_length warning would flood."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "seem to have been set" not in record.getMessage()
+
+
+logging.getLogger("transformers.generation.utils").addFilter(_MaxNewTokensWarningFilter())
+
+
+@dataclass
+class DraftTally:
+    """Running totals, updated only from the model thread."""
+
+    main_passes: int = 0
+    drafted: int = 0
+    accepted: int = 0
+
+
+# What the metrics above have counted (the process may hold more than one runner, e.g. in tests).
+_SERVED_DRAFTS = DraftTally()
+
+
+class DraftCountingWhisper(WhisperForConditionalGeneration):
+    """Whisper that counts what the assistant drafts and the main model accepts, read off the candidate generator.
+
+    generate() builds a fresh candidate generator per call; its `get_candidates` returns the drafts and
+    `update_candidate_strategy` receives how many of them matched.
+    """
+
+    draft_tally: DraftTally | None = None
+
+    def _get_candidate_generator(self, *args, **kwargs):
+        generator = super()._get_candidate_generator(*args, **kwargs)
+        tally = self.draft_tally
+        if tally is None:
+            return generator
+        get_candidates, update_strategy = generator.get_candidates, generator.update_candidate_strategy
+
+        def counted_get_candidates(input_ids, *rest, **kw):
+            candidates, logits = get_candidates(input_ids, *rest, **kw)
+            tally.drafted += candidates.shape[1] - input_ids.shape[1]
+            return candidates, logits
+
+        def counted_update(input_ids, scores, num_matches):
+            tally.accepted += int(num_matches)
+            return update_strategy(input_ids, scores, num_matches)
+
+        generator.get_candidates = counted_get_candidates
+        generator.update_candidate_strategy = counted_update
+        return generator
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Settings every request in one batch shares (the language may differ per request)."""
+
+    task: Literal["transcribe", "translate"] = "transcribe"
+    prompt: str | None = None
+    timestamps: bool = False
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class AsrJob:
+    audio: np.ndarray  # float32 mono at 16 kHz
+    options: DecodeOptions = DecodeOptions()
+    language: str | None = None  # a Whisper language code; None detects it
+    decoding: Literal["auto", "assisted", "plain"] = "auto"
+
+    @property
+    def duration(self) -> float:
+        return self.audio.size / SAMPLE_RATE
+
+    @property
+    def long_form(self) -> bool:
+        return self.audio.size > 30 * SAMPLE_RATE
+
+    @property
+    def batch_key(self) -> tuple:
+        # Long-form decoding predicts timestamps and seeks through 30 s windows, so it never shares a batch with
+        # short clips. `auto` requests batch together; a forced path only batches with the same force.
+        return (self.options, self.long_form, None if self.decoding == "auto" else self.decoding)
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str  # Whisper language code, given or detected
+    duration: float
+    path: DecodingPath
+    tokens: tuple[int, ...]  # generated token ids (timestamps included), for exactness checks
+    segments: list[Segment] | None = None
+
+
+@dataclass
+class _Features:
+    input_features: torch.Tensor
+    attention_mask: torch.Tensor | None
+
+
+@dataclass
+class AsrRunner:
+    settings: AsrSettings
+    runtime: TorchRuntime | None = None
+    processor: WhisperProcessor | None = None
+    model: DraftCountingWhisper | None = None
+    assistant: torch.nn.Module | None = None
+    tally: DraftTally = field(default_factory=DraftTally)
+
+    # -- loading ----------------------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        s = self.settings
+        self.runtime = TorchRuntime(s.device, s.dtype, s.threads)
+        source = resolve_source(s.model)
+        self.processor = WhisperProcessor.from_pretrained(source)
+        self.model = self.runtime.load(DraftCountingWhisper, source)
+        self.model.draft_tally = self.tally
+        self.model.model.decoder.register_forward_hook(self._count_main_pass)
+        if s.assistant_model:
+            self.assistant = self._load_assistant(resolve_source(s.assistant_model))
+        log.info("loaded %s with assistant %s", s.model, s.assistant_model or "none")
+
+    def _load_assistant(self, source: str) -> torch.nn.Module:
+        config = AutoConfig.from_pretrained(source)
+        main = self.model.config
+        if config.vocab_size != main.vocab_size:
+            raise ValueError(
+                f"assistant {self.settings.assistant_model} has a vocabulary of {config.vocab_size} tokens but the "
+                f"main model {self.settings.model} has {main.vocab_size}: speculative decoding needs the same "
+                "tokenizer (set ASR_ASSISTANT_MODEL to a matching model, or to '' to run without one)"
+            )
+        # Distil-style decoders may ship without a tokenizer; when one is there, its ids must match exactly.
+        has_tokenizer = cached_file(
+            source, "tokenizer_config.json", _raise_exceptions_for_missing_entries=False
+        )
+        if (
+            has_tokenizer
+            and AutoTokenizer.from_pretrained(source).get_vocab() != self.processor.tokenizer.get_vocab()
+        ):
+            raise ValueError(
+                f"assistant {self.settings.assistant_model} uses a different tokenizer from the main model "
+                f"{self.settings.model}: speculative decoding needs identical token ids"
+            )
+        if config.is_encoder_decoder:  # a smaller full Whisper with its own encoder
+            return self.runtime.load(WhisperForConditionalGeneration, source)
+        if config.d_model != main.d_model:
+            raise ValueError(
+                f"assistant {self.settings.assistant_model} is a decoder of width {config.d_model} but reads the "
+                f"main encoder's outputs of width {main.d_model}"
+            )
+        return self.runtime.load(AutoModelForCausalLM, source)
+
+    def _count_main_pass(self, module, args, output) -> None:
+        self.tally.main_passes += 1
+
+    def warmup(self) -> None:
+        clip = np.zeros(SAMPLE_RATE, dtype=np.float32)
+        for path in ("assisted", "plain") if self.assistant is not None else ("plain",):
+            self.transcribe([AsrJob(clip, language="en")], path, max_new_tokens=4, record=False)
+        # Start-up work stays out of the served totals.
+        self.tally.main_passes = self.tally.drafted = self.tally.accepted = 0
+
+    # -- requests ---------------------------------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        """The Hub id, or a local directory's name."""
+        model = self.settings.model
+        return Path(model).name if Path(model).is_dir() else model
+
+    @property
+    def has_assistant(self) -> bool:
+        return self.assistant is not None
+
+    def language_code(self, language: str | None) -> str | None:
+        """'en', 'English' or '<|en|>' -> 'en'; refuses languages the model does not know."""
+        if language is None or not language.strip():
+            return None
+        name = language.strip().lower().removeprefix("<|").removesuffix("|>")
+        code = TO_LANGUAGE_CODE.get(name, name)
+        known = getattr(self.model.generation_config, "lang_to_id", None) or {}
+        if f"<|{code}|>" not in known:
+            if not known:
+                raise InvalidArgument(f"language: model {self.model_id} is English-only", field="language")
+            raise InvalidArgument(
+                f"language: unknown language {language!r}; use an ISO 639-1 code such as 'en' or 'de'",
+                field="language",
+            )
+        return code
+
+    @staticmethod
+    def language_name(code: str) -> str:
+        return LANGUAGES.get(code, code)
+
+    def choose_path(self, jobs: list[AsrJob]) -> DecodingPath:
+        forced = jobs[0].decoding  # the batch key keeps forced paths apart
+        if forced != "auto":
+            return forced
+        if self.assistant is not None and len(jobs) <= self.settings.adaptive_threshold:
+            return "assisted"
+        return "plain"
+
+    def predict_batch(self, works: list[Work]) -> list[Transcript | Exception]:
+        live = [work for work in works if not work.cancelled]
+        results: dict[int, Transcript | Exception] = {
+            id(work): Cancelled("request was cancelled before decoding") for work in works
+        }
+        if live:
+            jobs = [work.payload for work in live]
+            path = self.choose_path(jobs)
+            if path == "assisted":
+                for work in live:  # assisted generate decodes one sequence at a time
+                    if work.cancelled:
+                        continue
+                    try:
+                        results[id(work)] = self.transcribe([work.payload], "assisted")[0]
+                    except Exception as exc:  # one bad request must not fail its neighbours
+                        log.exception("assisted transcription failed")
+                        results[id(work)] = exc
+            else:
+                for work, transcript in zip(live, self.transcribe(jobs, "plain"), strict=True):
+                    results[id(work)] = transcript
+        return [results[id(work)] for work in works]
+
+    # -- decoding ---------------------------------------------------------------------------------------------
+
+    def _features(self, jobs: list[AsrJob]) -> _Features:
+        audio = [job.audio for job in jobs]
+        extractor = self.processor.feature_extractor
+        if jobs[0].long_form:
+            # Sequential long-form decoding needs the whole audio and a mask of where each clip ends. Each clip
+            # is featurised alone: padding the waveforms together would change the STFT frames at a clip's end,
+            # and a batched transcript must be the one the clip gets alone. Whisper never reads past the mask.
+            items = [
+                extractor(
+                    clip,
+                    sampling_rate=SAMPLE_RATE,
+                    return_tensors="pt",
+                    truncation=False,
+                    padding="longest",
+                    return_attention_mask=True,
+                )
+                for clip in audio
+            ]
+            frames = max(item.input_features.shape[-1] for item in items)
+            features = torch.cat(
+                [F.pad(item.input_features, (0, frames - item.input_features.shape[-1])) for item in items]
+            )
+            mask = torch.cat(
+                [F.pad(item.attention_mask, (0, frames - item.attention_mask.shape[-1])) for item in items]
+            )
+            return _Features(
+                features.to(self.runtime.device, self.runtime.dtype), mask.to(self.runtime.device)
+            )
+        # Short clips are each padded to Whisper's 30 s window, alone or in a batch.
+        features = extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        return _Features(features.to(self.runtime.device, self.runtime.dtype), None)
+
+    def _detect_languages(self, jobs: list[AsrJob], features: torch.Tensor) -> list[str]:
+        """Given languages as they are; the rest detected from the first 30 s, as Whisper's generate would."""
+        missing = [i for i, job in enumerate(jobs) if job.language is None]
+        languages = [job.language for job in jobs]
+        if missing:
+            id_to_code = {i: tok[2:-2] for tok, i in self.model.generation_config.lang_to_id.items()}
+            detected = self.model.detect_language(input_features=features[missing])
+            for i, lang_id in zip(missing, detected.tolist(), strict=True):
+                languages[i] = id_to_code[lang_id]
+        return languages
+
+    def _generate_kwargs(self, jobs: list[AsrJob], path: DecodingPath, max_new_tokens: int | None) -> dict:
+        options = jobs[0].options
+        kwargs = dict(
+            task=options.task,
+            return_timestamps=options.timestamps or jobs[0].long_form,
+            num_beams=1,
+        )
+        if options.timestamps:
+            kwargs["return_segments"] = True
+        if options.temperature > 0:
+            kwargs.update(do_sample=True, temperature=options.temperature)
+        else:
+            kwargs["do_sample"] = False
+        if options.prompt:
+            kwargs["prompt_ids"] = self.processor.get_prompt_ids(options.prompt, return_tensors="pt").to(
+                self.runtime.device
+            )
+        max_new_tokens = max_new_tokens or self.settings.max_new_tokens
+        if max_new_tokens:
+            kwargs["max_new_tokens"] = max_new_tokens
+        if path == "assisted":
+            kwargs["assistant_model"] = self.assistant
+            # Whisper's generate drops the begin-suppression when an assistant is present (the assistant must be
+            # free to draft end-of-text). Put it back as an explicit processor so that the main model's choice is
+            # constrained exactly as in plain decoding; Whisper moves its begin index to each window's start.
+            begin_suppress = self.model.generation_config.begin_suppress_tokens
+            if begin_suppress:
+                kwargs["logits_processor"] = LogitsProcessorList(
+                    [
+                        SuppressTokensAtBeginLogitsProcessor(
+                            begin_suppress, begin_index=0, device=self.runtime.device
+                        )
+                    ]
+                )
+        return kwargs
+
+    @torch.inference_mode()
+    def transcribe(
+        self, jobs: list[AsrJob], path: DecodingPath, max_new_tokens: int | None = None, record: bool = True
+    ) -> list[Transcript]:
+        """Decode jobs sharing a batch key; assisted decoding takes exactly one job."""
+        if path == "assisted" and (len(jobs) != 1 or self.assistant is None):
+            raise ValueError("assisted decoding needs an assistant model and exactly one job")
+        started = time.perf_counter()
+        passes_before, drafted_before, accepted_before = (
+            self.tally.main_passes,
+            self.tally.drafted,
+            self.tally.accepted,
+        )
+        features = self._features(jobs)
+        languages = self._detect_languages(jobs, features.input_features)
+        kwargs = self._generate_kwargs(jobs, path, max_new_tokens)
+        if features.attention_mask is not None:
+            kwargs["attention_mask"] = features.attention_mask
+        output = self.model.generate(
+            features.input_features, language=languages if len(jobs) > 1 else languages[0], **kwargs
+        )
+        sequences = output["sequences"] if isinstance(output, dict) else output
+        segments = output.get("segments") if isinstance(output, dict) else None
+        transcripts = [
+            self._transcript(job, language, sequences[i], segments[i] if segments is not None else None, path)
+            for i, (job, language) in enumerate(zip(jobs, languages, strict=True))
+        ]
+        if record:
+            self._record(
+                path,
+                transcripts,
+                time.perf_counter() - started,
+                passes_before,
+                drafted_before,
+                accepted_before,
+            )
+        return transcripts
+
+    def _transcript(
+        self, job: AsrJob, language: str, sequence: torch.Tensor, segments, path: DecodingPath
+    ) -> Transcript:
+        tokenizer = self.processor.tokenizer
+        pad = self.model.generation_config.pad_token_id
+        ids = [t for t in sequence.tolist() if t != pad]
+        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        parsed = None
+        if job.options.timestamps:
+            parsed = []
+            for segment in segments:
+                segment_text = tokenizer.decode(segment["tokens"], skip_special_tokens=True).strip()
+                if not segment_text:
+                    continue
+                start, end = float(segment["start"]), min(float(segment["end"]), job.duration)
+                parsed.append(
+                    Segment(
+                        round(start, 2),
+                        round(max(end, start), 2),
+                        segment_text,
+                        tuple(segment["tokens"].tolist()),
+                    )
+                )
+        return Transcript(text, language, job.duration, path, tuple(ids), parsed)
+
+    def _record(self, path, transcripts, elapsed, passes_before, drafted_before, accepted_before) -> None:
+        tokens = sum(len(t.tokens) for t in transcripts)
+        audio = sum(t.duration for t in transcripts)
+        REQUESTS.labels(path).inc(len(transcripts))
+        MAIN_FORWARD_PASSES.labels(path).inc(self.tally.main_passes - passes_before)
+        DRAFTED.inc(self.tally.drafted - drafted_before)
+        ACCEPTED.inc(self.tally.accepted - accepted_before)
+        _SERVED_DRAFTS.drafted += self.tally.drafted - drafted_before
+        _SERVED_DRAFTS.accepted += self.tally.accepted - accepted_before
+        if _SERVED_DRAFTS.drafted:
+            ACCEPTANCE.set(_SERVED_DRAFTS.accepted / _SERVED_DRAFTS.drafted)
+        DECODED_TOKENS.labels(path).inc(tokens)
+        COMPUTE_SECONDS.labels(path).inc(elapsed)
+        AUDIO_SECONDS.labels(path).inc(audio)
+        TOKENS_PER_SECOND.labels(path).set(tokens / elapsed)
+        REALTIME_FACTOR.labels(path).set(audio / elapsed)

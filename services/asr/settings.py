@@ -1,0 +1,25 @@
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.kit.config import ServiceSettings
+
+
+class AsrSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ASR_", extra="ignore", protected_namespaces=())
+
+    # Hub ids or local directories. The assistant is a distil-whisper-style decoder (WhisperForCausalLM) that
+    # reads the main encoder's outputs, or a smaller full Whisper with the same tokenizer; "" disables it.
+    model: str = "openai/whisper-large-v2"
+    assistant_model: str = "distil-whisper/distil-large-v2"
+    adaptive_threshold: int = Field(
+        4, ge=0, description="batches of more requests than this decode together without the assistant"
+    )
+    max_audio_seconds: float = Field(1800.0, gt=0, description="longer uploads get 413")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="tokens per 30 s window; None keeps the model's limit (448 for Whisper)"
+    )
+    max_prompt_chars: int = Field(1000, ge=0)
+    # Dynamic batching is the signal the adaptive path reads, so allow batches beyond the threshold.
+    max_batch_size: int = Field(16, ge=1)
+    # OpenAI's upload limit for audio files.
+    max_body_bytes: int = Field(25 * 1024 * 1024, ge=1024)

@@ -1,0 +1,159 @@
+"""Assisted decoding is the main model's greedy decoding, token for token, on the tiny pair with drafting forced
+on; batched plain decoding gives the same tokens as decoding alone. In-process runner, no server."""
+
+import pytest
+import torch
+from transformers import WhisperConfig, WhisperForCausalLM, WhisperForConditionalGeneration, WhisperProcessor
+
+from services.asr.runner import AsrJob, AsrRunner, DecodeOptions
+from services.kit.errors import Cancelled, InvalidArgument
+
+# (seconds, language or None to detect, options): short and long-form, several languages, both tasks,
+# timestamps and prompts.
+CASES = [
+    (1.0, None, DecodeOptions()),
+    (2.5, "en", DecodeOptions()),
+    (4.0, "de", DecodeOptions()),
+    (6.0, "ru", DecodeOptions()),
+    (9.0, "fr", DecodeOptions(task="translate")),
+    (3.0, None, DecodeOptions(task="translate")),
+    (12.0, "ja", DecodeOptions()),
+    (5.0, "es", DecodeOptions(timestamps=True)),
+    (7.5, None, DecodeOptions(timestamps=True, task="translate")),
+    (4.5, "en", DecodeOptions(prompt="hello world the weather today")),
+    (20.0, "it", DecodeOptions()),
+    (29.9, None, DecodeOptions()),
+    (31.5, "en", DecodeOptions()),
+    (47.0, None, DecodeOptions(timestamps=True)),
+    (62.0, "de", DecodeOptions(task="translate")),
+]
+
+
+@pytest.fixture(scope="module")
+def runner(make_settings):
+    runner = AsrRunner(make_settings())
+    runner.load()
+    runner.warmup()
+    return runner
+
+
+@pytest.mark.parametrize(
+    "seconds,language,options", CASES, ids=[f"{c[0]}s-{c[1]}-{c[2].task}" for c in CASES]
+)
+def test_assisted_equals_plain_token_for_token(runner, audio, seconds, language, options):
+    job = AsrJob(audio(seconds, seed=int(seconds * 10)), options, language)
+    before = (runner.tally.main_passes, runner.tally.drafted, runner.tally.accepted)
+    plain = runner.transcribe([job], "plain")[0]
+    middle = runner.tally.main_passes
+    assisted = runner.transcribe([job], "assisted")[0]
+    assert assisted.tokens == plain.tokens
+    assert assisted.text == plain.text and assisted.language == plain.language
+    assert (assisted.path, plain.path) == ("assisted", "plain")
+    assert len(plain.tokens) > 5  # something was really decoded
+    if options.timestamps:
+        assert assisted.segments == plain.segments and plain.segments
+    if language:
+        assert plain.language == language
+    # Drafting really happened, and the main model verified several tokens per pass.
+    assert runner.tally.drafted > before[1] and runner.tally.accepted > before[2]
+    plain_passes, assisted_passes = middle - before[0], runner.tally.main_passes - middle
+    assert assisted_passes < plain_passes
+
+
+def test_long_form_covers_the_whole_clip_with_timestamps(runner, audio):
+    job = AsrJob(audio(47.0, seed=470), DecodeOptions(timestamps=True), None)
+    segments = runner.transcribe([job], "assisted")[0].segments
+    assert segments[0].start < 30 < segments[-1].end <= 47.0
+    assert all(s.start <= s.end for s in segments)
+
+
+def test_batched_plain_decoding_matches_each_request_alone(runner, audio):
+    jobs = [
+        AsrJob(audio(2 + i, seed=100 + i), DecodeOptions(), lang)
+        for i, lang in enumerate(["en", None, "de", None, "ru", "fr"])
+    ]
+    batched = runner.transcribe(jobs, "plain")
+    alone = [runner.transcribe([job], "assisted")[0] for job in jobs]
+    assert [t.tokens for t in batched] == [t.tokens for t in alone]
+    assert [t.language for t in batched] == [t.language for t in alone]
+
+
+def test_batched_long_form_matches_each_request_alone(runner, audio):
+    jobs = [AsrJob(audio(seconds, seed=200 + seconds), DecodeOptions(), None) for seconds in (33, 41, 58)]
+    batched = runner.transcribe(jobs, "plain")
+    alone = [runner.transcribe([job], "assisted")[0] for job in jobs]
+    assert [t.tokens for t in batched] == [t.tokens for t in alone]
+
+
+def test_path_choice_follows_the_waiting_requests(runner, audio):
+    auto = [AsrJob(audio(1, seed=1))] * 5
+    threshold = runner.settings.adaptive_threshold
+    assert threshold == 4
+    assert [runner.choose_path(auto[:n]) for n in range(1, 6)] == ["assisted"] * 4 + ["plain"]
+    assert runner.choose_path([AsrJob(audio(1, seed=1), decoding="plain")]) == "plain"
+    assert runner.choose_path([AsrJob(audio(1, seed=1), decoding="assisted")] * 6) == "assisted"
+
+
+def test_forced_paths_and_long_audio_never_share_a_batch_with_auto_requests(audio):
+    short, long = audio(2, seed=3), audio(31, seed=3)
+    auto_a, auto_b = AsrJob(short, DecodeOptions(), "en"), AsrJob(short, DecodeOptions(), None)
+    assert auto_a.batch_key == auto_b.batch_key  # languages may differ within a batch
+    assert AsrJob(short, decoding="plain").batch_key != auto_a.batch_key
+    assert AsrJob(long).batch_key != auto_a.batch_key
+    assert AsrJob(short, DecodeOptions(timestamps=True)).batch_key != auto_a.batch_key
+
+
+def test_languages_by_code_or_name_and_unknown_ones_refused(runner):
+    assert runner.language_code("English") == "en" and runner.language_code("<|de|>") == "de"
+    assert runner.language_code(None) is None
+    with pytest.raises(InvalidArgument, match="unknown language 'klingon'"):
+        runner.language_code("klingon")
+
+
+def _save_tiny_whisper(path, config: WhisperConfig, processor_dir=None, causal=False) -> None:
+    torch.manual_seed(0)
+    model = (WhisperForCausalLM if causal else WhisperForConditionalGeneration)(config)
+    model.save_pretrained(path)
+    if processor_dir is not None:
+        WhisperProcessor.from_pretrained(processor_dir).save_pretrained(path)
+
+
+def test_an_assistant_with_another_vocabulary_is_refused_at_start_up(make_settings, whisper_dirs, tmp_path):
+    main_dir, _ = whisper_dirs
+    config = WhisperConfig.from_pretrained(main_dir)
+    config.vocab_size += 7
+    config.decoder_layers = 1
+    _save_tiny_whisper(tmp_path, config, causal=True)
+    runner = AsrRunner(make_settings(assistant_model=str(tmp_path)))
+    with pytest.raises(ValueError, match="vocabulary of .* tokens but the main model"):
+        runner.load()
+
+
+def test_a_smaller_full_whisper_with_the_same_tokenizer_works_as_assistant(
+    make_settings, whisper_dirs, tmp_path, audio
+):
+    main_dir, _ = whisper_dirs
+    config = WhisperConfig.from_pretrained(main_dir)
+    config.encoder_layers = config.decoder_layers = 1
+    _save_tiny_whisper(tmp_path, config, processor_dir=main_dir)
+    runner = AsrRunner(make_settings(assistant_model=str(tmp_path)))
+    runner.load()
+    assert runner.assistant.config.is_encoder_decoder
+    job = AsrJob(audio(3, seed=9), DecodeOptions(), "en")
+    assert runner.transcribe([job], "assisted")[0].tokens == runner.transcribe([job], "plain")[0].tokens
+
+
+def test_requests_whose_client_left_are_not_decoded(runner, audio):
+    class FakeWork:
+        def __init__(self, payload, cancelled):
+            self.payload, self.cancelled = payload, cancelled
+
+    live = FakeWork(AsrJob(audio(2, seed=5), DecodeOptions(), "en"), cancelled=False)
+    gone = FakeWork(AsrJob(audio(2, seed=6), DecodeOptions(), "en"), cancelled=True)
+    passes = runner.tally.main_passes
+    results = runner.predict_batch([gone, live])
+    assert isinstance(results[0], Cancelled)
+    assert results[1].path == "assisted"  # decoded alone: the cancelled one does not count as waiting
+    alone_passes = runner.tally.main_passes - passes
+    runner.transcribe([live.payload], "assisted")
+    assert runner.tally.main_passes - passes == 2 * alone_passes
