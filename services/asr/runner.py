@@ -8,6 +8,7 @@ how many requests the batcher handed over: a few are decoded one by one with the
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -176,6 +177,8 @@ class AsrRunner:
     model: DraftCountingWhisper | None = None
     assistant: torch.nn.Module | None = None
     tally: DraftTally = field(default_factory=DraftTally)
+    # Requests queued behind the batch being decoded (the service wires in its batcher's queue depth).
+    queued: Callable[[], int] = lambda: 0
 
     # -- loading ----------------------------------------------------------------------------------------------
 
@@ -264,33 +267,38 @@ class AsrRunner:
         return LANGUAGES.get(code, code)
 
     def choose_path(self, jobs: list[AsrJob]) -> DecodingPath:
+        """The path for these jobs (one batch key) given the load: the jobs plus whatever queues behind them."""
         forced = jobs[0].decoding  # the batch key keeps forced paths apart
         if forced != "auto":
             return forced
-        if self.assistant is not None and len(jobs) <= self.settings.adaptive_threshold:
+        if self.assistant is None:
+            return "plain"
+        # Alone, the assistant is faster for the request and frees the model sooner, whatever waits behind it.
+        if len(jobs) == 1:
             return "assisted"
-        return "plain"
+        waiting = len(jobs) + self.queued()
+        return "assisted" if waiting <= self.settings.adaptive_threshold else "plain"
 
     def predict_batch(self, works: list[Work]) -> list[Transcript | Exception]:
-        live = [work for work in works if not work.cancelled]
         results: dict[int, Transcript | Exception] = {
             id(work): Cancelled("request was cancelled before decoding") for work in works
         }
-        if live:
-            jobs = [work.payload for work in live]
-            path = self.choose_path(jobs)
-            if path == "assisted":
-                for work in live:  # assisted generate decodes one sequence at a time
-                    if work.cancelled:
-                        continue
-                    try:
-                        results[id(work)] = self.transcribe([work.payload], "assisted")[0]
-                    except Exception as exc:  # one bad request must not fail its neighbours
-                        log.exception("assisted transcription failed")
-                        results[id(work)] = exc
-            else:
-                for work, transcript in zip(live, self.transcribe(jobs, "plain"), strict=True):
-                    results[id(work)] = transcript
+        pending = list(works)
+        while pending := [work for work in pending if not work.cancelled]:
+            # Re-decided before each assisted decode: if requests piled up meanwhile, the rest of this batch is
+            # decoded together instead.
+            if self.choose_path([work.payload for work in pending]) == "plain":
+                transcripts = self.transcribe([work.payload for work in pending], "plain")
+                results.update(
+                    (id(work), transcript) for work, transcript in zip(pending, transcripts, strict=True)
+                )
+                break
+            work = pending.pop(0)
+            try:  # assisted generate decodes one sequence at a time
+                results[id(work)] = self.transcribe([work.payload], "assisted")[0]
+            except Exception as exc:  # one bad request must not fail its neighbours
+                log.exception("assisted transcription failed")
+                results[id(work)] = exc
         return [results[id(work)] for work in works]
 
     # -- decoding ---------------------------------------------------------------------------------------------

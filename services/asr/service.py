@@ -14,6 +14,7 @@ def create_service(settings: AsrSettings | None = None) -> Service:
     runner = AsrRunner(settings)
     service = Service(name="asr", settings=settings, runner=runner)
     batcher = service.batcher("transcribe", runner.predict_batch)
+    runner.queued = lambda: batcher.queue_depth
     service.router = create_router(runner, batcher, settings)
     service.grpc.append(
         GrpcServicer(

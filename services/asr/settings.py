@@ -12,7 +12,10 @@ class AsrSettings(ServiceSettings):
     model: str = "openai/whisper-large-v2"
     assistant_model: str = "distil-whisper/distil-large-v2"
     adaptive_threshold: int = Field(
-        4, ge=0, description="batches of more requests than this decode together without the assistant"
+        4,
+        ge=0,
+        description="when more requests than this wait (the batch plus the queue behind it), a batch decodes "
+        "together without the assistant; a request decoded alone always uses it",
     )
     max_audio_seconds: float = Field(1800.0, gt=0, description="longer uploads get 413")
     max_new_tokens: int | None = Field(

@@ -85,13 +85,37 @@ def test_batched_long_form_matches_each_request_alone(runner, audio):
     assert [t.tokens for t in batched] == [t.tokens for t in alone]
 
 
+class FakeWork:
+    """What the batcher hands the runner, without the asyncio plumbing."""
+
+    def __init__(self, payload: AsrJob, cancelled: bool = False):
+        self.payload, self.cancelled = payload, cancelled
+
+
 def test_path_choice_follows_the_waiting_requests(runner, audio):
     auto = [AsrJob(audio(1, seed=1))] * 5
-    threshold = runner.settings.adaptive_threshold
-    assert threshold == 4
+    assert runner.settings.adaptive_threshold == 4
     assert [runner.choose_path(auto[:n]) for n in range(1, 6)] == ["assisted"] * 4 + ["plain"]
     assert runner.choose_path([AsrJob(audio(1, seed=1), decoding="plain")]) == "plain"
     assert runner.choose_path([AsrJob(audio(1, seed=1), decoding="assisted")] * 6) == "assisted"
+    # Requests queued behind a batch count as waiting too; a request alone still gets the assistant.
+    runner.queued = lambda: 3
+    try:
+        assert [runner.choose_path(auto[:n]) for n in (1, 2)] == ["assisted", "plain"]
+    finally:
+        runner.queued = lambda: 0
+
+
+def test_a_batch_switches_to_plain_when_requests_pile_up_during_assisted_decoding(runner, audio):
+    queue_depths = iter([0, 9, 9])
+    runner.queued = lambda: next(queue_depths)
+    works = [FakeWork(AsrJob(audio(2, seed=30 + i), DecodeOptions(), "en")) for i in range(3)]
+    try:
+        results = runner.predict_batch(works)
+    finally:
+        runner.queued = lambda: 0
+    assert [r.path for r in results] == ["assisted", "plain", "plain"]
+    assert [r.tokens for r in results] == [runner.transcribe([w.payload], "plain")[0].tokens for w in works]
 
 
 def test_forced_paths_and_long_audio_never_share_a_batch_with_auto_requests(audio):
@@ -144,11 +168,7 @@ def test_a_smaller_full_whisper_with_the_same_tokenizer_works_as_assistant(
 
 
 def test_requests_whose_client_left_are_not_decoded(runner, audio):
-    class FakeWork:
-        def __init__(self, payload, cancelled):
-            self.payload, self.cancelled = payload, cancelled
-
-    live = FakeWork(AsrJob(audio(2, seed=5), DecodeOptions(), "en"), cancelled=False)
+    live = FakeWork(AsrJob(audio(2, seed=5), DecodeOptions(), "en"))
     gone = FakeWork(AsrJob(audio(2, seed=6), DecodeOptions(), "en"), cancelled=True)
     passes = runner.tally.main_passes
     results = runner.predict_batch([gone, live])
