@@ -19,7 +19,7 @@ import torch
 from transformers import FSMTConfig, FSMTForConditionalGeneration
 
 from services.kit.testing import ServerThread
-from services.translation.runner import GenerationOptions, TranslationRunner
+from services.translation.runner import GenerationOptions
 from services.translation.service import create_service
 from services.translation.settings import TranslationSettings
 
@@ -98,19 +98,23 @@ def main() -> None:
                                  throughput / baseline[concurrency], percentile(latencies, 50) * 1000,
                                  percentile(latencies, 95) * 1000))
 
-        # Server overhead: one request over REST vs calling the runner directly in this process.
-        runner = TranslationRunner(TranslationSettings(models={"en-de": str(model_dir)}))
-        runner.load()
-        options = GenerationOptions(max_new_tokens=MAX_NEW_TOKENS)
-        direct = []
-        for sentence in SENTENCES * 4:
-            started = time.perf_counter()
-            runner.translate("en-de", [sentence], options)
-            direct.append(time.perf_counter() - started)
+        # Server overhead: the same loaded model called in-process vs over REST, interleaved so that
+        # load on the machine hits both alike.
         settings = TranslationSettings(models={"en-de": str(model_dir)}, log_level="warning", max_wait_ms=0)
         with ServerThread(lambda: [create_service(settings)], settings) as server:
-            asyncio.run(load(server.rest_url, 1, 4))
-            _, served = asyncio.run(load(server.rest_url, 1, len(SENTENCES) * 4))
+            runner = server.services[0].runner
+            options = GenerationOptions(max_new_tokens=MAX_NEW_TOKENS)
+            direct, served = [], []
+            with httpx.Client(timeout=300) as client:
+                for sentence in SENTENCES * 4:
+                    started = time.perf_counter()
+                    runner.translate("en-de", [sentence], options)
+                    direct.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    client.post(server.rest_url + "/v1/translate", json={
+                        "text": sentence, "source_lang": "en", "target_lang": "de", "max_new_tokens": MAX_NEW_TOKENS,
+                    }).raise_for_status()
+                    served.append(time.perf_counter() - started)
 
     print(f"\n### Translation ({args.size} model, {args.requests} requests per cell, max_new_tokens {MAX_NEW_TOKENS})\n")
     print("| concurrency | batching | req/s | vs off | p50 ms | p95 ms |")
