@@ -246,16 +246,23 @@ class AsrRunner:
     def has_assistant(self) -> bool:
         return self.assistant is not None
 
+    @property
+    def multilingual(self) -> bool:
+        """English-only checkpoints (whisper-*.en) take neither a language nor a task token."""
+        config = self.model.generation_config
+        return bool(getattr(config, "is_multilingual", False) and getattr(config, "lang_to_id", None))
+
     def language_code(self, language: str | None) -> str | None:
         """'en', 'English' or '<|en|>' -> 'en'; refuses languages the model does not know."""
         if language is None or not language.strip():
             return None
         name = language.strip().lower().removeprefix("<|").removesuffix("|>")
         code = TO_LANGUAGE_CODE.get(name, name)
-        known = getattr(self.model.generation_config, "lang_to_id", None) or {}
-        if f"<|{code}|>" not in known:
-            if not known:
-                raise InvalidArgument(f"language: model {self.model_id} is English-only", field="language")
+        if not self.multilingual:
+            if code == "en":
+                return None
+            raise InvalidArgument(f"language: model {self.model_id} is English-only", field="language")
+        if f"<|{code}|>" not in self.model.generation_config.lang_to_id:
             raise InvalidArgument(
                 f"language: unknown language {language!r}; use an ISO 639-1 code such as 'en' or 'de'",
                 field="language",
@@ -337,6 +344,8 @@ class AsrRunner:
 
     def _detect_languages(self, jobs: list[AsrJob], features: torch.Tensor) -> list[str]:
         """Given languages as they are; the rest detected from the first 30 s, as Whisper's generate would."""
+        if not self.multilingual:
+            return ["en"] * len(jobs)
         missing = [i for i, job in enumerate(jobs) if job.language is None]
         languages = [job.language for job in jobs]
         if missing:
@@ -348,11 +357,7 @@ class AsrRunner:
 
     def _generate_kwargs(self, jobs: list[AsrJob], path: DecodingPath, max_new_tokens: int | None) -> dict:
         options = jobs[0].options
-        kwargs = dict(
-            task=options.task,
-            return_timestamps=options.timestamps or jobs[0].long_form,
-            num_beams=1,
-        )
+        kwargs = dict(return_timestamps=options.timestamps or jobs[0].long_form, num_beams=1)
         if options.timestamps:
             kwargs["return_segments"] = True
         if options.temperature > 0:
@@ -400,9 +405,9 @@ class AsrRunner:
         kwargs = self._generate_kwargs(jobs, path, max_new_tokens)
         if features.attention_mask is not None:
             kwargs["attention_mask"] = features.attention_mask
-        output = self.model.generate(
-            features.input_features, language=languages if len(jobs) > 1 else languages[0], **kwargs
-        )
+        if self.multilingual:
+            kwargs.update(task=jobs[0].options.task, language=languages if len(jobs) > 1 else languages[0])
+        output = self.model.generate(features.input_features, **kwargs)
         sequences = output["sequences"] if isinstance(output, dict) else output
         segments = output.get("segments") if isinstance(output, dict) else None
         transcripts = [

@@ -56,6 +56,10 @@ def check_request(
             f"prompt: {len(request.prompt)} characters exceeds the limit of {settings.max_prompt_chars}",
             field="prompt",
         )
+    if task == "translate" and not runner.multilingual:
+        raise InvalidArgument(
+            f"task: model {runner.model_id} is English-only and cannot translate", field="task"
+        )
     if request.decoding == "assisted" and not runner.has_assistant:
         raise InvalidArgument(
             "decoding: 'assisted' needs an assistant model and none is configured", field="decoding"

@@ -1,9 +1,17 @@
 """Assisted decoding is the main model's greedy decoding, token for token, on the tiny pair with drafting forced
 on; batched plain decoding gives the same tokens as decoding alone. In-process runner, no server."""
 
+import json
+import shutil
+
 import pytest
 import torch
-from transformers import WhisperConfig, WhisperForCausalLM, WhisperForConditionalGeneration, WhisperProcessor
+from transformers import (
+    WhisperConfig,
+    WhisperForCausalLM,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+)
 
 from services.asr.runner import AsrJob, AsrRunner, DecodeOptions
 from services.kit.errors import Cancelled, InvalidArgument
@@ -177,3 +185,22 @@ def test_requests_whose_client_left_are_not_decoded(runner, audio):
     alone_passes = runner.tally.main_passes - passes
     runner.transcribe([live.payload], "assisted")
     assert runner.tally.main_passes - passes == 2 * alone_passes
+
+
+def test_english_only_checkpoints_take_no_language_or_task_token(
+    make_settings, whisper_dirs, tmp_path, audio
+):
+    main_dir, _ = whisper_dirs
+    shutil.copytree(main_dir, tmp_path / "whisper.en")
+    config_file = tmp_path / "whisper.en" / "generation_config.json"
+    config = json.loads(config_file.read_text())
+    del config["lang_to_id"], config["task_to_id"]  # as in the real whisper-*.en checkpoints
+    config_file.write_text(json.dumps({**config, "is_multilingual": False}))
+    runner = AsrRunner(make_settings(model=str(tmp_path / "whisper.en")))
+    runner.load()
+    assert runner.language_code("english") is None
+    with pytest.raises(InvalidArgument, match="English-only"):
+        runner.language_code("de")
+    job = AsrJob(audio(3, seed=40))
+    plain, assisted = runner.transcribe([job], "plain")[0], runner.transcribe([job], "assisted")[0]
+    assert plain.language == "en" and plain.tokens == assisted.tokens

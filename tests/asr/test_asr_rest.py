@@ -120,6 +120,18 @@ def test_forced_paths_give_the_same_text_and_say_which_ran(server, audio_file):
     assert plain.json()["text"] == assisted.json()["text"]
 
 
+@pytest.mark.parametrize("decoding", ["assisted", "plain"])
+def test_temperature_samples_on_either_path(server, audio_file, decoding):
+    data = audio_file(3, seed=12)
+    greedy = post(server, data={"decoding": decoding, "language": "en"}, content=data).json()["text"]
+    sampled = [
+        post(server, data={"decoding": decoding, "language": "en", "temperature": "1.0"}, content=data).json()
+        for _ in range(2)
+    ]
+    assert all(r["decoding"] == decoding and r["text"] for r in sampled)
+    assert any(r["text"] != greedy for r in sampled)
+
+
 def test_sdk_passes_the_decoding_extension(client, audio_file):
     result = client.audio.transcriptions.create(
         model="whisper-1", file=("a.wav", audio_file(2, seed=8)), extra_body={"decoding": "plain"}
