@@ -43,7 +43,7 @@ serve: models
 demo: models
 	$(LOCAL_ENV) && $(PY) -m tools.demo --out demo-output
 
-test: models
+test: models real-asr
 	$(PY) -m pytest -q -ra
 
 lint: setup
