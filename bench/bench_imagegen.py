@@ -13,13 +13,11 @@ server's process, as in the other benches.
 import argparse
 import asyncio
 import shutil
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import torch
+from loadgen import percentile, post_load
 from prometheus_client import REGISTRY
 
 from services.imagegen.service import create_service
@@ -59,28 +57,6 @@ def steps_done() -> float:
     )
 
 
-async def load(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    queue = list(range(len(bodies)))
-
-    async def user(client: httpx.AsyncClient):
-        while queue:
-            body = bodies[queue.pop()]
-            started = time.perf_counter()
-            response = await client.post(url, json=body)
-            response.raise_for_status()
-            latencies.append(time.perf_counter() - started)
-
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency)) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(user(client) for _ in range(concurrency)))
-        return time.perf_counter() - started, latencies
-
-
-def percentile(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["tiny", "small"], default="tiny")
@@ -114,7 +90,7 @@ def main() -> None:
         results: dict[tuple[str, int], tuple[float, float, float, float]] = {}
         try:
             for server in servers.values():  # warm the HTTP path and this size's kernels
-                asyncio.run(load(f"{server.rest_url}/v1/images/generations", bodies[:BATCH], BATCH))
+                asyncio.run(post_load(f"{server.rest_url}/v1/images/generations", bodies[:BATCH], BATCH))
             # Modes alternate and each keeps its best of two runs, so load from other processes on the
             # machine does not land on one side of the comparison only.
             for concurrency in args.concurrency:
@@ -122,7 +98,7 @@ def main() -> None:
                     for mode, server in servers.items():
                         before = steps_done()
                         elapsed, latencies = asyncio.run(
-                            load(f"{server.rest_url}/v1/images/generations", bodies, concurrency)
+                            post_load(f"{server.rest_url}/v1/images/generations", bodies, concurrency)
                         )
                         measured = (
                             len(bodies) / elapsed,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from loadgen import percentile, post_load
 from transformers import FSMTConfig, FSMTForConditionalGeneration
 
 from services.kit.testing import ServerThread
@@ -47,28 +48,11 @@ def medium_model(work: Path) -> Path:
     return target
 
 
-async def load(url: str, concurrency: int, requests: int) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    queue = list(range(requests))
-
-    async def user(client: httpx.AsyncClient):
-        while queue:
-            i = queue.pop()
-            body = {"text": SENTENCES[i % len(SENTENCES)], "source_lang": "en", "target_lang": "de",
-                    "max_new_tokens": MAX_NEW_TOKENS}
-            started = time.perf_counter()
-            response = await client.post(url + "/v1/translate", json=body)
-            response.raise_for_status()
-            latencies.append(time.perf_counter() - started)
-
-    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(user(client) for _ in range(concurrency)))
-        return time.perf_counter() - started, latencies
-
-
-def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+def bodies(requests: int) -> list[dict]:
+    return [
+        {"text": SENTENCES[i % len(SENTENCES)], "source_lang": "en", "target_lang": "de", "max_new_tokens": MAX_NEW_TOKENS}
+        for i in range(requests)
+    ]
 
 
 def main() -> None:
@@ -89,8 +73,10 @@ def main() -> None:
             )
             with ServerThread(lambda s=settings: [create_service(s)], settings) as server:
                 for concurrency in args.concurrency:
-                    asyncio.run(load(server.rest_url, concurrency, 4))  # warm the connection pool
-                    elapsed, latencies = asyncio.run(load(server.rest_url, concurrency, args.requests))
+                    asyncio.run(post_load(server.rest_url + "/v1/translate", bodies(4), concurrency))  # warm the connection pool
+                    elapsed, latencies = asyncio.run(
+                        post_load(server.rest_url + "/v1/translate", bodies(args.requests), concurrency)
+                    )
                     throughput = args.requests / elapsed
                     if not batching:
                         baseline[concurrency] = throughput

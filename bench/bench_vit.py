@@ -14,14 +14,13 @@ import asyncio
 import base64
 import io
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import tensorflow as tf
+from loadgen import percentile, post_load
 from PIL import Image
 
 from services.kit.testing import ServerThread
@@ -86,28 +85,6 @@ def cost_split(version_dir: Path, images: list[bytes]) -> list[tuple[int, float,
     return rows
 
 
-async def load(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    queue = list(range(len(bodies)))
-
-    async def user(client: httpx.AsyncClient):
-        while queue:
-            body = bodies[queue.pop()]
-            started = time.perf_counter()
-            response = await client.post(url, json=body)
-            response.raise_for_status()
-            latencies.append(time.perf_counter() - started)
-
-    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(user(client) for _ in range(concurrency)))
-        return time.perf_counter() - started, latencies
-
-
-def percentile(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", choices=["tiny", "small"], default="tiny")
@@ -155,14 +132,14 @@ def main() -> None:
         results: dict[tuple[str, int], tuple[float, float, float]] = {}
         try:
             for server in servers.values():
-                asyncio.run(load(f"{server.rest_url}/v1/models/hf-vit:predict", bodies[:8], 4))  # warm HTTP
+                asyncio.run(post_load(f"{server.rest_url}/v1/models/hf-vit:predict", bodies[:8], 4))  # warm HTTP
             # Modes alternate and each keeps its best of two runs, so load from other processes on the
             # machine does not land on one side of the comparison only.
             for concurrency in args.concurrency:
                 for _ in range(2):
                     for mode, server in servers.items():
                         url = f"{server.rest_url}/v1/models/hf-vit:predict"
-                        elapsed, latencies = asyncio.run(load(url, bodies, concurrency))
+                        elapsed, latencies = asyncio.run(post_load(url, bodies, concurrency))
                         measured = (
                             len(bodies) / elapsed,
                             percentile(latencies, 50) * 1000,
