@@ -1,0 +1,313 @@
+"""Assisted decoding on real whisper-base weights (`make real-asr`): does a cheap draft make it pay on CPU?
+
+    python bench/bench_asr_real.py [--reps 3] [--threads 2] [--num-tokens 6] [--vocab-sizes 8192]
+
+1. Per-token cost: a cached one-token step of the main decoder, of the 2-layer assistant with its full
+   51,865-row head and with the restricted head, and the main model verifying k tokens in one pass.
+2. Batch 1 over the 30 held-out English clips, greedy: plain vs assisted with the full head and transformers'
+   default candidate generator (an inner `generate()` per round) vs assisted with the restricted head and
+   `services.asr.drafting`'s draft loop. The decoding phase is timed apart from the encoder: each clip is
+   encoded once per repetition (timed) and every variant decodes from those `encoder_outputs`; end to end =
+   encoder + decoding. Variants run interleaved clip by clip, in rotating order; times are medians over
+   repetitions. Also: main-decoder passes, drafted/accepted tokens, and whether every clip's token ids equal
+   plain decoding's.
+
+Timings on a shared machine are noisy: compare ratios within one run.
+"""
+
+import argparse
+import itertools
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import soundfile as sf
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, WhisperProcessor
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.generation import candidate_generator as hf_candidates
+from transformers.modeling_outputs import BaseModelOutput
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+transformers.logging.set_verbosity_error()  # the transformers loop warns about max_new_tokens every round
+
+from services.asr.drafting import DraftConfig, Drafter, WhisperWithDraftLoop  # noqa: E402
+
+REAL = REPO / "models" / "real"
+
+
+@dataclass
+class Tally:
+    drafted: int = 0
+    accepted: int = 0
+
+
+HF_TALLY = Tally()
+_hf_update = hf_candidates.AssistedCandidateGenerator.update_candidate_strategy
+
+
+def _counting_update(self, input_ids, scores, num_matches):
+    HF_TALLY.drafted += scores.shape[1] - 1
+    HF_TALLY.accepted += int(num_matches)
+    return _hf_update(self, input_ids, scores, num_matches)
+
+
+# Counts what transformers' default generator drafts and the main model accepts (benchmark only).
+hf_candidates.AssistedCandidateGenerator.update_candidate_strategy = _counting_update
+
+
+@dataclass
+class Variant:
+    name: str
+    drafter: Drafter | None = None  # the draft loop's drafter; None with assisted=True = transformers' loop
+    assisted: bool = False
+    times: list[float] = field(default_factory=list)  # decoding seconds per repetition
+    outputs: list[list[int]] = field(default_factory=list)
+    main_passes: int = 0
+    drafted: int = 0
+    accepted: int = 0
+
+
+def load_clips(speech: Path, processor, lang: str = "en", limit: int | None = None):
+    clips = []
+    for line in (speech / "refs.tsv").read_text(encoding="utf-8").splitlines():
+        clip_id, clip_lang, _voice, _text = line.split("\t")
+        if clip_lang == lang:
+            audio, rate = sf.read(speech / f"{clip_id}.wav", dtype="float32")
+            clips.append(processor(audio, sampling_rate=rate, return_tensors="pt").input_features)
+    return clips[:limit]
+
+
+def median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+def per_token_costs(
+    main, assistant, drafters: dict[str, Drafter], encoder_hidden, repeats: int
+) -> list[tuple]:
+    """Median ms of cached decoder steps after a 12-token context, interleaved across what is measured."""
+    context = torch.tensor([[50258, 50259, 50359, 50363] + [440] * 8])
+    token = torch.tensor([[440]])
+
+    def cached(decoder):
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        decoder(input_ids=context, encoder_hidden_states=encoder_hidden, cache=cache, use_cache=True)
+        return cache
+
+    def step(decoder, head, cache, ids):
+        def run():
+            hidden = decoder(input_ids=ids, encoder_hidden_states=encoder_hidden, cache=cache, use_cache=True)
+            head(hidden.last_hidden_state[:, -1:]).argmax(-1)
+            cache.crop(-ids.shape[1])
+
+        return run
+
+    main_cache, assistant_cache = cached(main.model.decoder), cached(assistant.model.decoder)
+    draft_caches = {name: cached(d.decoder) for name, d in drafters.items()}
+    rows = {"main decoder, 1 token (full head)": step(main.model.decoder, main.proj_out, main_cache, token)}
+    for k in (2, 4, 6, 8):
+        ids = torch.full((1, k), 440)
+        rows[f"main decoder, verify {k} tokens"] = step(
+            main.model.decoder, lambda h: main.proj_out(h), main_cache, ids
+        )
+    rows["assistant, 1 token, full head (51,865 rows)"] = step(
+        assistant.model.decoder, assistant.proj_out, assistant_cache, token
+    )
+    rows["assistant, 1 token, no head (decoder layers only)"] = step(
+        assistant.model.decoder, lambda h: h, assistant_cache, token
+    )
+    for name, drafter in drafters.items():
+        rows[f"draft step: {name}"] = step(drafter.decoder, drafter.logits, draft_caches[name], token)
+    samples = {name: [] for name in rows}
+    for _ in range(repeats):
+        for name, run in rows.items():
+            samples[name].append(median_ms(run, 1))
+    main_step = statistics.median(samples["main decoder, 1 token (full head)"])
+    return [(name, statistics.median(v), statistics.median(v) / main_step) for name, v in samples.items()]
+
+
+def run_batch1(main, assistant, variants: list[Variant], clips, reps: int) -> list[float]:
+    """Decode every clip with every variant, interleaved; returns encoder seconds per repetition."""
+    counter = {"passes": 0}
+    hook = main.model.decoder.register_forward_hook(
+        lambda *_: counter.__setitem__("passes", counter["passes"] + 1)
+    )
+    encoder_times = []
+    order = itertools.cycle(range(len(variants)))
+    try:
+        for rep in range(reps):
+            for variant in variants:
+                variant.times.append(0.0)
+            encoder_total = 0.0
+            for features in clips:
+                started = time.perf_counter()
+                hidden = main.model.encoder(features).last_hidden_state
+                encoder_total += time.perf_counter() - started
+                first = next(order)
+                for variant in variants[first:] + variants[:first]:
+                    main.drafter = variant.drafter
+                    kwargs = {"assistant_model": assistant} if variant.assisted else {}
+                    passes, hf = counter["passes"], (HF_TALLY.drafted, HF_TALLY.accepted)
+                    drafts = variant.drafter.counters() if variant.drafter else (0, 0, 0)
+                    started = time.perf_counter()
+                    ids = main.generate(
+                        encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                        language="en",
+                        task="transcribe",
+                        **kwargs,
+                    )[0].tolist()
+                    variant.times[-1] += time.perf_counter() - started
+                    if rep == 0:
+                        variant.outputs.append(ids)
+                        variant.main_passes += counter["passes"] - passes
+                        if variant.drafter:
+                            now = variant.drafter.counters()
+                            variant.drafted += now[0] - drafts[0]
+                            variant.accepted += now[1] - drafts[1]
+                        elif variant.assisted:
+                            variant.drafted += HF_TALLY.drafted - hf[0]
+                            variant.accepted += HF_TALLY.accepted - hf[1]
+            encoder_times.append(encoder_total)
+            print(
+                f"  repetition {rep + 1}/{reps}: encoder {encoder_total:.1f} s, "
+                + ", ".join(f"{v.name} {v.times[-1]:.1f} s" for v in variants),
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        hook.remove()
+        main.drafter = None
+    return encoder_times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", type=Path, default=REAL, help="folder made by `make real-asr`")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clips", type=int, default=None, help="first N English clips (default all 30)")
+    parser.add_argument(
+        "--num-tokens", default="6", help="draft tokens per round, comma-separated to compare"
+    )
+    parser.add_argument("--vocab-sizes", default="8192", help="restricted head sizes, comma-separated")
+    parser.add_argument("--schedule", choices=["constant", "heuristic"], default="constant")
+    parser.add_argument(
+        "--confidence",
+        default="none",
+        help="draft confidence thresholds (stop a round below it), comma-separated; none = off",
+    )
+    parser.add_argument(
+        "--counts-file", type=Path, default=None, help="token frequencies for the draft vocab"
+    )
+    parser.add_argument("--full-head-loop", action="store_true", help="also: full head with the draft loop")
+    parser.add_argument("--precision", default="int8", help="draft precision(s): int8, fp32 or int8,fp32")
+    parser.add_argument("--cost-repeats", type=int, default=40)
+    args = parser.parse_args()
+    if not (args.models / "whisper-base" / "model.safetensors").is_file():
+        sys.exit(f"{args.models} has no whisper-base: run `make real-asr` first")
+    torch.set_num_threads(args.threads)
+
+    processor = WhisperProcessor.from_pretrained(args.models / "whisper-base")
+    main_model = WhisperWithDraftLoop.from_pretrained(
+        args.models / "whisper-base", dtype=torch.float32
+    ).eval()
+    assistant = AutoModelForCausalLM.from_pretrained(
+        args.models / "whisper-base-assistant-2l", dtype=torch.float32
+    ).eval()
+    clips = load_clips(args.models / "speech", processor, limit=args.clips)
+    num_tokens = [int(n) for n in args.num_tokens.split(",")]
+    sizes = [int(n) for n in args.vocab_sizes.split(",")]
+
+    precisions = args.precision.split(",")
+
+    thresholds = [None if c == "none" else float(c) for c in args.confidence.split(",")]
+
+    def drafter(size: int, n: int, precision: str, threshold: float | None = None) -> Drafter:
+        config = DraftConfig(
+            num_tokens=n,
+            vocab_size=size,
+            schedule=args.schedule,
+            counts_file=args.counts_file,
+            quantize=precision == "int8",
+            confidence_threshold=threshold,
+        )
+        return Drafter.build(main_model, assistant, processor.tokenizer, config)
+
+    def head(size: int) -> str:
+        return f"{size:,}-row head" if size else "full head"
+
+    variants = [Variant("plain"), Variant("assisted, full head, transformers loop", assisted=True)]
+    for p in precisions:
+        for size in ([0] if args.full_head_loop else []) + sizes:
+            variants += [
+                Variant(
+                    f"assisted, {p} draft, {head(size)}, draft loop k={n}"
+                    + (f", confidence {c}" if c is not None else ""),
+                    drafter(size, n, p, c),
+                    True,
+                )
+                for n in num_tokens
+                for c in thresholds
+            ]
+    print(
+        f"# whisper-base on {len(clips)} English clips, batch 1, greedy, fp32, {args.threads} threads, "
+        f"assistant generation config: num_assistant_tokens={assistant.generation_config.num_assistant_tokens} "
+        f"({assistant.generation_config.num_assistant_tokens_schedule}) for the transformers loop, "
+        f"schedule {args.schedule} for the draft loop\n"
+    )
+
+    with torch.inference_mode():
+        for variant in variants:  # warm-up
+            main_model.drafter = variant.drafter
+            kwargs = {"assistant_model": assistant} if variant.assisted else {}
+            main_model.generate(clips[0], language="en", task="transcribe", **kwargs)
+        main_model.drafter = None
+        encoder_hidden = main_model.model.encoder(clips[0]).last_hidden_state
+        cost_drafters = {f"{p} draft, {head(s)}": drafter(s, 1, p) for p in precisions for s in [0] + sizes}
+        costs = per_token_costs(main_model, assistant, cost_drafters, encoder_hidden, args.cost_repeats)
+        print("## Per-token cost (cached steps, median)\n")
+        print("| step | ms | vs main 1-token step |\n|---|---:|---:|")
+        for name, ms, ratio in costs:
+            print(f"| {name} | {ms:.2f} | {ratio:.2f}x |")
+        print()
+        encoder_times = run_batch1(main_model, assistant, variants, clips, args.reps)
+
+    encoder = statistics.median(encoder_times)
+    plain = variants[0]
+    plain_decode = statistics.median(plain.times)
+    n_tokens = sum(len(o) for o in plain.outputs)
+    print(
+        f"## Batch 1, {len(clips)} clips ({n_tokens} output tokens), median of {args.reps} repetitions; "
+        f"encoder {encoder:.2f} s (same for every variant)\n"
+    )
+    print(
+        "| variant | decoding s | decoding speed-up | end to end s | end-to-end speed-up | main passes | "
+        "drafted / accepted | acceptance | identical ids |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for v in variants:
+        decode = statistics.median(v.times)
+        same = sum(a == b for a, b in zip(v.outputs, plain.outputs, strict=True))
+        acceptance = f"{v.accepted / v.drafted:.2f}" if v.drafted else "-"
+        drafted = f"{v.drafted} / {v.accepted}" if v.assisted else "-"
+        print(
+            f"| {v.name} | {decode:.2f} | {plain_decode / decode:.2f}x | {encoder + decode:.2f} | "
+            f"{(encoder + plain_decode) / (encoder + decode):.2f}x | {v.main_passes} | {drafted} | "
+            f"{acceptance} | {same}/{len(clips)} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

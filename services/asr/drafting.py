@@ -1,0 +1,400 @@
+"""Cheap drafts for Whisper's assisted (speculative) decoding: a restricted-vocabulary head and a draft loop
+without an inner `generate()`.
+
+At batch size 1 on a CPU a decoder step is memory-bound, and the 51,865-row output projection dominates it:
+a 2-layer assistant with Whisper's full head costs about two thirds of a main-model step per token, and
+transformers' default candidate generator adds a whole inner `generate()` call per draft round. Here:
+
+* `draft_vocabulary` picks a few thousand token ids (recipe below) and `Drafter` keeps only those rows of the
+  assistant's head; the draft's argmax over them maps back to full-vocabulary ids.
+* `DraftLoop`, a transformers `CandidateGenerator`, runs the assistant decoder's cached steps directly: one KV
+  cache per `generate()` call (per 30 s window in long-form), cropped to the accepted prefix each round.
+* `WhisperWithDraftLoop` hands transformers' `_assisted_decoding` that loop instead of its default one.
+
+Nothing that decides the output changes: the main model verifies every draft in transformers' own
+`_assisted_decoding`, with Whisper's logits processors (suppressed tokens, language/task prompt, timestamps),
+long-form loop and temperature fallback, so the transcript is the main model's token for token whatever the
+draft proposes. A worse draft (a token outside the restricted vocabulary, say) only costs speed.
+
+Use:
+    main = WhisperWithDraftLoop.from_pretrained(...)          # or runtime.load(WhisperWithDraftLoop, ...)
+    main.drafter = Drafter.build(main, assistant, tokenizer, DraftConfig(vocab_size=8192))
+    main.generate(input_features, assistant_model=main.drafter.assistant, language="en")
+"""
+
+import copy
+import threading
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import WhisperForConditionalGeneration
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.generation.candidate_generator import CandidateGenerator
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    SuppressTokensAtBeginLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+)
+
+
+@dataclass(frozen=True)
+class DraftConfig:
+    # Tokens the assistant drafts per round (the starting count with the heuristic schedule).
+    num_tokens: int = 6
+    # Rows of the restricted draft head (special and timestamp tokens included); 0 keeps the full head.
+    vocab_size: int = 16384
+    # Optional token frequency file (tab-separated, first column the token id, a header line, most frequent
+    # first): its ids are preferred over plain low ids for up to half of the text-token budget.
+    counts_file: Path | None = None
+    # "heuristic" is transformers' schedule: +2 tokens after a fully accepted round, -1 otherwise.
+    schedule: Literal["constant", "heuristic"] = "constant"
+    # Stop a round early once the draft's top probability (over its own vocabulary) falls below this.
+    confidence_threshold: float | None = 0.5
+    # Int8 dynamic quantization of the draft's linear layers and head, on CPU only (ignored on GPU, where
+    # half-precision steps are cheap already).
+    quantize: bool = True
+
+    @classmethod
+    def from_assistant(cls, assistant, **overrides) -> "DraftConfig":
+        """Draft length, schedule and confidence threshold from the assistant's generation config, where
+        transformers keeps them (`num_assistant_tokens`, `num_assistant_tokens_schedule`,
+        `assistant_confidence_threshold`; a threshold of 0 drafts every token)."""
+        generation = assistant.generation_config
+        heuristic = generation.num_assistant_tokens_schedule in ("heuristic", "heuristic_transient")
+        settings = dict(
+            num_tokens=int(generation.num_assistant_tokens or cls.num_tokens),
+            schedule="heuristic" if heuristic else "constant",
+            confidence_threshold=generation.assistant_confidence_threshold or None,
+        )
+        return cls(**{**settings, **overrides})
+
+
+def read_token_counts(path: Path) -> list[int]:
+    """Token ids of a `token_id<TAB>count...` file with a header line, in file order (most frequent first)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()[1:]
+    return [int(line.split("\t", 1)[0]) for line in lines if line.strip()]
+
+
+def draft_vocabulary(
+    tokenizer, size: int, counts: Sequence[int] = (), exclude: Iterable[int] = ()
+) -> list[int]:
+    """The token ids a restricted draft head keeps, sorted; deterministic for a given tokenizer.
+
+    Recipe: every added token (Whisper's special, language, task and 1,501 timestamp tokens, which the
+    main model emits at fixed points of every transcript), then the ids of `counts` (most frequent first) for
+    up to half of the remaining budget, then the lowest remaining ids: Whisper's byte-level BPE ids are
+    roughly in merge order, so low ids are, broadly, the frequent tokens of its training text in every
+    language. `exclude` (the model's suppressed tokens, which the main model never emits) is left out.
+    """
+    excluded = set(exclude)
+    base_vocab = tokenizer.vocab_size  # ids below are BPE tokens; the added tokens come after
+    special = [i for i in tokenizer.added_tokens_decoder if i not in excluded]
+    if size < len(special) + 256:
+        raise ValueError(
+            f"a draft vocabulary of {size} ids cannot hold the {len(special)} special tokens and the 256 "
+            "byte tokens: use a larger size, or 0 for the full head"
+        )
+    chosen = dict.fromkeys(special)
+    budget = size - len(chosen)
+    for token in counts:
+        if len(chosen) - len(special) >= budget // 2:
+            break
+        if token < base_vocab and token not in excluded:
+            chosen.setdefault(token)
+    for token in range(base_vocab):
+        if len(chosen) >= size:
+            break
+        if token not in excluded:
+            chosen.setdefault(token)
+    return sorted(chosen)
+
+
+class Drafter:
+    """An assistant prepared for drafting for one main model: its decoder, its (restricted) head, settings and
+    counters.
+
+    The assistant is either a decoder-only `WhisperForCausalLM` reading the main encoder's outputs
+    (distil-whisper style) or a smaller full Whisper with the same tokenizer (which encodes the audio itself).
+    On a CPU the draft's linear layers and head are quantized to int8 (dynamic quantization: a quarter of the
+    fp32 weight bytes per step); the assistant passed in is left as it is. Assistant layers whose
+    cross-attention key/value projections are copies of a main-model layer's (distil-whisper initialises its
+    layers from the teacher's and may freeze them) read that layer's cross-attention keys and values instead
+    of computing their own.
+    """
+
+    def __init__(
+        self,
+        main,
+        assistant,
+        config: DraftConfig = DraftConfig(),
+        vocab_ids: Sequence[int] | None = None,
+    ):
+        self.assistant = assistant
+        self.config = config
+        self.shares_encoder = not assistant.config.is_encoder_decoder
+        weight = assistant.get_output_embeddings().weight.detach()
+        self.quantized = config.quantize and weight.device.type == "cpu"
+        vocab_size = weight.shape[0]
+        suppress = main.generation_config.suppress_tokens or ()
+        suppressed = sorted({t for t in suppress if 0 <= t < vocab_size})
+        self.head_bias = None
+        if vocab_ids is None and not self.quantized:
+            # The full float head reads the assistant's own weight (no copy); the main model never emits
+            # suppressed tokens, so neither does the draft.
+            self.vocab_ids = None
+            self.head = assistant.get_output_embeddings()
+            if suppressed:
+                self.head_bias = torch.zeros(vocab_size, dtype=weight.dtype, device=weight.device)
+                self.head_bias[suppressed] = float("-inf")
+        else:
+            keep = vocab_ids if vocab_ids is not None else sorted(set(range(vocab_size)) - set(suppressed))
+            self.vocab_ids = torch.tensor(sorted(keep), dtype=torch.long, device=weight.device)
+            self.head = torch.nn.Linear(
+                weight.shape[1], len(keep), bias=False, device=weight.device, dtype=weight.dtype
+            )
+            self.head.weight = torch.nn.Parameter(weight.index_select(0, self.vocab_ids), requires_grad=False)
+        self.decoder = assistant.model.decoder
+        self.main_layers = main.model.decoder.layers
+        self.shared_cross_attention = _shared_cross_attention(self.decoder.layers, self.main_layers)
+        if not self.shares_encoder:
+            self.shared_cross_attention = {}  # it attends to its own encoder's outputs
+        if self.quantized:
+            self.decoder, self.head = _quantized_draft(self.decoder, self.head)
+        self._lock = threading.Lock()
+        self.drafted = 0
+        self.accepted = 0
+        self.rounds = 0
+
+    @classmethod
+    def build(cls, main, assistant, tokenizer, config: DraftConfig = DraftConfig()) -> "Drafter":
+        """The drafter for `main`, with the draft vocabulary `config` asks for (see `draft_vocabulary`)."""
+        vocab_ids = None
+        if config.vocab_size:
+            counts = read_token_counts(config.counts_file) if config.counts_file else ()
+            suppress = main.generation_config.suppress_tokens or ()
+            vocab_ids = draft_vocabulary(tokenizer, config.vocab_size, counts, exclude=suppress)
+        return cls(main, assistant, config, vocab_ids)
+
+    @property
+    def head_rows(self) -> int:
+        return self.head.out_features
+
+    def record(self, drafted: int, accepted: int) -> None:
+        with self._lock:
+            self.drafted += drafted
+            self.accepted += accepted
+            self.rounds += 1
+
+    def counters(self) -> tuple[int, int, int]:
+        """(drafted, accepted, rounds) since the drafter was built."""
+        with self._lock:
+            return self.drafted, self.accepted, self.rounds
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Draft logits over the drafter's own vocabulary (index with `to_token_ids`)."""
+        logits = self.head(hidden)
+        return logits if self.head_bias is None else logits + self.head_bias
+
+    def to_token_ids(self, index: torch.Tensor) -> torch.Tensor:
+        return index if self.vocab_ids is None else self.vocab_ids[index]
+
+
+def _shared_cross_attention(draft_layers, main_layers) -> dict[int, int]:
+    """Draft layer index -> main layer index, for draft layers whose cross-attention key and value projections
+    equal that main layer's."""
+
+    def same(a: torch.nn.Linear, b: torch.nn.Linear) -> bool:
+        if a.weight.shape != b.weight.shape or not torch.equal(a.weight, b.weight):
+            return False
+        return (a.bias is None and b.bias is None) or (
+            a.bias is not None and b.bias is not None and torch.equal(a.bias, b.bias)
+        )
+
+    shared = {}
+    for i, layer in enumerate(draft_layers):
+        for j, main_layer in enumerate(main_layers):
+            a, b = layer.encoder_attn, main_layer.encoder_attn
+            if same(a.k_proj, b.k_proj) and same(a.v_proj, b.v_proj) and a.num_heads == b.num_heads:
+                shared[i] = j
+                break
+    return shared
+
+
+def _cross_attention_kv(attention, encoder_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Whisper cross-attention layer's keys and values, computed exactly as its forward pass does."""
+    shape = (encoder_hidden.shape[0], -1, attention.num_heads, attention.head_dim)
+    keys = attention.k_proj(encoder_hidden).view(shape).transpose(1, 2).contiguous()
+    values = attention.v_proj(encoder_hidden).view(shape).transpose(1, 2).contiguous()
+    return keys, values
+
+
+def _quantized_draft(decoder: torch.nn.Module, head: torch.nn.Linear):
+    """Int8 copies of the decoder's linear layers (sharing its embeddings) and of the head."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    shared = {id(m): m for m in (decoder.embed_tokens, decoder.embed_positions, decoder.layer_norm)}
+    draft_decoder = copy.deepcopy(decoder, memo=shared)
+    spec = {torch.nn.Linear: per_channel_dynamic_qconfig}  # per output row: the head's rows differ in scale
+    with warnings.catch_warnings():
+        # torch.ao's eager quantization is deprecated in favour of torchao (not a dependency here); it works
+        # in the pinned torch.
+        warnings.simplefilter("ignore")
+        quantize_dynamic(draft_decoder, spec, dtype=torch.qint8, inplace=True)
+        draft_head = quantize_dynamic(torch.nn.Sequential(head), spec, dtype=torch.qint8)[0]
+    return draft_decoder, draft_head
+
+
+class DraftLoop(CandidateGenerator):
+    """Drafts candidates with the assistant's cached decoder steps; lives for one `generate()` call."""
+
+    def __init__(self, drafter: Drafter, generation_config, model_kwargs: dict, inputs_tensor=None):
+        self.drafter = drafter
+        self.num_tokens = drafter.config.num_tokens
+        self.max_length = generation_config.max_length
+        eos = generation_config.eos_token_id
+        self.eos_ids = set([eos] if isinstance(eos, int) else list(eos or []))
+        if drafter.shares_encoder:
+            self.encoder_hidden = model_kwargs["encoder_outputs"][0]
+        else:
+            device = drafter.assistant.device
+            self.encoder_hidden = drafter.assistant.get_encoder()(inputs_tensor.to(device))[0]
+        self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        self.main_cache = model_kwargs.get("cache")
+
+    def _share_cross_attention(self) -> None:
+        """Compute the main model's cross-attention keys and values now, as its first forward pass would (it
+        then finds them cached), and hand the draft layers that are copies of main layers the same tensors."""
+        main_cache = self.main_cache
+        if (
+            not self.drafter.shared_cross_attention
+            or not isinstance(main_cache, EncoderDecoderCache)
+            or any(main_cache.is_updated.values())
+            or self.encoder_hidden.shape[0] != 1
+        ):
+            return
+        for j, layer in enumerate(self.drafter.main_layers):
+            main_cache.cross_attention_cache.update(
+                *_cross_attention_kv(layer.encoder_attn, self.encoder_hidden), j
+            )
+            main_cache.is_updated[j] = True
+        for i, j in sorted(self.drafter.shared_cross_attention.items()):
+            shared = main_cache.cross_attention_cache.layers[j]
+            self.cache.cross_attention_cache.update(shared.keys, shared.values, i)
+            self.cache.is_updated[i] = True
+
+    def get_candidates(self, input_ids: torch.LongTensor, **kwargs) -> tuple[torch.LongTensor, None]:
+        length = input_ids.shape[1]
+        budget = min(self.num_tokens, self.max_length - length - 1)
+        if budget < 1:
+            return input_ids, None
+        if self.cache.get_seq_length() == 0:
+            self._share_cross_attention()
+        # The cache holds the prompt and last round's drafts; keep only what the main model accepted
+        # (entries for positions before the newest token), then feed the tokens it has not seen yet.
+        stale = self.cache.get_seq_length() - (length - 1)
+        if stale > 0:
+            self.cache.crop(-stale)
+        step_ids = input_ids[:, self.cache.get_seq_length() :].to(self.drafter.assistant.device)
+        threshold = self.drafter.config.confidence_threshold
+        draft = []
+        for _ in range(budget):
+            hidden = self.drafter.decoder(
+                input_ids=step_ids,
+                encoder_hidden_states=self.encoder_hidden,
+                cache=self.cache,
+                use_cache=True,
+            ).last_hidden_state[:, -1]
+            logits = self.drafter.logits(hidden)
+            token = self.drafter.to_token_ids(logits.argmax(-1))
+            draft.append(token)
+            if int(token) in self.eos_ids:
+                break
+            if threshold is not None and float(logits.softmax(-1).max()) < threshold:
+                break
+            step_ids = token.view(1, 1)
+        draft_ids = torch.stack(draft, dim=1).to(input_ids.device)
+        return torch.cat([input_ids, draft_ids], dim=1), None
+
+    def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches: int):
+        drafted = scores.shape[1] - 1
+        self.drafter.record(drafted, int(num_matches))
+        if self.drafter.config.schedule == "heuristic":
+            self.num_tokens = self.num_tokens + 2 if num_matches == drafted else max(1, self.num_tokens - 1)
+
+
+class _SuppressTokens(SuppressTokensLogitsProcessor):
+    """transformers' processor, with its vocabulary mask built once per `generate()` instead of on every call
+    (`torch.isin` over 51,865 ids costs about 1.5 ms on a CPU core, and assisted decoding calls it once per
+    verified position)."""
+
+    def __init__(self, original: SuppressTokensLogitsProcessor):
+        self.suppress_tokens = original.suppress_tokens
+        self.mask = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.mask is None or self.mask.shape[-1] != scores.shape[-1] or self.mask.device != scores.device:
+            vocab = torch.arange(scores.shape[-1], device=scores.device)
+            self.mask = torch.isin(vocab, self.suppress_tokens.to(scores.device))
+        return scores.masked_fill(self.mask, float("-inf"))
+
+
+class _SuppressTokensAtBegin(SuppressTokensAtBeginLogitsProcessor):
+    """transformers' processor, masking only at the begin index (it built its mask on every call)."""
+
+    def __init__(self, original: SuppressTokensAtBeginLogitsProcessor):
+        self.begin_suppress_tokens = original.begin_suppress_tokens
+        self.begin_index = original.begin_index
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[-1] != self.begin_index:
+            return scores
+        vocab = torch.arange(scores.shape[-1], device=scores.device)
+        mask = torch.isin(vocab, self.begin_suppress_tokens.to(scores.device))
+        return scores.masked_fill(mask, float("-inf"))
+
+
+_FASTER_PROCESSORS = {
+    SuppressTokensLogitsProcessor: _SuppressTokens,
+    SuppressTokensAtBeginLogitsProcessor: _SuppressTokensAtBegin,
+}
+
+
+class WhisperWithDraftLoop(WhisperForConditionalGeneration):
+    """Whisper whose assisted decoding drafts with `self.drafter` when `generate(assistant_model=...)` is given
+    that drafter's assistant; any other assistant gets transformers' default candidate generator.
+
+    Its token-suppressing logits processors compute their masks once per call instead of once per token:
+    the same scores, cheaper (plain and assisted decoding alike).
+    """
+
+    def _get_logits_processor(self, *args, **kwargs) -> LogitsProcessorList:
+        processors = super()._get_logits_processor(*args, **kwargs)
+        return LogitsProcessorList(_FASTER_PROCESSORS.get(type(p), lambda p: p)(p) for p in processors)
+
+    drafter: Drafter | None = None
+
+    def _get_candidate_generator(
+        self,
+        generation_config,
+        input_ids,
+        inputs_tensor,
+        logits_processor,
+        model_kwargs,
+        assistant_model=None,
+        **kwargs,
+    ):
+        if self.drafter is not None and assistant_model is self.drafter.assistant:
+            return DraftLoop(self.drafter, generation_config, model_kwargs, inputs_tensor)
+        return super()._get_candidate_generator(
+            generation_config,
+            input_ids,
+            inputs_tensor,
+            logits_processor,
+            model_kwargs,
+            assistant_model,
+            **kwargs,
+        )
