@@ -33,6 +33,7 @@ from services.kit.batcher import Work
 from services.kit.errors import Cancelled, InvalidArgument
 from services.kit.torch_models import TorchRuntime, resolve_source
 
+from .drafting import DraftConfig, Drafter, WhisperWithDraftLoop
 from .settings import AsrSettings
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,9 @@ class DraftTally:
 _SERVED_DRAFTS = DraftTally()
 
 
-class DraftCountingWhisper(WhisperForConditionalGeneration):
-    """Whisper that counts what the assistant drafts and the main model accepts, read off the candidate generator.
+class DraftCountingWhisper(WhisperWithDraftLoop):
+    """Whisper that counts what the assistant drafts and the main model accepts, read off the candidate generator
+    (the cheap draft loop of `drafting.py` once `drafter` is set).
 
     generate() builds a fresh candidate generator per call; its `get_candidates` returns the drafts and
     `update_candidate_strategy` receives how many of them matched.
@@ -192,6 +194,10 @@ class AsrRunner:
         self.model.model.decoder.register_forward_hook(self._count_main_pass)
         if s.assistant_model:
             self.assistant = self._load_assistant(resolve_source(s.assistant_model))
+            draft = DraftConfig.from_assistant(
+                self.assistant, vocab_size=s.draft_vocab_size, quantize=s.draft_quantize
+            )
+            self.model.drafter = Drafter.build(self.model, self.assistant, self.processor.tokenizer, draft)
         log.info("loaded %s with assistant %s", s.model, s.assistant_model or "none")
 
     def _load_assistant(self, source: str) -> torch.nn.Module:
