@@ -1,6 +1,7 @@
 """Assisted decoding on real whisper-base weights (`make real-asr`): does a cheap draft make it pay on CPU?
 
-    python bench/bench_asr_real.py [--reps 3] [--threads 2] [--num-tokens 6] [--vocab-sizes 8192]
+    python bench/bench_asr_real.py [--reps 2] [--threads 2] [--num-tokens 6] [--vocab-sizes 16384]
+                                   [--confidence 0.5] [--precision int8] [--full-head-loop] [--server]
 
 1. Per-token cost: a cached one-token step of the main decoder, of the 2-layer assistant with its full
    51,865-row head and with the restricted head, and the main model verifying k tokens in one pass.
@@ -12,7 +13,14 @@
    repetitions. Also: main-decoder passes, drafted/accepted tokens, and whether every clip's token ids equal
    plain decoding's.
 
-Timings on a shared machine are noisy: compare ratios within one run.
+3. With `--server` (`--skip-batch1` for it alone): through the real server (the service's settings), throughput
+   and p95 latency at concurrency 1/4/8/16 for always-assisted, never-assisted and adaptive requests
+   (bench/bench_asr.py's load generator: the three modes in rotating order per level).
+
+Comma-separated `--num-tokens`, `--vocab-sizes`, `--confidence`, `--precision` compare several draft settings in
+one run. Default run (batch 1 part): about 3 minutes on 2 free cores. On a busy shared machine two OpenMP
+threads spend their time waiting for each other: use `--threads 1` there. Timings are noisy: compare ratios
+within one run.
 """
 
 import argparse
@@ -37,6 +45,9 @@ sys.path.insert(0, str(REPO))
 transformers.logging.set_verbosity_error()  # the transformers loop warns about max_new_tokens every round
 
 from services.asr.drafting import DraftConfig, Drafter, WhisperWithDraftLoop  # noqa: E402
+from services.asr.service import create_service  # noqa: E402
+from services.asr.settings import AsrSettings  # noqa: E402
+from services.kit.testing import ServerThread  # noqa: E402
 
 REAL = REPO / "models" / "real"
 
@@ -190,35 +201,7 @@ def run_batch1(main, assistant, variants: list[Variant], clips, reps: int) -> li
     return encoder_times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--models", type=Path, default=REAL, help="folder made by `make real-asr`")
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--clips", type=int, default=None, help="first N English clips (default all 30)")
-    parser.add_argument(
-        "--num-tokens", default="6", help="draft tokens per round, comma-separated to compare"
-    )
-    parser.add_argument("--vocab-sizes", default="8192", help="restricted head sizes, comma-separated")
-    parser.add_argument("--schedule", choices=["constant", "heuristic"], default="constant")
-    parser.add_argument(
-        "--confidence",
-        default="none",
-        help="draft confidence thresholds (stop a round below it), comma-separated; none = off",
-    )
-    parser.add_argument(
-        "--counts-file", type=Path, default=None, help="token frequencies for the draft vocab"
-    )
-    parser.add_argument("--full-head-loop", action="store_true", help="also: full head with the draft loop")
-    parser.add_argument("--precision", default="int8", help="draft precision(s): int8, fp32 or int8,fp32")
-    parser.add_argument("--cost-repeats", type=int, default=40)
-    args = parser.parse_args()
-    if not (args.models / "whisper-base" / "model.safetensors").is_file():
-        sys.exit(f"{args.models} has no whisper-base: run `make real-asr` first")
-    torch.set_num_threads(args.threads)
-
+def batch1(args: argparse.Namespace) -> None:
     processor = WhisperProcessor.from_pretrained(args.models / "whisper-base")
     main_model = WhisperWithDraftLoop.from_pretrained(
         args.models / "whisper-base", dtype=torch.float32
@@ -229,9 +212,7 @@ def main() -> None:
     clips = load_clips(args.models / "speech", processor, limit=args.clips)
     num_tokens = [int(n) for n in args.num_tokens.split(",")]
     sizes = [int(n) for n in args.vocab_sizes.split(",")]
-
     precisions = args.precision.split(",")
-
     thresholds = [None if c == "none" else float(c) for c in args.confidence.split(",")]
 
     def drafter(size: int, n: int, precision: str, threshold: float | None = None) -> Drafter:
@@ -262,10 +243,10 @@ def main() -> None:
                 for c in thresholds
             ]
     print(
-        f"# whisper-base on {len(clips)} English clips, batch 1, greedy, fp32, {args.threads} threads, "
-        f"assistant generation config: num_assistant_tokens={assistant.generation_config.num_assistant_tokens} "
-        f"({assistant.generation_config.num_assistant_tokens_schedule}) for the transformers loop, "
-        f"schedule {args.schedule} for the draft loop\n"
+        f"# whisper-base on {len(clips)} English clips, batch 1, greedy, fp32, {args.threads} threads; "
+        f"transformers loop: the assistant's generation config (num_assistant_tokens="
+        f"{assistant.generation_config.num_assistant_tokens}, "
+        f"{assistant.generation_config.num_assistant_tokens_schedule}); draft loop schedule {args.schedule}\n"
     )
 
     with torch.inference_mode():
@@ -275,38 +256,136 @@ def main() -> None:
             main_model.generate(clips[0], language="en", task="transcribe", **kwargs)
         main_model.drafter = None
         encoder_hidden = main_model.model.encoder(clips[0]).last_hidden_state
+        setup_ms = cross_attention_setup_ms(main_model, encoder_hidden, args.cost_repeats // 4 + 1)
         cost_drafters = {f"{p} draft, {head(s)}": drafter(s, 1, p) for p in precisions for s in [0] + sizes}
         costs = per_token_costs(main_model, assistant, cost_drafters, encoder_hidden, args.cost_repeats)
         print("## Per-token cost (cached steps, median)\n")
         print("| step | ms | vs main 1-token step |\n|---|---:|---:|")
         for name, ms, ratio in costs:
             print(f"| {name} | {ms:.2f} | {ratio:.2f}x |")
-        print()
+        print(
+            f"\nOnce per 30 s window, before any token: the main decoder's cross-attention keys and values over "
+            f"1,500 encoder frames, {setup_ms:.0f} ms (plain and assisted alike).\n"
+        )
         encoder_times = run_batch1(main_model, assistant, variants, clips, args.reps)
 
     encoder = statistics.median(encoder_times)
+    setup = setup_ms / 1000 * len(clips)
     plain = variants[0]
     plain_decode = statistics.median(plain.times)
     n_tokens = sum(len(o) for o in plain.outputs)
     print(
         f"## Batch 1, {len(clips)} clips ({n_tokens} output tokens), median of {args.reps} repetitions; "
-        f"encoder {encoder:.2f} s (same for every variant)\n"
+        f"encoder {encoder:.2f} s, cross-attention setup about {setup:.2f} s (both the same for every variant)\n"
     )
     print(
-        "| variant | decoding s | decoding speed-up | end to end s | end-to-end speed-up | main passes | "
-        "drafted / accepted | acceptance | identical ids |"
+        "| variant | decoding s | decoding speed-up | token loop speed-up | end to end s | end-to-end speed-up "
+        "| main passes | drafted / accepted | acceptance | identical ids |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for v in variants:
         decode = statistics.median(v.times)
         same = sum(a == b for a, b in zip(v.outputs, plain.outputs, strict=True))
         acceptance = f"{v.accepted / v.drafted:.2f}" if v.drafted else "-"
         drafted = f"{v.drafted} / {v.accepted}" if v.assisted else "-"
         print(
-            f"| {v.name} | {decode:.2f} | {plain_decode / decode:.2f}x | {encoder + decode:.2f} | "
+            f"| {v.name} | {decode:.2f} | {plain_decode / decode:.2f}x | "
+            f"{(plain_decode - setup) / (decode - setup):.2f}x | {encoder + decode:.2f} | "
             f"{(encoder + plain_decode) / (encoder + decode):.2f}x | {v.main_passes} | {drafted} | "
             f"{acceptance} | {same}/{len(clips)} |"
         )
+
+
+def cross_attention_setup_ms(main, encoder_hidden, repeats: int) -> float:
+    """The main decoder's first pass (4 prompt tokens) minus a cached one-token step: the cross-attention K/V."""
+    prompt = torch.tensor([[50258, 50259, 50359, 50363]])
+    first, step = [], []
+    for _ in range(repeats):
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        for ids, times in ((prompt, first), (prompt[:, -1:], step)):
+            started = time.perf_counter()
+            main.model.decoder(
+                input_ids=ids, encoder_hidden_states=encoder_hidden, cache=cache, use_cache=True
+            )
+            times.append(time.perf_counter() - started)
+    return (statistics.median(first) - statistics.median(step)) * 1000
+
+
+def server(args: argparse.Namespace) -> None:
+    """Through the real server: always-assisted, never-assisted and adaptive requests at each concurrency."""
+    from bench.bench_asr import load_level, print_load_row  # the ASR bench's load generator and row format
+
+    levels = [int(n) for n in args.levels.split(",")]
+    settings = AsrSettings(
+        model=str(args.models / "whisper-base"),
+        assistant_model=str(args.models / "whisper-base-assistant-2l"),
+        threads=args.threads,
+        max_batch_size=max(levels),
+        max_queue=4 * max(levels),
+        request_timeout_s=600,
+        log_level="warning",
+    )
+    speech = args.models / "speech"
+    clips = [
+        (speech / f"{line.split(chr(9))[0]}.wav").read_bytes()
+        for line in (speech / "refs.tsv").read_text(encoding="utf-8").splitlines()
+        if line.split("\t")[1] == "en"
+    ]
+    print(
+        f"\n## Through the server, real whisper-base + 2-layer assistant, English clips: throughput (req/s) and "
+        f"p95 latency (s); {args.threads} threads, adaptive threshold {settings.adaptive_threshold}, batching "
+        f"window {settings.max_wait_ms:g} ms, draft head {settings.draft_vocab_size} rows, int8 "
+        f"{settings.draft_quantize}\n"
+    )
+    print(
+        "| concurrency | always-assisted req/s | p95 | never-assisted req/s | p95 | adaptive req/s | p95 "
+        "| adaptive assisted share | adaptive vs best fixed |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    with ServerThread(lambda: [create_service(settings)], settings) as running:
+        for concurrency in levels:
+            row = load_level(running.rest_url, concurrency, args.rounds, clips)
+            print_load_row({"concurrency": concurrency, **row}, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", type=Path, default=REAL, help="folder made by `make real-asr`")
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy shared machine)")
+    parser.add_argument("--clips", type=int, default=None, help="first N English clips (default all 30)")
+    parser.add_argument(
+        "--num-tokens", default="6", help="draft tokens per round, comma-separated to compare"
+    )
+    parser.add_argument("--vocab-sizes", default="16384", help="restricted head sizes, comma-separated")
+    parser.add_argument("--schedule", choices=["constant", "heuristic"], default="constant")
+    parser.add_argument(
+        "--confidence",
+        default="0.5",
+        help="draft confidence thresholds (stop a round below it), comma-separated; none = off",
+    )
+    parser.add_argument(
+        "--counts-file", type=Path, default=None, help="token frequencies for the draft vocab"
+    )
+    parser.add_argument("--full-head-loop", action="store_true", help="also: full head with the draft loop")
+    parser.add_argument("--precision", default="int8", help="draft precision(s): int8, fp32 or int8,fp32")
+    parser.add_argument("--cost-repeats", type=int, default=40)
+    parser.add_argument("--skip-batch1", action="store_true", help="only the server part")
+    parser.add_argument("--server", action="store_true", help="also: concurrency through the real server")
+    parser.add_argument("--levels", default="1,4,8,16", help="server concurrency levels")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="server rounds per level (each user sends max(1, 4 / level))"
+    )
+    args = parser.parse_args()
+    if not (args.models / "whisper-base" / "model.safetensors").is_file():
+        sys.exit(f"{args.models} has no whisper-base: run `make real-asr` first")
+    torch.set_num_threads(args.threads)
+    if not args.skip_batch1:
+        batch1(args)
+    if args.server:
+        server(args)
 
 
 if __name__ == "__main__":

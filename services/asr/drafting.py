@@ -18,8 +18,12 @@ draft proposes. A worse draft (a token outside the restricted vocabulary, say) o
 
 Use:
     main = WhisperWithDraftLoop.from_pretrained(...)          # or runtime.load(WhisperWithDraftLoop, ...)
-    main.drafter = Drafter.build(main, assistant, tokenizer, DraftConfig(vocab_size=8192))
-    main.generate(input_features, assistant_model=main.drafter.assistant, language="en")
+    main.drafter = Drafter.build(main, assistant, tokenizer, DraftConfig.from_assistant(assistant))
+    main.generate(input_features, assistant_model=assistant, language="en")
+
+Measured on whisper-base with its distilled 2-layer assistant, 1 CPU thread (bench/bench_asr_real.py): a draft
+step costs 0.13x a main-model step (int8, 16,384-row head) instead of 0.65x (fp32 full head), and assisted
+decoding went from 0.64x of plain decoding's speed (transformers' loop) to 1.24x, with identical tokens.
 """
 
 import copy
@@ -259,6 +263,10 @@ class DraftLoop(CandidateGenerator):
         self.eos_ids = set([eos] if isinstance(eos, int) else list(eos or []))
         if drafter.shares_encoder:
             self.encoder_hidden = model_kwargs["encoder_outputs"][0]
+        elif inputs_tensor is None:
+            raise ValueError(
+                "a full-Whisper assistant encodes the audio itself: pass input_features to generate()"
+            )
         else:
             device = drafter.assistant.device
             self.encoder_hidden = drafter.assistant.get_encoder()(inputs_tensor.to(device))[0]
