@@ -42,7 +42,7 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary_response(request_or_iterator, context):
-                call = self._begin(method)
+                call = _TrackedCall(self.state, method)
                 try:
                     self._check_ready()
                     return await inner(request_or_iterator, context)
@@ -57,7 +57,7 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_stream or handler.stream_stream
 
         async def streamed_response(request_or_iterator, context):
-            call = self._begin(method)
+            call = _TrackedCall(self.state, method)
             try:
                 self._check_ready()
                 async for item in inner(request_or_iterator, context):
@@ -73,9 +73,6 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
     def _check_ready(self) -> None:
         if not self.state.ready:
             raise Unavailable("model is still loading", retry_after=5)
-
-    def _begin(self, method: str) -> "_TrackedCall":
-        return _TrackedCall(self.state, method)
 
 
 class _TrackedCall:

@@ -36,7 +36,4 @@ class TranslationServicer(pb_grpc.TranslationServicer):
         )
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(
-            models=[pb.ModelInfo(id=self.runner.model_name(p), source_lang=p.split("-")[0], target_lang=p.split("-")[1])
-                    for p in self.settings.models]
-        )
+        return pb.ListModelsResponse(models=[pb.ModelInfo(**info) for info in self.runner.model_infos()])

@@ -70,6 +70,13 @@ class TranslationRunner:
         model_id = self.settings.models[pair]
         return Path(model_id).name if Path(model_id).is_dir() else model_id
 
+    def model_infos(self) -> list[dict]:
+        """One entry per configured pair, for GET /v1/models and gRPC ListModels."""
+        return [
+            {"id": self.model_name(pair), "source_lang": pair.split("-")[0], "target_lang": pair.split("-")[1]}
+            for pair in self.settings.models
+        ]
+
     def ensure_pair(self, pair: str) -> None:
         if pair not in self.settings.models:
             known = ", ".join(sorted(self.settings.models))

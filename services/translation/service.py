@@ -18,8 +18,5 @@ def create_service(settings: TranslationSettings | None = None) -> Service:
     service.grpc.append(
         GrpcServicer(pb_grpc.add_TranslationServicer_to_server, TranslationServicer(runner, batcher, settings), SERVICE_NAME)
     )
-    service.models = lambda: [
-        {"id": runner.model_name(pair), "source_lang": pair.split("-")[0], "target_lang": pair.split("-")[1]}
-        for pair in settings.models
-    ]
+    service.models = runner.model_infos
     return service
