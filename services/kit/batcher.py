@@ -10,7 +10,7 @@ import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +73,7 @@ class DynamicBatcher:
         max_queue: int = 64,
         timeout_s: float = 60.0,
         retry_after_s: float = 1.0,
-        worker_init: Callable[[], None] | None = None,
+        executor: Executor | None = None,
     ):
         self.name = name
         self.predict_batch = predict_batch
@@ -85,10 +85,8 @@ class DynamicBatcher:
         self._queue: collections.deque[Work] = collections.deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        # worker_init runs in the model thread itself: thread-pool sizes (torch, OpenMP) are per thread.
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"model-{name}", initializer=worker_init
-        )
+        # The thread predict_batch runs in: a service's model thread (Service.model_thread), else one of its own.
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
         self._running = 0  # requests inside the current model call
         self._queue_depth = metrics.QUEUE_DEPTH.labels(batcher=name)
 

@@ -27,13 +27,19 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-def load_services(services: list[Service], warmup: bool) -> None:
+def _load(service: Service, warmup: bool) -> None:
+    started = time.perf_counter()
+    service.runner.load()
+    if warmup:
+        service.runner.warmup()
+    log.info("%s ready in %.1f s", service.name, time.perf_counter() - started)
+
+
+async def load_services(services: list[Service], warmup: bool) -> None:
+    """Load and warm up each service in its own model thread, where its requests will run."""
+    loop = asyncio.get_running_loop()
     for service in services:
-        started = time.perf_counter()
-        service.runner.load()
-        if warmup:
-            service.runner.warmup()
-        log.info("%s ready in %.1f s", service.name, time.perf_counter() - started)
+        await loop.run_in_executor(service.model_thread, _load, service, warmup)
 
 
 async def serve(
@@ -69,7 +75,7 @@ async def serve(
     rest_task = asyncio.create_task(rest.serve())
     log.info("REST on %s:%d, gRPC on %s:%d", settings.host, settings.rest_port, settings.host, settings.grpc_port)
 
-    loader = asyncio.create_task(asyncio.to_thread(load_services, services, settings.warmup))
+    loader = asyncio.create_task(load_services(services, settings.warmup))
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({loader, stopper, rest_task}, return_when=asyncio.FIRST_COMPLETED)
     if loader.done() and loader.exception() is None:
@@ -85,6 +91,7 @@ async def serve(
     for service in services:
         for batcher in service.batchers:
             await batcher.stop()
+        service.model_thread.shutdown(wait=False)
     await grpc_server.stop(grace=1.0)
     rest.should_exit = True
     await rest_task

@@ -39,15 +39,18 @@ class EchoRunner:
         self.settings = settings
         self.loaded = threading.Event()
         self.computed: list[str] = []
+        self.threads: dict[str, set[int]] = {"load": set(), "warmup": set(), "predict": set()}
 
     def load(self) -> None:
+        self.threads["load"].add(threading.get_ident())
         time.sleep(self.settings.load_seconds)
         self.loaded.set()
 
     def warmup(self) -> None:
-        pass
+        self.threads["warmup"].add(threading.get_ident())
 
     def predict_batch(self, works):
+        self.threads["predict"].add(threading.get_ident())
         results = []
         for work in works:
             request: EchoRequest = work.payload
