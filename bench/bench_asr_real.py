@@ -4,18 +4,24 @@
                                    [--confidence 0.5] [--precision int8] [--full-head-loop] [--server]
 
 1. Per-token cost: a cached one-token step of the main decoder, of the 2-layer assistant with its full
-   51,865-row head and with the restricted head, and the main model verifying k tokens in one pass.
-2. Batch 1 over the 30 held-out English clips, greedy: plain vs assisted with the full head and transformers'
-   default candidate generator (an inner `generate()` per round) vs assisted with the restricted head and
-   `services.asr.drafting`'s draft loop. The decoding phase is timed apart from the encoder: each clip is
+   51,865-row head and with the restricted head, and the main model verifying k tokens in one pass; with
+   torch's stock linear kernels and with the kit's `FewRowLinear` (what the service runs on CPU).
+2. Batch 1 over the 30 held-out English clips, greedy: plain decoding with stock and with few-row kernels;
+   assisted with the full head and transformers' default candidate generator (an inner `generate()` per
+   round, stock kernels: the issue's starting point); assisted with the restricted head and
+   `services.asr.drafting`'s draft loop, with both kernels. Speed-ups are given against plain decoding with
+   stock kernels (transformers as shipped) and against plain decoding with few-row kernels (the service's own
+   plain path, the stricter baseline). The decoding phase is timed apart from the encoder: each clip is
    encoded once per repetition (timed) and every variant decodes from those `encoder_outputs`; end to end =
    encoder + decoding. Variants run interleaved clip by clip, in rotating order; times are medians over
    repetitions. Also: main-decoder passes, drafted/accepted tokens, and whether every clip's token ids equal
-   plain decoding's.
+   plain (stock) decoding's.
 
-3. With `--server` (`--skip-batch1` for it alone): through the real server (the service's settings), throughput
-   and p95 latency at concurrency 1/4/8/16 for always-assisted, never-assisted and adaptive requests
-   (bench/bench_asr.py's load generator: the three modes in rotating order per level).
+3. With `--server --skip-batch1`: through the real server (the service's settings), throughput and p95 latency
+   at concurrency 1/4/8/16 for always-assisted, never-assisted and adaptive requests (bench/bench_asr.py's load
+   generator: the three modes in rotating order per level). Run it alone in its process: torch work in the main
+   thread first would leave a second OpenMP pool beside the server's model thread and slow it (see the kit's
+   `Service.model_thread`).
 
 Comma-separated `--num-tokens`, `--vocab-sizes`, `--confidence`, `--precision` compare several draft settings in
 one run. Default run (batch 1 part): about 3 minutes on 2 free cores. On a busy shared machine two OpenMP
@@ -44,10 +50,17 @@ sys.path.insert(0, str(REPO))
 
 transformers.logging.set_verbosity_error()  # the transformers loop warns about max_new_tokens every round
 
-from services.asr.drafting import DraftConfig, Drafter, WhisperWithDraftLoop  # noqa: E402
+from services.asr.drafting import (  # noqa: E402
+    DraftConfig,
+    Drafter,
+    DraftSteps,
+    WhisperWithDraftLoop,
+    cross_attention_kv,
+)
 from services.asr.service import create_service  # noqa: E402
 from services.asr.settings import AsrSettings  # noqa: E402
 from services.kit.testing import ServerThread  # noqa: E402
+from services.kit.torch_models import FewRowLinear  # noqa: E402
 
 REAL = REPO / "models" / "real"
 
@@ -77,11 +90,21 @@ class Variant:
     name: str
     drafter: Drafter | None = None  # the draft loop's drafter; None with assisted=True = transformers' loop
     assisted: bool = False
+    few_row: bool = False  # FewRowLinear kernels instead of torch's stock nn.Linear
     times: list[float] = field(default_factory=list)  # decoding seconds per repetition
     outputs: list[list[int]] = field(default_factory=list)
     main_passes: int = 0
     drafted: int = 0
     accepted: int = 0
+
+
+def set_kernels(modules: list[torch.nn.Module], few_row: bool) -> None:
+    """Switch every linear layer in `modules` between torch's stock kernel and `FewRowLinear`."""
+    cls = FewRowLinear if few_row else torch.nn.Linear
+    for module in modules:
+        for layer in module.modules():
+            if type(layer) in (torch.nn.Linear, FewRowLinear):
+                layer.__class__ = cls
 
 
 def load_clips(speech: Path, processor, lang: str = "en", limit: int | None = None):
@@ -124,27 +147,46 @@ def per_token_costs(
         return run
 
     main_cache, assistant_cache = cached(main.model.decoder), cached(assistant.model.decoder)
-    draft_caches = {name: cached(d.decoder) for name, d in drafters.items()}
-    rows = {"main decoder, 1 token (full head)": step(main.model.decoder, main.proj_out, main_cache, token)}
+
+    def draft_step(drafter: Drafter):
+        """A step of the draft loop's own decoder code (`DraftSteps`), after the same context."""
+        cross = [cross_attention_kv(layer.encoder_attn, encoder_hidden) for layer in drafter.decoder.layers]
+        steps = DraftSteps(drafter.decoder, cross, 448)
+        steps(context)
+
+        def run():
+            drafter.logits(steps(token)).argmax(-1)
+            steps.crop(steps.length - 1)
+
+        return run
+
+    steps = {"main decoder, 1 token (full head)": step(main.model.decoder, main.proj_out, main_cache, token)}
     for k in (2, 4, 6, 8):
         ids = torch.full((1, k), 440)
-        rows[f"main decoder, verify {k} tokens"] = step(
+        steps[f"main decoder, verify {k} tokens"] = step(
             main.model.decoder, lambda h: main.proj_out(h), main_cache, ids
         )
-    rows["assistant, 1 token, full head (51,865 rows)"] = step(
+    steps["assistant, 1 token, full head (51,865 rows)"] = step(
         assistant.model.decoder, assistant.proj_out, assistant_cache, token
     )
-    rows["assistant, 1 token, no head (decoder layers only)"] = step(
+    steps["assistant, 1 token, no head (decoder layers only)"] = step(
         assistant.model.decoder, lambda h: h, assistant_cache, token
     )
     for name, drafter in drafters.items():
-        rows[f"draft step: {name}"] = step(drafter.decoder, drafter.logits, draft_caches[name], token)
-    samples = {name: [] for name in rows}
+        steps[f"draft step: {name}"] = draft_step(drafter)
+    modules = [main, assistant] + [d.head for d in drafters.values()]
+    samples = {(name, few_row): [] for name in steps for few_row in (False, True)}
     for _ in range(repeats):
-        for name, run in rows.items():
-            samples[name].append(median_ms(run, 1))
-    main_step = statistics.median(samples["main decoder, 1 token (full head)"])
-    return [(name, statistics.median(v), statistics.median(v) / main_step) for name, v in samples.items()]
+        for few_row in (False, True):
+            set_kernels(modules, few_row)
+            for name, run in steps.items():
+                samples[name, few_row].append(median_ms(run, 1))
+    set_kernels(modules, False)
+    main_step = statistics.median(samples["main decoder, 1 token (full head)", False])
+    return [
+        (name, *(statistics.median(samples[name, few_row]) for few_row in (False, True)), main_step)
+        for name in steps
+    ]
 
 
 def run_batch1(main, assistant, variants: list[Variant], clips, reps: int) -> list[float]:
@@ -153,6 +195,7 @@ def run_batch1(main, assistant, variants: list[Variant], clips, reps: int) -> li
     hook = main.model.decoder.register_forward_hook(
         lambda *_: counter.__setitem__("passes", counter["passes"] + 1)
     )
+    kernel_modules = [main, assistant] + [v.drafter.head for v in variants if v.drafter]
     encoder_times = []
     order = itertools.cycle(range(len(variants)))
     try:
@@ -167,6 +210,7 @@ def run_batch1(main, assistant, variants: list[Variant], clips, reps: int) -> li
                 first = next(order)
                 for variant in variants[first:] + variants[:first]:
                     main.drafter = variant.drafter
+                    set_kernels(kernel_modules, variant.few_row)
                     kwargs = {"assistant_model": assistant} if variant.assisted else {}
                     passes, hf = counter["passes"], (HF_TALLY.drafted, HF_TALLY.accepted)
                     drafts = variant.drafter.counters() if variant.drafter else (0, 0, 0)
@@ -198,6 +242,7 @@ def run_batch1(main, assistant, variants: list[Variant], clips, reps: int) -> li
     finally:
         hook.remove()
         main.drafter = None
+        set_kernels(kernel_modules, False)
     return encoder_times
 
 
@@ -229,19 +274,24 @@ def batch1(args: argparse.Namespace) -> None:
     def head(size: int) -> str:
         return f"{size:,}-row head" if size else "full head"
 
-    variants = [Variant("plain"), Variant("assisted, full head, transformers loop", assisted=True)]
+    variants = [
+        Variant("plain, stock kernels"),
+        Variant("plain, few-row kernels", few_row=True),
+        Variant("assisted, full head, transformers loop, stock kernels", assisted=True),
+    ]
     for p in precisions:
         for size in ([0] if args.full_head_loop else []) + sizes:
-            variants += [
-                Variant(
-                    f"assisted, {p} draft, {head(size)}, draft loop k={n}"
-                    + (f", confidence {c}" if c is not None else ""),
-                    drafter(size, n, p, c),
-                    True,
-                )
-                for n in num_tokens
-                for c in thresholds
-            ]
+            for n in num_tokens:
+                for c in thresholds:
+                    draft = drafter(size, n, p, c)
+                    settings = f"{p} draft, {head(size)}, draft loop k={n}" + (
+                        f", confidence {c}" if c is not None else ""
+                    )
+                    variants += [
+                        Variant(f"assisted, {settings}, {kernels} kernels", draft, True, few_row)
+                        for few_row, kernels in ((False, "stock"), (True, "few-row"))
+                        if few_row or args.stock_draft_loop
+                    ]
     print(
         f"# whisper-base on {len(clips)} English clips, batch 1, greedy, fp32, {args.threads} threads; "
         f"transformers loop: the assistant's generation config (num_assistant_tokens="
@@ -252,17 +302,28 @@ def batch1(args: argparse.Namespace) -> None:
     with torch.inference_mode():
         for variant in variants:  # warm-up
             main_model.drafter = variant.drafter
+            set_kernels(
+                [main_model, assistant] + ([variant.drafter.head] if variant.drafter else []), variant.few_row
+            )
             kwargs = {"assistant_model": assistant} if variant.assisted else {}
             main_model.generate(clips[0], language="en", task="transcribe", **kwargs)
         main_model.drafter = None
+        set_kernels([main_model, assistant] + [v.drafter.head for v in variants if v.drafter], False)
         encoder_hidden = main_model.model.encoder(clips[0]).last_hidden_state
         setup_ms = cross_attention_setup_ms(main_model, encoder_hidden, args.cost_repeats // 4 + 1)
         cost_drafters = {f"{p} draft, {head(s)}": drafter(s, 1, p) for p in precisions for s in [0] + sizes}
         costs = per_token_costs(main_model, assistant, cost_drafters, encoder_hidden, args.cost_repeats)
         print("## Per-token cost (cached steps, median)\n")
-        print("| step | ms | vs main 1-token step |\n|---|---:|---:|")
-        for name, ms, ratio in costs:
-            print(f"| {name} | {ms:.2f} | {ratio:.2f}x |")
+        print(
+            "| step | stock kernels ms | few-row kernels ms | stock vs main 1-token step (stock) "
+            "| few-row vs main 1-token step (few-row) |\n|---|---:|---:|---:|---:|"
+        )
+        main_few_row = costs[0][2]
+        for name, stock_ms, few_row_ms, main_ms in costs:
+            print(
+                f"| {name} | {stock_ms:.2f} | {few_row_ms:.2f} | {stock_ms / main_ms:.2f}x "
+                f"| {few_row_ms / main_few_row:.2f}x |"
+            )
         print(
             f"\nOnce per 30 s window, before any token: the main decoder's cross-attention keys and values over "
             f"1,500 encoder frames, {setup_ms:.0f} ms (plain and assisted alike).\n"
@@ -271,28 +332,30 @@ def batch1(args: argparse.Namespace) -> None:
 
     encoder = statistics.median(encoder_times)
     setup = setup_ms / 1000 * len(clips)
-    plain = variants[0]
-    plain_decode = statistics.median(plain.times)
-    n_tokens = sum(len(o) for o in plain.outputs)
+    plain_stock, plain_few_row = variants[0], variants[1]
+    stock_decode, few_row_decode = (statistics.median(v.times) for v in (plain_stock, plain_few_row))
+    n_tokens = sum(len(o) for o in plain_stock.outputs)
     print(
         f"## Batch 1, {len(clips)} clips ({n_tokens} output tokens), median of {args.reps} repetitions; "
-        f"encoder {encoder:.2f} s, cross-attention setup about {setup:.2f} s (both the same for every variant)\n"
+        f"encoder {encoder:.2f} s, cross-attention setup about {setup:.2f} s with stock kernels (both the same "
+        "for every variant)\n"
     )
     print(
-        "| variant | decoding s | decoding speed-up | token loop speed-up | end to end s | end-to-end speed-up "
-        "| main passes | drafted / accepted | acceptance | identical ids |"
+        "| variant | decoding s | decoding speed-up vs plain stock | vs plain few-row | end to end s "
+        "| end-to-end speed-up vs plain stock | vs plain few-row | main passes | drafted / accepted "
+        "| acceptance | identical ids |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for v in variants:
         decode = statistics.median(v.times)
-        same = sum(a == b for a, b in zip(v.outputs, plain.outputs, strict=True))
+        same = sum(a == b for a, b in zip(v.outputs, plain_stock.outputs, strict=True))
         acceptance = f"{v.accepted / v.drafted:.2f}" if v.drafted else "-"
         drafted = f"{v.drafted} / {v.accepted}" if v.assisted else "-"
         print(
-            f"| {v.name} | {decode:.2f} | {plain_decode / decode:.2f}x | "
-            f"{(plain_decode - setup) / (decode - setup):.2f}x | {encoder + decode:.2f} | "
-            f"{(encoder + plain_decode) / (encoder + decode):.2f}x | {v.main_passes} | {drafted} | "
-            f"{acceptance} | {same}/{len(clips)} |"
+            f"| {v.name} | {decode:.2f} | {stock_decode / decode:.2f}x | {few_row_decode / decode:.2f}x "
+            f"| {encoder + decode:.2f} | {(encoder + stock_decode) / (encoder + decode):.2f}x "
+            f"| {(encoder + few_row_decode) / (encoder + decode):.2f}x | {v.main_passes} | {drafted} "
+            f"| {acceptance} | {same}/{len(clips)} |"
         )
 
 
@@ -316,7 +379,9 @@ def server(args: argparse.Namespace) -> None:
     from bench.bench_asr import load_level, print_load_row  # the ASR bench's load generator and row format
 
     levels = [int(n) for n in args.levels.split(",")]
+    tuning = {"adaptive_threshold": args.threshold} if args.threshold is not None else {}
     settings = AsrSettings(
+        **tuning,
         model=str(args.models / "whisper-base"),
         assistant_model=str(args.models / "whisper-base-assistant-2l"),
         threads=args.threads,
@@ -357,24 +422,33 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy shared machine)")
     parser.add_argument("--clips", type=int, default=None, help="first N English clips (default all 30)")
     parser.add_argument(
-        "--num-tokens", default="6", help="draft tokens per round, comma-separated to compare"
+        "--num-tokens", default="5", help="draft tokens per round, comma-separated to compare"
     )
     parser.add_argument("--vocab-sizes", default="16384", help="restricted head sizes, comma-separated")
     parser.add_argument("--schedule", choices=["constant", "heuristic"], default="constant")
     parser.add_argument(
         "--confidence",
-        default="0.5",
+        default="0.8",
         help="draft confidence thresholds (stop a round below it), comma-separated; none = off",
     )
     parser.add_argument(
         "--counts-file", type=Path, default=None, help="token frequencies for the draft vocab"
     )
     parser.add_argument("--full-head-loop", action="store_true", help="also: full head with the draft loop")
+    parser.add_argument(
+        "--stock-draft-loop", action="store_true", help="also: the draft loop with stock linear kernels"
+    )
     parser.add_argument("--precision", default="int8", help="draft precision(s): int8, fp32 or int8,fp32")
     parser.add_argument("--cost-repeats", type=int, default=40)
     parser.add_argument("--skip-batch1", action="store_true", help="only the server part")
     parser.add_argument("--server", action="store_true", help="also: concurrency through the real server")
     parser.add_argument("--levels", default="1,4,8,16", help="server concurrency levels")
+    parser.add_argument(
+        "--threshold",
+        type=int,
+        default=None,
+        help="ASR_ADAPTIVE_THRESHOLD for the server (default: the service's)",
+    )
     parser.add_argument(
         "--rounds", type=int, default=1, help="server rounds per level (each user sends max(1, 4 / level))"
     )

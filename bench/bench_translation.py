@@ -1,4 +1,5 @@
-"""Translation throughput and latency through the real server, batching on vs off, plus server overhead.
+"""Translation throughput and latency through the real server, batching on vs off, plus server overhead and
+torch's stock linear kernels vs the kit's few-row kernels (`few_row_linears`).
 
     python bench/bench_translation.py [--requests 96] [--size tiny|medium]
 
@@ -20,7 +21,7 @@ from loadgen import percentile, post_load
 from transformers import FSMTConfig, FSMTForConditionalGeneration
 
 from services.kit.testing import ServerThread
-from services.translation.runner import GenerationOptions
+from services.translation.runner import GenerationOptions, TranslationRunner
 from services.translation.service import create_service
 from services.translation.settings import TranslationSettings
 
@@ -35,6 +36,7 @@ SENTENCES = [
     "We are serving models on Kubernetes.",
 ]
 MAX_NEW_TOKENS = 24
+KERNELS = {False: "stock", True: "few-row"}  # few_row_linears setting -> name
 
 
 def medium_model(work: Path) -> Path:
@@ -55,15 +57,50 @@ def bodies(requests: int) -> list[dict]:
     ]
 
 
+def compare_kernels(model_dir: Path, rounds: int) -> list[tuple]:
+    """Runner calls at concurrency 1 (one sentence per generate call: few rows per decoding step) with
+    few_row_linears off and on: the same weights loaded twice in this process, called alternately sentence
+    by sentence, in alternating order, so that load on the machine hits both alike; medians, as other work
+    on a shared machine stalls single calls."""
+    runners = {}
+    for few_row in KERNELS:
+        runners[few_row] = TranslationRunner(
+            TranslationSettings(models={"en-de": str(model_dir)}, few_row_linears=few_row)
+        )
+        runners[few_row].load()
+        runners[few_row].warmup()
+    rows = []
+    for decoding, num_beams in (("greedy", 1), ("beam search, 4 beams", 4)):
+        options = GenerationOptions(num_beams=num_beams, max_new_tokens=MAX_NEW_TOKENS)
+        seconds, texts = {few_row: [] for few_row in KERNELS}, {few_row: [] for few_row in KERNELS}
+        requests = SENTENCES * rounds
+        for i, sentence in enumerate(requests):
+            for few_row in (False, True) if i % 2 == 0 else (True, False):
+                started = time.perf_counter()
+                texts[few_row].append(runners[few_row].translate("en-de", [sentence], options))
+                seconds[few_row].append(time.perf_counter() - started)
+        identical = sum(a == b for a, b in zip(texts[False], texts[True], strict=True))
+        median = {few_row: statistics.median(seconds[few_row]) for few_row in KERNELS}
+        for few_row, name in KERNELS.items():
+            rows.append((decoding, name, median[few_row] * 1000, median[False] / median[few_row],
+                         f"{identical}/{len(requests)}" if few_row else "-"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=96)
     parser.add_argument("--size", choices=["tiny", "medium"], default="medium")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--kernel-rounds", type=int, default=8, help="passes over the sentences per kernel cell")
     args = parser.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as work:
         model_dir = TINY if args.size == "tiny" else medium_model(Path(work))
+        # First, while only this thread has used torch: once a server's threads have too, their OpenMP pools
+        # outnumber the cores, libgomp stops spinning and every parallel op waits on a wake-up, which slowed
+        # these small calls 1.6x with stock kernels and 2.3x with few-row ones (more ops per layer).
+        kernel_rows = compare_kernels(model_dir, args.kernel_rounds)
         rows = []
         baseline = {}
         for batching in (False, True):
@@ -110,6 +147,11 @@ def main() -> None:
     direct_ms, served_ms = statistics.median(direct) * 1000, statistics.median(served) * 1000
     print(f"\n| path (concurrency 1) | median ms |\n|---|---:|\n| runner in-process | {direct_ms:.1f} |")
     print(f"| REST server | {served_ms:.1f} |\n| server overhead | {served_ms - direct_ms:.1f} |")
+    print(f"\n| decoding (runner in-process, concurrency 1, {len(SENTENCES) * args.kernel_rounds} requests) "
+          "| linear kernels | median ms | speed-up vs stock | identical text |")
+    print("|---|---|---:|---:|---:|")
+    for decoding, kernels, ms, speedup, identical in kernel_rows:
+        print(f"| {decoding} | {kernels} | {ms:.1f} | {speedup:.2f}x | {identical} |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ the model runner in-process as one batched generate call versus one call per sen
 checkpoints; `tiny` is the test model. Random weights never emit a meaningful stop probability, so
 every sentence is decoded to LENGTH_RATIO spectrogram frames per token (~15 characters a second, like
 natural speech).
+
+Last, the runner's synthesis with torch's stock linear kernels vs the kit's few-row kernels
+(`few_row_linears` off and on), both in this process with the same weights.
 """
 
 import argparse
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import torch
 from transformers import SpeechT5Config, SpeechT5ForTextToSpeech, SpeechT5HifiGan, SpeechT5HifiGanConfig
 
@@ -29,6 +33,7 @@ from services.tts.settings import TTSSettings
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "models" / "tts"
 LENGTH_RATIO = 4.0
+KERNELS = {False: "stock", True: "few-row"}  # few_row_linears setting -> name
 SAMPLE_RATE = 16000
 PARAGRAPH = (
     "Speech synthesis turns written text into spoken audio. "
@@ -129,12 +134,59 @@ def median_of(repeats: int, measure) -> tuple[float, float, float]:
     return tuple(statistics.median(run[i] for run in runs) for i in range(3))
 
 
+def compare_kernels(settings: TTSSettings, repeats: int) -> list[tuple]:
+    """The runner's synthesis of one sentence alone (one row per decoding step, like a stream's first
+    sentence) and of the whole paragraph in one call, with few_row_linears off and on: the same weights loaded
+    twice in this process, called alternately, in alternating order, so that load on the machine hits both
+    alike. Rows: (call, kernels, median s, vs stock, samples, max abs difference from stock's waveform)."""
+    runners = {}
+    for few_row in KERNELS:
+        runners[few_row] = SpeechRunner(settings.model_copy(update={"few_row_linears": few_row}))
+        runners[few_row].load()
+        runners[few_row].warmup()
+    sentences = runners[False].sentences(PARAGRAPH)
+    voice = runners[False].voices.get(None)
+    calls = {
+        "first sentence alone (1 row)": sentences[:1],
+        f"all {len(sentences)} sentences in one call ({len(sentences)} rows)": sentences,
+    }
+    rows = []
+    for call, batch in calls.items():
+        seconds, waveforms = {few_row: [] for few_row in KERNELS}, {}
+        for repeat in range(repeats):
+            for few_row in (False, True) if repeat % 2 == 0 else (True, False):
+                # The same seed for both: the decoder pre-net's dropout (on at inference) draws the same masks.
+                torch.manual_seed(0)
+                started = time.perf_counter()
+                waveforms[few_row] = runners[few_row].synthesize(
+                    [s.token_ids for s in batch], [voice] * len(batch), [1.0] * len(batch)
+                )
+                seconds[few_row].append(time.perf_counter() - started)
+        pairs = list(zip(waveforms[False], waveforms[True], strict=True))
+        if all(stock.size == few_row_audio.size for stock, few_row_audio in pairs):
+            # Random weights make quiet audio: the peak gives the difference its scale.
+            largest = max(float(np.abs(stock - few_row_audio).max()) for stock, few_row_audio in pairs)
+            peak = max(float(np.abs(stock).max()) for stock, _ in pairs)
+            difference = f"{largest:.1e} (peak {peak:.1e})"
+        else:
+            difference = "lengths differ"
+        median = {few_row: statistics.median(seconds[few_row]) for few_row in KERNELS}
+        for few_row, kernels in KERNELS.items():
+            samples = sum(w.size for w in waveforms[few_row])
+            shown = difference if few_row else "-"
+            rows.append((call, kernels, median[few_row], median[few_row] / median[False], samples, shown))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", choices=["small", "base", "tiny"], default="small")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--kernel-repeats", type=int, default=3, help="calls per cell of the linear kernel comparison"
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
@@ -145,6 +197,9 @@ def main() -> None:
         else:
             tts_dir, vocoder_dir = random_models(Path(work), args.size)
         settings = settings_for(tts_dir, vocoder_dir, args.threads)
+        # First, while only this thread has used torch: once a server's threads have too, their OpenMP pools
+        # can outnumber the cores, libgomp then stops spinning and every parallel op waits on a wake-up.
+        kernel_rows = compare_kernels(settings, args.kernel_repeats)
         rows = {}
         with ServerThread(lambda: [create_service(settings)], settings) as server:
             url = f"{server.rest_url}/v1/audio/speech"
@@ -177,6 +232,13 @@ def main() -> None:
         )
     print("\nreal-time factor = synthesis seconds per second of audio (below 1: faster than real time);")
     print("REST audio includes the 250 ms pauses between sentences, the runner's does not.")
+    print(
+        f"\n| runner call (median of {args.kernel_repeats}) | linear kernels | s | vs stock | samples "
+        "| max abs difference from stock |"
+    )
+    print("|---|---|---:|---:|---:|---:|")
+    for call, kernels, seconds, ratio, samples, difference in kernel_rows:
+        print(f"| {call} | {kernels} | {seconds:.2f} | {ratio:.2f}x | {samples} | {difference} |")
 
 
 if __name__ == "__main__":

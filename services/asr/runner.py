@@ -186,7 +186,7 @@ class AsrRunner:
 
     def load(self) -> None:
         s = self.settings
-        self.runtime = TorchRuntime(s.device, s.dtype, s.threads)
+        self.runtime = TorchRuntime(s.device, s.dtype, s.threads, s.few_row_linears)
         source = resolve_source(s.model)
         self.processor = WhisperProcessor.from_pretrained(source)
         self.model = self.runtime.load(DraftCountingWhisper, source)
@@ -194,10 +194,16 @@ class AsrRunner:
         self.model.model.decoder.register_forward_hook(self._count_main_pass)
         if s.assistant_model:
             self.assistant = self._load_assistant(resolve_source(s.assistant_model))
-            draft = DraftConfig.from_assistant(
-                self.assistant, vocab_size=s.draft_vocab_size, quantize=s.draft_quantize
-            )
+            overrides = dict(vocab_size=s.draft_vocab_size, quantize=s.draft_quantize)
+            if s.draft_tokens is not None:
+                overrides["num_tokens"] = s.draft_tokens
+            if s.draft_confidence is not None:
+                overrides["confidence_threshold"] = s.draft_confidence or None
+            draft = DraftConfig.from_assistant(self.assistant, **overrides)
             self.model.drafter = Drafter.build(self.model, self.assistant, self.processor.tokenizer, draft)
+            # After the drafter is built: its int8 copy quantizes only stock nn.Linear layers.
+            self.runtime.tune_for_decoding(self.assistant)
+        self.runtime.tune_for_decoding(self.model)
         log.info("loaded %s with assistant %s", s.model, s.assistant_model or "none")
 
     def _load_assistant(self, source: str) -> torch.nn.Module:

@@ -17,10 +17,21 @@ class AsrSettings(ServiceSettings):
         description="when more requests than this wait (the batch plus the queue behind it), a batch decodes "
         "together without the assistant; a request decoded alone always uses it",
     )
-    # The assistant's draft (drafting.py): rows of its restricted output head (0 keeps all 51,865) and int8
-    # weights on CPU. Draft length and confidence threshold come from the assistant's generation config.
+    # The assistant's draft (drafting.py): rows of its restricted output head (0 keeps all 51,865), int8
+    # weights on CPU, tokens per round and when to end a round early. Defaults measured best with whisper-base
+    # and its 2-layer assistant on CPU (bench/bench_asr_real.py); the output never depends on them.
     draft_vocab_size: int = Field(16384, ge=0, description="rows of the draft head; 0 = the full vocabulary")
     draft_quantize: bool = Field(True, description="int8 draft weights on CPU (ignored on GPU)")
+    draft_tokens: int | None = Field(
+        5, ge=1, description="tokens drafted per round; None = the assistant's num_assistant_tokens"
+    )
+    draft_confidence: float | None = Field(
+        0.8,
+        ge=0,
+        lt=1,
+        description="end a round once the draft's top probability falls below this (0 = never); None = the "
+        "assistant's assistant_confidence_threshold",
+    )
     max_audio_seconds: float = Field(1800.0, gt=0, description="longer uploads get 413")
     max_new_tokens: int | None = Field(
         None, ge=1, description="tokens per 30 s window; None keeps the model's limit (448 for Whisper)"

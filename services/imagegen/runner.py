@@ -187,7 +187,7 @@ class ImageGenRunner:
             raise ValueError(
                 f"IMAGEGEN_DEFAULT_SCHEDULER={s.default_scheduler!r}; known: {scheduler_names()}"
             )
-        self.runtime = TorchRuntime(s.device, s.dtype, s.threads)
+        self.runtime = TorchRuntime(s.device, s.dtype, s.threads, s.few_row_linears)
         source = resolve_source(s.model)
         options = pretrained_kwargs(self.runtime.dtype)
         if s.variant:

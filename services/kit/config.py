@@ -14,6 +14,11 @@ class ServiceSettings(BaseSettings):
     device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     dtype: str = Field("auto", description="auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16")
     threads: int | None = Field(None, description="CPU threads for the model; None leaves the library default")
+    few_row_linears: bool = Field(
+        True,
+        description="on CPU in float32, compute decoding's few-row linear layers as weight @ x.T "
+        "(kit.torch_models.FewRowLinear: 1.7x faster Whisper decoding on AMD EPYC); false keeps torch's kernels",
+    )
     warmup: bool = True
 
     max_batch_size: int = Field(8, ge=1)

@@ -55,11 +55,13 @@ class TranslationRunner:
 
     def load(self) -> None:
         s = self.settings
-        self.runtime = TorchRuntime(s.device, s.dtype, s.threads)
+        self.runtime = TorchRuntime(s.device, s.dtype, s.threads, s.few_row_linears)
         for pair, model_id in s.models.items():
             source = resolve_source(model_id)
             self.tokenizers[pair] = FSMTTokenizer.from_pretrained(source)
-            self.models[pair] = self.runtime.load(FSMTForConditionalGeneration, source)
+            self.models[pair] = self.runtime.tune_for_decoding(
+                self.runtime.load(FSMTForConditionalGeneration, source)
+            )
             log.info("loaded %s from %s", pair, source)
 
     def warmup(self) -> None:
@@ -73,7 +75,11 @@ class TranslationRunner:
     def model_infos(self) -> list[dict]:
         """One entry per configured pair, for GET /v1/models and gRPC ListModels."""
         return [
-            {"id": self.model_name(pair), "source_lang": pair.split("-")[0], "target_lang": pair.split("-")[1]}
+            {
+                "id": self.model_name(pair),
+                "source_lang": pair.split("-")[0],
+                "target_lang": pair.split("-")[1],
+            }
             for pair in self.settings.models
         ]
 
@@ -81,7 +87,8 @@ class TranslationRunner:
         if pair not in self.settings.models:
             known = ", ".join(sorted(self.settings.models))
             raise NotFound(
-                f"source_lang/target_lang: no model for the pair {pair!r}; available pairs: {known}", field="target_lang"
+                f"source_lang/target_lang: no model for the pair {pair!r}; available pairs: {known}",
+                field="target_lang",
             )
 
     @torch.inference_mode()

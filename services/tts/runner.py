@@ -127,14 +127,14 @@ class SpeechRunner:
 
     def load(self) -> None:
         s = self.settings
-        self.runtime = TorchRuntime(s.device, s.dtype, s.threads)
+        self.runtime = TorchRuntime(s.device, s.dtype, s.threads, s.few_row_linears)
         source = resolve_source(s.model)
         self.tokenizer = SpeechT5Tokenizer.from_pretrained(source)
-        self.tts = self.runtime.load(SpeechT5ForTextToSpeech, source)
+        self.tts = self.runtime.tune_for_decoding(self.runtime.load(SpeechT5ForTextToSpeech, source))
         self.vocoder = self.runtime.load(SpeechT5HifiGan, s.vocoder)
         vc_source = resolve_source(s.vc_model)
         self.vc_features = SpeechT5FeatureExtractor.from_pretrained(vc_source)
-        self.vc = self.runtime.load(SpeechT5ForSpeechToSpeech, vc_source)
+        self.vc = self.runtime.tune_for_decoding(self.runtime.load(SpeechT5ForSpeechToSpeech, vc_source))
         self.sample_rate = self.vocoder.config.sampling_rate
         self.voices = VoiceBank(s.voices_dir, self.tts.config.speaker_embedding_dim, s.default_voice)
         # The character tokenizer makes at most one token per character, plus a word marker and </s>.

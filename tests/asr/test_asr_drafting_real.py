@@ -1,6 +1,7 @@
 """The cheap draft on real whisper-base weights (`make real-asr`): whatever the restricted, int8 draft proposes,
 the transcript is the main model's own, token for token, and the draft is good enough to be worth running."""
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from transformers import AutoModelForCausalLM, WhisperProcessor
 from transformers.modeling_outputs import BaseModelOutput
 
 from services.asr.drafting import DraftConfig, Drafter, WhisperWithDraftLoop, draft_vocabulary
+from services.kit.torch_models import FewRowLinear, use_few_row_linears
 
 REAL = Path(__file__).resolve().parents[2] / "models" / "real"
 
@@ -72,8 +74,24 @@ def test_draft_vocabulary_recipe(models):
         draft_vocabulary(tokenizer, 1000)
 
 
+@contextmanager
+def few_row_kernels(*models):
+    """The service's CPU kernels (kit FewRowLinear) for the duration, torch's stock ones after."""
+    for model in models:
+        use_few_row_linears(model)
+    try:
+        yield
+    finally:
+        for model in models:
+            for layer in model.modules():
+                if type(layer) is FewRowLinear:
+                    layer.__class__ = torch.nn.Linear
+
+
 @pytest.mark.parametrize("config", [RESTRICTED], ids=["int8-8192-rows"])
-def test_restricted_draft_gives_the_main_models_tokens_on_every_clip(models, config):
+def test_restricted_draft_and_few_row_kernels_give_the_main_models_tokens_on_every_clip(models, config):
+    """Reference: plain decoding with torch's stock kernels. The service's paths (few-row kernels, plain and
+    assisted with the restricted int8 draft) must give the same token ids on every clip."""
     processor, main, assistant = models
     main.drafter = Drafter.build(main, assistant, processor.tokenizer, config)
     assert main.drafter.head_rows == 8192 and main.drafter.shared_cross_attention == {0: 0, 1: 5}
@@ -89,17 +107,20 @@ def test_restricted_draft_gives_the_main_models_tokens_on_every_clip(models, con
                 before = passes["n"]
                 plain = main.generate(encoder_outputs=encoded, language=lang, task="transcribe")[0].tolist()
                 plain_passes += passes["n"] - before
-                assisted = main.generate(
-                    encoder_outputs=encoded, language=lang, task="transcribe", assistant_model=assistant
-                )[0].tolist()
+                with few_row_kernels(main, assistant):
+                    plain_few_row = main.generate(encoder_outputs=encoded, language=lang, task="transcribe")
+                    assisted = main.generate(
+                        encoder_outputs=encoded, language=lang, task="transcribe", assistant_model=assistant
+                    )
                 tokens += len(plain)
-                if assisted != plain:
-                    differing.append((clip_id, plain, assisted))
+                for name, ids in (("plain, few-row", plain_few_row), ("assisted, few-row", assisted)):
+                    if ids[0].tolist() != plain:
+                        differing.append((clip_id, name, plain, ids[0].tolist()))
     finally:
         hook.remove()
     drafted, accepted, rounds = main.drafter.counters()
     main.drafter = None
-    assert not differing, f"assisted decoding changed the transcript: {differing}"
+    assert not differing, f"the transcript changed: {differing}"
     acceptance = accepted / drafted
     print(
         f"\n{tokens} tokens; plain {plain_passes} main passes, assisted {rounds} rounds; "
