@@ -380,8 +380,12 @@ def server(args: argparse.Namespace) -> None:
 
     levels = [int(n) for n in args.levels.split(",")]
     tuning = {"adaptive_threshold": args.threshold} if args.threshold is not None else {}
+    # The draft rounds of the batch-1 part's first setting (the cpu overlay's).
+    confidence = args.confidence.split(",")[0]
     settings = AsrSettings(
         **tuning,
+        draft_tokens=int(args.num_tokens.split(",")[0]),
+        draft_confidence=0 if confidence == "none" else float(confidence),
         model=str(args.models / "whisper-base"),
         assistant_model=str(args.models / "whisper-base-assistant-2l"),
         threads=args.threads,
@@ -400,7 +404,7 @@ def server(args: argparse.Namespace) -> None:
         f"\n## Through the server, real whisper-base + 2-layer assistant, English clips: throughput (req/s) and "
         f"p95 latency (s); {args.threads} threads, adaptive threshold {settings.adaptive_threshold}, batching "
         f"window {settings.max_wait_ms:g} ms, draft head {settings.draft_vocab_size} rows, int8 "
-        f"{settings.draft_quantize}\n"
+        f"{settings.draft_quantize}, {settings.draft_tokens} tokens per round, confidence {settings.draft_confidence}\n"
     )
     print(
         "| concurrency | always-assisted req/s | p95 | never-assisted req/s | p95 | adaptive req/s | p95 "

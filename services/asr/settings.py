@@ -18,15 +18,16 @@ class AsrSettings(ServiceSettings):
         "together without the assistant; a request decoded alone always uses it",
     )
     # The assistant's draft (drafting.py): rows of its restricted output head (0 keeps all 51,865), int8
-    # weights on CPU, tokens per round and when to end a round early. Defaults measured best with whisper-base
-    # and its 2-layer assistant on CPU (bench/bench_asr_real.py); the output never depends on them.
+    # weights on CPU, tokens per round and when to end a round early (by default as the assistant's generation
+    # config says; whisper-base's assistant on CPU did best with 4-6 tokens and 0.5-0.9, see
+    # bench/bench_asr_real.py and the cpu overlay). The transcript never depends on them.
     draft_vocab_size: int = Field(16384, ge=0, description="rows of the draft head; 0 = the full vocabulary")
     draft_quantize: bool = Field(True, description="int8 draft weights on CPU (ignored on GPU)")
     draft_tokens: int | None = Field(
-        5, ge=1, description="tokens drafted per round; None = the assistant's num_assistant_tokens"
+        None, ge=1, description="tokens drafted per round; None = the assistant's num_assistant_tokens"
     )
     draft_confidence: float | None = Field(
-        0.8,
+        None,
         ge=0,
         lt=1,
         description="end a round once the draft's top probability falls below this (0 = never); None = the "
