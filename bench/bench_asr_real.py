@@ -60,7 +60,7 @@ from services.asr.drafting import (  # noqa: E402
 from services.asr.service import create_service  # noqa: E402
 from services.asr.settings import AsrSettings  # noqa: E402
 from services.kit.testing import ServerThread  # noqa: E402
-from services.kit.torch_models import FewRowLinear  # noqa: E402
+from services.kit.torch_models import use_few_row_linears  # noqa: E402
 
 REAL = REPO / "models" / "real"
 
@@ -100,11 +100,8 @@ class Variant:
 
 def set_kernels(modules: list[torch.nn.Module], few_row: bool) -> None:
     """Switch every linear layer in `modules` between torch's stock kernel and `FewRowLinear`."""
-    cls = FewRowLinear if few_row else torch.nn.Linear
     for module in modules:
-        for layer in module.modules():
-            if type(layer) in (torch.nn.Linear, FewRowLinear):
-                layer.__class__ = cls
+        use_few_row_linears(module, enabled=few_row)
 
 
 def load_clips(speech: Path, processor, lang: str = "en", limit: int | None = None):

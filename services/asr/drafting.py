@@ -48,8 +48,6 @@ from transformers.generation.logits_process import (
     SuppressTokensLogitsProcessor,
 )
 
-from services.kit.torch_models import use_few_row_linears
-
 
 @dataclass(frozen=True)
 class DraftConfig:
@@ -167,8 +165,6 @@ class Drafter:
                 weight.shape[1], len(keep), bias=False, device=weight.device, dtype=weight.dtype
             )
             self.head.weight = torch.nn.Parameter(weight.index_select(0, self.vocab_ids), requires_grad=False)
-            if not self.quantized:
-                use_few_row_linears(self.head)  # a no-op off CPU fp32
         self.decoder = assistant.model.decoder
         self.main_layers = main.model.decoder.layers
         self.shared_cross_attention = _shared_cross_attention(self.decoder.layers, self.main_layers)

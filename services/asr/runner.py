@@ -203,6 +203,7 @@ class AsrRunner:
             self.model.drafter = Drafter.build(self.model, self.assistant, self.processor.tokenizer, draft)
             # After the drafter is built: its int8 copy quantizes only stock nn.Linear layers.
             self.runtime.tune_for_decoding(self.assistant)
+            self.runtime.tune_for_decoding(self.model.drafter.head)  # its own fp32 head, when not int8
         self.runtime.tune_for_decoding(self.model)
         log.info("loaded %s with assistant %s", s.model, s.assistant_model or "none")
 

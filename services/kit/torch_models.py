@@ -84,13 +84,14 @@ class FewRowLinear(torch.nn.Linear):
         return out[:, :rows].t().contiguous().view(*x.shape[:-1], self.out_features)
 
 
-def use_few_row_linears(model: torch.nn.Module) -> int:
+def use_few_row_linears(model: torch.nn.Module, enabled: bool = True) -> int:
     """Switch the model's plain `nn.Linear` layers to `FewRowLinear` in place (weights, ties and state dict
-    unchanged); returns how many were switched."""
+    unchanged), or back with `enabled=False`; returns how many were switched."""
+    source, target = (torch.nn.Linear, FewRowLinear) if enabled else (FewRowLinear, torch.nn.Linear)
     switched = 0
     for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            module.__class__ = FewRowLinear
+        if type(module) is source:
+            module.__class__ = target
             switched += 1
     return switched
 

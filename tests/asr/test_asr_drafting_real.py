@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, WhisperProcessor
 from transformers.modeling_outputs import BaseModelOutput
 
 from services.asr.drafting import DraftConfig, Drafter, WhisperWithDraftLoop, draft_vocabulary
-from services.kit.torch_models import FewRowLinear, use_few_row_linears
+from services.kit.torch_models import use_few_row_linears
 
 REAL = Path(__file__).resolve().parents[2] / "models" / "real"
 
@@ -83,9 +83,7 @@ def few_row_kernels(*models):
         yield
     finally:
         for model in models:
-            for layer in model.modules():
-                if type(layer) is FewRowLinear:
-                    layer.__class__ = torch.nn.Linear
+            use_few_row_linears(model, enabled=False)
 
 
 @pytest.mark.parametrize("config", [RESTRICTED], ids=["int8-8192-rows"])

@@ -48,6 +48,8 @@ def test_switching_keeps_weights_ties_and_state_dict():
     assert model.state_dict().keys() == before.keys()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert use_few_row_linears(model) == 0, "already switched layers are left alone"
+    assert use_few_row_linears(model, enabled=False) == 2
+    assert type(model["head"]) is torch.nn.Linear and model["head"].weight is model["embed"].weight
 
 
 @pytest.mark.parametrize("enabled", [True, False])
