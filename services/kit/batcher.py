@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import metrics
-from .errors import Cancelled, DeadlineExceeded, Overloaded, Unavailable
+from .errors import Cancelled, DeadlineExceeded, InvalidArgument, Overloaded, PayloadTooLarge, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,19 @@ class Work:
     _future: asyncio.Future = field(repr=False)
     _loop: asyncio.AbstractEventLoop = field(repr=False)
     _events: asyncio.Queue | None = field(default=None, repr=False)
+    cost: float = 1.0
+    nbytes: int = 0
+    _beat: Callable[[], None] | None = field(default=None, repr=False)
 
     @property
     def cancelled(self) -> bool:
         """True once nobody waits for the result: client gone, deadline passed or server stopping.
 
-        Safe to call from the worker thread; long-running runners check it between steps.
+        Safe to call from the worker thread; long-running runners check it between steps, so each
+        check also tells the liveness probe that the model thread is making progress.
         """
+        if self._beat is not None:
+            self._beat()
         if self._future.done():
             return True
         return self.deadline is not None and time.monotonic() > self.deadline
@@ -62,6 +68,20 @@ PredictBatch = Callable[[list[Work]], Sequence[Any]]
 Disconnected = Callable[[], Awaitable[bool]]
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Host MemoryError or an accelerator's out-of-memory error (torch.OutOfMemoryError), by name so the
+    kit needs no framework import."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def _release_accelerator_memory() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class DynamicBatcher:
     def __init__(
         self,
@@ -73,6 +93,10 @@ class DynamicBatcher:
         max_queue: int = 64,
         timeout_s: float = 60.0,
         retry_after_s: float = 1.0,
+        max_request_cost: float | None = None,
+        max_batch_cost: float | None = None,
+        max_queued_bytes: int | None = None,
+        cost_setting: str = "MAX_REQUEST_COST",
         executor: Executor | None = None,
     ):
         self.name = name
@@ -82,12 +106,19 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
+        self.max_request_cost = max_request_cost
+        self.max_batch_cost = max_batch_cost
+        self.max_queued_bytes = max_queued_bytes
+        self.cost_setting = cost_setting  # named in the 400, so an operator knows what to raise
         self._queue: collections.deque[Work] = collections.deque()
+        self._queued_bytes = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._stopping = False
         # The thread predict_batch runs in: a service's model thread (Service.model_thread), else one of its own.
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
-        self._running = 0  # requests inside the current model call
+        self._running: list[Work] = []  # requests inside the current model call
+        self._last_beat = time.monotonic()
         self._queue_depth = metrics.QUEUE_DEPTH.labels(batcher=name)
 
     # -- public API -------------------------------------------------------------------------
@@ -97,8 +128,22 @@ class DynamicBatcher:
         return len(self._queue)
 
     @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    @property
     def busy(self) -> bool:
-        return bool(self._queue) or self._running > 0
+        return bool(self._queue) or bool(self._running)
+
+    def stalled_for(self) -> float:
+        """Seconds the running batch has gone without a progress beat (0 while idle): for liveness."""
+        if not self._running:
+            return 0.0
+        return time.monotonic() - self._last_beat
+
+    def beat(self) -> None:
+        """The model thread made progress (a step, a window, a check of `Work.cancelled`)."""
+        self._last_beat = time.monotonic()
 
     async def submit(
         self,
@@ -107,14 +152,18 @@ class DynamicBatcher:
         key: Hashable = None,
         timeout: float | None = None,
         disconnected: Disconnected | None = None,
+        cost: float = 1.0,
+        nbytes: int = 0,
     ) -> Any:
         """Queue one request and wait for its result.
 
         `timeout` (seconds) is the caller's deadline, e.g. a gRPC deadline; the batcher's own
         timeout applies when it is shorter. `disconnected` is polled while waiting so that a request
-        whose HTTP client went away is dropped before compute.
+        whose HTTP client went away is dropped before compute. `cost` (the service's unit of work)
+        is checked against the request budget and summed against the batch cap; `nbytes` (the
+        payload's size) counts against the queued-bytes budget.
         """
-        work = self._enqueue(payload, key, timeout, events=None)
+        work = self._enqueue(payload, key, timeout, events=None, cost=cost, nbytes=nbytes)
         return await self._wait(work, disconnected)
 
     async def stream(
@@ -124,10 +173,12 @@ class DynamicBatcher:
         key: Hashable = None,
         timeout: float | None = None,
         disconnected: Disconnected | None = None,
+        cost: float = 1.0,
+        nbytes: int = 0,
     ) -> AsyncIterator[Any]:
         """Queue one request; yield the events the runner emits, then `Done(result)`."""
         events: asyncio.Queue = asyncio.Queue()
-        work = self._enqueue(payload, key, timeout, events=events)
+        work = self._enqueue(payload, key, timeout, events=events, cost=cost, nbytes=nbytes)
         waiter = asyncio.ensure_future(self._wait(work, disconnected))
         try:
             while True:
@@ -146,7 +197,19 @@ class DynamicBatcher:
                 waiter.cancel()
 
     async def stop(self) -> None:
-        """Fail whatever is still queued and stop the worker loop."""
+        """Answer everything still queued or running with 503 and stop the worker loop.
+
+        Callers get a response instead of a dropped connection, and the running batch's requests
+        read as cancelled, so runners that check between steps free the model thread at once.
+        """
+        self._stopping = True
+        shutting_down = Unavailable("server is shutting down", retry_after=self.retry_after_s)
+        for work in [*self._queue, *self._running]:
+            if not work._future.done():
+                work._future.set_exception(shutting_down)
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._queue_depth.set(0)
         if self._task is not None:
             self._task.cancel()
             try:
@@ -154,15 +217,19 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        while self._queue:
-            work = self._queue.popleft()
-            if not work._future.done():
-                work._future.set_exception(Unavailable("server is shutting down", retry_after=self.retry_after_s))
-        self._queue_depth.set(0)
 
     # -- internals --------------------------------------------------------------------------
 
-    def _enqueue(self, payload: Any, key: Hashable, timeout: float | None, events) -> Work:
+    def _enqueue(self, payload: Any, key: Hashable, timeout: float | None, events, cost: float, nbytes: int) -> Work:
+        if self._stopping:
+            raise Unavailable("server is shutting down", retry_after=self.retry_after_s)
+        if self.max_request_cost is not None and cost > self.max_request_cost:
+            metrics.REJECTED.labels(batcher=self.name, reason="over_budget").inc()
+            raise InvalidArgument(
+                f"request costs {cost:g} units of work; the budget per request is {self.max_request_cost:g} "
+                f"({self.cost_setting}): send fewer or shorter inputs, or smaller generation settings",
+                field="max_request_cost",
+            )
         loop = asyncio.get_running_loop()
         self._ensure_running(loop)
         if len(self._queue) >= self.max_queue:
@@ -171,13 +238,30 @@ class DynamicBatcher:
                 f"{self.name}: {len(self._queue)} requests already queued; try again shortly",
                 retry_after=self.retry_after_s,
             )
+        # A lone request always fits: its size is bounded by the body limit, the budget by what waits.
+        if self.max_queued_bytes is not None and self._queue and self._queued_bytes + nbytes > self.max_queued_bytes:
+            metrics.REJECTED.labels(batcher=self.name, reason="queue_bytes").inc()
+            raise Overloaded(
+                f"{self.name}: {self._queued_bytes} bytes of requests already queued; try again shortly",
+                retry_after=self.retry_after_s,
+            )
         budget = self.timeout_s if timeout is None else min(timeout, self.timeout_s)
         now = time.monotonic()
-        work = Work(payload, key, now, now + budget, loop.create_future(), loop, events)
+        work = Work(payload, key, now, now + budget, loop.create_future(), loop, events, cost, nbytes, self.beat)
         self._queue.append(work)
+        self._queued_bytes += nbytes
         self._queue_depth.set(len(self._queue))
         self._wakeup.set()
         return work
+
+    def _unqueue(self, work: Work) -> None:
+        """Take a request that nobody waits for out of the queue at once, so it holds no place or bytes."""
+        try:
+            self._queue.remove(work)
+        except ValueError:
+            return  # already taken into a batch
+        self._queued_bytes -= work.nbytes
+        self._queue_depth.set(len(self._queue))
 
     async def _wait(self, work: Work, disconnected: Disconnected | None) -> Any:
         try:
@@ -197,6 +281,7 @@ class DynamicBatcher:
             # Whatever ended the wait, mark the work so the loop skips it or the runner stops early.
             if not work._future.done():
                 work._future.cancel()
+                self._unqueue(work)
 
     def _ensure_running(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._task is None or self._task.done():
@@ -204,24 +289,31 @@ class DynamicBatcher:
             self._task = loop.create_task(self._run(), name=f"batcher-{self.name}")
 
     def _take_batch(self) -> list[Work]:
-        """The oldest live request plus up to max_batch_size-1 queued ones with the same key."""
+        """The oldest live request plus up to max_batch_size-1 queued ones with the same key, within the
+        batch's cost cap."""
         while self._queue and self._queue[0].cancelled:
             self._drop(self._queue.popleft())
         if not self._queue:
             return []
         key = self._queue[0].key
         batch, rest = [], collections.deque()
+        batch_cost = 0.0
         while self._queue:
             work = self._queue.popleft()
             if work.cancelled:
                 self._drop(work)
-            elif work.key == key and len(batch) < self.max_batch_size:
+            elif work.key == key and len(batch) < self.max_batch_size and self._fits(batch, batch_cost, work):
                 batch.append(work)
+                batch_cost += work.cost
             else:
                 rest.append(work)
         self._queue = rest
+        self._queued_bytes = sum(work.nbytes for work in rest)
         self._queue_depth.set(len(self._queue))
         return batch
+
+    def _fits(self, batch: list[Work], batch_cost: float, work: Work) -> bool:
+        return not batch or self.max_batch_cost is None or batch_cost + work.cost <= self.max_batch_cost
 
     def _drop(self, work: Work) -> None:
         metrics.REJECTED.labels(batcher=self.name, reason="dropped_before_compute").inc()
@@ -252,21 +344,45 @@ class DynamicBatcher:
             if batch:
                 await self._execute(batch, loop)
 
+    def _predict(self, batch: list[Work]) -> Sequence[Any]:
+        """predict_batch in the model thread; a batch that runs out of memory is re-run one request at a
+        time, so only the request that does not fit alone fails (413) and the others get their results."""
+        try:
+            results = self.predict_batch(batch)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            _release_accelerator_memory()
+            if len(batch) == 1:
+                log.warning("%s: a request ran out of memory on its own", self.name)
+                return [PayloadTooLarge(f"{self.name}: this request needs more memory than the server has; "
+                                        "send fewer or smaller inputs")]
+            log.warning("%s: a batch of %d ran out of memory; running its requests one by one", self.name, len(batch))
+            return [self._predict_alone(work) for work in batch]
+        if len(results) != len(batch):
+            raise RuntimeError(f"{self.name}: runner returned {len(results)} results for {len(batch)} requests")
+        return results
+
+    def _predict_alone(self, work: Work) -> Any:
+        try:
+            return self._predict([work])[0]
+        except Exception as exc:  # this request's own error, not its neighbours'
+            return exc
+
     async def _execute(self, batch: list[Work], loop: asyncio.AbstractEventLoop) -> None:
         started = time.monotonic()
         for work in batch:
             metrics.QUEUE_TIME.labels(batcher=self.name).observe(started - work.enqueued_at)
         metrics.BATCH_SIZE.labels(batcher=self.name).observe(len(batch))
-        self._running = len(batch)
+        self._running = batch
+        self.beat()
         try:
-            results = await loop.run_in_executor(self._executor, self.predict_batch, batch)
-            if len(results) != len(batch):
-                raise RuntimeError(f"{self.name}: runner returned {len(results)} results for {len(batch)} requests")
+            results = await loop.run_in_executor(self._executor, self._predict, batch)
         except Exception as exc:  # the whole batch failed: every caller gets the error
             log.exception("batch of %d failed in %s", len(batch), self.name)
             results = [exc] * len(batch)
         finally:
-            self._running = 0
+            self._running = []
         elapsed = time.monotonic() - started
         for work, result in zip(batch, results, strict=True):
             metrics.COMPUTE_TIME.labels(batcher=self.name).observe(elapsed)

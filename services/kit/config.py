@@ -26,6 +26,23 @@ class ServiceSettings(BaseSettings):
     max_queue: int = Field(64, ge=1, description="queued requests beyond this are refused with 503")
     request_timeout_s: float = Field(60.0, gt=0, description="a request still unanswered after this gets 504")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503/429")
+    max_request_cost: float | None = Field(
+        None, gt=0, description="a request whose cost (units per service) exceeds this gets 400; None = no budget"
+    )
+    max_batch_cost: float | None = Field(
+        None, gt=0, description="a batch stops taking requests once their summed cost would exceed this "
+        "(a lone request always runs); None = no cap"
+    )
+    max_queued_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="payload bytes waiting in a batcher's queue; beyond it 503"
+    )
+    max_concurrency: int = Field(
+        128, ge=1, description="requests handled at once per process (REST and gRPC each); beyond it 503"
+    )
+    liveness_stall_s: float = Field(
+        600.0, gt=0, description="/healthz fails while a batch has run this long without a progress beat"
+    )
+    body_timeout_s: float = Field(60.0, gt=0, description="a request body still arriving after this gets 408")
 
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="REST bodies above this get 413")
     grpc_max_message_bytes: int = Field(32 * 1024 * 1024, ge=4 * 1024 * 1024)
@@ -35,6 +52,9 @@ class ServiceSettings(BaseSettings):
     grpc_port: int = 50051
     shutdown_grace_s: float = Field(20.0, ge=0, description="drain time for in-flight requests after SIGTERM")
     log_level: str = "info"
+    docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json")
+    grpc_reflection: bool = Field(True, description="serve the gRPC reflection service")
+    metrics_port: int | None = Field(None, description="serve /metrics on this port instead of the REST port")
 
 
 class PlatformSettings(ServiceSettings):

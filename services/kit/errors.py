@@ -35,6 +35,21 @@ class InvalidArgument(ServiceError):
     code = "invalid_argument"
 
 
+class Unauthenticated(ServiceError):
+    http_status = HTTPStatus.UNAUTHORIZED
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    code = "invalid_api_key"  # what OpenAI answers; its SDK raises AuthenticationError on the 401
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class RequestTimeout(ServiceError):
+    http_status = HTTPStatus.REQUEST_TIMEOUT
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = "request_timeout"
+
+
 class NotFound(ServiceError):
     http_status = HTTPStatus.NOT_FOUND
     grpc_code = grpc.StatusCode.NOT_FOUND

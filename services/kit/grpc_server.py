@@ -9,7 +9,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import metrics
-from .errors import ServiceError, Unavailable
+from .auth import ApiKeys
+from .config import ServiceSettings
+from .errors import ServiceError, Unauthenticated, Unavailable
 from .service import Service
 from .state import ServerState
 
@@ -17,6 +19,8 @@ log = logging.getLogger(__name__)
 
 # Infrastructure RPCs answer while loading and stay out of the request metrics.
 EXEMPT_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+# Health checks answer without a key (probes carry none); reflection needs one when keys are on.
+OPEN_PREFIXES = ("/grpc.health.",)
 
 
 def time_remaining(context: grpc.aio.ServicerContext) -> float | None:
@@ -27,13 +31,20 @@ def time_remaining(context: grpc.aio.ServicerContext) -> float | None:
 class ServingInterceptor(grpc.aio.ServerInterceptor):
     """Readiness gate, in-flight tracking, metrics, and ServiceError -> status code for every RPC."""
 
-    def __init__(self, state: ServerState):
+    def __init__(self, state: ServerState, api_keys: ApiKeys, retry_after_s: float = 1):
         self.state = state
+        self.api_keys = api_keys
+        self.retry_after_s = retry_after_s
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(EXEMPT_PREFIXES):
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        if not self._key_allowed(handler_call_details.invocation_metadata):
+            missing_key = Unauthenticated("missing or invalid API key: send metadata 'authorization: Bearer <key>'")
+            return _refusal(handler, method, missing_key)
+        if method.startswith(EXEMPT_PREFIXES):
             return handler
         wrap_kwargs = dict(
             request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
@@ -73,6 +84,35 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
     def _check_ready(self) -> None:
         if not self.state.ready:
             raise Unavailable("model is still loading", retry_after=5)
+        if self.state.draining:
+            raise Unavailable("server is shutting down", retry_after=self.retry_after_s)
+
+    def _key_allowed(self, metadata) -> bool:
+        if not self.api_keys.enabled:
+            return True
+        values = [value for key, value in metadata or () if key == "authorization"]
+        return bool(values) and self.api_keys.allows(values[0] if isinstance(values[0], str) else None)
+
+
+def _refusal(handler, method: str, error: ServiceError):
+    """A handler of the same shape as `handler` that answers `error` without running it."""
+
+    async def refuse(_request_or_iterator, context):
+        metrics.REQUESTS.labels("grpc", method, error.grpc_code.name).inc()
+        await context.abort(error.grpc_code, error.message)
+
+    async def refuse_stream(request_or_iterator, context):
+        await refuse(request_or_iterator, context)
+        yield  # pragma: no cover - abort raises first
+
+    kwargs = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
 
 
 class _TrackedCall:
@@ -109,13 +149,18 @@ class _TrackedCall:
         metrics.REQUEST_LATENCY.labels("grpc", self.method).observe(time.perf_counter() - self.started)
 
 
-def create_grpc_server(services: list[Service], state: ServerState, max_message_bytes: int) -> grpc.aio.Server:
+def create_grpc_server(
+    services: list[Service], state: ServerState, settings: ServiceSettings, api_keys: ApiKeys | None = None
+) -> grpc.aio.Server:
+    max_message_bytes = settings.grpc_max_message_bytes
     server = grpc.aio.server(
-        interceptors=[ServingInterceptor(state)],
+        interceptors=[ServingInterceptor(state, api_keys or ApiKeys.from_env(), settings.retry_after_s)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ],
+        # Beyond this grpc answers RESOURCE_EXHAUSTED itself, before any handler runs.
+        maximum_concurrent_rpcs=settings.max_concurrency,
     )
     names = []
     for service in services:
@@ -133,5 +178,6 @@ def create_grpc_server(services: list[Service], state: ServerState, max_message_
 
     publish(False)
     state.on_change(publish)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    if settings.grpc_reflection:
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     return server

@@ -1,5 +1,6 @@
 """REST app factory: service routers plus health, metrics, errors, request ids and body limits."""
 
+import asyncio
 import logging
 import time
 import uuid
@@ -9,9 +10,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from . import metrics
-from .errors import PayloadTooLarge, ServiceError, Unavailable
+from .auth import ApiKeys
+from .config import ServiceSettings
+from .errors import Overloaded, PayloadTooLarge, ServiceError, Unauthenticated, Unavailable
 from .service import Service
 from .state import ServerState
 from .validation import describe
@@ -19,8 +23,9 @@ from .validation import describe
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
-# Routes that answer before the model is ready and are kept out of the request metrics' noise.
-OPERATIONAL_PATHS = {"/healthz", "/readyz", "/metrics"}
+# Probes answer before the model is ready, without a key, and are kept out of the request metrics' noise.
+PROBE_PATHS = {"/healthz", "/readyz"}
+METRICS_PATH = "/metrics"
 
 
 def error_response(error: ServiceError, error_body=None) -> JSONResponse:
@@ -29,13 +34,30 @@ def error_response(error: ServiceError, error_body=None) -> JSONResponse:
 
 
 class ServingMiddleware:
-    """Pure ASGI (not BaseHTTPMiddleware) so that streamed responses pass through untouched."""
+    """Pure ASGI (not BaseHTTPMiddleware) so that streamed responses pass through untouched.
 
-    def __init__(self, app, state: ServerState, max_body_bytes: int, error_body=None):
+    In order: request id, API key, readiness/draining, the in-flight limit, body size and body time.
+    """
+
+    def __init__(
+        self,
+        app,
+        state: ServerState,
+        settings: ServiceSettings,
+        api_keys: ApiKeys,
+        routes: list,
+        error_body=None,
+    ):
         self.app = app
         self.error_body = error_body
         self.state = state
-        self.max_body_bytes = max_body_bytes
+        self.max_body_bytes = settings.max_body_bytes
+        self.body_timeout_s = settings.body_timeout_s
+        self.max_concurrency = settings.max_concurrency
+        self.retry_after_s = settings.retry_after_s
+        self.api_keys = api_keys
+        self.routes = routes
+        self.active = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -52,27 +74,43 @@ class ServingMiddleware:
                 message["headers"] = list(message["headers"]) + [(REQUEST_ID_HEADER.encode(), request_id.encode())]
             await send(message)
 
-        if path in OPERATIONAL_PATHS:
+        if path in PROBE_PATHS:
             return await self.app(scope, receive, send_with_id)
+        if path == METRICS_PATH:  # answers while loading, but only to a key holder when keys are on
+            error = self._check_key(headers)
+            app = error_response(error, self.error_body) if error else self.app
+            return await app(scope, receive, send_with_id)
 
         error = self._refuse_early(headers)
         if error is not None:
-            metrics.REQUESTS.labels("rest", path, str(int(error.http_status))).inc()
+            # Label by route template, never the raw path: random paths must not grow /metrics.
+            metrics.REQUESTS.labels("rest", self._route_template(scope), str(int(error.http_status))).inc()
             return await error_response(error, self.error_body)(scope, receive, send_with_id)
 
         received = 0
+        body_done = False
+        body_deadline = time.monotonic() + self.body_timeout_s
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:
+                return await receive()  # after the body: only the disconnect, however late
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, body_deadline - time.monotonic()))
+            except TimeoutError:
+                # An HTTPException passes FastAPI's body parsing untouched (anything else becomes a 400).
+                raise StarletteHTTPException(
+                    408, f"request body not received within {self.body_timeout_s:g} s"
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.max_body_bytes:
-                    # An HTTPException passes FastAPI's body parsing untouched (anything else becomes a 400).
                     raise StarletteHTTPException(413, f"request body exceeds the {self.max_body_bytes} byte limit")
             return message
 
         started = time.perf_counter()
+        self.active += 1
         self.state.request_started()
         metrics.INFLIGHT.labels("rest").inc()
         try:
@@ -80,22 +118,57 @@ class ServingMiddleware:
         finally:
             metrics.INFLIGHT.labels("rest").dec()
             self.state.request_finished()
+            self.active -= 1
             route = scope.get("route")
             route_path = getattr(route, "path", "unmatched")
             metrics.REQUESTS.labels("rest", route_path, str(status["code"])).inc()
             metrics.REQUEST_LATENCY.labels("rest", route_path).observe(time.perf_counter() - started)
 
+    def _check_key(self, headers: dict) -> ServiceError | None:
+        authorization = headers.get(b"authorization")
+        if self.api_keys.allows(authorization.decode("latin-1") if authorization else None):
+            return None
+        if authorization is None:
+            return Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+        return Unauthenticated("invalid API key")
+
     def _refuse_early(self, headers: dict) -> ServiceError | None:
+        error = self._check_key(headers)
+        if error is not None:
+            return error
         if not self.state.ready:
             return Unavailable("model is still loading", retry_after=5)
+        if self.state.draining:
+            return Unavailable("server is shutting down", retry_after=self.retry_after_s)
+        if self.active >= self.max_concurrency:
+            metrics.REJECTED.labels(batcher="rest", reason="concurrency").inc()
+            return Overloaded(
+                f"{self.active} requests in progress, the limit of this server; try again shortly",
+                retry_after=self.retry_after_s,
+            )
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             return PayloadTooLarge(f"request body of {int(length)} bytes exceeds the {self.max_body_bytes} byte limit")
         return None
 
+    def _route_template(self, scope) -> str:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return getattr(route, "path", "unmatched")
+        return "unmatched"
 
-def create_rest_app(services: list[Service], state: ServerState, max_body_bytes: int, title: str = "modelserve") -> FastAPI:
-    app = FastAPI(title=title)
+
+def create_rest_app(
+    services: list[Service],
+    state: ServerState,
+    settings: ServiceSettings,
+    api_keys: ApiKeys | None = None,
+    title: str = "modelserve",
+) -> FastAPI:
+    docs = {} if settings.docs else dict(docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title=title, **docs)
+    api_keys = api_keys or ApiKeys.from_env()
     error_body = next((s.error_body for s in services if s.error_body), None)
 
     @app.exception_handler(ServiceError)
@@ -108,7 +181,9 @@ def create_rest_app(services: list[Service], state: ServerState, max_body_bytes:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         body = {"error": {"code": code, "message": str(exc.detail), "type": code}}
         if error_body:
             body = error_body(ServiceError(str(exc.detail)))
@@ -121,6 +196,15 @@ def create_rest_app(services: list[Service], state: ServerState, max_body_bytes:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():
+        # Alive unless a model thread is wedged: a batch running with no progress beat for too long.
+        stalled = {
+            batcher.name: round(batcher.stalled_for(), 1)
+            for service in services
+            for batcher in service.batchers
+            if batcher.stalled_for() > service.settings.liveness_stall_s
+        }
+        if stalled:
+            return JSONResponse({"status": "stalled", "batchers": stalled}, status_code=503)
         return {"status": "alive"}
 
     @app.get("/readyz", include_in_schema=False)
@@ -130,9 +214,11 @@ def create_rest_app(services: list[Service], state: ServerState, max_body_bytes:
         reason = "draining" if state.draining else "loading"
         return JSONResponse({"status": reason}, status_code=503, headers={"Retry-After": "5"})
 
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics():
-        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if settings.metrics_port is None:
+
+        @app.get(METRICS_PATH, include_in_schema=False)
+        async def prometheus_metrics():
+            return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def list_models():
@@ -147,5 +233,8 @@ def create_rest_app(services: list[Service], state: ServerState, max_body_bytes:
         if service.router is not None:
             app.include_router(service.router)
 
-    app.add_middleware(ServingMiddleware, state=state, max_body_bytes=max_body_bytes, error_body=error_body)
+    app.add_middleware(
+        ServingMiddleware, state=state, settings=settings, api_keys=api_keys, routes=app.router.routes,
+        error_body=error_body,
+    )
     return app

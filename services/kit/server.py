@@ -9,7 +9,9 @@ import time
 from collections.abc import Callable
 
 import uvicorn
+from prometheus_client import start_http_server
 
+from .auth import ApiKeys
 from .config import ServiceSettings
 from .grpc_server import create_grpc_server
 from .rest import create_rest_app
@@ -17,6 +19,14 @@ from .service import Service
 from .state import ServerState
 
 log = logging.getLogger(__name__)
+
+# After the drain, answers already made still need to reach their clients: the servers get this long to
+# close. The whole shutdown therefore takes at most shutdown_grace_s + CLOSE_S (+ a second for the model
+# thread), which the manifests' terminationGracePeriodSeconds must exceed.
+CLOSE_S = 3.0
+# Connections and tasks uvicorn accepts beyond the requests the middleware admits: probes, /metrics and
+# the refusals themselves must still get through when the service is at its limit.
+CONNECTION_HEADROOM = 32
 
 
 class _Uvicorn(uvicorn.Server):
@@ -52,8 +62,9 @@ async def serve(
     """Serve until `stop` is set (or SIGTERM/SIGINT when running in the main thread), then drain.
 
     Ports open at once so probes can answer; /readyz turns 200 only once every model has loaded
-    and warmed up. On stop, readiness fails immediately, in-flight requests get up to
-    `shutdown_grace_s` to finish, then both servers close.
+    and warmed up. On stop, readiness fails and new requests get 503 immediately, in-flight requests
+    get up to `shutdown_grace_s` to finish, whatever is still queued or running is answered 503, then
+    both servers close within CLOSE_S.
     """
     stop = stop or asyncio.Event()
     state = state or ServerState()
@@ -62,17 +73,24 @@ async def serve(
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
 
-    app = create_rest_app(services, state, settings.max_body_bytes)
-    grpc_server = create_grpc_server(services, state, settings.grpc_max_message_bytes)
+    api_keys = ApiKeys.from_env()
+    if api_keys.enabled:
+        log.info("API keys required on every route but the health checks")
+    app = create_rest_app(services, state, settings, api_keys)
+    grpc_server = create_grpc_server(services, state, settings, api_keys)
     grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await grpc_server.start()
     rest = _Uvicorn(
         uvicorn.Config(
             app, host=settings.host, port=settings.rest_port, log_level=settings.log_level, lifespan="off",
-            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+            timeout_graceful_shutdown=int(CLOSE_S),
+            limit_concurrency=settings.max_concurrency + CONNECTION_HEADROOM,
         )
     )
     rest_task = asyncio.create_task(rest.serve())
+    metrics_server = None
+    if settings.metrics_port is not None:
+        metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host)
     log.info("REST on %s:%d, gRPC on %s:%d", settings.host, settings.rest_port, settings.host, settings.grpc_port)
 
     loader = asyncio.create_task(load_services(services, settings.warmup))
@@ -92,9 +110,11 @@ async def serve(
         for batcher in service.batchers:
             await batcher.stop()
         service.model_thread.shutdown(wait=False)
-    await grpc_server.stop(grace=1.0)
+    await grpc_server.stop(grace=CLOSE_S - 1)
     rest.should_exit = True
     await rest_task
+    if metrics_server is not None:
+        metrics_server.shutdown()
     stopper.cancel()
     if failure is not None:
         raise RuntimeError("model loading failed") from failure

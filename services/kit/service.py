@@ -83,6 +83,10 @@ class Service:
             max_queue=s.max_queue,
             timeout_s=s.request_timeout_s,
             retry_after_s=s.retry_after_s,
+            max_request_cost=s.max_request_cost,
+            max_batch_cost=s.max_batch_cost,
+            max_queued_bytes=s.max_queued_bytes,
+            cost_setting=f"{s.model_config.get('env_prefix', '')}MAX_REQUEST_COST",
             executor=self.model_thread,
         )
         options.update(overrides)

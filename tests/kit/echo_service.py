@@ -31,6 +31,8 @@ class EchoSettings(ServiceSettings):
 class EchoRequest(BaseModel):
     text: str = Field(min_length=1)
     delay: float = Field(0.0, ge=0, le=30)
+    # Sleep in slices that check Work.cancelled (as a decoding loop checks between steps) instead of at once.
+    stepwise: bool = False
     fail: str | None = None
 
 
@@ -54,7 +56,12 @@ class EchoRunner:
         results = []
         for work in works:
             request: EchoRequest = work.payload
-            time.sleep(request.delay)
+            if request.stepwise:
+                ends = time.monotonic() + request.delay
+                while time.monotonic() < ends and not work.cancelled:
+                    time.sleep(0.02)
+            else:
+                time.sleep(request.delay)
             self.computed.append(request.text)
             if request.fail == "invalid":
                 results.append(InvalidArgument("text: refused on request", field="text"))

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from services.kit.batcher import Done, DynamicBatcher
-from services.kit.errors import DeadlineExceeded, InvalidArgument, Overloaded
+from services.kit.errors import DeadlineExceeded, InvalidArgument, Overloaded, PayloadTooLarge, Unavailable
 
 
 class RecordingRunner:
@@ -143,3 +143,88 @@ async def test_runner_sees_cancellation_and_can_stop_early():
     await asyncio.sleep(0.1)
     assert 0 < len(steps_done) < 50, "compute stopped once the caller's deadline passed"
     await batcher.stop()
+
+
+async def test_a_request_over_the_cost_budget_is_refused_before_queuing():
+    runner = RecordingRunner()
+    batcher = DynamicBatcher("t", runner, max_request_cost=10, cost_setting="T_MAX_REQUEST_COST")
+    with pytest.raises(InvalidArgument) as refused:
+        await batcher.submit(1, cost=11)
+    assert "T_MAX_REQUEST_COST" in refused.value.message and "11" in refused.value.message
+    assert runner.batches == []
+    assert await batcher.submit(2, cost=10) == 4
+    await batcher.stop()
+
+
+async def test_a_batch_stops_taking_requests_at_its_cost_cap_but_a_lone_one_always_runs():
+    runner = RecordingRunner(delay=0.05)
+    batcher = DynamicBatcher("t", runner, max_batch_size=8, max_wait_ms=30, max_batch_cost=10)
+    results = await asyncio.gather(*(batcher.submit(i, cost=4) for i in range(5)), batcher.submit(9, cost=25))
+    assert results == [0, 2, 4, 6, 8, 18]
+    assert [len(b) for b in runner.batches] == [2, 2, 1, 1], "2 x 4 fit under 10, the 25 alone"
+    await batcher.stop()
+
+
+async def test_queued_bytes_are_budgeted_and_a_cancelled_request_frees_its_place_at_once():
+    runner = RecordingRunner(delay=0.3)
+    batcher = DynamicBatcher("t", runner, max_batch_size=1, max_wait_ms=0, max_queue=2, max_queued_bytes=1000)
+    running = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.05)  # the model is busy with it
+    queued = asyncio.ensure_future(batcher.submit(1, nbytes=800))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):
+        await batcher.submit(2, nbytes=300)
+    queued.cancel()  # the client went away
+    await asyncio.sleep(0.01)
+    assert batcher.queue_depth == 0 and batcher.queued_bytes == 0
+    assert await batcher.submit(3, nbytes=900) == 6
+    assert await running == 0
+    await batcher.stop()
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like torch.OutOfMemoryError, which the batcher recognises by name."""
+
+
+async def test_a_batch_out_of_memory_reruns_one_by_one_and_only_the_culprit_fails():
+    calls = []
+
+    def runner(works):
+        calls.append([w.payload for w in works])
+        if len(works) > 1 or works[0].payload == "huge":
+            raise OutOfMemoryError("CUDA out of memory")
+        return [w.payload.upper() for w in works]
+
+    batcher = DynamicBatcher("t", runner, max_batch_size=4, max_wait_ms=30)
+    results = await asyncio.gather(*(batcher.submit(p) for p in ("a", "huge", "b")), return_exceptions=True)
+    assert results[0] == "A" and results[2] == "B"
+    assert isinstance(results[1], PayloadTooLarge) and "memory" in results[1].message
+    assert calls[0] == ["a", "huge", "b"] and calls[1:] == [["a"], ["huge"], ["b"]]
+    assert await batcher.submit("c") == "C", "still serving"
+    await batcher.stop()
+
+
+async def test_stop_answers_the_running_batch_and_its_runner_sees_it_cancelled():
+    seen_cancelled = threading.Event()
+
+    def runner(works):
+        ends = time.monotonic() + 5
+        while time.monotonic() < ends:
+            if works[0].cancelled:
+                seen_cancelled.set()
+                break
+            time.sleep(0.01)
+        return [w.payload for w in works]
+
+    batcher = DynamicBatcher("t", runner, max_batch_size=1, max_wait_ms=0)
+    running = asyncio.ensure_future(batcher.submit("long"))
+    queued = asyncio.ensure_future(batcher.submit("queued"))
+    await asyncio.sleep(0.1)
+    assert batcher.stalled_for() < 0.1, "checking Work.cancelled is a progress beat"
+    await batcher.stop()
+    for call in (running, queued):
+        with pytest.raises(Unavailable):
+            await call
+    assert await asyncio.to_thread(seen_cancelled.wait, 1)
+    with pytest.raises(Unavailable):
+        await batcher.submit("after")
