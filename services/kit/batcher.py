@@ -7,14 +7,19 @@ is never called concurrently and the event loop never blocks on compute.
 
 import asyncio
 import collections
+import contextvars
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import metrics
+from opentelemetry.trace import INVALID_SPAN, Span
+
+from . import logs, metrics, tracing
+from .compute import ModelThread
 from .errors import Cancelled, DeadlineExceeded, InvalidArgument, Overloaded, PayloadTooLarge, Unavailable
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,19 @@ class Work:
     cost: float = 1.0
     nbytes: int = 0
     _beat: Callable[[], None] | None = field(default=None, repr=False)
+    # Filled in by the batcher for the access log and traces.
+    batch_started_at: float | None = None
+    batch_size: int | None = None
+    compute_s: float | None = None
+    spans: tracing.WorkSpans | None = field(default=None, repr=False)
+
+    @property
+    def span(self) -> Span:
+        """This request's `model` span while the runner runs it: runners add events and attributes to it
+        (decoding rounds, denoising steps). A no-op span when tracing is off."""
+        if self.spans is None or self.spans.model is None:
+            return INVALID_SPAN
+        return self.spans.model
 
     @property
     def cancelled(self) -> bool:
@@ -90,6 +108,7 @@ class DynamicBatcher:
         *,
         max_batch_size: int = 8,
         max_wait_ms: float = 5.0,
+        wait_when_idle: bool = False,
         max_queue: int = 64,
         timeout_s: float = 60.0,
         retry_after_s: float = 1.0,
@@ -98,11 +117,13 @@ class DynamicBatcher:
         max_queued_bytes: int | None = None,
         cost_setting: str = "MAX_REQUEST_COST",
         executor: Executor | None = None,
+        owner: str | None = None,
     ):
         self.name = name
         self.predict_batch = predict_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
+        self.wait_when_idle = wait_when_idle
         self.max_queue = max_queue
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
@@ -116,9 +137,12 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._stopping = False
         # The thread predict_batch runs in: a service's model thread (Service.model_thread), else one of its own.
-        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self._executor = executor or ModelThread(f"model-{name}")
+        self.owner = owner or name
         self._running: list[Work] = []  # requests inside the current model call
+        self._batches = 0  # batches run so far: the batch id in traces
         self._last_beat = time.monotonic()
+        self._loop_thread: int | None = None
         self._queue_depth = metrics.QUEUE_DEPTH.labels(batcher=name)
 
     # -- public API -------------------------------------------------------------------------
@@ -144,6 +168,18 @@ class DynamicBatcher:
     def beat(self) -> None:
         """The model thread made progress (a step, a window, a check of `Work.cancelled`)."""
         self._last_beat = time.monotonic()
+
+    def run_in(self, executor: Executor) -> None:
+        """Run future batches in `executor` (a ModelThread shared with other services, say)."""
+        self._executor = executor
+
+    def _between_steps(self) -> None:
+        """A runner checked `Work.cancelled` between two steps: progress, and a point to yield the thread."""
+        if threading.get_ident() == self._loop_thread:
+            return  # the queue's own checks, not the model's
+        self._last_beat = time.monotonic()
+        if isinstance(self._executor, ModelThread):
+            self._executor.yield_point()
 
     async def submit(
         self,
@@ -247,7 +283,9 @@ class DynamicBatcher:
             )
         budget = self.timeout_s if timeout is None else min(timeout, self.timeout_s)
         now = time.monotonic()
-        work = Work(payload, key, now, now + budget, loop.create_future(), loop, events, cost, nbytes, self.beat)
+        work = Work(payload, key, now, now + budget, loop.create_future(), loop, events, cost, nbytes,
+                    self._between_steps)
+        work.spans = tracing.work_spans(self.name)
         self._queue.append(work)
         self._queued_bytes += nbytes
         self._queue_depth.set(len(self._queue))
@@ -282,11 +320,23 @@ class DynamicBatcher:
             if not work._future.done():
                 work._future.cancel()
                 self._unqueue(work)
+            self._report(work)
+
+    def _report(self, work: Work) -> None:
+        """The request's share of queue and compute, for its access line (and its queue span's end)."""
+        if work.spans is not None:
+            work.spans.leave_queue()
+        record = logs.current_request.get()
+        if record is not None:
+            waited = (work.batch_started_at or time.monotonic()) - work.enqueued_at
+            record.add_batch_share(self.name, waited, work.compute_s, work.batch_size)
 
     def _ensure_running(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop_thread = threading.get_ident()
         if self._task is None or self._task.done():
             self._wakeup = asyncio.Event()
-            self._task = loop.create_task(self._run(), name=f"batcher-{self.name}")
+            # A fresh context: the loop serves every request, so it must not keep the first one's (its span).
+            self._task = loop.create_task(self._run(), name=f"batcher-{self.name}", context=contextvars.Context())
 
     def _take_batch(self) -> list[Work]:
         """The oldest live request plus up to max_batch_size-1 queued ones with the same key, within the
@@ -330,9 +380,12 @@ class DynamicBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            # Give concurrent requests a moment to join, unless a full batch is already waiting.
+            # An idle model starts at once; while it is busy (with another batcher's call), requests that
+            # arrive get a moment to join, unless a full batch is already waiting. Requests that arrived
+            # during this batcher's own last call are all here already.
             key = self._queue[0].key
-            if self.max_wait_s > 0 and self._count_ready(key) < self.max_batch_size:
+            wait = self.wait_when_idle or self._model_busy()
+            if self.max_wait_s > 0 and wait and self._count_ready(key) < self.max_batch_size:
                 fill_until = loop.time() + self.max_wait_s
                 while self._count_ready(key) < self.max_batch_size and loop.time() < fill_until:
                     self._wakeup.clear()
@@ -348,7 +401,7 @@ class DynamicBatcher:
         """predict_batch in the model thread; a batch that runs out of memory is re-run one request at a
         time, so only the request that does not fit alone fails (413) and the others get their results."""
         try:
-            results = self.predict_batch(batch)
+            results = self._call_runner(batch)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -363,26 +416,56 @@ class DynamicBatcher:
             raise RuntimeError(f"{self.name}: runner returned {len(results)} results for {len(batch)} requests")
         return results
 
+    def _call_runner(self, batch: list[Work]) -> Sequence[Any]:
+        """predict_batch inside each traced request's `model` span (a re-run after running out of memory gets
+        a span of its own)."""
+        traced = [work.spans for work in batch if work.spans is not None]
+        for spans in traced:
+            spans.start_model()
+        try:
+            results = self.predict_batch(batch)
+        except BaseException as exc:
+            for spans in traced:
+                spans.end_model(exc)
+            raise
+        for position, work in enumerate(batch):
+            if work.spans is not None:
+                work.spans.end_model(results[position] if position < len(results) else None)
+        return results
+
     def _predict_alone(self, work: Work) -> Any:
         try:
             return self._predict([work])[0]
         except Exception as exc:  # this request's own error, not its neighbours'
             return exc
 
+    def _model_busy(self) -> bool:
+        executor = self._executor
+        return not isinstance(executor, ModelThread) or executor.busy or executor.waiting > 0
+
     async def _execute(self, batch: list[Work], loop: asyncio.AbstractEventLoop) -> None:
         started = time.monotonic()
-        for work in batch:
+        self._batches += 1
+        for position, work in enumerate(batch):
             metrics.QUEUE_TIME.labels(batcher=self.name).observe(started - work.enqueued_at)
+            work.batch_started_at, work.batch_size = started, len(batch)
+            if work.spans is not None:
+                work.spans.start_batch(self._batches, len(batch), position)
         metrics.BATCH_SIZE.labels(batcher=self.name).observe(len(batch))
         self._running = batch
         self.beat()
+        results: Sequence[Any] | None = None
         try:
-            results = await loop.run_in_executor(self._executor, self._predict, batch)
+            if isinstance(self._executor, ModelThread):
+                results = await asyncio.wrap_future(self._executor.run(self.owner, self._predict, batch))
+            else:
+                results = await loop.run_in_executor(self._executor, self._predict, batch)
         except Exception as exc:  # the whole batch failed: every caller gets the error
             log.exception("batch of %d failed in %s", len(batch), self.name)
             results = [exc] * len(batch)
         finally:
             self._running = []
+            self._batch_ended(batch, results, time.monotonic() - started)
         elapsed = time.monotonic() - started
         for work, result in zip(batch, results, strict=True):
             metrics.COMPUTE_TIME.labels(batcher=self.name).observe(elapsed)
@@ -392,3 +475,11 @@ class DynamicBatcher:
                 work._future.set_exception(result)
             else:
                 work._future.set_result(result)
+
+    def _batch_ended(self, batch: list[Work], results: Sequence[Any] | None, elapsed: float) -> None:
+        """Compute time for the access log; the batch spans end, also when the loop stops mid-batch."""
+        stopped = Unavailable("server is shutting down")
+        for position, work in enumerate(batch):
+            work.compute_s = elapsed
+            if work.spans is not None and work.spans.batch is not None:
+                work.spans.end_batch(stopped if results is None else results[position])

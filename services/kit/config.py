@@ -20,9 +20,22 @@ class ServiceSettings(BaseSettings):
         "(kit.torch_models.FewRowLinear: 1.7x faster Whisper decoding on AMD EPYC); false keeps torch's kernels",
     )
     warmup: bool = True
+    compute_quantum_ms: float = Field(
+        50.0, gt=0, description="services sharing a process on CPU share one model thread; a model call that has "
+        "run this long lets the others' waiting calls run at its next step"
+    )
+    gpu_concurrency: int = Field(
+        2, ge=1, description="services sharing a process on a GPU: model calls allowed to run at once"
+    )
 
     max_batch_size: int = Field(8, ge=1)
-    max_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits to fill a batch")
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="how long the batcher waits to fill a batch while the model is busy"
+    )
+    wait_when_idle: bool = Field(
+        False, description="also wait max_wait_ms for company when the model is idle (TF Serving's batch "
+        "timeout); by default an idle model starts a lone request at once"
+    )
     max_queue: int = Field(64, ge=1, description="queued requests beyond this are refused with 503")
     request_timeout_s: float = Field(60.0, gt=0, description="a request still unanswered after this gets 504")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503/429")

@@ -12,6 +12,7 @@ import uvicorn
 from prometheus_client import start_http_server
 
 from .auth import ApiKeys
+from .compute import share_compute
 from .config import ServiceSettings
 from .grpc_server import create_grpc_server
 from .rest import create_rest_app
@@ -73,6 +74,8 @@ async def serve(
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
 
+    share_compute(services, threads=settings.threads, quantum_s=settings.compute_quantum_ms / 1000,
+                  gpu_concurrency=settings.gpu_concurrency)
     api_keys = ApiKeys.from_env()
     if api_keys.enabled:
         log.info("API keys required on every route but the health checks")
@@ -109,7 +112,8 @@ async def serve(
     for service in services:
         for batcher in service.batchers:
             await batcher.stop()
-        service.model_thread.shutdown(wait=False)
+    for thread in {id(service.model_thread): service.model_thread for service in services}.values():
+        thread.shutdown(wait=False)
     await grpc_server.stop(grace=CLOSE_S - 1)
     rest.should_exit = True
     await rest_task

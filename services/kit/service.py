@@ -3,9 +3,7 @@
 A service module builds one `Service` and never touches server start-up, health or metrics.
 """
 
-import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -13,15 +11,9 @@ from typing import Any, Protocol
 from fastapi import APIRouter
 
 from .batcher import DynamicBatcher
+from .compute import ModelThread, limit_threads
 from .config import ServiceSettings
 from .errors import ServiceError
-
-
-def limit_threads(threads: int) -> None:
-    """Cap the calling thread's compute threads for whichever framework the service loaded."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(threads)
 
 
 class ModelRunner(Protocol):
@@ -53,10 +45,10 @@ class Service:
     # A service speaking another protocol's error shape (TF Serving: {"error": "..."}) sets this;
     # it then applies to every REST error of the process that serves it.
     error_body: Callable[[ServiceError], dict] | None = None
-    _model_thread: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _model_thread: ModelThread | None = field(default=None, init=False, repr=False)
 
     @property
-    def model_thread(self) -> ThreadPoolExecutor:
+    def model_thread(self) -> ModelThread:
         """The one thread that loads, warms up and runs this service's models (all its batchers).
 
         OpenMP (torch's CPU kernels) keeps a thread pool per calling thread: a second thread running
@@ -65,13 +57,17 @@ class Service:
         slower after model loading had run in another thread). The thread cap applies inside it.
         """
         if self._model_thread is None:
-            threads = self.settings.threads
-            self._model_thread = ThreadPoolExecutor(
-                max_workers=1,
-                thread_name_prefix=f"model-{self.name}",
-                initializer=partial(limit_threads, threads) if threads else None,
-            )
+            self._model_thread = ModelThread(f"model-{self.name}", initializer=self.thread_initializer())
         return self._model_thread
+
+    def thread_initializer(self) -> Callable[[], None]:
+        return partial(limit_threads, self.settings.threads)
+
+    def use_model_thread(self, thread: ModelThread) -> None:
+        """Run this service (all its batchers) in `thread`, e.g. one shared by every service of a process."""
+        self._model_thread = thread
+        for batcher in self.batchers:
+            batcher.run_in(thread)
 
     def batcher(self, name: str, predict_batch, **overrides) -> DynamicBatcher:
         """A batcher configured from this service's settings, running in its model thread, registered for
@@ -80,6 +76,7 @@ class Service:
         options = dict(
             max_batch_size=s.max_batch_size,
             max_wait_ms=s.max_wait_ms,
+            wait_when_idle=s.wait_when_idle,
             max_queue=s.max_queue,
             timeout_s=s.request_timeout_s,
             retry_after_s=s.retry_after_s,
@@ -90,6 +87,6 @@ class Service:
             executor=self.model_thread,
         )
         options.update(overrides)
-        batcher = DynamicBatcher(f"{self.name}.{name}", predict_batch, **options)
+        batcher = DynamicBatcher(f"{self.name}.{name}", predict_batch, owner=self.name, **options)
         self.batchers.append(batcher)
         return batcher

@@ -81,7 +81,7 @@ def server():
         model=str(REAL / "whisper-base"),
         assistant_model=str(REAL / "whisper-base-assistant-2l"),
         threads=1,  # the machine is shared: oversubscribed OpenMP threads spin instead of working
-        max_wait_ms=100,  # concurrent requests meet in a batch
+        max_wait_ms=100, wait_when_idle=True,  # concurrent requests meet in a batch
         log_level="warning",
     )
     with ServerThread(lambda: [create_service(settings)], settings) as running:

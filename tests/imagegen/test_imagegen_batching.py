@@ -22,7 +22,7 @@ STEPS = 5
 @pytest.fixture(scope="module")
 def server(make_settings):
     # A wide batching window so that requests sent together reliably meet in the queue.
-    settings = make_settings(max_wait_ms=1500, max_batch_size=4)
+    settings = make_settings(max_wait_ms=1500, max_batch_size=4, wait_when_idle=True)
     with ServerThread(lambda: [create_service(settings)], settings) as running:
         yield running
 

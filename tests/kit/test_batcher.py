@@ -27,7 +27,7 @@ class RecordingRunner:
 
 async def test_concurrent_requests_share_a_batch_and_get_their_own_results():
     runner = RecordingRunner()
-    batcher = DynamicBatcher("t", runner, max_batch_size=4, max_wait_ms=50)
+    batcher = DynamicBatcher("t", runner, max_batch_size=4, max_wait_ms=50, wait_when_idle=True)
     results = await asyncio.gather(*(batcher.submit(i) for i in range(10)))
     assert results == [i * 2 for i in range(10)]
     assert max(len(b) for b in runner.batches) == 4
@@ -37,7 +37,7 @@ async def test_concurrent_requests_share_a_batch_and_get_their_own_results():
 
 async def test_only_requests_with_the_same_key_are_batched_together():
     runner = RecordingRunner()
-    batcher = DynamicBatcher("t", runner, max_batch_size=8, max_wait_ms=30)
+    batcher = DynamicBatcher("t", runner, max_batch_size=8, max_wait_ms=30, wait_when_idle=True)
     keys = ["a", "b", "a", "b", "a"]
     await asyncio.gather(*(batcher.submit(i, key=k) for i, k in enumerate(keys)))
     assert sorted(map(sorted, runner.batches)) == [[0, 2, 4], [1, 3]]
@@ -105,7 +105,7 @@ async def test_runner_can_fail_a_single_request_without_failing_its_batch_mates(
     def runner(works):
         return [InvalidArgument("odd") if w.payload % 2 else w.payload for w in works]
 
-    batcher = DynamicBatcher("t", runner, max_batch_size=4, max_wait_ms=20)
+    batcher = DynamicBatcher("t", runner, max_batch_size=4, max_wait_ms=20, wait_when_idle=True)
     results = await asyncio.gather(*(batcher.submit(i) for i in range(4)), return_exceptions=True)
     assert results[0] == 0 and results[2] == 2
     assert isinstance(results[1], InvalidArgument) and isinstance(results[3], InvalidArgument)
@@ -158,7 +158,7 @@ async def test_a_request_over_the_cost_budget_is_refused_before_queuing():
 
 async def test_a_batch_stops_taking_requests_at_its_cost_cap_but_a_lone_one_always_runs():
     runner = RecordingRunner(delay=0.05)
-    batcher = DynamicBatcher("t", runner, max_batch_size=8, max_wait_ms=30, max_batch_cost=10)
+    batcher = DynamicBatcher("t", runner, max_batch_size=8, max_wait_ms=30, wait_when_idle=True, max_batch_cost=10)
     results = await asyncio.gather(*(batcher.submit(i, cost=4) for i in range(5)), batcher.submit(9, cost=25))
     assert results == [0, 2, 4, 6, 8, 18]
     assert [len(b) for b in runner.batches] == [2, 2, 1, 1], "2 x 4 fit under 10, the 25 alone"
@@ -195,7 +195,7 @@ async def test_a_batch_out_of_memory_reruns_one_by_one_and_only_the_culprit_fail
             raise OutOfMemoryError("CUDA out of memory")
         return [w.payload.upper() for w in works]
 
-    batcher = DynamicBatcher("t", runner, max_batch_size=4, max_wait_ms=30)
+    batcher = DynamicBatcher("t", runner, max_batch_size=4, max_wait_ms=30, wait_when_idle=True)
     results = await asyncio.gather(*(batcher.submit(p) for p in ("a", "huge", "b")), return_exceptions=True)
     assert results[0] == "A" and results[2] == "B"
     assert isinstance(results[1], PayloadTooLarge) and "memory" in results[1].message

@@ -20,7 +20,7 @@ TEXTS = ["Hello world.", "How are you today?", "The weather is nice", "Wir gehen
 def server(models_dir):
     pairs = {p: str(models_dir / "translation" / f"wmt19-{p}") for p in ("en-de", "de-en", "en-ru")}
     settings = TranslationSettings(
-        models=pairs, max_batch_size=8, max_wait_ms=100, log_level="warning", default_max_new_tokens=16
+        models=pairs, max_batch_size=8, max_wait_ms=100, wait_when_idle=True, log_level="warning", default_max_new_tokens=16
     )
     with ServerThread(lambda: [create_service(settings)], settings) as running:
         yield running

@@ -27,7 +27,7 @@ def tiny_settings(models: Path, **overrides) -> TTSSettings:
         vc_min_len_ratio=1.0,
         vc_max_len_ratio=1.0,
         max_conversion_seconds=5.0,
-        max_wait_ms=50.0,
+        max_wait_ms=50.0, wait_when_idle=True,
         shutdown_grace_s=2.0,
         log_level="warning",
     )

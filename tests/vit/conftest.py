@@ -28,7 +28,7 @@ def vit_server(vit_checkpoint, tmp_path_factory):
         checkpoint=str(vit_checkpoint),
         poll_interval_s=0.5,
         # Long enough that concurrent test requests reliably share a batch.
-        max_wait_ms=40,
+        max_wait_ms=40, wait_when_idle=True,
         threads=1,
     )
     server = ServerThread(lambda: [create_service(settings)], settings)
