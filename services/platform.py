@@ -62,7 +62,7 @@ def start_separate(names: list[str]) -> list[subprocess.Popen]:
 
 def main() -> int:
     settings = PlatformSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     names = selected_services(settings)
     log.info("platform services: %s", ", ".join(names))
     children = start_separate(names)

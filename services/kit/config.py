@@ -4,6 +4,8 @@ pydantic-settings reads `<PREFIX><FIELD>` from the environment (case-insensitive
 class configures a local run, a container and a Kubernetes ConfigMap.
 """
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -20,6 +22,10 @@ class ServiceSettings(BaseSettings):
         "(kit.torch_models.FewRowLinear: 1.7x faster Whisper decoding on AMD EPYC); false keeps torch's kernels",
     )
     warmup: bool = True
+    compute_sharing: Literal["auto", "separate"] = Field(
+        "auto", description="services sharing a process: auto = one model thread on CPU, GPU slots on a GPU; "
+        "separate = each service its own model thread and thread pool (for machines with cores to spare)"
+    )
     compute_quantum_ms: float = Field(
         50.0, gt=0, description="services sharing a process on CPU share one model thread; a model call that has "
         "run this long lets the others' waiting calls run at its next step"
@@ -58,6 +64,10 @@ class ServiceSettings(BaseSettings):
     body_timeout_s: float = Field(60.0, gt=0, description="a request body still arriving after this gets 408")
 
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="REST bodies above this get 413")
+    max_json_depth: int = Field(32, ge=1, description="JSON bodies nested deeper get 400 before parsing")
+    max_json_elements: int = Field(
+        10_000, ge=1, description="JSON bodies with more strings, arrays, objects and commas get 400 before parsing"
+    )
     grpc_max_message_bytes: int = Field(32 * 1024 * 1024, ge=4 * 1024 * 1024)
 
     host: str = "0.0.0.0"
@@ -65,6 +75,9 @@ class ServiceSettings(BaseSettings):
     grpc_port: int = 50051
     shutdown_grace_s: float = Field(20.0, ge=0, description="drain time for in-flight requests after SIGTERM")
     log_level: str = "info"
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="log lines as JSON or text; auto: JSON unless stderr is a terminal (containers get JSON)"
+    )
     docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json")
     grpc_reflection: bool = Field(True, description="serve the gRPC reflection service")
     metrics_port: int | None = Field(None, description="serve /metrics on this port instead of the REST port")

@@ -3,12 +3,15 @@
 import asyncio
 import logging
 import time
+import uuid
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
-from . import metrics
+from . import logs, metrics, tracing
 from .auth import ApiKeys
 from .config import ServiceSettings
 from .errors import ServiceError, Unauthenticated, Unavailable
@@ -21,6 +24,12 @@ log = logging.getLogger(__name__)
 EXEMPT_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 # Health checks answer without a key (probes carry none); reflection needs one when keys are on.
 OPEN_PREFIXES = ("/grpc.health.",)
+REQUEST_ID_KEY = "x-request-id"
+# Status codes that make a server span an error (OpenTelemetry's gRPC conventions): the others are the caller's.
+SERVER_ERRORS = {
+    grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
+}
 
 
 def time_remaining(context: grpc.aio.ServicerContext) -> float | None:
@@ -29,21 +38,25 @@ def time_remaining(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class ServingInterceptor(grpc.aio.ServerInterceptor):
-    """Readiness gate, in-flight tracking, metrics, and ServiceError -> status code for every RPC."""
+    """Readiness gate, in-flight tracking, metrics, traces, access logs, and ServiceError -> status code for
+    every RPC."""
 
-    def __init__(self, state: ServerState, api_keys: ApiKeys, retry_after_s: float = 1):
+    def __init__(self, state: ServerState, api_keys: ApiKeys, retry_after_s: float = 1, service: str = "modelserve"):
         self.state = state
         self.api_keys = api_keys
         self.retry_after_s = retry_after_s
+        self.service = service
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        metadata = handler_call_details.invocation_metadata
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        if not self._key_allowed(handler_call_details.invocation_metadata):
+        if not self._key_allowed(metadata):
             missing_key = Unauthenticated("missing or invalid API key: send metadata 'authorization: Bearer <key>'")
-            return _refusal(handler, method, missing_key)
+            refused = logs.RequestRecord("grpc", self.service, _request_id(metadata), route=method)
+            return _refusal(handler, method, missing_key, refused)
         if method.startswith(EXEMPT_PREFIXES):
             return handler
         wrap_kwargs = dict(
@@ -53,10 +66,12 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary_response(request_or_iterator, context):
-                call = _TrackedCall(self.state, method)
+                call = _TrackedCall(self.state, method, metadata, self.service)
                 try:
                     self._check_ready()
-                    return await inner(request_or_iterator, context)
+                    response = await inner(call.counted(request_or_iterator), context)
+                    call.record.bytes_out += _message_size(response)
+                    return response
                 except BaseException as exc:
                     await call.fail(exc, context)
                 finally:
@@ -68,10 +83,11 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_stream or handler.stream_stream
 
         async def streamed_response(request_or_iterator, context):
-            call = _TrackedCall(self.state, method)
+            call = _TrackedCall(self.state, method, metadata, self.service)
             try:
                 self._check_ready()
-                async for item in inner(request_or_iterator, context):
+                async for item in inner(call.counted(request_or_iterator), context):
+                    call.record.bytes_out += _message_size(item)
                     yield item
             except BaseException as exc:
                 await call.fail(exc, context)
@@ -94,11 +110,26 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         return bool(values) and self.api_keys.allows(values[0] if isinstance(values[0], str) else None)
 
 
-def _refusal(handler, method: str, error: ServiceError):
+def _request_id(metadata) -> str:
+    values = [value for key, value in metadata or () if key == REQUEST_ID_KEY and isinstance(value, str)]
+    return values[0] if values else uuid.uuid4().hex
+
+
+def _message_size(message) -> int:
+    """Serialized size of a request or response: protobuf messages, or raw bytes for generic handlers."""
+    if isinstance(message, bytes | bytearray):
+        return len(message)
+    byte_size = getattr(message, "ByteSize", None)
+    return byte_size() if byte_size is not None else 0
+
+
+def _refusal(handler, method: str, error: ServiceError, record: logs.RequestRecord):
     """A handler of the same shape as `handler` that answers `error` without running it."""
 
     async def refuse(_request_or_iterator, context):
         metrics.REQUESTS.labels("grpc", method, error.grpc_code.name).inc()
+        record.status = error.grpc_code.name
+        record.log()
         await context.abort(error.grpc_code, error.message)
 
     async def refuse_stream(request_or_iterator, context):
@@ -116,15 +147,44 @@ def _refusal(handler, method: str, error: ServiceError):
 
 
 class _TrackedCall:
-    """Metrics and in-flight accounting for one RPC, and the mapping of its failure to a status."""
+    """Metrics, in-flight accounting, server span and access line for one RPC, and the mapping of its failure
+    to a status."""
 
-    def __init__(self, state: ServerState, method: str):
+    def __init__(self, state: ServerState, method: str, metadata, service: str):
         self.state = state
         self.method = method
         self.status = "OK"
         self.started = time.perf_counter()
+        self.record = logs.RequestRecord("grpc", service, _request_id(metadata), route=method)
+        self.span = self._server_span(metadata) if tracing.enabled() else None
+        # Each RPC runs in an asyncio task of its own, so what is set here ends with it. Not reset on purpose:
+        # a streaming handler can be finalised from another task, where resetting a context token fails.
+        logs.current_request.set(self.record)
+        if self.span is not None:
+            otel_context.attach(trace.set_span_in_context(self.span))
         state.request_started()
         metrics.INFLIGHT.labels("grpc").inc()
+
+    def _server_span(self, metadata) -> trace.Span:
+        carrier = {key: value for key, value in metadata or () if isinstance(value, str)}
+        service, _, method = self.method.lstrip("/").rpartition("/")
+        attributes = {
+            "rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
+            "modelserve.request_id": self.record.request_id,
+        }
+        return tracing.start_server_span(self.method.lstrip("/"), carrier, attributes)
+
+    def counted(self, request_or_iterator):
+        """The request, or a request stream that counts its bytes as the handler reads it."""
+        if not hasattr(request_or_iterator, "__aiter__"):
+            self.record.bytes_in += _message_size(request_or_iterator)
+            return request_or_iterator
+        return self._count_stream(request_or_iterator)
+
+    async def _count_stream(self, requests):
+        async for message in requests:
+            self.record.bytes_in += _message_size(message)
+            yield message
 
     async def fail(self, exc: BaseException, context) -> None:
         """Re-raise cancellations and aborts; turn everything else into an aborted call."""
@@ -139,6 +199,8 @@ class _TrackedCall:
             metadata = tuple((k.lower(), v) for k, v in exc.headers().items())
             await context.abort(exc.grpc_code, exc.message, trailing_metadata=metadata)
         self.status = "INTERNAL"
+        if self.span is not None:
+            self.span.record_exception(exc)
         log.error("unhandled error in %s", self.method, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
@@ -147,6 +209,14 @@ class _TrackedCall:
         self.state.request_finished()
         metrics.REQUESTS.labels("grpc", self.method, self.status).inc()
         metrics.REQUEST_LATENCY.labels("grpc", self.method).observe(time.perf_counter() - self.started)
+        self.record.status = self.status
+        self.record.log()  # while the span is current: the line carries its ids
+        if self.span is not None:
+            code = grpc.StatusCode[self.status]
+            self.span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code in SERVER_ERRORS:
+                self.span.set_status(trace.StatusCode.ERROR, self.status)
+            self.span.end()
 
 
 def create_grpc_server(
@@ -154,7 +224,12 @@ def create_grpc_server(
 ) -> grpc.aio.Server:
     max_message_bytes = settings.grpc_max_message_bytes
     server = grpc.aio.server(
-        interceptors=[ServingInterceptor(state, api_keys or ApiKeys.from_env(), settings.retry_after_s)],
+        interceptors=[
+            ServingInterceptor(
+                state, api_keys or ApiKeys.from_env(), settings.retry_after_s,
+                service=services[0].name if len(services) == 1 else "platform",
+            )
+        ],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -1,6 +1,7 @@
 """REST app factory: service routers plus health, metrics, errors, request ids and body limits."""
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -8,14 +9,17 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import iter_route_contexts
+from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from . import metrics
+from . import logs, metrics, tracing
 from .auth import ApiKeys
 from .config import ServiceSettings
 from .errors import Overloaded, PayloadTooLarge, ServiceError, Unauthenticated, Unavailable
+from .json_limits import json_shape_error, parses_as_json
 from .service import Service
 from .state import ServerState
 from .validation import describe
@@ -36,7 +40,8 @@ def error_response(error: ServiceError, error_body=None) -> JSONResponse:
 class ServingMiddleware:
     """Pure ASGI (not BaseHTTPMiddleware) so that streamed responses pass through untouched.
 
-    In order: request id, API key, readiness/draining, the in-flight limit, body size and body time.
+    In order: request id, API key, readiness/draining, the in-flight limit, body size and body time. Every
+    request but the probes and /metrics gets a server span (when tracing is on) and one access log line.
     """
 
     def __init__(
@@ -47,11 +52,15 @@ class ServingMiddleware:
         api_keys: ApiKeys,
         routes: list,
         error_body=None,
+        service: str = "modelserve",
     ):
         self.app = app
+        self.service = service
         self.error_body = error_body
         self.state = state
         self.max_body_bytes = settings.max_body_bytes
+        self.max_json_depth = settings.max_json_depth
+        self.max_json_elements = settings.max_json_elements
         self.body_timeout_s = settings.body_timeout_s
         self.max_concurrency = settings.max_concurrency
         self.retry_after_s = settings.retry_after_s
@@ -66,12 +75,15 @@ class ServingMiddleware:
         request_id = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1") or uuid.uuid4().hex
         path = scope["path"]
         status = {"code": 500}
+        record = logs.RequestRecord("rest", self.service, request_id, method=scope["method"])
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(REQUEST_ID_HEADER.encode(), request_id.encode())]
+            elif message["type"] == "http.response.body":
+                record.bytes_out += len(message.get("body", b""))
             await send(message)
 
         if path in PROBE_PATHS:
@@ -81,14 +93,40 @@ class ServingMiddleware:
             app = error_response(error, self.error_body) if error else self.app
             return await app(scope, receive, send_with_id)
 
+        span = self._server_span(scope, request_id) if tracing.enabled() else None
+        token = logs.current_request.set(record)
+        try:
+            with trace.use_span(span, end_on_exit=True) if span is not None else contextlib.nullcontext():
+                try:
+                    await self._serve(scope, headers, receive, send_with_id, status, record)
+                finally:
+                    self._finish(record, span, status["code"])
+        finally:
+            logs.current_request.reset(token)
+
+    @staticmethod
+    def _finish(record: logs.RequestRecord, span: trace.Span | None, status: int) -> None:
+        """Name the span by the route template and write the access line (inside the span: it carries the ids)."""
+        record.status = str(status)
+        if span is not None:
+            span.update_name(f"{record.method} {record.route}")
+            span.set_attributes({"http.route": record.route, "http.response.status_code": status})
+            if status >= 500:
+                span.set_status(trace.StatusCode.ERROR)
+        record.log()
+
+    async def _serve(self, scope, headers: dict, receive, send_with_id, status: dict, record: logs.RequestRecord):
         error = self._refuse_early(headers)
         if error is not None:
-            # Label by route template, never the raw path: random paths must not grow /metrics.
-            metrics.REQUESTS.labels("rest", self._route_template(scope), str(int(error.http_status))).inc()
+            # Label by route template, never the raw path: random paths must not grow /metrics (or traces).
+            record.route = self._route_template(scope)
+            metrics.REQUESTS.labels("rest", record.route, str(int(error.http_status))).inc()
             return await error_response(error, self.error_body)(scope, receive, send_with_id)
 
         received = 0
         body_done = False
+        # Kept whole (it is parsed whole anyway) to check its shape before FastAPI or a route parses it.
+        json_chunks = [] if parses_as_json(headers.get(b"content-type")) else None
         body_deadline = time.monotonic() + self.body_timeout_s
 
         async def limited_receive():
@@ -107,6 +145,10 @@ class ServingMiddleware:
                 body_done = not message.get("more_body", False)
                 if received > self.max_body_bytes:
                     raise StarletteHTTPException(413, f"request body exceeds the {self.max_body_bytes} byte limit")
+                if json_chunks is not None:
+                    json_chunks.append(message.get("body", b""))
+                    if body_done and (problem := self._json_shape_error(b"".join(json_chunks))):
+                        raise StarletteHTTPException(400, problem)
             return message
 
         started = time.perf_counter()
@@ -119,10 +161,20 @@ class ServingMiddleware:
             metrics.INFLIGHT.labels("rest").dec()
             self.state.request_finished()
             self.active -= 1
-            route = scope.get("route")
-            route_path = getattr(route, "path", "unmatched")
-            metrics.REQUESTS.labels("rest", route_path, str(status["code"])).inc()
-            metrics.REQUEST_LATENCY.labels("rest", route_path).observe(time.perf_counter() - started)
+            record.route = getattr(scope.get("route"), "path", "unmatched")
+            record.bytes_in = received
+            metrics.REQUESTS.labels("rest", record.route, str(status["code"])).inc()
+            metrics.REQUEST_LATENCY.labels("rest", record.route).observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _server_span(scope, request_id: str) -> trace.Span:
+        """Named by the method until routing finds the template; the caller's traceparent is its parent."""
+        carrier = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+        attributes = {"http.request.method": scope["method"], "url.path": scope["path"], "modelserve.request_id": request_id}
+        return tracing.start_server_span(scope["method"], carrier, attributes)
+
+    def _json_shape_error(self, body: bytes) -> str | None:
+        return json_shape_error(body, max_depth=self.max_json_depth, max_elements=self.max_json_elements)
 
     def _check_key(self, headers: dict) -> ServiceError | None:
         authorization = headers.get(b"authorization")
@@ -152,10 +204,11 @@ class ServingMiddleware:
         return None
 
     def _route_template(self, scope) -> str:
-        for route in self.routes:
+        # Routes of included routers sit behind one entry of app.routes; iter_route_contexts lists them whole.
+        for route in iter_route_contexts(self.routes):
             match, _ = route.matches(scope)
             if match is Match.FULL:
-                return getattr(route, "path", "unmatched")
+                return route.path or "unmatched"
         return "unmatched"
 
 
@@ -167,7 +220,9 @@ def create_rest_app(
     title: str = "modelserve",
 ) -> FastAPI:
     docs = {} if settings.docs else dict(docs_url=None, redoc_url=None, openapi_url=None)
-    app = FastAPI(title=title, **docs)
+    # FastAPI's own OpenTelemetry spans (0.165+) stay off: ServingMiddleware makes the server span, the same way
+    # for REST and gRPC and also for the requests it refuses before FastAPI sees them.
+    app = FastAPI(title=title, telemetry={"tracing": False, "metrics": False, "logs": False}, **docs)
     api_keys = api_keys or ApiKeys.from_env()
     error_body = next((s.error_body for s in services if s.error_body), None)
 
@@ -181,9 +236,10 @@ def create_rest_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large"}.get(
-            exc.status_code, "http_error"
-        )
+        code = {
+            400: "invalid_argument", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+            413: "payload_too_large",
+        }.get(exc.status_code, "http_error")
         body = {"error": {"code": code, "message": str(exc.detail), "type": code}}
         if error_body:
             body = error_body(ServiceError(str(exc.detail)))
@@ -235,6 +291,6 @@ def create_rest_app(
 
     app.add_middleware(
         ServingMiddleware, state=state, settings=settings, api_keys=api_keys, routes=app.router.routes,
-        error_body=error_body,
+        error_body=error_body, service=services[0].name if len(services) == 1 else "platform",
     )
     return app

@@ -4,17 +4,18 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import time
 from collections.abc import Callable
 
 import uvicorn
 from prometheus_client import start_http_server
 
+from . import tracing
 from .auth import ApiKeys
 from .compute import share_compute
 from .config import ServiceSettings
 from .grpc_server import create_grpc_server
+from .logs import configure_logging
 from .rest import create_rest_app
 from .service import Service
 from .state import ServerState
@@ -74,8 +75,10 @@ async def serve(
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
 
-    share_compute(services, threads=settings.threads, quantum_s=settings.compute_quantum_ms / 1000,
-                  gpu_concurrency=settings.gpu_concurrency)
+    if settings.compute_sharing == "auto":
+        share_compute(services, threads=settings.threads, quantum_s=settings.compute_quantum_ms / 1000,
+                      gpu_concurrency=settings.gpu_concurrency)
+    tracing.configure(services[0].name if len(services) == 1 else "modelserve")
     api_keys = ApiKeys.from_env()
     if api_keys.enabled:
         log.info("API keys required on every route but the health checks")
@@ -86,6 +89,8 @@ async def serve(
     rest = _Uvicorn(
         uvicorn.Config(
             app, host=settings.host, port=settings.rest_port, log_level=settings.log_level, lifespan="off",
+            # The kit writes one access line per request itself; uvicorn's lines go through the root logger.
+            access_log=False, log_config=None,
             timeout_graceful_shutdown=int(CLOSE_S),
             limit_concurrency=settings.max_concurrency + CONNECTION_HEADROOM,
         )
@@ -124,15 +129,9 @@ async def serve(
         raise RuntimeError("model loading failed") from failure
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-
 def run(create_services: Callable[[], list[Service]], settings: ServiceSettings) -> int:
     """Entry point of `python -m services.<name>` and of the platform: exit 0 after a clean drain."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(create_services(), settings))
     except RuntimeError:
