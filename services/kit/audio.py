@@ -1,15 +1,17 @@
 """Audio in and out for services that take or return sound (ASR, TTS, voice conversion).
 
-Decoding and encoding go through libsndfile (the `soundfile` package), resampling through scipy's
-polyphase filter, so every service accepts the same formats and refuses bad audio the same way.
+Decoding and encoding go through libsndfile (the `soundfile` package), resampling through libsoxr (`soxr`),
+so every service accepts the same formats and refuses bad audio the same way. Decoding is bounded before
+anything is allocated: the header's sample rate, channel count and length are checked first, then the
+samples are read in fixed-size blocks, folded to mono and resampled block by block, so neither a lying
+header nor a tiny file that decodes to hours of audio can take more memory than the duration limit allows.
 """
 
 import io
-from math import gcd
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
+import soxr
 
 from .errors import InvalidArgument, PayloadTooLarge, UnsupportedMediaType
 
@@ -30,6 +32,16 @@ _ENCODER_RATES = {
     "opus": (8000, 12000, 16000, 24000, 48000),
 }
 
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 192000
+MAX_CHANNELS = 8
+# Decoding work (frames x channels) per file whatever the duration limit, e.g. 30 minutes of 48 kHz in 4 channels.
+MAX_DECODED_SAMPLES = 400_000_000
+# Samples (frames x channels) read from libsndfile at a time: 4 MiB of float32.
+_BLOCK_SAMPLES = 1 << 20
+# libsndfile's frame count when the header does not say (e.g. a FLAC stream written without seeking back).
+_UNKNOWN_FRAMES = 2**63 - 1
+
 
 def readable_formats() -> list[str]:
     available = sf.available_formats()
@@ -46,11 +58,17 @@ def supported_output_formats() -> list[str]:
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Polyphase resampling with scipy's anti-aliasing FIR filter; a no-op at equal rates."""
+    """Mono float32 samples at another rate (libsoxr, high quality); a no-op at equal rates."""
     if from_rate == to_rate:
         return samples
-    divisor = gcd(from_rate, to_rate)
-    return resample_poly(samples, to_rate // divisor, from_rate // divisor).astype(np.float32)
+    return soxr.resample(np.ascontiguousarray(samples, dtype=np.float32), from_rate, to_rate)
+
+
+def check_sample_rate(rate: int, min_rate: int, max_rate: int, what: str = "audio", field: str = "file") -> None:
+    if not min_rate <= rate <= max_rate:
+        raise InvalidArgument(
+            f"{what} has a sample rate of {rate} Hz; accepted rates are {min_rate}-{max_rate} Hz", field=field
+        )
 
 
 def decode_audio(
@@ -59,55 +77,116 @@ def decode_audio(
     sample_rate: int = 16000,
     max_seconds: float | None = None,
     filename: str | None = None,
+    min_rate: int = MIN_SAMPLE_RATE,
+    max_rate: int = MAX_SAMPLE_RATE,
+    max_channels: int = MAX_CHANNELS,
 ) -> np.ndarray:
-    """Any readable audio file -> float32 mono samples in [-1, 1] at `sample_rate`."""
+    """Any readable audio file -> float32 mono samples in [-1, 1] at `sample_rate`.
+
+    Files whose header gives a rate outside [min_rate, max_rate] or more than `max_channels` channels get 400
+    before a sample is read; audio longer than `max_seconds` (by its header or once decoded) gets 413.
+    """
     name = f" '{filename}'" if filename else ""
     if not data:
         raise InvalidArgument(f"audio file{name} is empty", field="file")
     try:
         with sf.SoundFile(io.BytesIO(data)) as audio:
-            source_rate, frames = audio.samplerate, audio.frames
-            # Check the header's duration before decoding, so an hour-long upload costs nothing.
-            if max_seconds is not None and frames / source_rate > max_seconds:
-                raise PayloadTooLarge(
-                    f"audio{name} is {frames / source_rate:.1f} s long; the limit is {max_seconds:g} s",
-                    field="file",
-                )
-            samples = audio.read(dtype="float32", always_2d=True)
+            mono = _read_mono(audio, name, sample_rate, max_seconds, min_rate, max_rate, max_channels)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         reason = getattr(exc, "error_string", None) or str(exc)  # without the BytesIO repr
         raise UnsupportedMediaType(
             f"could not decode audio{name} ({reason}); readable formats: {', '.join(readable_formats())}",
             field="file",
         ) from exc
-    if samples.shape[0] == 0:
-        raise InvalidArgument(f"audio{name} contains no samples", field="file")
-    if max_seconds is not None and samples.shape[0] / source_rate > max_seconds:
-        # Headers of some formats (MP3) only estimate the length; the decoded length is the truth.
+    except MemoryError as exc:
         raise PayloadTooLarge(
-            f"audio{name} is {samples.shape[0] / source_rate:.1f} s long; the limit is {max_seconds:g} s",
-            field="file",
-        )
-    if not np.isfinite(samples).all():
-        raise InvalidArgument(f"audio{name} contains NaN or infinite samples", field="file")
-    mono = samples.mean(axis=1)
-    mono = resample(mono, source_rate, sample_rate)
+            f"audio{name} is too large to decode in the memory this server has; send shorter audio", field="file"
+        ) from exc
     if mono.size == 0:
         raise InvalidArgument(f"audio{name} is shorter than one sample at {sample_rate} Hz", field="file")
     # Float files may exceed full scale and the resampling filter may ring past it.
-    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
+    return np.clip(mono, -1.0, 1.0, out=mono)
+
+
+def _read_mono(
+    audio: sf.SoundFile,
+    name: str,
+    sample_rate: int,
+    max_seconds: float | None,
+    min_rate: int,
+    max_rate: int,
+    max_channels: int,
+) -> np.ndarray:
+    source_rate, channels, frames = audio.samplerate, audio.channels, audio.frames
+    check_sample_rate(source_rate, min_rate, max_rate, f"audio{name}")
+    if channels > max_channels:
+        raise InvalidArgument(
+            f"audio{name} has {channels} channels; at most {max_channels} are accepted", field="file"
+        )
+    # The header's length is checked first, so that an hour-long upload costs nothing; the decoded length is
+    # then counted block by block, because some headers only estimate it (MP3) or do not say (streamed FLAC).
+    max_frames = MAX_DECODED_SAMPLES // channels
+    if max_seconds is not None:
+        max_frames = min(max_frames, int(max_seconds * source_rate))
+    if frames != _UNKNOWN_FRAMES and frames > max_frames:
+        raise _too_long(name, frames, source_rate, channels, max_seconds)
+    block_frames = max(1, _BLOCK_SAMPLES // channels)
+    block = np.empty((block_frames, channels), dtype=np.float32)
+    resampler = (
+        soxr.ResampleStream(source_rate, sample_rate, 1, dtype="float32") if source_rate != sample_rate else None
+    )
+    pieces, decoded = [], 0
+    while True:
+        read = audio.read(frames=block_frames, dtype="float32", always_2d=True, out=block)
+        if len(read) == 0:
+            break
+        decoded += len(read)
+        if decoded > max_frames:
+            raise _too_long(name, decoded, source_rate, channels, max_seconds, at_least=True)
+        if not np.isfinite(read).all():
+            raise InvalidArgument(f"audio{name} contains NaN or infinite samples", field="file")
+        mono = read[:, 0] if channels == 1 else read.mean(axis=1, dtype=np.float32)
+        # The block buffer is reused: keep a copy when nothing else made one.
+        pieces.append(resampler.resample_chunk(mono) if resampler else mono.copy())
+        if len(read) < block_frames:
+            break
+    if decoded == 0:
+        raise InvalidArgument(f"audio{name} contains no samples", field="file")
+    if resampler:
+        pieces.append(resampler.resample_chunk(np.empty(0, dtype=np.float32), last=True))
+    return np.concatenate(pieces)
+
+
+def _too_long(
+    name: str, frames: int, rate: int, channels: int, max_seconds: float | None, at_least: bool = False
+) -> PayloadTooLarge:
+    more = "more than " if at_least else ""
+    if max_seconds is not None and frames / rate > max_seconds:
+        return PayloadTooLarge(
+            f"audio{name} is {more}{frames / rate:.1f} s long; the limit is {max_seconds:g} s", field="file"
+        )
+    return PayloadTooLarge(
+        f"audio{name} decodes to {more}{frames * channels} samples (frames x channels); "
+        f"the limit is {MAX_DECODED_SAMPLES}",
+        field="file",
+    )
 
 
 def decode_pcm16(
-    data: bytes, source_rate: int, *, sample_rate: int = 16000, max_seconds: float | None = None
+    data: bytes,
+    source_rate: int,
+    *,
+    sample_rate: int = 16000,
+    max_seconds: float | None = None,
+    min_rate: int = MIN_SAMPLE_RATE,
+    max_rate: int = MAX_SAMPLE_RATE,
 ) -> np.ndarray:
     """Raw 16-bit little-endian mono PCM (what a microphone stream carries) -> float32 samples at `sample_rate`."""
     if not data:
         raise InvalidArgument("audio stream is empty", field="audio")
     if len(data) % 2:
         raise InvalidArgument(f"raw PCM needs whole 16-bit samples; got {len(data)} bytes", field="audio")
-    if not 1000 <= source_rate <= 384000:
-        raise InvalidArgument(f"sample rate {source_rate} Hz is outside 1000-384000 Hz", field="sample_rate")
+    check_sample_rate(source_rate, min_rate, max_rate, "raw PCM", field="pcm_sample_rate")
     duration = len(data) / 2 / source_rate
     if max_seconds is not None and duration > max_seconds:
         raise PayloadTooLarge(

@@ -1,9 +1,11 @@
 import io
+import struct
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from services.kit import audio as audio_module
 from services.kit.audio import (
     decode_audio,
     decode_pcm16,
@@ -28,6 +30,24 @@ def file_bytes(samples: np.ndarray, rate: int, fmt: str, subtype: str | None = N
 def dominant_frequency(samples: np.ndarray, rate: int) -> float:
     spectrum = np.abs(np.fft.rfft(samples))
     return float(np.fft.rfftfreq(samples.size, 1 / rate)[spectrum.argmax()])
+
+
+def wav_header(rate: int, channels: int = 1, frames: int = 1000) -> bytes:
+    """A 16-bit PCM WAV written by hand, so that its header can say anything."""
+    body = bytes(frames * channels * 2)
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * channels * 2, channels * 2, 16)
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(body)) + body
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+def flac_claiming(data: bytes, total_frames: int) -> bytes:
+    """The FLAC file with its STREAMINFO total-samples field (36 bits; 0 = unknown) replaced."""
+    patched = bytearray(data)
+    start = 4 + 4 + 10  # "fLaC", metadata block header, then block sizes and frame sizes
+    field = int.from_bytes(patched[start : start + 8], "big")
+    field = (field & ~((1 << 36) - 1)) | total_frames
+    patched[start : start + 8] = field.to_bytes(8, "big")
+    return bytes(patched)
 
 
 @pytest.mark.parametrize(
@@ -64,6 +84,19 @@ def test_downsampling_filters_out_frequencies_above_the_new_nyquist():
     samples = decode_audio(file_bytes(tone(7000, 1.0, 48000), 48000, "WAV", "FLOAT"), sample_rate=8000)
     assert samples.size == 8000
     assert np.sqrt(np.mean(samples[500:-500] ** 2)) < 0.01
+
+
+def test_resampling_keeps_frequency_amplitude_and_phase_across_blocks():
+    # 30 s of stereo at 44.1 kHz spans several decode blocks: the block-wise resampler must join them seamlessly.
+    rate, seconds = 44100, 30.0
+    left = tone(440, seconds, rate)
+    samples = decode_audio(file_bytes(np.stack([left, left], axis=1), rate, "WAV", "FLOAT"))
+    assert samples.size == 16000 * seconds
+    ideal = tone(440, seconds, 16000)
+    inner = slice(1000, -1000)  # the filter's edges
+    assert np.abs(samples[inner] - ideal[inner]).max() < 1e-3
+    assert np.sqrt(np.mean(samples[inner] ** 2)) == pytest.approx(0.5 / np.sqrt(2), rel=1e-3)
+    assert abs(dominant_frequency(samples, 16000) - 440) < 0.1
 
 
 def test_upsampling_keeps_the_tone():
@@ -113,6 +146,64 @@ def test_over_long_audio_names_limit_and_duration():
     assert "3.0 s" in caught.value.message and "2 s" in caught.value.message
 
 
+@pytest.mark.parametrize("rate", [1, 7999, 192001, 655347, 5000011])
+def test_header_rate_outside_the_range_is_refused_before_reading(rate, monkeypatch):
+    monkeypatch.setattr(sf.SoundFile, "read", lambda *args, **kwargs: pytest.fail("samples were read"))
+    with pytest.raises(InvalidArgument) as caught:
+        decode_audio(wav_header(rate), filename="odd.wav")
+    assert f"{rate} Hz" in caught.value.message and "8000-192000 Hz" in caught.value.message
+
+
+def test_rate_range_and_channel_limit_come_from_the_caller():
+    data = wav_header(44100, channels=2)
+    assert decode_audio(data, min_rate=44100, max_rate=44100, max_channels=2).size > 0
+    with pytest.raises(InvalidArgument, match="44100 Hz; accepted rates are 8000-22050 Hz"):
+        decode_audio(data, max_rate=22050)
+    with pytest.raises(InvalidArgument, match="2 channels; at most 1"):
+        decode_audio(data, max_channels=1)
+
+
+def test_a_thousand_channels_are_refused_before_reading(monkeypatch):
+    monkeypatch.setattr(sf.SoundFile, "read", lambda *args, **kwargs: pytest.fail("samples were read"))
+    with pytest.raises(InvalidArgument, match="1000 channels; at most 8"):
+        decode_audio(wav_header(16000, channels=1000))
+
+
+def test_header_claiming_billions_of_frames_is_refused_before_reading(monkeypatch):
+    data = flac_claiming(file_bytes(tone(440, 0.5, 16000), 16000, "FLAC"), (1 << 36) - 1)
+    monkeypatch.setattr(sf.SoundFile, "read", lambda *args, **kwargs: pytest.fail("samples were read"))
+    with pytest.raises(PayloadTooLarge, match="4294967.3 s long; the limit is 60 s"):
+        decode_audio(data, max_seconds=60)
+
+
+def test_flac_of_unknown_length_stops_at_the_duration_budget(monkeypatch):
+    # 200 s of silence compresses to a few KB and its header does not say how long it is.
+    silence = file_bytes(np.zeros(200 * 8000, dtype=np.int16), 8000, "FLAC")
+    data = flac_claiming(silence, 0)
+    assert len(data) < 10_000
+    blocks = []
+    read = sf.SoundFile.read
+    monkeypatch.setattr(sf.SoundFile, "read", lambda *a, **k: blocks.append(1) or read(*a, **k))
+    with pytest.raises(PayloadTooLarge, match="more than 1.*the limit is 1 s"):
+        decode_audio(data, max_seconds=1, filename="bomb.flac")
+    assert len(blocks) == 1  # stopped at the first block past the budget, not at the end of the file
+
+
+def test_absolute_sample_cap_applies_without_a_duration_limit(monkeypatch):
+    monkeypatch.setattr(audio_module, "MAX_DECODED_SAMPLES", 20000)
+    with pytest.raises(PayloadTooLarge, match="32000 samples .*the limit is 20000"):
+        decode_audio(file_bytes(np.zeros((16000, 2), dtype=np.float32), 16000, "WAV"))
+
+
+def test_running_out_of_memory_while_decoding_is_payload_too_large(monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(audio_module, "_read_mono", exhausted)
+    with pytest.raises(PayloadTooLarge, match="too large to decode"):
+        decode_audio(file_bytes(tone(440, 0.1, 16000), 16000, "WAV"))
+
+
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])
 def test_encode_round_trips_through_decode(fmt):
     if fmt not in supported_output_formats():
@@ -146,8 +237,10 @@ def test_raw_pcm_decodes_and_resamples():
 def test_raw_pcm_refuses_half_samples_bad_rates_and_long_streams():
     with pytest.raises(InvalidArgument, match="16-bit"):
         decode_pcm16(b"\x00\x01\x02", 16000)
-    with pytest.raises(InvalidArgument, match="sample rate"):
+    with pytest.raises(InvalidArgument, match="10 Hz; accepted rates are 8000-192000 Hz"):
         decode_pcm16(b"\x00\x00", 10)
+    with pytest.raises(InvalidArgument, match="16000 Hz; accepted rates are 22050-48000 Hz"):
+        decode_pcm16(b"\x00\x00", 16000, min_rate=22050, max_rate=48000)
     with pytest.raises(InvalidArgument, match="empty"):
         decode_pcm16(b"", 16000)
     with pytest.raises(PayloadTooLarge, match="limit is 1 s"):
