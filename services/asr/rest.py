@@ -54,10 +54,18 @@ def create_router(runner: AsrRunner, batcher: DynamicBatcher, settings: AsrSetti
         options, language = check_request(body, task, runner, settings)
         data = await file.read()
         audio = await run_in_threadpool(
-            decode_audio, data, max_seconds=settings.max_audio_seconds, filename=file.filename
+            decode_audio,
+            data,
+            max_seconds=settings.max_audio_seconds,
+            filename=file.filename,
+            min_rate=settings.min_sample_rate,
+            max_rate=settings.max_sample_rate,
+            max_channels=settings.max_channels,
         )
         job = build_job(body, options, language, audio)
-        transcript = await batcher.submit(job, key=job.batch_key, disconnected=request.is_disconnected)
+        transcript = await batcher.submit(
+            job, key=job.batch_key, disconnected=request.is_disconnected, cost=runner.cost(job)
+        )
         return render(transcript, body, task, runner)
 
     @router.post("/v1/audio/transcriptions")

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge
 from transformers import (
     AutoConfig,
@@ -29,9 +30,10 @@ from transformers import (
 from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
 from transformers.utils import cached_file
 
+from services.kit import tracing
 from services.kit.batcher import Work
 from services.kit.errors import Cancelled, InvalidArgument
-from services.kit.torch_models import TorchRuntime, resolve_source
+from services.kit.torch_models import StopWhenCancelled, TorchRuntime, resolve_source
 
 from .drafting import DraftConfig, Drafter, WhisperWithDraftLoop
 from .settings import AsrSettings
@@ -61,16 +63,6 @@ REALTIME_FACTOR = Gauge(
 )
 
 
-class _MaxNewTokensWarningFilter(logging.Filter):
-    """Assisted decoding sets max_new_tokens on the assistant every round; its max_length warning would flood."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "seem to have been set" not in record.getMessage()
-
-
-logging.getLogger("transformers.generation.utils").addFilter(_MaxNewTokensWarningFilter())
-
-
 @dataclass
 class DraftTally:
     """Running totals, updated only from the model thread."""
@@ -86,13 +78,20 @@ _SERVED_DRAFTS = DraftTally()
 
 class DraftCountingWhisper(WhisperWithDraftLoop):
     """Whisper that counts what the assistant drafts and the main model accepts, read off the candidate generator
-    (the cheap draft loop of `drafting.py` once `drafter` is set).
+    (the cheap draft loop of `drafting.py` once `drafter` is set), and decodes each window under one length limit.
 
     generate() builds a fresh candidate generator per call; its `get_candidates` returns the drafts and
     `update_candidate_strategy` receives how many of them matched.
     """
 
     draft_tally: DraftTally | None = None
+
+    def _set_max_new_tokens_and_length(self, config, decoder_input_ids, generation_config):
+        # Whisper sets each window's length limit here. Given max_new_tokens, the max_length its config preparation
+        # always fills in is a second, conflicting limit (generate() warns about the pair every window): drop it.
+        super()._set_max_new_tokens_and_length(config, decoder_input_ids, generation_config)
+        if generation_config.max_new_tokens is not None:
+            generation_config.max_length = None
 
     def _get_candidate_generator(self, *args, **kwargs):
         generator = super()._get_candidate_generator(*args, **kwargs)
@@ -101,13 +100,19 @@ class DraftCountingWhisper(WhisperWithDraftLoop):
             return generator
         get_candidates, update_strategy = generator.get_candidates, generator.update_candidate_strategy
 
+        drafted = 0
+
         def counted_get_candidates(input_ids, *rest, **kw):
+            nonlocal drafted
             candidates, logits = get_candidates(input_ids, *rest, **kw)
-            tally.drafted += candidates.shape[1] - input_ids.shape[1]
+            drafted = candidates.shape[1] - input_ids.shape[1]
+            tally.drafted += drafted
             return candidates, logits
 
         def counted_update(input_ids, scores, num_matches):
             tally.accepted += int(num_matches)
+            # An event on the request's model span (made current by predict_batch); a no-op when not traced.
+            trace.get_current_span().add_event("draft_round", {"drafted": drafted, "accepted": int(num_matches)})
             return update_strategy(input_ids, scores, num_matches)
 
         generator.get_candidates = counted_get_candidates
@@ -179,6 +184,8 @@ class AsrRunner:
     model: DraftCountingWhisper | None = None
     assistant: torch.nn.Module | None = None
     tally: DraftTally = field(default_factory=DraftTally)
+    # The checkpoint's length limit (Whisper: tokens per 30 s window), taken out of its generation config at load.
+    model_max_length: int | None = None
     # Requests queued behind the batch being decoded (the service wires in its batcher's queue depth).
     queued: Callable[[], int] = lambda: 0
 
@@ -190,6 +197,11 @@ class AsrRunner:
         source = resolve_source(s.model)
         self.processor = WhisperProcessor.from_pretrained(source)
         self.model = self.runtime.load(DraftCountingWhisper, source)
+        # Each call passes its own length limit (see `_generate_kwargs`); a max_length left in the model's config
+        # would be a second limit that generate() warns about on every window.
+        config = self.model.generation_config
+        self.model_max_length = config.max_length or self.model.config.max_target_positions
+        config.max_length = None
         self.model.draft_tally = self.tally
         self.model.model.decoder.register_forward_hook(self._count_main_pass)
         if s.assistant_model:
@@ -236,6 +248,25 @@ class AsrRunner:
                 f"main encoder's outputs of width {main.d_model}"
             )
         return self.runtime.load(AutoModelForCausalLM, source)
+
+    @property
+    def window_tokens(self) -> int:
+        """The most tokens decoded per 30 s window: the configured cap, else the model's own limit."""
+        return self.settings.max_new_tokens or self.model_max_length
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """Prompt tokens a request may give: Whisper conditions on at most half its decoder positions (OpenAI's
+        decoder keeps the last 223 tokens), and a window still needs room for its start tokens and its own."""
+        positions = self.model.config.max_target_positions
+        return min(positions // 2 - 1, positions - 4 - (self.settings.max_new_tokens or 0))
+
+    def prompt_tokens(self, prompt: str) -> int:
+        return len(self.processor.get_prompt_ids(prompt))
+
+    def cost(self, job: AsrJob) -> float:
+        """The job's work in audio-second-tokens: seconds of audio x the tokens each 30 s window may take."""
+        return job.duration * self.window_tokens
 
     def _count_main_pass(self, module, args, output) -> None:
         self.tally.main_passes += 1
@@ -308,14 +339,28 @@ class AsrRunner:
             # Re-decided before each assisted decode: if requests piled up meanwhile, the rest of this batch is
             # decoded together instead.
             if self.choose_path([work.payload for work in pending]) == "plain":
-                transcripts = self.transcribe([work.payload for work in pending], "plain")
+                for work in pending:
+                    work.span.set_attribute("asr.path", "plain")
+                try:
+                    transcripts = self.transcribe(
+                        [work.payload for work in pending], "plain", stop=StopWhenCancelled(pending)
+                    )
+                except Cancelled:  # every request of the batch went away mid-decode
+                    break
                 results.update(
                     (id(work), transcript) for work, transcript in zip(pending, transcripts, strict=True)
                 )
                 break
             work = pending.pop(0)
+            drafted, accepted = self.tally.drafted, self.tally.accepted
             try:  # assisted generate decodes one sequence at a time
-                results[id(work)] = self.transcribe([work.payload], "assisted")[0]
+                with tracing.activate(work.span):  # its draft rounds become events of this request's span
+                    stop = StopWhenCancelled([work])
+                    results[id(work)] = self.transcribe([work.payload], "assisted", stop=stop)[0]
+                work.span.set_attributes({"asr.path": "assisted", "asr.draft.tokens": self.tally.drafted - drafted,
+                                          "asr.draft.accepted": self.tally.accepted - accepted})
+            except Cancelled:
+                continue
             except Exception as exc:  # one bad request must not fail its neighbours
                 log.exception("assisted transcription failed")
                 results[id(work)] = exc
@@ -384,6 +429,8 @@ class AsrRunner:
         max_new_tokens = max_new_tokens or self.settings.max_new_tokens
         if max_new_tokens:
             kwargs["max_new_tokens"] = max_new_tokens
+        else:
+            kwargs["max_length"] = self.model_max_length
         if path == "assisted":
             kwargs["assistant_model"] = self.assistant
             # Whisper's generate drops the begin-suppression when an assistant is present (the assistant must be
@@ -402,9 +449,18 @@ class AsrRunner:
 
     @torch.inference_mode()
     def transcribe(
-        self, jobs: list[AsrJob], path: DecodingPath, max_new_tokens: int | None = None, record: bool = True
+        self,
+        jobs: list[AsrJob],
+        path: DecodingPath,
+        max_new_tokens: int | None = None,
+        record: bool = True,
+        stop: StopWhenCancelled | None = None,
     ) -> list[Transcript]:
-        """Decode jobs sharing a batch key; assisted decoding takes exactly one job."""
+        """Decode jobs sharing a batch key; assisted decoding takes exactly one job.
+
+        `stop` ends decoding within a step once every request is cancelled, and raises `Cancelled` before the
+        next 30 s window of long-form audio.
+        """
         if path == "assisted" and (len(jobs) != 1 or self.assistant is None):
             raise ValueError("assisted decoding needs an assistant model and exactly one job")
         started = time.perf_counter()
@@ -420,6 +476,8 @@ class AsrRunner:
             kwargs["attention_mask"] = features.attention_mask
         if self.multilingual:
             kwargs.update(task=jobs[0].options.task, language=languages if len(jobs) > 1 else languages[0])
+        if stop is not None:
+            kwargs.update(stopping_criteria=[stop], monitor_progress=stop.check)
         output = self.model.generate(features.input_features, **kwargs)
         sequences = output["sequences"] if isinstance(output, dict) else output
         segments = output.get("segments") if isinstance(output, dict) else None

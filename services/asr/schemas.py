@@ -56,6 +56,10 @@ def check_request(
             f"prompt: {len(request.prompt)} characters exceeds the limit of {settings.max_prompt_chars}",
             field="prompt",
         )
+    if request.prompt and (tokens := runner.prompt_tokens(request.prompt)) > runner.max_prompt_tokens:
+        raise InvalidArgument(
+            f"prompt: {tokens} tokens exceeds the limit of {runner.max_prompt_tokens}", field="prompt"
+        )
     if task == "translate" and not runner.multilingual:
         raise InvalidArgument(
             f"task: model {runner.model_id} is English-only and cannot translate", field="task"

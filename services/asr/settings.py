@@ -34,6 +34,13 @@ class AsrSettings(ServiceSettings):
         "assistant's assistant_confidence_threshold",
     )
     max_audio_seconds: float = Field(1800.0, gt=0, description="longer uploads get 413")
+    # Checked from the header before a sample is decoded: a file claiming 5 MHz would otherwise cost gigabytes.
+    min_sample_rate: int = Field(8000, ge=1, description="audio at a lower sample rate gets 400")
+    max_sample_rate: int = Field(192000, ge=1, description="audio at a higher sample rate gets 400")
+    max_channels: int = Field(8, ge=1, description="audio with more channels gets 400")
+    max_stream_messages: int = Field(
+        200_000, ge=1, description="a TranscribeStream call sending more messages than this is cut off"
+    )
     max_new_tokens: int | None = Field(
         None, ge=1, description="tokens per 30 s window; None keeps the model's limit (448 for Whisper)"
     )
@@ -42,3 +49,17 @@ class AsrSettings(ServiceSettings):
     max_batch_size: int = Field(16, ge=1)
     # OpenAI's upload limit for audio files.
     max_body_bytes: int = Field(25 * 1024 * 1024, ge=1024)
+    # Work budgets in audio-second-tokens: seconds of audio x the tokens a 30 s window may take (max_new_tokens,
+    # else the model's limit: 448 for Whisper).
+    max_request_cost: float | None = Field(
+        1800 * 448,
+        gt=0,
+        description="audio-second-tokens (seconds x tokens per 30 s window) one request may cost; more gets 400. "
+        "The default, 806,400, admits a 30-minute upload at Whisper's full 448 tokens a window; None = no budget",
+    )
+    max_batch_cost: float | None = Field(
+        1800 * 448,
+        gt=0,
+        description="audio-second-tokens decoded in one batch: 16 clips of 30 s fit together (215,040), a "
+        "30-minute clip runs alone (a lone request always runs)",
+    )

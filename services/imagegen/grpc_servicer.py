@@ -28,12 +28,12 @@ class ImageGenerationServicer(pb_grpc.ImageGenerationServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         body, job = await self._prepare(request, streaming=False)
-        images = await self.batcher.submit(job, key=job.batch_key, timeout=time_remaining(context))
+        images = await self.batcher.submit(job, key=job.batch_key, timeout=time_remaining(context), cost=job.cost)
         return await asyncio.to_thread(self._response, images, body, job)
 
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateEvent]:
         body, job = await self._prepare(request, streaming=True)
-        async for event in self.batcher.stream(job, key=job.batch_key, timeout=time_remaining(context)):
+        async for event in self.batcher.stream(job, key=job.batch_key, timeout=time_remaining(context), cost=job.cost):
             if isinstance(event, Progress):
                 yield pb.GenerateEvent(progress=pb.Progress(step=event.step, total_steps=event.total_steps))
             elif isinstance(event, Preview):

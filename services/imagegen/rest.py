@@ -18,7 +18,7 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 
 from services.kit.batcher import Done, DynamicBatcher
-from services.kit.errors import InvalidArgument, Overloaded, ServiceError, UnsupportedMediaType
+from services.kit.errors import InvalidArgument, ServiceError, UnsupportedMediaType
 from services.kit.validation import parse
 
 from .images import decode_image, encode_image, mask_from
@@ -78,16 +78,13 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
     async def answer(job: ImageJob, body: ImageGenerationRequest, request: Request, kind: str):
         if body.stream:
             # Refuse here while a proper status code is still possible; the stream reports later errors.
-            if batcher.queue_depth >= batcher.max_queue:
-                raise Overloaded(
-                    "image generation queue is full; try again shortly", retry_after=settings.retry_after_s
-                )
+            batcher.admit(job.cost)
             return StreamingResponse(
                 stream_events(job, body, request, kind),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        images = await batcher.submit(job, key=job.batch_key, disconnected=request.is_disconnected)
+        images = await batcher.submit(job, key=job.batch_key, disconnected=request.is_disconnected, cost=job.cost)
         return await asyncio.to_thread(build_response, images, body, job, runner.model_name)
 
     async def stream_events(
@@ -95,7 +92,9 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
     ) -> AsyncIterator[str]:
         image_fields = {"output_format": body.output_format, "background": "opaque"}
         try:
-            async for event in batcher.stream(job, key=job.batch_key, disconnected=request.is_disconnected):
+            async for event in batcher.stream(
+                job, key=job.batch_key, disconnected=request.is_disconnected, cost=job.cost
+            ):
                 now = int(time.time())
                 if isinstance(event, Progress):
                     yield sse(

@@ -121,6 +121,13 @@ class ImageJob:
         return len(self.seeds)
 
     @property
+    def cost(self) -> float:
+        """The job's work in 512x512-image denoising steps: images x pixels / 512^2 x steps actually run (an
+        edit runs strength x steps)."""
+        steps = self.steps if self.strength is None else max(1, int(self.steps * self.strength))
+        return self.n * self.width * self.height / (512 * 512) * steps
+
+    @property
     def batch_key(self) -> tuple:
         # Guidance is one scalar per pipeline call, so it belongs here; prompts go in as lists.
         return (
@@ -377,6 +384,7 @@ class ImageGenRunner:
                 if not work.cancelled:
                     waiting = True
                     work.emit(Progress(step, total))
+                    work.span.add_event("denoising_step", {"step": step, "total_steps": total})
                     index = job.preview_index(step, total)
                     if index is not None:
                         previews = latents_to_previews(latents[offset : offset + job.n])

@@ -256,7 +256,9 @@ class DynamicBatcher:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _enqueue(self, payload: Any, key: Hashable, timeout: float | None, events, cost: float, nbytes: int) -> Work:
+    def admit(self, cost: float = 1.0, nbytes: int = 0) -> None:
+        """Raise what `submit` would refuse this request with, without queuing it: for a streaming route
+        that must answer errors before its response headers go out."""
         if self._stopping:
             raise Unavailable("server is shutting down", retry_after=self.retry_after_s)
         if self.max_request_cost is not None and cost > self.max_request_cost:
@@ -266,8 +268,6 @@ class DynamicBatcher:
                 f"({self.cost_setting}): send fewer or shorter inputs, or smaller generation settings",
                 field="max_request_cost",
             )
-        loop = asyncio.get_running_loop()
-        self._ensure_running(loop)
         if len(self._queue) >= self.max_queue:
             metrics.REJECTED.labels(batcher=self.name, reason="queue_full").inc()
             raise Overloaded(
@@ -281,6 +281,11 @@ class DynamicBatcher:
                 f"{self.name}: {self._queued_bytes} bytes of requests already queued; try again shortly",
                 retry_after=self.retry_after_s,
             )
+
+    def _enqueue(self, payload: Any, key: Hashable, timeout: float | None, events, cost: float, nbytes: int) -> Work:
+        self.admit(cost, nbytes)
+        loop = asyncio.get_running_loop()
+        self._ensure_running(loop)
         budget = self.timeout_s if timeout is None else min(timeout, self.timeout_s)
         now = time.monotonic()
         work = Work(payload, key, now, now + budget, loop.create_future(), loop, events, cost, nbytes,

@@ -1,11 +1,17 @@
 """Device, dtype and weight loading for the torch services (imported only by them: the TF service
-image has no torch)."""
+image has no torch), and the stop signal for their decoding loops."""
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
+from transformers import StoppingCriteria
+
+from .batcher import Work
+from .errors import Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +130,40 @@ class TorchRuntime:
         if self.few_row_linears and self.device.type == "cpu" and self.dtype == torch.float32:
             use_few_row_linears(model)
         return model
+
+
+class StopWhenCancelled(StoppingCriteria):
+    """Frees the model thread within one decoding step once nobody waits for any request of a batch.
+
+    As a `generate(stopping_criteria=[...])` entry it marks every row done once EVERY work is cancelled (client
+    gone, deadline passed, server stopping): greedy and sampled decoding end at that step, and beam search
+    (which asks about its `batch x 2 x num_beams` candidate rows) finds no running beam left to continue. While
+    one request is still waited for, the batch decodes on unchanged. Loops that take no stopping criteria
+    (Whisper's 30 s windows, SpeechT5's spectrogram steps) call `check` or use `checked_before` instead: they
+    are left by raising `Cancelled`. Each look at the works also counts as the batch's liveness beat.
+    """
+
+    def __init__(self, works: Iterable[Work]):
+        self.works = tuple(works)
+
+    @property
+    def all_cancelled(self) -> bool:
+        return all(work.cancelled for work in self.works)
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.all_cancelled, dtype=torch.bool, device=input_ids.device)
+
+    def check(self, *_) -> None:
+        """Raise `Cancelled` once every work is cancelled; takes (and ignores) any arguments, so that it can be
+        a callback such as Whisper's `monitor_progress`."""
+        if self.all_cancelled:
+            raise Cancelled(f"all {len(self.works)} requests of the batch were cancelled")
+
+    @contextlib.contextmanager
+    def checked_before(self, module: torch.nn.Module) -> Iterator[None]:
+        """`check` before every forward of `module` (one decoding step of a loop without stopping criteria)."""
+        handle = module.register_forward_pre_hook(self.check)
+        try:
+            yield
+        finally:
+            handle.remove()

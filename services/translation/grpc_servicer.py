@@ -27,7 +27,9 @@ class TranslationServicer(pb_grpc.TranslationServicer):
         body = parse(TranslateRequest, fields)
         self.runner.ensure_pair(body.pair)
         job = build_job(body, self.settings)
-        hypotheses = await self.batcher.submit(job, key=job.batch_key, timeout=time_remaining(context))
+        hypotheses = await self.batcher.submit(
+            job, key=job.batch_key, timeout=time_remaining(context), cost=self.runner.cost(job)
+        )
         response = build_response(hypotheses, self.runner.model_name(job.pair))
         return pb.TranslateResponse(
             translations=response.translations,

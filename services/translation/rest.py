@@ -16,7 +16,9 @@ def create_router(runner: TranslationRunner, batcher: DynamicBatcher, settings: 
     async def translate(body: TranslateRequest, request: Request) -> TranslateResponse:
         runner.ensure_pair(body.pair)
         job = build_job(body, settings)
-        hypotheses = await batcher.submit(job, key=job.batch_key, disconnected=request.is_disconnected)
+        hypotheses = await batcher.submit(
+            job, key=job.batch_key, disconnected=request.is_disconnected, cost=runner.cost(job)
+        )
         return build_response(hypotheses, runner.model_name(job.pair))
 
     return router

@@ -9,7 +9,7 @@ from transformers import FSMTForConditionalGeneration, FSMTTokenizer
 
 from services.kit.batcher import Work
 from services.kit.errors import NotFound
-from services.kit.torch_models import TorchRuntime, resolve_source
+from services.kit.torch_models import StopWhenCancelled, TorchRuntime, resolve_source
 
 from .settings import TranslationSettings
 
@@ -59,9 +59,11 @@ class TranslationRunner:
         for pair, model_id in s.models.items():
             source = resolve_source(model_id)
             self.tokenizers[pair] = FSMTTokenizer.from_pretrained(source)
-            self.models[pair] = self.runtime.tune_for_decoding(
-                self.runtime.load(FSMTForConditionalGeneration, source)
-            )
+            model = self.runtime.tune_for_decoding(self.runtime.load(FSMTForConditionalGeneration, source))
+            # Every call gives max_new_tokens (the service's length limit); the checkpoint's max_length would be a
+            # second, conflicting limit that generate() warns about on every request.
+            model.generation_config.max_length = None
+            self.models[pair] = model
             log.info("loaded %s from %s", pair, source)
 
     def warmup(self) -> None:
@@ -91,12 +93,21 @@ class TranslationRunner:
                 field="target_lang",
             )
 
+    def cost(self, job: TranslationJob) -> float:
+        """The job's work in beam-tokens: texts x beams x return sequences x max_new_tokens (the model's own beam
+        count when the request sets none)."""
+        options = job.options
+        beams = options.num_beams or self.models[job.pair].generation_config.num_beams or 1
+        return len(job.texts) * beams * options.num_return_sequences * options.max_new_tokens
+
     @torch.inference_mode()
-    def translate(self, pair: str, texts: list[str], options: GenerationOptions) -> list[list[str]]:
-        """num_return_sequences hypotheses per text, best first."""
+    def translate(
+        self, pair: str, texts: list[str], options: GenerationOptions, stop: StopWhenCancelled | None = None
+    ) -> list[list[str]]:
+        """num_return_sequences hypotheses per text, best first; `stop` ends decoding early once nobody waits."""
         tokenizer, model = self.tokenizers[pair], self.models[pair]
         inputs = tokenizer(texts, return_tensors="pt", padding=True).to(self.runtime.device)
-        output = model.generate(**inputs, **options.generate_kwargs())
+        output = model.generate(**inputs, **options.generate_kwargs(), stopping_criteria=[stop] if stop else None)
         decoded = tokenizer.batch_decode(output, skip_special_tokens=True)
         n = options.num_return_sequences
         return [decoded[i * n : (i + 1) * n] for i in range(len(texts))]
@@ -105,7 +116,7 @@ class TranslationRunner:
         """All works share pair and options (the batch key): one generate call for all their texts."""
         first: TranslationJob = works[0].payload
         texts = [text for work in works for text in work.payload.texts]
-        hypotheses = self.translate(first.pair, texts, first.options)
+        hypotheses = self.translate(first.pair, texts, first.options, StopWhenCancelled(works))
         results, offset = [], 0
         for work in works:
             count = len(work.payload.texts)

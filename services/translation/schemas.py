@@ -15,7 +15,9 @@ class TranslateRequest(BaseModel):
     source_lang: str = Field(min_length=2, max_length=8, examples=["en"])
     target_lang: str = Field(min_length=2, max_length=8, examples=["de"])
     num_beams: int | None = Field(None, ge=1)
-    length_penalty: float | None = None
+    length_penalty: float | None = Field(
+        None, ge=-10, le=10, allow_inf_nan=False, description="exponent of the length in beam scores"
+    )
     early_stopping: bool | None = None
     num_return_sequences: int = Field(1, ge=1)
     max_new_tokens: int | None = Field(None, ge=1)

@@ -16,3 +16,14 @@ class TranslationSettings(ServiceSettings):
     max_num_beams: int = Field(8, ge=1)
     max_new_tokens: int = Field(512, ge=1, description="upper limit a request may ask for")
     default_max_new_tokens: int = Field(200, ge=1)
+    # Work budgets in beam-tokens: texts x beams x return sequences x max_new_tokens of a request.
+    max_request_cost: float | None = Field(
+        65536,
+        gt=0,
+        description="beam-tokens (texts x beams x return sequences x max_new_tokens) one request may ask for; "
+        "more gets 400. The default admits the largest request at default length (32 texts x 8 beams x 200 "
+        "tokens = 51,200) and refuses 32 texts x 8 beams x 8 returns x 512 tokens (1,048,576); None = no budget",
+    )
+    max_batch_cost: float | None = Field(
+        131072, gt=0, description="beam-tokens of the requests decoded in one generate call (a lone request always runs)"
+    )

@@ -42,7 +42,9 @@ class TextToSpeechServicer(pb_grpc.TextToSpeechServicer):
         received = time.perf_counter()
         body = parse(SpeechRequest, _fields(request, input=request.input))
         job, fmt = build_speech_job(body, self.runner, self.settings)
-        result = await self.speech.submit(job, key=job.batch_key, timeout=time_remaining(context))
+        result = await self.speech.submit(
+            job, key=job.batch_key, timeout=time_remaining(context), cost=self.runner.cost(job)
+        )
         audio, media_type = await asyncio.to_thread(encode_audio, result.samples, result.sample_rate, fmt)
         TIME_TO_FIRST_AUDIO.labels("grpc", "whole").observe(time.perf_counter() - received)
         return pb.SynthesizeResponse(
@@ -57,7 +59,10 @@ class TextToSpeechServicer(pb_grpc.TextToSpeechServicer):
         body = parse(SpeechRequest, _fields(request, input=request.input, stream=True))
         job, fmt = build_speech_job(body, self.runner, self.settings)
         sample_rate = self.runner.sample_rate
-        async for event in self.speech.stream(job, key=job.batch_key, timeout=time_remaining(context)):
+        events = self.speech.stream(
+            job, key=job.batch_key, timeout=time_remaining(context), cost=self.runner.cost(job)
+        )
+        async for event in events:
             if isinstance(event, Done):
                 return
             if isinstance(event, SentenceAudio):
@@ -80,7 +85,9 @@ class TextToSpeechServicer(pb_grpc.TextToSpeechServicer):
         job, fmt = await asyncio.to_thread(
             build_conversion_job, options, request.audio, request.filename or None, self.runner, self.settings
         )
-        result = await self.conversion.submit(job, key=job.batch_key, timeout=time_remaining(context))
+        result = await self.conversion.submit(
+            job, key=job.batch_key, timeout=time_remaining(context), cost=self.runner.cost(job)
+        )
         audio, media_type = await asyncio.to_thread(encode_audio, result.samples, result.sample_rate, fmt)
         return pb.ConvertResponse(
             audio=audio,

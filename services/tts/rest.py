@@ -36,12 +36,16 @@ def create_router(
         received = time.perf_counter()
         job, fmt = build_speech_job(body, runner, settings)
         if not job.stream:
-            result = await speech.submit(job, key=job.batch_key, disconnected=request.is_disconnected)
+            result = await speech.submit(
+                job, key=job.batch_key, disconnected=request.is_disconnected, cost=runner.cost(job)
+            )
             audio, media_type = await asyncio.to_thread(encode_audio, result.samples, result.sample_rate, fmt)
             TIME_TO_FIRST_AUDIO.labels("rest", "whole").observe(time.perf_counter() - received)
             return audio_response(result, audio, media_type)
 
-        events = speech.stream(job, key=job.batch_key, disconnected=request.is_disconnected)
+        events = speech.stream(
+            job, key=job.batch_key, disconnected=request.is_disconnected, cost=runner.cost(job)
+        )
         # Wait for the first sentence before answering, so that a failure still gets its status code.
         first = await anext(events)
         TIME_TO_FIRST_AUDIO.labels("rest", "stream").observe(time.perf_counter() - received)
@@ -73,7 +77,9 @@ def create_router(
         job, fmt = await asyncio.to_thread(
             build_conversion_job, options, data, file.filename, runner, settings
         )
-        result = await conversion.submit(job, key=job.batch_key, disconnected=request.is_disconnected)
+        result = await conversion.submit(
+            job, key=job.batch_key, disconnected=request.is_disconnected, cost=runner.cost(job)
+        )
         audio, media_type = await asyncio.to_thread(encode_audio, result.samples, result.sample_rate, fmt)
         return audio_response(result, audio, media_type)
 

@@ -38,7 +38,7 @@ from transformers import (
 
 from services.kit.batcher import Work
 from services.kit.errors import Cancelled
-from services.kit.torch_models import TorchRuntime, resolve_source
+from services.kit.torch_models import StopWhenCancelled, TorchRuntime, resolve_source
 
 from .metrics import AUDIO_SECONDS, REAL_TIME_FACTOR, ROWS_PER_CALL
 from .sentences import split_sentences
@@ -163,6 +163,12 @@ class SpeechRunner:
             if any(any(char.isalnum() for char in piece) for piece in pieces):
                 result.append(Sentence(sentence, tuple(ids)))
         return result
+
+    def cost(self, job: SpeechJob | ConversionJob) -> float:
+        """A job's work: characters to speak, or seconds of speech to convert."""
+        if isinstance(job, SpeechJob):
+            return sum(len(sentence.text) for sentence in job.sentences)
+        return job.samples.size / self.vc_features.sampling_rate
 
     # -- model calls ----------------------------------------------------------------------------
 
@@ -305,11 +311,17 @@ class SpeechRunner:
                 call = [(w, i) for w, i in rows[start : start + step] if not works[w].cancelled]
                 if not call:
                     continue
-                waveforms = self.synthesize(
-                    [jobs[w].sentences[i].token_ids for w, i in call],
-                    [jobs[w].speaker for w, _ in call],
-                    [jobs[w].speed for w, _ in call],
-                )
+                # generate_speech takes no stopping criteria: its decoder steps check the call's requests.
+                stop = StopWhenCancelled(works[w] for w in dict.fromkeys(w for w, _ in call))
+                try:
+                    with stop.checked_before(self.tts.speecht5.decoder.wrapped_decoder):
+                        waveforms = self.synthesize(
+                            [jobs[w].sentences[i].token_ids for w, i in call],
+                            [jobs[w].speaker for w, _ in call],
+                            [jobs[w].speed for w, _ in call],
+                        )
+                except Cancelled:
+                    continue
                 for (w, i), waveform in zip(call, waveforms, strict=True):
                     ready[w][i] = waveform
                 for w in dict.fromkeys(w for w, _ in call):
@@ -357,7 +369,12 @@ class SpeechRunner:
                 if not call:
                     continue
                 jobs: list[ConversionJob] = [works[w].payload for w in call]
-                waveforms = self.convert([job.samples for job in jobs], [job.speaker for job in jobs])
+                stop = StopWhenCancelled(works[w] for w in call)
+                try:
+                    with stop.checked_before(self.vc.speecht5.decoder.wrapped_decoder):
+                        waveforms = self.convert([job.samples for job in jobs], [job.speaker for job in jobs])
+                except Cancelled:
+                    continue
                 for w, waveform in zip(call, waveforms, strict=True):
                     results[w] = AudioResult(waveform, self.sample_rate, time.perf_counter() - started)
                     self._observe("conversion", results[w])

@@ -132,8 +132,27 @@ def build_conversion_job(
         sample_rate=runner.vc_features.sampling_rate,
         max_seconds=settings.max_conversion_seconds,
         filename=filename,
+        min_rate=settings.min_sample_rate,
+        max_rate=settings.max_sample_rate,
+        max_channels=settings.max_channels,
     )
+    shortest = shortest_convertible(runner.vc.config)
+    if samples.size < shortest:
+        rate = runner.vc_features.sampling_rate
+        raise InvalidArgument(
+            f"audio is too short to convert: {samples.size} samples at {rate} Hz; at least {shortest} "
+            f"({1000 * shortest / rate:g} ms) are needed",
+            field="file",
+        )
     return ConversionJob(samples, speaker, seed=request.seed), fmt
+
+
+def shortest_convertible(config) -> int:
+    """Fewest input samples from which the speech encoder's convolutions make one frame."""
+    samples = 1
+    for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride, strict=True))):
+        samples = (samples - 1) * stride + kernel
+    return samples
 
 
 def speaker_for(runner: SpeechRunner, voice: str | None, embedding: list[float] | None):

@@ -14,7 +14,13 @@ def create_service(settings: TTSSettings | None = None) -> Service:
     runner = SpeechRunner(settings)
     service = Service(name="tts", settings=settings, runner=runner)
     speech = service.batcher("speech", runner.predict_speech)
-    conversion = service.batcher("conversion", runner.predict_conversion)
+    conversion = service.batcher(
+        "conversion",
+        runner.predict_conversion,
+        max_request_cost=settings.max_conversion_cost,
+        max_batch_cost=settings.max_conversion_batch_cost,
+        cost_setting="TTS_MAX_CONVERSION_COST",
+    )
     service.router = create_router(runner, speech, conversion, settings)
     service.grpc.append(
         GrpcServicer(

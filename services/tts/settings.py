@@ -38,3 +38,26 @@ class TTSSettings(ServiceSettings):
     max_rows_per_call: int = Field(16, ge=1, description="sentences (or conversions) in one generate call")
     default_response_format: str = "mp3"  # OpenAI's default
     max_conversion_seconds: float = Field(30.0, gt=0, description="longer voice-conversion input gets 413")
+    # Work budgets: characters of text to speak; seconds of speech to convert (a batcher each).
+    max_request_cost: float | None = Field(
+        4096,
+        gt=0,
+        description="characters one speech request may ask for; more gets 400. The default admits OpenAI's "
+        "4096-character input; None = no budget",
+    )
+    max_batch_cost: float | None = Field(
+        16384, gt=0, description="characters synthesized in one batch (a lone request always runs)"
+    )
+    max_conversion_cost: float | None = Field(
+        30.0,
+        gt=0,
+        description="seconds of input one voice conversion may cost; more gets 400. The default admits the "
+        "longest upload (max_conversion_seconds); None = no budget",
+    )
+    max_conversion_batch_cost: float | None = Field(
+        120.0, gt=0, description="seconds of input converted in one batch (a lone request always runs)"
+    )
+    # Checked from the upload's header before a sample is decoded.
+    min_sample_rate: int = Field(8000, ge=1, description="voice-conversion input at a lower rate gets 400")
+    max_sample_rate: int = Field(192000, ge=1, description="voice-conversion input at a higher rate gets 400")
+    max_channels: int = Field(8, ge=1, description="voice-conversion input with more channels gets 400")

@@ -36,6 +36,12 @@ def tiny_settings(models: Path, **overrides) -> TTSSettings:
 
 
 @pytest.fixture(scope="session")
+def make_tts_settings(models_dir: Path):
+    """`make_tts_settings(**overrides)`: the tiny-model settings with some changed, for a server of a test's own."""
+    return lambda **overrides: tiny_settings(models_dir, **overrides)
+
+
+@pytest.fixture(scope="session")
 def tts_server(models_dir: Path):
     settings = tiny_settings(models_dir)
     with ServerThread(lambda: [create_service(settings)], settings) as server:

@@ -1,0 +1,226 @@
+"""Expensive requests against the autoregressive services at their default work budgets, and expensive requests
+whose client leaves: neither may hold the one model thread that every other request waits for.
+
+Measured before the budgets: one translation of 32 texts x 8 beams x 8 returns x 512 new tokens (6 KB, every field
+within its own limit) held the tiny model for 14 s (a real one for minutes) and got 200. Before the stop signal, a
+transcription or synthesis whose client had gone ran to its end inside generate().
+"""
+
+import io
+import socket
+import threading
+import time
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from services.asr.service import create_service as create_asr
+from services.asr.settings import AsrSettings
+from services.kit.testing import ServerThread
+from services.translation import translation_pb2 as translation_pb
+from services.translation import translation_pb2_grpc as translation_grpc
+from services.translation.service import create_service as create_translation
+from services.translation.settings import TranslationSettings
+from services.tts import tts_pb2 as tts_pb
+from services.tts import tts_pb2_grpc as tts_grpc
+from services.tts.service import create_service as create_tts
+from services.tts.settings import TTSSettings
+
+ATTACK = dict(
+    text=[f"Sentence {i} is long enough to keep a translation model busy for many decoding steps. " * 2
+          for i in range(32)],
+    source_lang="en",
+    target_lang="de",
+    num_beams=8,
+    num_return_sequences=8,
+    max_new_tokens=512,
+)
+PAUSE_AT = 3  # decoder steps into an expensive request when its client leaves
+
+
+class DecoderSteps:
+    """Counts forward calls of a decoder module; at step `pause_at` the model thread waits until released, so that
+    a test can make the client leave at a known step."""
+
+    def __init__(self, module, pause_at: int | None = None):
+        self.count = 0
+        self.pause_at = pause_at
+        self.reached, self.release = threading.Event(), threading.Event()
+        self._handle = module.register_forward_hook(self._step)
+
+    def _step(self, *_):
+        self.count += 1
+        if self.count == self.pause_at:
+            self.reached.set()
+            self.release.wait(30)
+
+    def remove(self):
+        self.release.set()
+        self._handle.remove()
+
+
+def wait_idle(server, timeout: float = 60) -> float:
+    """Seconds until every batcher of the server's service has nothing queued or running."""
+    started = time.monotonic()
+    while any(batcher.busy for batcher in server.services[0].batchers):
+        assert time.monotonic() - started < timeout, "the model thread is still busy"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def client_gone(server) -> float:
+    metrics = httpx.get(server.rest_url + "/metrics").text
+    return sum(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith("serving_rejected_total{") and 'reason="client_gone"' in line)
+
+
+def post_and_leave(server, request: httpx.Request, steps: DecoderSteps) -> None:
+    """Send `request` over a raw connection and close it once the model is `steps.pause_at` steps into it; return
+    when the server has noticed, with the model thread released."""
+    gone_before = client_gone(server)
+    head = f"{request.method} {request.url.raw_path.decode()} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in request.headers.items() if name.lower() != "host")
+    with socket.create_connection(("127.0.0.1", server.settings.rest_port)) as client:
+        client.sendall(head.encode() + b"\r\n" + request.read())
+        assert steps.reached.wait(60), "the request never reached the model"
+    try:
+        deadline = time.monotonic() + 10
+        while client_gone(server) == gone_before:
+            assert time.monotonic() < deadline, "the server never noticed the client leave"
+            time.sleep(0.02)
+    finally:
+        steps.release.set()
+
+
+# -- translation: the measured attack -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def translation(models_dir):
+    settings = TranslationSettings(models={"en-de": str(models_dir / "translation" / "wmt19-en-de")}, threads=1,
+                                   log_level="warning")
+    with ServerThread(lambda: [create_translation(settings)], settings) as server:
+        yield server
+
+
+def test_the_translation_attack_is_refused_in_milliseconds(translation):
+    steps = DecoderSteps(translation.services[0].runner.models["en-de"].model.decoder)
+    try:
+        started = time.perf_counter()
+        response = httpx.post(translation.rest_url + "/v1/translate", json=ATTACK, timeout=60)
+        rest_seconds = time.perf_counter() - started
+        with grpc.insecure_channel(translation.grpc_target) as channel:
+            stub = translation_grpc.TranslationStub(channel)
+            started = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as error:
+                stub.Translate(translation_pb.TranslateRequest(**ATTACK), timeout=30)
+            grpc_seconds = time.perf_counter() - started
+            served = stub.Translate(translation_pb.TranslateRequest(text=["Hello world."], source_lang="en",
+                                                                    target_lang="de", max_new_tokens=8))
+    finally:
+        steps.remove()
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "max_request_cost"
+    assert "TRANSLATION_MAX_REQUEST_COST" in response.json()["error"]["message"]
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "TRANSLATION_MAX_REQUEST_COST" in error.value.details()
+    assert rest_seconds < 1 and grpc_seconds < 1, (rest_seconds, grpc_seconds)
+    assert len(served.translations) == 1
+    assert steps.count <= 8, "only the normal request reached the model"
+
+
+def test_an_abandoned_translation_frees_the_model_within_a_step(translation):
+    body = dict(ATTACK, text=ATTACK["text"][:4], num_return_sequences=1, max_new_tokens=200)  # within budget
+    steps = DecoderSteps(translation.services[0].runner.models["en-de"].model.decoder, pause_at=PAUSE_AT)
+    try:
+        post_and_leave(translation, httpx.Request("POST", translation.rest_url + "/v1/translate", json=body), steps)
+        wait_idle(translation)
+    finally:
+        steps.remove()
+    assert steps.count <= PAUSE_AT + 1, f"{steps.count} decoder steps for a request abandoned at step {PAUSE_AT}"
+
+
+# -- ASR: the longest upload, abandoned ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def asr(models_dir):
+    # The model's own 448 tokens a window, as in production: an abandoned long clip would decode for a while.
+    settings = AsrSettings(model=str(models_dir / "asr" / "whisper"),
+                           assistant_model=str(models_dir / "asr" / "whisper-assistant"),
+                           threads=1, max_audio_seconds=120, log_level="warning")
+    with ServerThread(lambda: [create_asr(settings)], settings) as server:
+        yield server
+
+
+def wav(seconds: float, rate: int = 16000) -> bytes:
+    rng = np.random.default_rng(0)
+    samples = (0.1 * rng.standard_normal(int(seconds * rate))).astype(np.float32)
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format="WAV")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("decoding", ["plain", "assisted"])
+def test_an_abandoned_long_transcription_frees_the_model_within_a_step(asr, decoding):
+    model = asr.services[0].runner.model
+    windows = [0]
+    counting = model.model.encoder.register_forward_hook(lambda *_: windows.__setitem__(0, windows[0] + 1))
+    steps = DecoderSteps(model.model.decoder, pause_at=PAUSE_AT)
+    request = httpx.Request("POST", asr.rest_url + "/v1/audio/transcriptions",
+                            files={"file": ("long.wav", wav(100), "audio/wav")},
+                            data={"language": "en", "decoding": decoding, "response_format": "verbose_json"})
+    try:
+        post_and_leave(asr, request, steps)
+        wait_idle(asr)
+    finally:
+        steps.remove()
+        counting.remove()
+    assert steps.count <= PAUSE_AT + 1, f"{steps.count} decoder passes for a request abandoned at {PAUSE_AT}"
+    assert windows[0] == 1, f"{windows[0]} of the clip's 4 windows were encoded"
+    short = httpx.post(asr.rest_url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav(2), "audio/wav")},
+                       data={"language": "en"}, timeout=60)
+    assert short.status_code == 200, short.text
+
+
+# -- TTS: a long synthesis stream, cancelled ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tts(models_dir):
+    models = models_dir / "tts"
+    settings = TTSSettings(model=str(models / "speecht5_tts"), vocoder=str(models / "speecht5_hifigan"),
+                           vc_model=str(models / "speecht5_vc"), voices_dir=models / "voices", threads=1,
+                           stop_threshold=3.0, min_len_ratio=4.0, max_len_ratio=4.0, log_level="warning")
+    with ServerThread(lambda: [create_tts(settings)], settings) as server:
+        yield server
+
+
+def test_a_cancelled_synthesis_stream_frees_the_model_within_a_step(tts):
+    runner = tts.services[0].runner
+    text = " ".join(f"This is sentence number {i} of a long text that nobody will listen to." for i in range(40))
+    first_round = len(runner.sentences(text)[0].token_ids) * 4 // runner.tts.config.reduction_factor
+    steps = DecoderSteps(runner.tts.speecht5.decoder.wrapped_decoder, pause_at=first_round + PAUSE_AT)
+    try:
+        with grpc.insecure_channel(tts.grpc_target) as channel:
+            call = tts_grpc.TextToSpeechStub(channel).SynthesizeStream(
+                tts_pb.SynthesizeRequest(input=text, response_format="pcm"), timeout=120
+            )
+            first = next(call)  # the first sentence, streamed alone; then the other 39 in one call
+            assert first.sentence_index == 0
+            assert steps.reached.wait(60)
+            call.cancel()
+            time.sleep(1)  # the servicer's task is cancelled, and with it the request
+            steps.release.set()
+            wait_idle(tts)
+    finally:
+        steps.remove()
+    assert steps.count <= first_round + PAUSE_AT + 1, f"{steps.count - first_round} steps into the abandoned call"
+    with grpc.insecure_channel(tts.grpc_target) as channel:
+        reply = tts_grpc.TextToSpeechStub(channel).Synthesize(
+            tts_pb.SynthesizeRequest(input="Still here.", response_format="wav"), timeout=60)
+    assert reply.audio
+

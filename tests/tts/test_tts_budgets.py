@@ -1,0 +1,199 @@
+"""TTS work budgets (characters to speak, seconds to convert) and cancellation inside SpeechT5's decoding loop, with
+the tiny models behind a real server on loopback."""
+
+import asyncio
+import io
+import time
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from services.kit.batcher import Work
+from services.kit.errors import Cancelled
+from services.kit.testing import ServerThread
+from services.tts import tts_pb2 as pb
+from services.tts import tts_pb2_grpc as pb_grpc
+from services.tts.runner import ConversionJob
+from services.tts.schemas import SpeechRequest, build_speech_job
+from services.tts.service import create_service
+from services.tts.settings import TTSSettings
+
+CHARACTERS = 200  # the test server's speech budget
+SECONDS = 2.0  # and its conversion budget
+CANCEL_AT = 4  # decoder steps before the cancel
+SENTENCE = "Hello there, this sentence is long enough for many decoder steps."
+
+
+@pytest.fixture(scope="module")
+def server(make_tts_settings):
+    settings = make_tts_settings(max_request_cost=CHARACTERS, max_conversion_cost=SECONDS, max_wait_ms=0)
+    with ServerThread(lambda: [create_service(settings)], settings) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def runner(server):
+    return server.services[0].runner
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        yield pb_grpc.TextToSpeechStub(channel)
+
+
+class Steps:
+    """Decoder steps of the text-to-speech and the voice-conversion model; `on_step(n)` runs at each."""
+
+    def __init__(self, runner):
+        self.speech = self.conversion = 0
+        self.on_step = lambda n: None
+        self._handles = [
+            runner.tts.speecht5.decoder.wrapped_decoder.register_forward_hook(self._spoke),
+            runner.vc.speecht5.decoder.wrapped_decoder.register_forward_hook(self._converted),
+        ]
+
+    def _spoke(self, *_):
+        self.speech += 1
+        self.on_step(self.speech)
+
+    def _converted(self, *_):
+        self.conversion += 1
+        self.on_step(self.conversion)
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
+
+
+@pytest.fixture
+def steps(runner):
+    counter = Steps(runner)
+    yield counter
+    counter.remove()
+
+
+def wav(seconds: float, rate: int = 16000) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    sf.write(buffer, 0.3 * np.sin(2 * np.pi * 220 * t), rate, format="WAV")
+    return buffer.getvalue()
+
+
+def speak(server, **body) -> httpx.Response:
+    return httpx.post(server.rest_url + "/v1/audio/speech", json=body, timeout=60)
+
+
+def convert(server, data: bytes) -> httpx.Response:
+    return httpx.post(server.rest_url + "/v1/audio/conversions", files={"file": ("a.wav", data)}, timeout=60)
+
+
+# -- budgets ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_speech_over_the_budget_is_refused_before_synthesis(server, steps, stream):
+    text = "Many words to speak here. " * 12  # 312 characters
+    started = time.perf_counter()
+    response = speak(server, input=text, response_format="wav", stream=stream)
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "max_request_cost" and "TTS_MAX_REQUEST_COST" in error["message"]
+    assert steps.speech == 0 and elapsed < 2
+    assert speak(server, input="Short.", response_format="wav").status_code == 200
+
+
+def test_grpc_refuses_speech_over_the_budget(stub, steps):
+    request = pb.SynthesizeRequest(input="Many words to speak here. " * 12, response_format="wav")
+    for call in (stub.Synthesize, lambda r, **kw: list(stub.SynthesizeStream(r, **kw))):
+        with pytest.raises(grpc.RpcError) as error:
+            call(request, timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "TTS_MAX_REQUEST_COST" in error.value.details()
+    assert steps.speech == 0
+    assert stub.Synthesize(pb.SynthesizeRequest(input="Short.", response_format="wav"), timeout=30).audio
+
+
+def test_conversion_over_its_budget_is_refused_before_conversion(server, stub, steps):
+    response = convert(server, wav(SECONDS + 1))
+    assert response.status_code == 400, response.text
+    assert "TTS_MAX_CONVERSION_COST" in response.json()["error"]["message"]
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Convert(pb.ConvertRequest(audio=wav(SECONDS + 1), response_format="wav"), timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "TTS_MAX_CONVERSION_COST" in error.value.details()
+    assert steps.conversion == 0
+    assert convert(server, wav(SECONDS - 0.5)).status_code == 200
+
+
+def test_costs_and_the_default_budgets(runner):
+    job, _ = build_speech_job(SpeechRequest(input="Hello there. Good night!"), runner, runner.settings)
+    assert runner.cost(job) == len("Hello there.") + len("Good night!")
+    samples = np.zeros(24000, dtype=np.float32)
+    assert runner.cost(ConversionJob(samples, job.speaker)) == pytest.approx(1.5)
+    defaults = TTSSettings()
+    assert defaults.max_input_chars <= defaults.max_request_cost
+    assert defaults.max_conversion_seconds <= defaults.max_conversion_cost
+
+
+# -- cancellation inside generate_speech ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def make_work(loop, payload) -> Work:
+    return Work(payload=payload, key=payload.batch_key, enqueued_at=time.monotonic(), deadline=None,
+                _future=loop.create_future(), _loop=loop)
+
+
+def cancel_at(steps, works, cause="client gone"):
+    def on_step(n):
+        if n == CANCEL_AT:
+            for work in works:
+                if cause == "client gone":
+                    work._future.cancel()  # what the batcher does when the client disconnects
+                else:
+                    work.deadline = time.monotonic()
+
+    steps.on_step = on_step
+
+
+def speech_work(runner, loop, text=SENTENCE, **options) -> Work:
+    job, _ = build_speech_job(SpeechRequest(input=text, **options), runner, runner.settings)
+    return make_work(loop, job)
+
+
+@pytest.mark.parametrize("cause", ["client gone", "deadline"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_synthesis_stops_within_a_step_of_the_cancel(runner, steps, loop, cause, stream):
+    # Two sentences: a streamed request synthesizes them in two rounds, which the cancel must skip too.
+    work = speech_work(runner, loop, f"{SENTENCE} {SENTENCE}", stream=stream)
+    cancel_at(steps, [work], cause)
+    assert isinstance(runner.predict_speech([work])[0], Cancelled)
+    assert steps.speech <= CANCEL_AT + 1, f"{steps.speech} decoder steps for a request cancelled at {CANCEL_AT}"
+
+
+def test_conversion_stops_within_a_step_of_the_cancel(runner, steps, loop):
+    samples = np.sin(np.arange(16000, dtype=np.float32) / 10)
+    work = make_work(loop, ConversionJob(samples, runner.voices.get(None)))
+    cancel_at(steps, [work])
+    assert isinstance(runner.predict_conversion([work])[0], Cancelled)
+    assert steps.conversion <= CANCEL_AT + 1
+
+
+def test_one_waiting_request_keeps_the_call_decoding(runner, steps, loop):
+    gone, waiting = speech_work(runner, loop), speech_work(runner, loop)
+    cancel_at(steps, [gone])
+    results = runner.predict_speech([gone, waiting])
+    assert results[1].duration > 0
+    # Random tiny weights never stop by themselves: the sentence's full length proves nothing cut it short.
+    assert steps.speech > 4 * CANCEL_AT
