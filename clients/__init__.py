@@ -7,6 +7,7 @@ target_lang="de").text`; `GrpcClient("127.0.0.1:50051")` and `AsyncClient(url)` 
 from .client import AsyncClient, Client, GrpcClient
 from .errors import (
     APIError,
+    AuthenticationError,
     ConnectionFailedError,
     DeadlineExceededError,
     InvalidRequestError,
@@ -21,6 +22,7 @@ from .retry import RetryPolicy
 __all__ = [
     "APIError",
     "AsyncClient",
+    "AuthenticationError",
     "Client",
     "ConnectionFailedError",
     "DeadlineExceededError",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .auth import API_KEY_ENV, resolve_api_key
 from .client import (
     DEFAULT_GRPC_TARGET,
     DEFAULT_URL,
@@ -22,7 +23,14 @@ from .client import (
     GrpcClient,
     with_port,
 )
-from .errors import APIError, ConnectionFailedError, DeadlineExceededError, ModelServeError, UnavailableError
+from .errors import (
+    APIError,
+    AuthenticationError,
+    ConnectionFailedError,
+    DeadlineExceededError,
+    ModelServeError,
+    UnavailableError,
+)
 from .images import Progress
 from .retry import RetryPolicy
 from .tts import save_audio_stream
@@ -295,6 +303,12 @@ def _add_connection_options(parser: argparse.ArgumentParser, defaults: bool) -> 
         default=default(env("MODELSERVE_VIT_GRPC")),
         help=f"ViT gRPC target (default: the --grpc host, port {VIT_GRPC_PORT})",
     )
+    parser.add_argument(
+        "--api-key",
+        default=default(None),
+        help=f"API key sent as a bearer token (default ${API_KEY_ENV}; the variable keeps it out of "
+        "the process list)",
+    )
     parser.add_argument("--protocol", choices=("rest", "grpc"), default=default("rest"))
     parser.add_argument(
         "--timeout", type=float, default=default(600.0), help="seconds per attempt (default 600)"
@@ -311,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Call the modelserve platform: translation, speech recognition and synthesis, "
         "image generation and image classification.",
         epilog="Addresses default to the environment: MODELSERVE_URL, MODELSERVE_GRPC, MODELSERVE_VIT_URL, "
-        "MODELSERVE_VIT_GRPC.",
+        f"MODELSERVE_VIT_GRPC; the API key to {API_KEY_ENV}.",
     )
     _add_connection_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -403,13 +417,16 @@ def main(argv: list[str] | None = None) -> int:
     vit_grpc = args.vit_grpc or with_port(args.grpc, VIT_GRPC_PORT)
     run: Callable = args.run
     try:
+        options = dict(timeout=args.timeout, retry=retry, api_key=_api_key(args.api_key))
         with (
-            Client(args.url, vit_url=vit_url, timeout=args.timeout, retry=retry) as rest,
-            GrpcClient(args.grpc, vit_target=vit_grpc, timeout=args.timeout, retry=retry) as grpc_client,
+            Client(args.url, vit_url=vit_url, **options) as rest,
+            GrpcClient(args.grpc, vit_target=vit_grpc, **options) as grpc_client,
         ):
             run(args, rest, grpc_client)
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    except AuthenticationError as exc:
+        return _fail(f"authentication failed: {exc.message}", EXIT_SERVER_ERROR)
     except (ConnectionFailedError, DeadlineExceededError) as exc:
         return _fail(str(exc), EXIT_UNREACHABLE)
     except UnavailableError as exc:
@@ -424,6 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     return 0
+
+
+def _api_key(given: str | None) -> str:
+    """--api-key, else $MODELSERVE_API_KEY, checked here so that a malformed one is a usage error."""
+    try:
+        return resolve_api_key(given) or ""
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _fail(message: str, code: int) -> int:

@@ -2,7 +2,8 @@
 
 The platform serves translation, ASR, TTS and image generation on one REST port and one gRPC
 port; ViT speaks the TensorFlow Serving protocol on its own ports (8501 REST, 8500 gRPC by
-default, derived from the platform address unless given).
+default, derived from the platform address unless given). Every client sends the API key given as
+`api_key`, else `$MODELSERVE_API_KEY` (clients/auth.py), to both.
 """
 
 from urllib.parse import urlsplit, urlunsplit
@@ -45,8 +46,9 @@ class Client:
         timeout: float | httpx.Timeout | None = None,
         retry: RetryPolicy | None = None,
         headers: dict[str, str] | None = None,
+        api_key: str | None = None,
     ):
-        options = dict(timeout=timeout, retry=retry, headers=headers)
+        options = dict(timeout=timeout, retry=retry, headers=headers, api_key=api_key)
         self.transport = RestTransport(base_url, **options)
         self.vit_transport = RestTransport(vit_url or with_port(base_url, VIT_REST_PORT), **options)
         self.translation = TranslationClient(self.transport)
@@ -81,8 +83,9 @@ class AsyncClient:
         timeout: float | httpx.Timeout | None = None,
         retry: RetryPolicy | None = None,
         headers: dict[str, str] | None = None,
+        api_key: str | None = None,
     ):
-        options = dict(timeout=timeout, retry=retry, headers=headers)
+        options = dict(timeout=timeout, retry=retry, headers=headers, api_key=api_key)
         self.transport = AsyncRestTransport(base_url, **options)
         self.vit_transport = AsyncRestTransport(vit_url or with_port(base_url, VIT_REST_PORT), **options)
         self.translation = AsyncTranslationClient(self.transport)
@@ -117,8 +120,9 @@ class GrpcClient:
         retry: RetryPolicy | None = None,
         metadata: tuple[tuple[str, str], ...] = (),
         secure: bool = False,
+        api_key: str | None = None,
     ):
-        options = dict(timeout=timeout, retry=retry, metadata=metadata, secure=secure)
+        options = dict(timeout=timeout, retry=retry, metadata=metadata, secure=secure, api_key=api_key)
         self.caller = GrpcCaller(target, **options)
         self.vit_caller = GrpcCaller(vit_target or with_port(target, VIT_GRPC_PORT), **options)
         self.translation = TranslationGrpcClient(self.caller)

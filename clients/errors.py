@@ -60,7 +60,8 @@ class InvalidRequestError(APIError):
 
 
 class AuthenticationError(APIError):
-    """401/403 or UNAUTHENTICATED/PERMISSION_DENIED (from a gateway in front of the services)."""
+    """401/403 or UNAUTHENTICATED/PERMISSION_DENIED: no API key sent, or one the server (or a gateway
+    in front of it) refuses. The message says which; retrying cannot help."""
 
 
 class NotFoundError(APIError):

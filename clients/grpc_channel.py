@@ -1,9 +1,10 @@
 """gRPC channels and calls with deadlines, retries and typed errors.
 
-`GrpcCaller` wraps a channel with the call policy that every service client shares: each attempt
-gets a deadline (`timeout` seconds), UNAVAILABLE and RESOURCE_EXHAUSTED are retried with the same
-backoff as REST (honouring the servers' `retry-after` trailing metadata), everything else raises
-a typed error at once. Streaming calls are retried only until the first response arrives, and
+`GrpcCaller` wraps a channel with the call policy that every service client shares: every call
+carries the API key (clients/auth.py) and a request id, each attempt gets a deadline (`timeout`
+seconds), UNAVAILABLE and RESOURCE_EXHAUSTED are retried with the same backoff as REST
+(honouring the servers' `retry-after` trailing metadata), everything else raises a typed error
+at once. Streaming calls are retried only until the first response arrives, and
 client streams only when the caller hands over a factory that can replay the request stream.
 """
 
@@ -14,7 +15,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
+from opentelemetry import propagate
 
+from .auth import bearer, explain, resolve_api_key
 from .errors import ModelServeError, error_from_rpc
 from .retry import RetryPolicy
 
@@ -57,17 +60,29 @@ class GrpcCaller:
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         metadata: Iterable[tuple[str, str]] = (),
+        api_key: str | None = None,
         **channel_options,
     ):
+        """`api_key`: sent as `authorization: Bearer <key>` on every call (default $MODELSERVE_API_KEY);
+        `authorization` in `metadata` wins over it."""
+        self.metadata = tuple(metadata)
+        self.sends_key = any(name == "authorization" for name, _ in self.metadata)
+        if not self.sends_key and (key := resolve_api_key(api_key)):
+            self.metadata += (("authorization", bearer(key)),)
+            self.sends_key = True
         self.channel = create_channel(target, **channel_options) if isinstance(target, str) else target
         self.target = target if isinstance(target, str) else "channel"
         self.timeout = DEFAULT_TIMEOUT_S if timeout is None else timeout
         self.retry = retry or RetryPolicy()
-        self.metadata = tuple(metadata)
 
     def _call_options(self, timeout: float | None) -> dict:
-        metadata = (("x-request-id", uuid.uuid4().hex), *self.metadata)
+        trace_context: dict[str, str] = {}
+        propagate.inject(trace_context)  # the caller's trace continues on the server (W3C traceparent)
+        metadata = (("x-request-id", uuid.uuid4().hex), *self.metadata, *trace_context.items())
         return {"timeout": self.timeout if timeout is None else timeout, "metadata": metadata}
+
+    def _error(self, exc: grpc.RpcError) -> ModelServeError:
+        return explain(error_from_rpc(exc), self.sends_key)
 
     def _wait_or_raise(self, number: int, error: ModelServeError, retry: RetryPolicy | None = None) -> None:
         delay = (retry or self.retry).delay(number, error)
@@ -86,7 +101,7 @@ class GrpcCaller:
             try:
                 return method(request, **options)
             except grpc.RpcError as exc:
-                self._wait_or_raise(number, error_from_rpc(exc))
+                self._wait_or_raise(number, self._error(exc))
 
     def stream_unary(
         self,
@@ -105,7 +120,7 @@ class GrpcCaller:
             try:
                 return method(requests(), **options)
             except grpc.RpcError as exc:
-                self._wait_or_raise(number, error_from_rpc(exc), retry)
+                self._wait_or_raise(number, self._error(exc), retry)
 
     def unary_stream(
         self, method: grpc.UnaryStreamMultiCallable, request: Any, *, timeout: float | None = None
@@ -122,12 +137,12 @@ class GrpcCaller:
             except StopIteration:
                 return
             except grpc.RpcError as exc:
-                self._wait_or_raise(number, error_from_rpc(exc))
+                self._wait_or_raise(number, self._error(exc))
         try:
             yield first
             yield from call
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            raise self._error(exc) from None
         finally:
             call.cancel()  # a no-op once the call has finished
 

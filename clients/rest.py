@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import httpx
+from opentelemetry import propagate
 
+from .auth import bearer, explain, resolve_api_key
 from .errors import (
     ConnectionFailedError,
     DeadlineExceededError,
@@ -110,6 +112,14 @@ async def aiter_sse(response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
         yield event
 
 
+def _auth(api_key: str | None, headers: dict[str, str] | None) -> tuple[bool, dict[str, str]]:
+    """Whether credentials are sent, and the header to add; an Authorization header given explicitly wins."""
+    if any(name.lower() == "authorization" for name in headers or {}):
+        return True, {}
+    key = resolve_api_key(api_key)
+    return bool(key), {"authorization": bearer(key)} if key else {}
+
+
 class RestTransport:
     """Blocking HTTP transport: `with RestTransport("http://host:8000") as t: t.request(...)`."""
 
@@ -121,9 +131,11 @@ class RestTransport:
         retry: RetryPolicy | None = None,
         headers: dict[str, str] | None = None,
         http_client: httpx.Client | None = None,
+        api_key: str | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
+        self.sends_key, self.auth_headers = _auth(api_key, headers)
         self.client = http_client or httpx.Client(
             base_url=self.base_url, timeout=_timeout(timeout), headers=headers
         )
@@ -140,7 +152,8 @@ class RestTransport:
         self, method: str, path: str, *, timeout: float | None = None, **kwargs
     ) -> Iterator[httpx.Response]:
         """Send with retries; yield the successful response with its body not yet read."""
-        headers = {"x-request-id": uuid.uuid4().hex, **kwargs.pop("headers", {})}
+        headers = {"x-request-id": uuid.uuid4().hex, **self.auth_headers, **kwargs.pop("headers", {})}
+        propagate.inject(headers)  # the caller's trace continues on the server (W3C traceparent)
         extra = {"timeout": _timeout(timeout)} if timeout is not None else {}
         number = 0
         while True:
@@ -160,7 +173,7 @@ class RestTransport:
                     pass
                 finally:
                     response.close()
-                error = error_from_response(response)
+                error = explain(error_from_response(response), self.sends_key)
             delay = self.retry.delay(number, error)
             if delay is None:
                 raise error
@@ -192,9 +205,11 @@ class AsyncRestTransport:
         retry: RetryPolicy | None = None,
         headers: dict[str, str] | None = None,
         http_client: httpx.AsyncClient | None = None,
+        api_key: str | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
+        self.sends_key, self.auth_headers = _auth(api_key, headers)
         self.client = http_client or httpx.AsyncClient(
             base_url=self.base_url, timeout=_timeout(timeout), headers=headers
         )
@@ -209,7 +224,8 @@ class AsyncRestTransport:
     async def stream(
         self, method: str, path: str, *, timeout: float | None = None, **kwargs
     ) -> AsyncIterator[httpx.Response]:
-        headers = {"x-request-id": uuid.uuid4().hex, **kwargs.pop("headers", {})}
+        headers = {"x-request-id": uuid.uuid4().hex, **self.auth_headers, **kwargs.pop("headers", {})}
+        propagate.inject(headers)  # the caller's trace continues on the server (W3C traceparent)
         extra = {"timeout": _timeout(timeout)} if timeout is not None else {}
         number = 0
         while True:
@@ -229,7 +245,7 @@ class AsyncRestTransport:
                     pass
                 finally:
                     await response.aclose()
-                error = error_from_response(response)
+                error = explain(error_from_response(response), self.sends_key)
             delay = self.retry.delay(number, error)
             if delay is None:
                 raise error

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, events
 
+from clients.auth import API_KEY_ENV, resolve_api_key
 from clients.client import VIT_GRPC_PORT, VIT_REST_PORT, GrpcClient, with_port
 from clients.retry import NO_RETRY
 
@@ -38,6 +39,10 @@ def add_options(parser) -> None:
         "--vit-grpc-host", default="", help=f"ViT gRPC host:port (default: --host's host:{VIT_GRPC_PORT})"
     )
     group.add_argument("--payloads", choices=sorted(PROFILES), default="standard", help="payload sizes")
+    # On the parser itself: only its add_argument knows is_secret (masked in the web UI).
+    parser.add_argument(
+        "--api-key", default="", is_secret=True, help=f"API key (default ${API_KEY_ENV}, which keeps it out of ps)"
+    )
 
 
 def grpc_target(environment) -> str:
@@ -50,6 +55,12 @@ def vit_url(environment) -> str:
 
 def vit_grpc_target(environment) -> str:
     return environment.parsed_options.vit_grpc_host or with_port(_host_only(environment.host), VIT_GRPC_PORT)
+
+
+def api_key(environment) -> str | None:
+    """--api-key, else $MODELSERVE_API_KEY: sent by every user, REST and gRPC."""
+    given = environment.parsed_options.api_key if environment.parsed_options else ""
+    return resolve_api_key(given or None)
 
 
 def _host_only(url: str) -> str:
@@ -84,7 +95,11 @@ class GrpcUser(User):
     def on_start(self) -> None:
         env = self.environment
         self.grpc = GrpcClient(
-            grpc_target(env), vit_target=vit_grpc_target(env), timeout=REQUEST_TIMEOUT_S, retry=NO_RETRY
+            grpc_target(env),
+            vit_target=vit_grpc_target(env),
+            timeout=REQUEST_TIMEOUT_S,
+            retry=NO_RETRY,
+            api_key=api_key(env) or "",
         )
         self.payloads = payloads(env)
 

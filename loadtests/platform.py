@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from clients.auth import API_KEY_ENV, bearer
 from services.kit.testing import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,11 +119,18 @@ class LocalPlatform:
             time.sleep(0.5)
         return self
 
+    def api_key(self) -> str | None:
+        """A key the platform accepts when it requires one: the clients' own, else the first it was given."""
+        env = self.environment()
+        configured = [key.strip() for key in env.get("MODELSERVE_API_KEYS", "").split(",") if key.strip()]
+        return env.get(API_KEY_ENV) or (configured[0] if configured else None)
+
     def _platform_ready(self) -> bool:
         return _get_ok(f"{self.rest_url}/readyz")
 
     def _vit_ready(self) -> bool:
-        return _get_ok(f"{self.vit_url}/v1/models/{VIT_MODEL_NAME}")
+        # The model status route is not a health check: with API keys on it wants one.
+        return _get_ok(f"{self.vit_url}/v1/models/{VIT_MODEL_NAME}", self.api_key())
 
     def served_services(self) -> list[str]:
         names = (
@@ -155,8 +163,9 @@ class LocalPlatform:
         self.stop()
 
 
-def _get_ok(url: str) -> bool:
+def _get_ok(url: str, api_key: str | None = None) -> bool:
+    headers = {"authorization": bearer(api_key)} if api_key else {}
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return httpx.get(url, headers=headers, timeout=2).status_code == 200
     except httpx.TransportError:
         return False

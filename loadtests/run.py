@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from clients.auth import API_KEY_ENV, bearer, resolve_api_key
 from clients.client import VIT_GRPC_PORT, VIT_REST_PORT, with_port
 
 from . import hpa as hpa_recording
@@ -41,15 +42,16 @@ def parse_duration(text: str) -> int:
     return hours * 3600 + minutes * 60 + seconds
 
 
-def discover(rest_url: str, vit_url: str) -> list[str]:
+def discover(rest_url: str, vit_url: str, api_key: str | None = None) -> list[str]:
     """The services the target reports ready (/readyz) plus ViT when its model answers."""
     found = []
     with contextlib.suppress(httpx.HTTPError, ValueError):
         response = httpx.get(f"{rest_url}/readyz", timeout=5)
         if response.status_code == 200:
             found += [name for name in response.json().get("services", []) if name in SERVICES]
+    headers = {"authorization": bearer(api_key)} if api_key else {}
     with contextlib.suppress(httpx.HTTPError):
-        if httpx.get(f"{vit_url}/v1/models/{VIT_MODEL_NAME}", timeout=5).status_code == 200:
+        if httpx.get(f"{vit_url}/v1/models/{VIT_MODEL_NAME}", headers=headers, timeout=5).status_code == 200:
             found.append("vit")
     return sorted(set(found), key=SERVICES.index)
 
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--vit-grpc-host", default="", help=f"ViT gRPC host:port (default: host:{VIT_GRPC_PORT})"
+    )
+    parser.add_argument(
+        "--api-key", default=None, help=f"API key for every request (default ${API_KEY_ENV}, which keeps it out of ps)"
     )
     parser.add_argument("--local", action="store_true", help="start the local platform (tiny models) first")
     parser.add_argument("--users", type=int, default=20)
@@ -158,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
             args.host, args.grpc_host = platform.rest_url, platform.grpc_target
             args.vit_host, args.vit_grpc_host = platform.vit_url, platform.vit_grpc_target
         targets = resolve_targets(args)
-        services = discover(targets["host"], targets["vit"]) if args.service == "all" else [args.service]
+        try:
+            key = resolve_api_key(args.api_key)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        services = discover(targets["host"], targets["vit"], key) if args.service == "all" else [args.service]
         if not services:
             print(f"no service answers at {targets['host']} (nor ViT at {targets['vit']})", file=sys.stderr)
             return 2
@@ -181,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
+        # The users read the key from the environment: on Locust's command line `ps` would show it.
+        env.pop(API_KEY_ENV, None)
+        if key:
+            env[API_KEY_ENV] = key
         env["LOADTEST_USER_COUNTS"] = ",".join(f"{name}={count}" for name, count in counts.items())
         if args.shape == "step":
             env.update(LOADTEST_SHAPE="step", LOADTEST_STEPS=str(args.steps))

@@ -16,7 +16,9 @@ import soundfile as sf
 from locust import HttpUser, between, events, task
 from PIL import Image
 
-from .common import Check, GrpcUser, name, payloads, vit_url
+from clients.auth import bearer
+
+from .common import Check, GrpcUser, api_key, name, payloads, vit_url
 from .scenario import WEIGHTS
 
 WAIT = between(0.1, 1.0)
@@ -30,6 +32,8 @@ class RestUser(HttpUser):
 
     def on_start(self) -> None:
         self.payloads = payloads(self.environment)
+        if key := api_key(self.environment):
+            self.client.headers["Authorization"] = bearer(key)
 
     def post(self, path: str, check, operation: str | None = None, *, stream: str | None = None, **request):
         """POST and judge the answer: `check(body_bytes, response)` raises `Check` (or KeyError/ValueError).

@@ -1,30 +1,36 @@
 """CI load test: a short headless Locust run against the local platform with the tiny models.
 
 The platform starts as a subprocess (`python -m services`, env/tiny.env, free ports); Locust runs
-every service's REST and gRPC users for 20 s under a step-load shape up to 10 users. The run must
-end without a single failed request, every service the platform serves must have received
-traffic over both protocols, and the results folder must hold the CSV, HTML and PNG reports.
+every service's REST and gRPC users for 20 s under a step-load shape up to 10 users. The platform
+requires an API key, which the users take from MODELSERVE_API_KEY. The run must end without a
+single failed request, every service the platform serves must have received traffic over both
+protocols, and the results folder must hold the CSV, HTML and PNG reports.
 """
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
+from clients import AuthenticationError, GrpcClient
 from loadtests.platform import REPO, LocalPlatform
 from services.platform import available_services
 
 USERS, DURATION = 10, "20s"
+API_KEY = "loadtest-key-7f3a"
 
 
 @pytest.fixture(scope="module")
 def platform(models_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("platform") / "platform.log"
     # Warm-up off: it only makes the first requests faster, and start-up time is CI time.
-    local = LocalPlatform(log_path=log, extra_env={"PLATFORM_WARMUP": "false", "VIT_WARMUP": "false"})
+    extra_env = {"PLATFORM_WARMUP": "false", "VIT_WARMUP": "false", "MODELSERVE_API_KEYS": API_KEY}
+    local = LocalPlatform(log_path=log, extra_env=extra_env)
     local.start()
     yield local
     assert local.stop() == 0, f"the platform did not drain cleanly; see {log}"
@@ -61,7 +67,8 @@ def results(platform, tmp_path_factory) -> Path:
         "--out",
         str(out),
     ]
-    run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
+    env = {**os.environ, "MODELSERVE_API_KEY": API_KEY}
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, f"load test failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return out
 
@@ -77,6 +84,14 @@ def test_no_request_failed(results):
     assert int(aggregated["Request Count"]) > 50
     assert int(aggregated["Failure Count"]) == 0, (results / "locust_failures.csv").read_text()
     assert rows(results / "locust_exceptions.csv") == []
+
+
+def test_the_platform_under_test_requires_the_key(platform):
+    # Otherwise a clean run would not show that the users send it.
+    response = httpx.post(f"{platform.rest_url}/v1/translate", json={"text": "Hi"}, timeout=30)
+    assert response.status_code == 401
+    with GrpcClient(platform.grpc_target, api_key="", timeout=30) as client, pytest.raises(AuthenticationError):
+        client.translation.models()
 
 
 def test_every_service_received_traffic_over_rest_and_grpc(platform, results):
