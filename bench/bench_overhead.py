@@ -94,8 +94,10 @@ def main() -> None:
         print(f"| {label} | {statistics.mean(r['direct'] for r in picked):.3f} | "
               f"{statistics.mean(r['rest'] for r in picked):.2f} | {statistics.mean(r['grpc'] for r in picked):.2f} |")
     sys.stdout.flush()
-    on = [translation_c1(args.requests // 3, True) for _ in range(2)]
-    off = [translation_c1(args.requests // 3, False) for _ in range(2)]
+    on, off = [], []
+    for _ in range(2):
+        on.append(translation_c1(args.requests // 3, True))
+        off.append(translation_c1(args.requests // 3, False))
     print("\n| translation (tiny), concurrency 1 | p50 ms |")
     print("|---|---|")
     print(f"| batching on (16, 5 ms) | {statistics.mean(on):.2f} |")
