@@ -28,9 +28,10 @@ $(STAMP): pyproject.toml
 
 models: setup
 	$(PY) -m tools.tiny_models --out $(MODELS)
-	@# The ViT service serves a TF SavedModel exported from the tiny HF checkpoint (TF Serving layout).
-	test -f $(MODELS)/vit-serving/hf-vit/1/saved_model.pb || \
-	  $(PY) -m services.vit.export --checkpoint $(MODELS)/vit/hf-vit --model-base $(MODELS)/vit-serving --version 1
+	@# The ViT service serves a TF SavedModel exported from the tiny HF checkpoint (TF Serving layout),
+	@# exported again whenever the exporter (and so the graph's own input checks) changed.
+	test $(MODELS)/vit-serving/hf-vit/1/saved_model.pb -nt services/vit/export.py || { rm -rf $(MODELS)/vit-serving && \
+	  $(PY) -m services.vit.export --checkpoint $(MODELS)/vit/hf-vit --model-base $(MODELS)/vit-serving --version 1; }
 
 protos: setup
 	for proto in $(PROTOS); do \

@@ -17,8 +17,15 @@ Kubernetes with TF Serving"), so any TF Serving client can send image bytes and 
 Preprocessing follows the checkpoint's ``preprocessor_config.json`` the way the transformers PIL image
 processor does: decode to RGB (alpha dropped, grey replicated, first GIF frame; JPEG with the accurate IDCT
 PIL uses), resize with the configured PIL filter as PIL runs it (two separable antialiased passes in PIL's
-order, rounding to uint8 after each), rescale, normalize. Images over ``MAX_PIXELS`` are refused. EXIF
-orientation is not applied (the transformers pipeline applies it; TF's decoders cannot).
+order, rounding to uint8 after each), rescale, normalize. EXIF orientation is not applied (the transformers
+pipeline applies it; TF's decoders cannot).
+
+Before anything is decoded, the graph reads each image's size from its header (JPEG SOF, PNG IHDR, GIF
+logical screen and every frame's image descriptor, BMP info header) and fails with InvalidArgument when it
+exceeds ``--max-image-side`` on a side or ``--max-image-pixels`` in all (a GIF's frames summed: giflib
+decodes them all), or when the bytes are none of those four formats. A header is a
+claim the decoder would act on: a 150 KB PNG of one colour decodes to 430 MB at 12000x12000, a float copy
+of it to four times that. The check is part of the SavedModel, so it holds in tensorflow/serving too.
 
 Layout, as TF Serving expects it::
 
@@ -67,13 +74,16 @@ import keras_hub  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # noqa: E402
 
+from .limits import MAX_GIF_BLOCKS  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = "google/vit-base-patch16-224"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 BATCHING_FILE = "batching_parameters.txt"
-# Decoded images above this are rejected in-graph (InvalidArgument) before the resize allocates more.
-MAX_PIXELS = 25_000_000
+# Images whose header claims more are refused in-graph (InvalidArgument) before they are decoded.
+MAX_IMAGE_SIDE = 8192
+MAX_IMAGE_PIXELS = 25_000_000
 # PIL resampling codes (preprocessor_config.json "resample") -> tf.image.resize methods with the same kernel.
 _PIL_TO_TF_RESIZE = {2: "bilinear", 3: "bicubic", 1: "lanczos3"}
 _BASE64_TEXT = r"[A-Za-z0-9_\-+/]*=*"
@@ -173,8 +183,155 @@ def _pil_resize(image: tf.Tensor, height: int, width: int, method: str) -> tf.Te
     return _round_to_uint8_range(tf.cond(vertical, vertical_first, horizontal_first))
 
 
-def _decode(encoded: tf.Tensor) -> tf.Tensor:
-    """One input string (base64 text or raw bytes) -> uint8 RGB image [h, w, 3]."""
+# decode_image's own format detection (TensorFlow's ClassifyFileFormat), for the formats read here.
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_GIF_MAGIC = b"GIF8"
+_BMP_MAGIC = b"BM"
+# The header bytes the size fields lie in: PNG's IHDR width and height end at 24, BMP's at 26.
+_HEADER_BYTES = 26
+
+
+def _header(data: tf.Tensor) -> tf.Tensor:
+    """The first _HEADER_BYTES bytes as int64, zero-padded when the data is shorter."""
+    head = tf.strings.substr(data, 0, _HEADER_BYTES)
+    padded = tf.strings.substr(tf.strings.join([head, tf.constant(b"\0" * _HEADER_BYTES)]), 0, _HEADER_BYTES)
+    return tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int64)
+
+
+def _uint(header: tf.Tensor, start: int, size: int, big_endian: bool) -> tf.Tensor:
+    order = range(size - 1, -1, -1) if big_endian else range(size)
+    return tf.add_n([header[start + i] * (256**k) for k, i in enumerate(order)])
+
+
+def _int32_le(header: tf.Tensor, start: int) -> tf.Tensor:
+    value = _uint(header, start, 4, big_endian=False)
+    return tf.where(value >= 2**31, value - 2**32, value)
+
+
+def _color_table_bytes(flags: tf.Tensor) -> tf.Tensor:
+    """A GIF colour table's size from the packed flags byte of the screen or an image descriptor."""
+    return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0)
+
+
+def _gif_frames(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(pixels of all frames, longest frame side, whether the block structure is whole and walkable).
+
+    giflib reads every frame into a raster of the frame's own size before TensorFlow keeps the first one:
+    a small logical screen says nothing about them, so each image descriptor is found by walking the blocks.
+    """
+    raw = tf.io.decode_raw(data, tf.uint8)
+    size = tf.size(raw, out_type=tf.int64)
+
+    def byte(i):
+        """The byte at i, or -1 past the end."""
+        i = tf.cast(i, tf.int64)
+        value = tf.cast(tf.gather(raw, tf.minimum(i, size - 1)), tf.int64)
+        return tf.where(i < size, value, tf.constant(-1, tf.int64))
+
+    def le16(i):
+        return byte(i) + 256 * byte(i + 1)
+
+    # State: position, inside a chain of data sub-blocks, finished, valid, frame pixels, longest side.
+    def step(pos, in_chain, done, valid, pixels, longest):
+        b = byte(pos)
+        width, height = le16(pos + 5), le16(pos + 7)
+        is_frame = ~in_chain & tf.equal(b, 0x2C)
+        after_frame = pos + 10 + _color_table_bytes(byte(pos + 9)) + 1  # descriptor, colour table, LZW size
+        next_pos = tf.where(
+            in_chain, pos + tf.maximum(b, 0) + 1, tf.where(is_frame, after_frame, pos + 2)  # 0x21: ext label
+        )
+        ended = tf.where(in_chain, b < 0, ~(tf.equal(b, 0x21) | is_frame))  # trailer, bad byte or the end
+        valid = tf.where(ended, ~in_chain & tf.equal(b, 0x3B), valid)
+        return (
+            next_pos,
+            tf.where(in_chain, b > 0, True),
+            ended,
+            valid,
+            pixels + tf.where(is_frame, width * height, 0),
+            tf.maximum(longest, tf.where(is_frame, tf.maximum(width, height), 0)),
+        )
+
+    start = 13 + _color_table_bytes(byte(10))
+    zero = tf.constant(0, tf.int64)
+    _, _, done, valid, pixels, longest = tf.while_loop(
+        lambda pos, in_chain, done, *_: ~done,
+        step,
+        (start, tf.constant(False), tf.constant(False), tf.constant(False), zero, zero),
+        maximum_iterations=MAX_GIF_BLOCKS,
+    )
+    return pixels, longest, done & valid
+
+
+def _check_claimed_size(data: tf.Tensor, max_side: int, max_pixels: int) -> list[tf.Operation]:
+    """Assertions that fail (InvalidArgument) unless the header is one of the four formats, whole, and claims
+    at most max_side on a side and max_pixels in all. Nothing is decoded: JPEG's size comes from its SOF
+    marker through extract_jpeg_shape (libjpeg's header reader), GIF frames from their descriptors, the
+    others' from fixed header fields."""
+    header = _header(data)
+    length = tf.strings.length(data)
+
+    def starts_with(magic: bytes) -> tf.Tensor:
+        return tf.equal(tf.strings.substr(data, 0, len(magic)), magic)
+
+    is_jpeg, is_png, is_gif, is_bmp = (starts_with(m) for m in (_JPEG_MAGIC, _PNG_MAGIC, _GIF_MAGIC, _BMP_MAGIC))
+    no_size = tf.zeros([2], tf.int64)
+    # [width, height]; BMP stores a signed height (negative = top-down rows).
+    size = tf.case(
+        [
+            (is_jpeg, lambda: tf.reverse(tf.io.extract_jpeg_shape(data, output_type=tf.int64)[:2], [0])),
+            (is_png, lambda: tf.stack([_uint(header, 16, 4, True), _uint(header, 20, 4, True)])),
+            (is_gif, lambda: tf.stack([_uint(header, 6, 2, False), _uint(header, 8, 2, False)])),
+            (is_bmp, lambda: tf.abs(tf.stack([_int32_le(header, 18), _int32_le(header, 22)]))),
+        ],
+        default=lambda: no_size,
+    )
+    complete = tf.case(
+        [
+            (is_png, lambda: (length >= 24) & tf.equal(tf.strings.substr(data, 12, 4), b"IHDR")),
+            (is_gif, lambda: length >= 10),
+            (is_bmp, lambda: length >= _HEADER_BYTES),
+        ],
+        default=lambda: tf.constant(True),
+    )
+    width, height = size[0], size[1]
+    within = (width <= max_side) & (height <= max_side) & (width * height <= max_pixels)
+    zero = tf.constant(0, tf.int64)
+    frame_pixels, longest_frame_side, walkable = tf.cond(
+        is_gif & complete, lambda: _gif_frames(data), lambda: (zero, zero, tf.constant(True))
+    )
+    return [
+        tf.debugging.Assert(
+            is_jpeg | is_png | is_gif | is_bmp, ["unknown image format: expected JPEG, PNG, GIF or BMP"]
+        ),
+        tf.debugging.Assert(complete, ["truncated image header"]),
+        tf.debugging.Assert(
+            within,
+            [
+                tf.strings.format(
+                    "image header claims {}x{} pixels; at most {} on a side and {} in all are decoded",
+                    (width, height, max_side, max_pixels),
+                )
+            ],
+        ),
+        tf.debugging.Assert(
+            walkable, [f"GIF block structure is cut short, invalid, or longer than {MAX_GIF_BLOCKS} blocks"]
+        ),
+        tf.debugging.Assert(
+            (longest_frame_side <= max_side) & (frame_pixels <= max_pixels),
+            [
+                tf.strings.format(
+                    "GIF frames claim {} pixels in all and {} on their longest side; at most {} on a side and "
+                    "{} in all are decoded",
+                    (frame_pixels, longest_frame_side, max_side, max_pixels),
+                )
+            ],
+        ),
+    ]
+
+
+def _decode(encoded: tf.Tensor, max_side: int, max_pixels: int) -> tf.Tensor:
+    """One input string (base64 text or raw bytes) -> uint8 RGB image [h, w, 3], its header checked first."""
     # Encoded images always contain bytes outside the base64 alphabet, so base64 text is unambiguous.
     data = tf.cond(
         tf.strings.regex_full_match(encoded, _BASE64_TEXT),
@@ -183,28 +340,24 @@ def _decode(encoded: tf.Tensor) -> tf.Tensor:
         ),
         lambda: encoded,
     )
+    # Without the dependency the decoder runs alongside the checks instead of after them.
+    with tf.control_dependencies(_check_claimed_size(data, max_side, max_pixels)):
+        data = tf.identity(data)
     # decode_image's JPEG path uses libjpeg's fast integer IDCT (off by up to 5 levels from PIL); the
     # accurate one with fancy upsampling decodes exactly as PIL does.
-    image = tf.cond(
+    return tf.cond(
         tf.io.is_jpeg(data),
         lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
         lambda: tf.io.decode_image(data, channels=3, expand_animations=False),
     )
-    pixels = tf.shape(image, out_type=tf.int64)[0] * tf.shape(image, out_type=tf.int64)[1]
-    too_large = tf.debugging.assert_less_equal(
-        pixels, tf.constant(MAX_PIXELS, tf.int64), message="image too large"
-    )
-    # Without the dependency the float cast and resize of the huge image run alongside the check.
-    with tf.control_dependencies([too_large]):
-        return tf.identity(image)
 
 
-def build_preprocess(pre: Preprocessing):
+def build_preprocess(pre: Preprocessing, max_side: int = MAX_IMAGE_SIDE, max_pixels: int = MAX_IMAGE_PIXELS):
     mean = tf.constant(pre.image_mean, tf.float32)
     std = tf.constant(pre.image_std, tf.float32)
 
     def preprocess_one(encoded: tf.Tensor) -> tf.Tensor:
-        x = tf.cast(_decode(encoded), tf.float32)
+        x = tf.cast(_decode(encoded, max_side, max_pixels), tf.float32)
         if pre.do_resize:
             x = _pil_resize(x, pre.height, pre.width, pre.resize_method)
         if pre.do_rescale:
@@ -272,6 +425,8 @@ def export_saved_model(
     version: int | None = None,
     top_k: int = 5,
     batching: BatchingParameters | None = None,
+    max_image_side: int = MAX_IMAGE_SIDE,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Path:
     """Write ``<model_base>/<name>/<version>/`` and return it; ``version=None`` takes the next free one."""
     checkpoint_dir = resolve_checkpoint(checkpoint)
@@ -291,7 +446,7 @@ def export_saved_model(
     num_labels = len(config["id2label"])
     labels = tf.constant([config["id2label"][str(i)] for i in range(num_labels)])
     k = min(top_k, num_labels)
-    preprocess = build_preprocess(pre)
+    preprocess = build_preprocess(pre, max_image_side, max_image_pixels)
     scores_of = _score_fn(config)
 
     def scores(strings):
@@ -344,6 +499,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="hf-vit")
     parser.add_argument("--version", type=int, default=None, help="default: next free version number")
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--max-image-side", type=int, default=MAX_IMAGE_SIDE, help="refused above, undecoded")
+    parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, help="refused above, undecoded")
     defaults = BatchingParameters()
     parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
     parser.add_argument("--batch-timeout-micros", type=int, default=defaults.batch_timeout_micros)
@@ -354,7 +511,18 @@ def main(argv: list[str] | None = None) -> None:
     batching = BatchingParameters(
         args.max_batch_size, args.batch_timeout_micros, args.max_enqueued_batches, args.num_batch_threads
     )
-    print(export_saved_model(args.checkpoint, args.model_base, args.name, args.version, args.top_k, batching))
+    print(
+        export_saved_model(
+            args.checkpoint,
+            args.model_base,
+            args.name,
+            args.version,
+            args.top_k,
+            batching,
+            args.max_image_side,
+            args.max_image_pixels,
+        )
+    )
 
 
 if __name__ == "__main__":

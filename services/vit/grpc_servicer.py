@@ -1,6 +1,9 @@
 """TF Serving's gRPC API with its own generated stubs (tensorflow-serving-api): PredictionService
 Predict and GetModelMetadata, ModelService GetModelStatus. Same runner and batcher as REST."""
 
+import asyncio
+from concurrent.futures import Executor
+
 import tensorflow as tf
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -18,12 +21,20 @@ from services.kit.errors import InvalidArgument
 from services.kit.grpc_server import time_remaining
 
 from . import schemas
+from .limits import (
+    RequestLimits,
+    TensorBudget,
+    check_string_inputs,
+    check_tensor_proto,
+    proto_dtype,
+    proto_shape,
+)
 from .runner import (
     DEFAULT_SIGNATURE,
     PredictJob,
     Servable,
     VitRunner,
-    validate_inputs,
+    validate_declared,
     validate_output_filter,
 )
 
@@ -38,11 +49,15 @@ def _servable(runner: VitRunner, spec: model_pb2.ModelSpec) -> Servable:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, runner: VitRunner, batcher: DynamicBatcher):
+    """`decoder` checks and converts the request's tensors and builds the response's, off the event loop."""
+
+    def __init__(self, runner: VitRunner, batcher: DynamicBatcher, limits: RequestLimits, decoder: Executor):
         self.runner = runner
         self.batcher = batcher
+        self.limits = limits
+        self.decoder = decoder
 
-    async def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+    def _prepare(self, request: predict_pb2.PredictRequest) -> PredictJob:
         if not request.HasField("model_spec"):
             raise InvalidArgument("Missing ModelSpec")
         servable = _servable(self.runner, request.model_spec)
@@ -50,22 +65,42 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature = servable.signatures.get(signature_name)
         if signature is None:
             raise schemas.FailedPrecondition(f'Serving signature key "{signature_name}" not found.')
+        # Everything a tensor would cost is read from its declaration before any tensor is built.
+        validate_declared(
+            signature,
+            {key: (proto_dtype(key, proto), proto_shape(key, proto)) for key, proto in request.inputs.items()},
+        )
+        budget = TensorBudget(self.limits)
         inputs = {}
-        for key, proto in request.inputs.items():
+        for key, proto in sorted(request.inputs.items()):
+            check_tensor_proto(key, proto, budget)
             try:
                 inputs[key] = tf.make_ndarray(proto)
             except (TypeError, ValueError):
                 raise InvalidArgument(f"tensor parsing error: {key}") from None
-        validate_inputs(signature, inputs)
         output_filter = validate_output_filter(signature, list(request.output_filter))
         job = PredictJob(servable, signature, inputs, output_filter)
-        outputs = await self.batcher.submit(job, key=job.batch_key, timeout=time_remaining(context))
+        budget.check_rows(job.rows, "the request")
+        check_string_inputs(inputs, self.limits)
+        return job
+
+    @staticmethod
+    def _response(job: PredictJob, outputs) -> predict_pb2.PredictResponse:
+        servable = job.servable
         response = predict_pb2.PredictResponse(
-            model_spec=schemas.model_spec(servable.name, servable.version, signature_name)
+            model_spec=schemas.model_spec(servable.name, servable.version, job.signature.name)
         )
         for key, value in outputs.items():
             response.outputs[key].CopyFrom(schemas.tensor_proto(value))
         return response
+
+    async def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+        loop = asyncio.get_running_loop()
+        job = await loop.run_in_executor(self.decoder, self._prepare, request)
+        outputs = await self.batcher.submit(
+            job, key=job.batch_key, timeout=time_remaining(context), cost=job.cost, nbytes=job.nbytes
+        )
+        return await loop.run_in_executor(self.decoder, self._response, job, outputs)
 
     async def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context

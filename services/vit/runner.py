@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,18 @@ class PredictJob:
         return size or None
 
     @property
+    def cost(self) -> int:
+        """What the batcher budgets a request in: its rows (each becomes a full-size image in the graph)."""
+        return self.rows or 1
+
+    @property
+    def nbytes(self) -> int:
+        return sum(
+            sum(len(item) for item in value.ravel()) if value.dtype == object else value.nbytes
+            for value in self.inputs.values()
+        )
+
+    @property
     def batch_key(self) -> tuple:
         """Requests merge only when every input agrees in dtype and in all dimensions but the first."""
         shapes = tuple(sorted((key, value.dtype.str, value.shape[1:]) for key, value in self.inputs.items()))
@@ -170,6 +182,17 @@ class PredictJob:
 
 def validate_inputs(signature: Signature, inputs: dict[str, np.ndarray]) -> None:
     """The checks TF Serving makes before running a signature (its messages where it has them)."""
+    validate_declared(
+        signature,
+        {
+            key: (tf.as_dtype(value.dtype) if value.dtype != object else tf.string, list(value.shape))
+            for key, value in inputs.items()
+        },
+    )
+
+
+def validate_declared(signature: Signature, inputs: dict[str, tuple[tf.DType, list[int]]]) -> None:
+    """validate_inputs on what the request declares (dtype, shape), before any tensor exists."""
     expected, sent = set(signature.inputs), set(inputs)
     if len(sent) != len(expected):
         raise InvalidArgument(
@@ -178,21 +201,20 @@ def validate_inputs(signature: Signature, inputs: dict[str, np.ndarray]) -> None
             f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
             f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
         )
-    for index, (key, value) in enumerate(sorted(inputs.items())):
+    for index, (key, (dtype, shape)) in enumerate(sorted(inputs.items())):
         spec = signature.inputs.get(key)
         if spec is None:
             raise InvalidArgument(
                 f"input tensor alias not found in signature: {key}. "
                 f"Inputs expected to be in the set {{{','.join(sorted(expected))}}}."
             )
-        dtype = tf.as_dtype(value.dtype) if value.dtype != object else tf.string
         if dtype != spec.dtype:
             raise InvalidArgument(
                 f"Expects arg[{index}] to be {spec.dtype.name} but {dtype.name} is provided"
             )
-        if not spec.shape.is_compatible_with(value.shape):
+        if not spec.shape.is_compatible_with(shape):
             raise InvalidArgument(
-                f"input {key}: shape {list(value.shape)} is not compatible with the signature's "
+                f"input {key}: shape {shape} is not compatible with the signature's "
                 f"{spec.shape.as_list() if spec.shape.rank is not None else 'shape'} (None = any size)"
             )
 
@@ -218,6 +240,16 @@ class VersionState:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class Versions:
+    """What the poller found, published as one object: the event loop reads a snapshot that no thread
+    mutates (the poller builds the next one and swaps the reference), so loaded and failed versions are
+    always seen together and never change under an iteration."""
+
+    servables: dict[int, Servable] = field(default_factory=dict)
+    failed: dict[int, tuple[float, str]] = field(default_factory=dict)  # version -> (saved_model.pb mtime, error)
+
+
 class VitRunner:
     """All versions of one model, kept in sync with the model directory."""
 
@@ -225,8 +257,7 @@ class VitRunner:
         self.settings = settings
         self.name = settings.model_name
         self.model_dir = Path(settings.model_base) / settings.model_name
-        self._servables: dict[int, Servable] = {}  # replaced whole, never mutated: readers need no lock
-        self._failed: dict[int, tuple[float, str]] = {}  # version -> (saved_model.pb mtime, error)
+        self._versions = Versions()  # replaced whole, never mutated: readers need no lock
         self._scan_lock = threading.Lock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -238,7 +269,7 @@ class VitRunner:
         if not self._version_dirs() and self.settings.checkpoint:
             self._export_checkpoint()
         self.scan(warmup=False)
-        if not self._servables:
+        if not self._versions.servables:
             raise RuntimeError(
                 f"no loadable version under {self.model_dir} (numeric directories with a saved_model.pb); "
                 "set VIT_CHECKPOINT to export one at start-up"
@@ -248,7 +279,7 @@ class VitRunner:
             self._poller.start()
 
     def warmup(self) -> None:
-        for servable in self._servables.values():
+        for servable in self._versions.servables.values():
             log.info(
                 "%s version %d: replayed %d warm-up requests", self.name, servable.version, servable.warmup()
             )
@@ -278,11 +309,13 @@ class VitRunner:
     def scan(self, warmup: bool) -> None:
         """Load versions that appeared, drop versions whose directory went away (TF Serving's poll)."""
         with self._scan_lock:
+            current = self._versions
             on_disk = self._version_dirs()
-            servables = {v: s for v, s in self._servables.items() if v in on_disk}
+            servables = {v: s for v, s in current.servables.items() if v in on_disk}
+            failed = {v: f for v, f in current.failed.items() if v in on_disk}
             for version, path in sorted(on_disk.items()):
                 mtime = (path / "saved_model.pb").stat().st_mtime
-                if version in servables or self._failed.get(version, (None,))[0] == mtime:
+                if version in servables or failed.get(version, (None,))[0] == mtime:
                     continue
                 try:
                     servable = Servable(self.name, version, path)
@@ -290,17 +323,16 @@ class VitRunner:
                         servable.warmup()
                 except Exception as exc:  # a broken version is reported in the status, others keep serving
                     log.exception("%s version %d failed to load", self.name, version)
-                    self._failed[version] = (mtime, f"{type(exc).__name__}: {exc}")
+                    failed[version] = (mtime, f"{type(exc).__name__}: {exc}")
                     VERSION_LOADS.labels(self.name, "failed").inc()
                     continue
-                self._failed.pop(version, None)
+                failed.pop(version, None)
                 servables[version] = servable
                 VERSION_LOADS.labels(self.name, "loaded").inc()
                 log.info("%s version %d is available (%s)", self.name, version, path)
-            for version in set(self._servables) - set(servables):
+            for version in set(current.servables) - set(servables):
                 log.info("%s version %d was removed from disk: unloaded", self.name, version)
-            self._failed = {v: f for v, f in self._failed.items() if v in on_disk}
-            self._servables = servables
+            self._versions = Versions(servables, failed)
             if servables:
                 LATEST_VERSION.labels(self.name).set(max(servables))
 
@@ -312,7 +344,7 @@ class VitRunner:
                 log.exception("scanning %s failed", self.model_dir)
 
     def servable(self, name: str, version: int | None = None) -> Servable:
-        servables = self._servables
+        servables = self._versions.servables
         if name != self.name or not servables:
             raise servable_not_found(name, version)
         if version is None:
@@ -325,8 +357,9 @@ class VitRunner:
         """What GetModelStatus reports, highest version first (TF Serving's order)."""
         states: dict[int, VersionState] = {}
         if name == self.name:
-            states.update({v: VersionState(v, False, error) for v, (_, error) in self._failed.items()})
-            states.update({v: VersionState(v, True) for v in self._servables})
+            versions = self._versions
+            states.update({v: VersionState(v, False, error) for v, (_, error) in versions.failed.items()})
+            states.update({v: VersionState(v, True) for v in versions.servables})
         if version is not None:
             if version not in states:
                 raise NotFound(f"Could not find version {version} of model {name}")
@@ -336,7 +369,7 @@ class VitRunner:
         return [states[v] for v in sorted(states, reverse=True)]
 
     def available_versions(self) -> list[int]:
-        return sorted(self._servables)
+        return sorted(self._versions.servables)
 
     # -- prediction -----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from services.kit.errors import InvalidArgument, ServiceError
 
+from .limits import RequestLimits, TensorBudget, check_json_structure
 from .runner import Servable, VersionState
 
 B64_KEY = "b64"
@@ -73,9 +74,10 @@ def _dtype_name(dtype: tf.DType) -> str:
     return {tf.float32: "float", tf.float64: "double"}.get(dtype, dtype.name)
 
 
-def parse_json(body: bytes) -> dict:
+def parse_json(body: bytes, limits: RequestLimits) -> dict:
     if not body.strip():
         raise InvalidArgument("JSON Parse error: The document is empty")
+    check_json_structure(body, limits)
     try:
         doc = json.loads(body)
     except UnicodeDecodeError as exc:
@@ -114,7 +116,7 @@ def _b64_decode(value: Any) -> bytes:
         raise InvalidArgument("Unable to base64 decode") from None
 
 
-def _scalar(value: Any, dtype: tf.DType) -> Any:
+def _scalar(value: Any, dtype: tf.DType, name: str, budget: TensorBudget) -> Any:
     def type_error() -> InvalidArgument:
         return InvalidArgument(
             f"JSON Value: {_show(value)} Type: {_json_type(value)} is not of expected type: {_dtype_name(dtype)}"
@@ -122,10 +124,13 @@ def _scalar(value: Any, dtype: tf.DType) -> Any:
 
     if dtype == tf.string:
         if isinstance(value, str):
-            return value.encode()
-        if isinstance(value, dict):
-            return _b64_decode(value)
-        raise type_error()
+            data = value.encode()
+        elif isinstance(value, dict):
+            data = _b64_decode(value)
+        else:
+            raise type_error()
+        budget.take_string_bytes(name, len(data))
+        return data
     if dtype == tf.bool:
         if not isinstance(value, bool):
             raise type_error()
@@ -163,14 +168,14 @@ def _dense_shape(value: Any) -> list[int]:
     return shape
 
 
-def _fill(value: Any, level: int, shape: list[int], dtype: tf.DType, out: list) -> None:
+def _fill(value: Any, level: int, shape: list[int], dtype: tf.DType, out: list, name: str, budget: TensorBudget) -> None:
     if not isinstance(value, list):
         if level != len(shape):
             raise InvalidArgument(
                 f"JSON Value: {_show(value)} found at incorrect level: {level + 1} in the JSON DOM. "
                 f"Expected at level: {len(shape)}"
             )
-        out.append(_scalar(value, dtype))
+        out.append(_scalar(value, dtype, name, budget))
         return
     if level >= len(shape):
         raise InvalidArgument(f"Encountered list at unexpected level: {level} expected < {len(shape)}")
@@ -179,14 +184,19 @@ def _fill(value: Any, level: int, shape: list[int], dtype: tf.DType, out: list) 
             f"Encountered list at unexpected size: {len(value)} at level: {level} expected size: {shape[level]}"
         )
     for item in value:
-        _fill(item, level + 1, shape, dtype, out)
+        _fill(item, level + 1, shape, dtype, out, name, budget)
 
 
-def json_to_array(value: Any, dtype: tf.DType) -> np.ndarray:
-    """One tensor in its natural nested-list form (or a scalar) to an array of the signature's dtype."""
+def json_to_array(value: Any, dtype: tf.DType, *, name: str, budget: TensorBudget) -> np.ndarray:
+    """One tensor in its natural nested-list form (or a scalar) to an array of the signature's dtype.
+
+    The shape read along the first elements is charged to the budget before any value is converted; a list
+    of another length is refused as soon as it is reached, so the conversion never outgrows that shape.
+    """
     shape = _dense_shape(value)
+    budget.take_elements(name, shape)
     flat: list = []
-    _fill(value, 0, shape, dtype, flat)
+    _fill(value, 0, shape, dtype, flat, name, budget)
     np_dtype = object if dtype == tf.string else dtype.as_numpy_dtype
     array = np.empty(len(flat), dtype=np_dtype)
     array[:] = flat
@@ -197,7 +207,9 @@ def _is_named_object(value: Any) -> bool:
     return isinstance(value, dict) and not is_b64_object(value)
 
 
-def _rows_to_arrays(instances: list, specs: dict[str, tf.TensorSpec]) -> dict[str, np.ndarray]:
+def _rows_to_arrays(
+    instances: list, specs: dict[str, tf.TensorSpec], budget: TensorBudget
+) -> dict[str, np.ndarray]:
     if len(specs) > 1 and not _is_named_object(instances[0]):
         raise InvalidArgument(
             "instances is a plain list, but expecting list of objects as multiple input tensors required "
@@ -211,7 +223,7 @@ def _rows_to_arrays(instances: list, specs: dict[str, tf.TensorSpec]) -> dict[st
                 raise InvalidArgument(f"Expecting value/list but got object at item {index} of input list")
             key = next(iter(specs))
             try:
-                _add_instance_item(item, specs[key].dtype, columns[key])
+                _add_instance_item(item, key, specs[key].dtype, columns[key], budget)
             except InvalidArgument as exc:
                 raise InvalidArgument(
                     f"Failed to process element: {index} of 'instances' list. Error: {exc.message}"
@@ -223,7 +235,7 @@ def _rows_to_arrays(instances: list, specs: dict[str, tf.TensorSpec]) -> dict[st
             try:
                 if key not in specs:
                     raise InvalidArgument(f"JSON object: does not have named input: {key}")
-                _add_instance_item(value, specs[key].dtype, columns[key])
+                _add_instance_item(value, key, specs[key].dtype, columns[key], budget)
             except InvalidArgument as exc:
                 raise InvalidArgument(
                     f"Failed to process element: {index} key: {key} of 'instances' list. Error: {exc.message}"
@@ -236,9 +248,11 @@ def _rows_to_arrays(instances: list, specs: dict[str, tf.TensorSpec]) -> dict[st
     return {key: np.stack(values) for key, values in columns.items()}
 
 
-def _add_instance_item(value: Any, dtype: tf.DType, column: list[np.ndarray]) -> None:
+def _add_instance_item(
+    value: Any, name: str, dtype: tf.DType, column: list[np.ndarray], budget: TensorBudget
+) -> None:
     """One instance's value for one input: every instance must give the same shape (the batch is stacked)."""
-    array = json_to_array(value, dtype)
+    array = json_to_array(value, dtype, name=name, budget=budget)
     if column and column[0].size != array.size:
         raise InvalidArgument(f"Expecting tensor size: {column[0].size} but got: {array.size}")
     if column and column[0].shape != array.shape:
@@ -246,7 +260,9 @@ def _add_instance_item(value: Any, dtype: tf.DType, column: list[np.ndarray]) ->
     column.append(array)
 
 
-def _columns_to_arrays(inputs: Any, specs: dict[str, tf.TensorSpec]) -> dict[str, np.ndarray]:
+def _columns_to_arrays(
+    inputs: Any, specs: dict[str, tf.TensorSpec], budget: TensorBudget
+) -> dict[str, np.ndarray]:
     if not _is_named_object(inputs):
         if len(specs) > 1:
             raise InvalidArgument(
@@ -254,17 +270,19 @@ def _columns_to_arrays(inputs: Any, specs: dict[str, tf.TensorSpec]) -> dict[str
                 "as per tensorinfo_map"
             )
         key = next(iter(specs))
-        return {key: json_to_array(inputs, specs[key].dtype)}
+        return {key: json_to_array(inputs, specs[key].dtype, name=key, budget=budget)}
     arrays = {}
     for key, spec in specs.items():
         if key not in inputs:
             raise InvalidArgument(f"Missing named input: {key} in 'inputs' object.")
-        arrays[key] = json_to_array(inputs[key], spec.dtype)
+        arrays[key] = json_to_array(inputs[key], spec.dtype, name=key, budget=budget)
     return arrays
 
 
-def decode_predict_inputs(doc: dict, specs: dict[str, tf.TensorSpec]) -> tuple[Format, dict[str, np.ndarray]]:
-    """The request's tensors, keyed by input alias, in the signature's dtypes."""
+def decode_predict_inputs(
+    doc: dict, specs: dict[str, tf.TensorSpec], budget: TensorBudget
+) -> tuple[Format, dict[str, np.ndarray]]:
+    """The request's tensors, keyed by input alias, in the signature's dtypes, within the request's budget."""
     if not specs:
         raise InvalidArgument("Failed to get input map for signature")
     if "instances" in doc and "inputs" in doc:
@@ -278,9 +296,10 @@ def decode_predict_inputs(doc: dict, specs: dict[str, tf.TensorSpec]) -> tuple[F
             raise InvalidArgument(f"JSON Value: {_show(doc)} Expecting 'instances' to be an list/array")
         if not instances:
             raise InvalidArgument(f"JSON Value: {_show(doc)} No values in 'instances' array")
-        return Format.ROW, _rows_to_arrays(instances, specs)
+        budget.check_rows(len(instances), "'instances'")
+        return Format.ROW, _rows_to_arrays(instances, specs, budget)
     if "inputs" in doc:
-        return Format.COLUMNAR, _columns_to_arrays(doc["inputs"], specs)
+        return Format.COLUMNAR, _columns_to_arrays(doc["inputs"], specs, budget)
     raise InvalidArgument("Missing 'inputs' or 'instances' key")
 
 

@@ -4,12 +4,15 @@ Named server.py, not service.py: the platform imports services/<name>/service.py
 while this one runs TensorFlow in a process of its own (`python -m services.vit`).
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from services.kit.service import GrpcServicer, Service
 
 from . import schemas
 from .grpc_servicer import MODEL_SERVICE, PREDICTION_SERVICE, ModelServicer, PredictionServicer
+from .limits import RequestLimits
 from .rest import create_router
 from .runner import VitRunner
 from .settings import VitSettings
@@ -21,11 +24,14 @@ def create_service(settings: VitSettings | None = None) -> Service:
     service = Service(name="vit", settings=settings, runner=runner, error_body=schemas.error_body)
     # One batcher for every model version and signature: the batch key keeps them apart.
     batcher = service.batcher("predict", runner.predict_batch)
-    service.router = create_router(runner, batcher)
+    limits = RequestLimits.from_settings(settings)
+    # Request parsing and tensor conversion for REST and gRPC: neither the event loop nor the model thread.
+    decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="vit-decode")
+    service.router = create_router(runner, batcher, limits, decoder)
     service.grpc += [
         GrpcServicer(
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
-            PredictionServicer(runner, batcher),
+            PredictionServicer(runner, batcher, limits, decoder),
             PREDICTION_SERVICE,
         ),
         GrpcServicer(

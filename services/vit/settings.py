@@ -28,5 +28,42 @@ class VitSettings(ServiceSettings):
     # As the exporter's batching_parameters.txt: up to 16 requests per model call, 5 ms to fill a batch.
     max_batch_size: int = Field(16, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
+    # A request's cost is its rows (images): every row becomes a full-size float image in the graph, however
+    # small its encoded form, so rows are what a request and a merged batch are budgeted in.
+    max_request_cost: float | None = Field(64, gt=0, description="rows (images) one Predict may carry")
+    max_batch_cost: float | None = Field(64, gt=0, description="rows one merged model call may carry")
     # Base64 images: a 20 MB JPEG is ~27 MB of JSON.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_tensor_elements: int = Field(
+        4 * 1024 * 1024,
+        ge=1,
+        description="elements across all input tensors of one Predict, read from the declared shapes before "
+        "any tensor is built (a 224x224 pixel_values image is 150,528)",
+    )
+    max_string_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1,
+        description="bytes across all string values of one Predict, counting the copies TensorFlow makes "
+        "when a tensor lists fewer values than its shape holds",
+    )
+    # The kit checks JSON-typed bodies against these two in its middleware; the predict route checks every
+    # body again, whatever its content type (TF Serving parses any, and curl -d sends a form type).
+    # Python's JSON parser recurses once per level and raises RecursionError past ~900 levels.
+    max_json_depth: int = Field(
+        64, ge=3, le=512, description="nesting depth of a REST body, checked before parsing"
+    )
+    max_json_elements: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="values (numbers, strings, lists, objects) a REST body may hold, counted before parsing "
+        "(a 224x224 pixel_values image sent as JSON is 150,528 numbers)",
+    )
+    max_image_side: int = Field(
+        8192, ge=1, description="images whose header claims a wider or taller picture are refused undecoded"
+    )
+    max_image_pixels: int = Field(
+        25_000_000, ge=1, description="images whose header claims more pixels are refused undecoded"
+    )
+    decode_threads: int = Field(
+        2, ge=1, description="threads that parse JSON and convert tensors, off the event loop and the model thread"
+    )

@@ -16,6 +16,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor, pipeline
 
 from services.vit import export
+from tests.vit import image_bombs
 
 # Two shared cores: keep both runtimes to one intra-op thread (TF refuses once its runtime is up).
 torch.set_num_threads(1)
@@ -215,11 +216,109 @@ def test_bad_input_is_an_invalid_argument_and_the_model_keeps_working(served, im
     assert served.signatures["serving_default"](string_input=tf.constant([good]))["label"].shape == (1,)
 
 
-def test_oversized_image_is_rejected(served):
-    side = 7100  # 50.4 megapixels
-    data = _encode(Image.new("L", (side, side)), "PNG")
-    with pytest.raises(tf.errors.InvalidArgumentError, match="image too large"):
+def _peak_growth_mb(run) -> float:
+    """How far this process's peak resident memory rises while `run()` runs."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # VmHWM back to the current resident size
+
+    def status_kib(field: str) -> int:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field))
+        return int(line.split()[1])
+
+    before = status_kib("VmRSS")
+    run()
+    return (status_kib("VmHWM") - before) / 1024
+
+
+@pytest.mark.parametrize("fmt", image_bombs.FORMATS)
+def test_header_claiming_a_huge_image_is_refused_undecoded(served, fmt):
+    data = image_bombs.claiming(fmt, 60000, 60000)
+    assert len(data) < 1000
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image header claims 60000x60000 pixels"):
+        served.signatures["serving_default"](string_input=tf.constant([base64.urlsafe_b64encode(data)]))
+
+
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [(8193, 16), (16, 8193), (7100, 7100)],
+    ids=["too-wide", "too-tall", "50-megapixels"],
+)
+def test_side_and_pixel_limits_hold_for_real_images(served, width, height):
+    data = image_bombs.zeros("PNG", width, height)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"claims {width}x{height} pixels"):
         served.signatures["serving_default"](string_input=tf.constant([data]))
+
+
+def test_decompression_bomb_is_refused_before_it_is_decoded(served):
+    # 140 KB that decodes to 430 MB of RGB (and 1.7 GB as floats) when its header is not read first.
+    data = image_bombs.zeros("PNG", 12000, 12000)
+
+    def run():
+        with pytest.raises(tf.errors.InvalidArgumentError, match="claims 12000x12000"):
+            served.signatures["serving_default"](string_input=tf.constant([data]))
+
+    assert _peak_growth_mb(run) < 100
+
+
+@pytest.mark.parametrize(
+    ("screen", "frames", "claim"),
+    [
+        ((8, 8), [(8000, 8000)], "GIF frames claim 64000000 pixels in all and 8000 on their longest side"),
+        ((8, 8), [(8, 8), (8000, 8000)], "GIF frames claim 64000064 pixels in all"),
+        ((8, 8), [(8, 8), (9000, 10)], "and 9000 on their longest side"),
+        ((2000, 2000), [(2000, 2000)] * 7, "GIF frames claim 28000000 pixels in all"),
+    ],
+    ids=["small-screen-huge-frame", "huge-second-frame", "too-wide-second-frame", "many-frames"],
+)
+def test_every_gif_frame_is_checked_undecoded(served, screen, frames, claim):
+    # A 48 KB GIF with an 8x8 screen and an 8000x8000 frame decoded to 1.75 GB at the peak.
+    data = image_bombs.gif_frames(screen, frames)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=claim):
+        served.signatures["serving_default"](string_input=tf.constant([data]))
+
+
+def test_animations_within_the_limits_still_classify(served):
+    data = image_bombs.gif_frames((64, 48), [(64, 48)] * 5)
+    assert served.signatures["serving_default"](string_input=tf.constant([data]))["label"].shape == (1,)
+
+
+def test_gif_block_walk_is_bounded(served):
+    tiny = image_bombs.tiny("GIF")
+    table_end = 13 + 3 * 2 ** ((tiny[10] & 7) + 1)
+    comment = b"\x21\xfe" + b"\x01x" * export.MAX_GIF_BLOCKS + b"\x00"  # one-byte sub-blocks
+    for payload in (tiny[:table_end] + comment + tiny[table_end:], tiny[:-1]):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="GIF block structure is cut short, invalid"):
+            served.signatures["serving_default"](string_input=tf.constant([payload]))
+
+
+def test_header_limits_are_configurable(checkpoint):
+    pre = export.Preprocessing.from_config(
+        json.loads((checkpoint / "preprocessor_config.json").read_text()),
+        json.loads((checkpoint / "config.json").read_text())["image_size"],
+    )
+    preprocess = tf.function(export.build_preprocess(pre, max_side=100, max_pixels=100 * 50))
+    small = image_bombs.zeros("GIF", 100, 50)
+    assert preprocess(tf.constant([small])).shape[0] == 1
+    for width, height in [(101, 10), (10, 101), (100, 51)]:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="at most 100 on a side and 5000 in all"):
+            preprocess(tf.constant([image_bombs.zeros("GIF", width, height)]))
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"RIFF\x24\x00\x00\x00WEBPVP8 ", "unknown image format"),
+        (b"II*\x00", "unknown image format"),
+        (image_bombs.tiny("PNG")[:20], "truncated image header"),
+        (image_bombs.tiny("GIF")[:8], "truncated image header"),
+        (image_bombs.tiny("BMP")[:20], "truncated image header"),
+        (image_bombs.tiny("JPEG")[:40], "Invalid JPEG data"),
+    ],
+    ids=["webp", "tiff", "png", "gif", "bmp", "jpeg"],
+)
+def test_unknown_formats_and_truncated_headers_are_refused(served, payload, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        served.signatures["serving_default"](string_input=tf.constant([payload]))
 
 
 def _batching_parameters_type():

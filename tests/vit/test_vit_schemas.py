@@ -9,13 +9,21 @@ import tensorflow as tf
 
 from services.kit.errors import InvalidArgument
 from services.vit import schemas
+from services.vit.limits import RequestLimits, TensorBudget
+from services.vit.settings import VitSettings
+
+LIMITS = RequestLimits.from_settings(VitSettings())
+
+
+def decode(doc, specs):
+    return schemas.decode_predict_inputs(doc, specs, TensorBudget(LIMITS))
 
 FLOAT_X = {"x": tf.TensorSpec([None], tf.float32)}
 TWO_INPUTS = {"tag": tf.TensorSpec([None], tf.string), "signal": tf.TensorSpec([None, 3], tf.int32)}
 
 
 def test_row_format_stacks_instances_into_a_batch():
-    fmt, arrays = schemas.decode_predict_inputs(
+    fmt, arrays = decode(
         {"instances": [{"tag": "foo", "signal": [1, 2, 3]}, {"tag": {"b64": "AP8="}, "signal": [4, 5, 6]}]},
         TWO_INPUTS,
     )
@@ -25,13 +33,13 @@ def test_row_format_stacks_instances_into_a_batch():
 
 
 def test_columnar_format_keeps_each_input_whole():
-    fmt, arrays = schemas.decode_predict_inputs(
+    fmt, arrays = decode(
         {"inputs": {"tag": ["a"], "signal": [[1, 2, 3]] * 4}}, TWO_INPUTS
     )
     assert fmt is schemas.Format.COLUMNAR
     assert arrays["signal"].shape == (4, 3) and arrays["tag"].shape == (1,)
     # A lone b64 object is the single input's value, not an object of named inputs.
-    _, arrays = schemas.decode_predict_inputs(
+    _, arrays = decode(
         {"inputs": {"b64": "QUJD"}}, {"image": tf.TensorSpec([], tf.string)}
     )
     assert arrays["image"] == np.array(b"ABC", dtype=object)
@@ -39,10 +47,10 @@ def test_columnar_format_keeps_each_input_whole():
 
 def test_b64_accepts_missing_padding_and_rejects_url_safe_alphabet():
     spec = {"s": tf.TensorSpec([None], tf.string)}
-    _, arrays = schemas.decode_predict_inputs({"instances": [{"b64": "QUI"}]}, spec)
+    _, arrays = decode({"instances": [{"b64": "QUI"}]}, spec)
     assert arrays["s"].tolist() == [b"AB"]
     with pytest.raises(InvalidArgument, match="Unable to base64 decode"):
-        schemas.decode_predict_inputs(
+        decode(
             {"instances": [{"b64": base64.urlsafe_b64encode(b"\xfb\xff").decode()}]}, spec
         )
 
@@ -64,12 +72,12 @@ def test_b64_accepts_missing_padding_and_rejects_url_safe_alphabet():
 )
 def test_values_that_do_not_fit_the_tensor_are_refused(value, dtype, message):
     with pytest.raises(InvalidArgument, match=message.replace("[", r"\[")):
-        schemas.json_to_array(value, dtype)
+        schemas.json_to_array(value, dtype, name="x", budget=TensorBudget(LIMITS))
 
 
 def test_nan_and_infinity_are_accepted_and_written_back():
-    doc = schemas.parse_json(b'{"instances": [NaN, Infinity, -Infinity, 1e-3]}')
-    _, arrays = schemas.decode_predict_inputs(doc, FLOAT_X)
+    doc = schemas.parse_json(b'{"instances": [NaN, Infinity, -Infinity, 1e-3]}', LIMITS)
+    _, arrays = decode(doc, FLOAT_X)
     text = schemas.dumps(schemas.encode_predict_outputs({"y": arrays["x"]}, schemas.Format.ROW)).decode()
     assert text == '{"predictions": [NaN, Infinity, -Infinity, 0.001]}'
 
@@ -101,7 +109,7 @@ def test_outputs_print_like_tf_serving():
 )
 def test_malformed_bodies(body, message):
     with pytest.raises(InvalidArgument, match=message):
-        doc = schemas.parse_json(body)
+        doc = schemas.parse_json(body, LIMITS)
         schemas.signature_name(doc)
 
 

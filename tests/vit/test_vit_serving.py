@@ -139,7 +139,7 @@ def _png(width: int, height: int) -> bytes:
         ({"instances": ["this is not base64 either!"]}, 400, "image"),
         ({"instances": [{"b64": base64.b64encode(b"plain text, no image").decode()}]}, 400, "image"),
         ({"instances": [{"b64": ""}]}, 400, ""),
-        ({"instances": [{"b64": base64.b64encode(_png(7100, 7100)).decode()}]}, 400, "image too large"),
+        ({"instances": [{"b64": base64.b64encode(_png(7100, 7100)).decode()}]}, 400, "7100x7100 pixels"),
         (
             {"signature_name": "classify", "instances": ["x"]},
             400,
