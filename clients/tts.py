@@ -32,7 +32,8 @@ class SpeechRequest:
 
     def to_json(self, stream: bool = False) -> dict:
         body = {key: value for key, value in asdict(self).items() if value is not None}
-        return body | ({"stream": True} if stream else {})
+        # Explicit both ways: the server streams wav and pcm unless told not to.
+        return body | {"stream": stream}
 
     def to_proto(self) -> pb.SynthesizeRequest:
         return pb.SynthesizeRequest(**{k: v for k, v in asdict(self).items() if v is not None})
@@ -66,6 +67,12 @@ class AudioChunk:
 class Voices:
     names: list[str]
     default: str | None
+
+
+def _voices(data: list[dict]) -> Voices:
+    """The installed voices (aliases such as OpenAI's voice names are listed with `alias_of`)."""
+    installed = [v for v in data if "alias_of" not in v]
+    return Voices([v["id"] for v in installed], next((v["id"] for v in installed if v.get("default")), None))
 
 
 def _speech_from_response(response) -> Speech:
@@ -152,7 +159,7 @@ class TTSClient:
 
     def voices(self) -> Voices:
         data = self.transport.request("GET", "/v1/voices").json()["data"]
-        return Voices([v["id"] for v in data], next((v["id"] for v in data if v.get("default")), None))
+        return _voices(data)
 
     def convert(
         self,
@@ -193,7 +200,7 @@ class AsyncTTSClient:
 
     async def voices(self) -> Voices:
         data = (await self.transport.request("GET", "/v1/voices")).json()["data"]
-        return Voices([v["id"] for v in data], next((v["id"] for v in data if v.get("default")), None))
+        return _voices(data)
 
     async def convert(
         self,

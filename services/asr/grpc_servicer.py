@@ -1,16 +1,17 @@
 """gRPC servicer: the same validation, audio decoding and batcher as REST, over asr.v1.SpeechRecognition."""
 
 import asyncio
+from collections.abc import AsyncIterator, Iterable
 
 from services.kit.audio import check_sample_rate, decode_audio, decode_pcm16
-from services.kit.batcher import DynamicBatcher
+from services.kit.batcher import Done, DynamicBatcher
 from services.kit.errors import DeadlineExceeded, InvalidArgument, PayloadTooLarge
 from services.kit.grpc_server import time_remaining
 from services.kit.validation import parse
 
 from . import asr_pb2 as pb
 from . import asr_pb2_grpc as pb_grpc
-from .runner import AsrRunner
+from .runner import AsrRunner, Partial, TokenLogprob, Transcript
 from .schemas import TranscriptionRequest, build_job, check_request
 from .settings import AsrSettings
 
@@ -27,6 +28,20 @@ class SpeechRecognitionServicer(pb_grpc.SpeechRecognitionServicer):
         task, body, checked = self._options(request.options)
         audio = await asyncio.to_thread(self._decode_file, request.audio, request.filename or None)
         return await self._transcribe(task, body, checked, audio, context)
+
+    async def TranscribeUpdates(self, request: pb.TranscribeRequest, context) -> AsyncIterator[pb.TranscribeUpdate]:
+        task, body, checked = self._options(request.options)
+        audio = await asyncio.to_thread(self._decode_file, request.audio, request.filename or None)
+        job = build_job(body.model_copy(update={"stream": True}), *checked, audio)
+        async for event in self.batcher.stream(
+            job, key=job.batch_key, timeout=time_remaining(context), cost=self.runner.cost(job),
+            nbytes=job.nbytes,
+        ):
+            if isinstance(event, Partial):
+                delta = pb.TranscriptDelta(text=event.delta, logprobs=_logprobs(event.logprobs or ()))
+                yield pb.TranscribeUpdate(delta=delta)
+            elif isinstance(event, Done):
+                yield pb.TranscribeUpdate(done=self._response(event.result, task))
 
     async def TranscribeStream(self, request_iterator, context) -> pb.TranscribeResponse:
         config, chunks = await self._receive_stream(request_iterator)
@@ -123,9 +138,11 @@ class SpeechRecognitionServicer(pb_grpc.SpeechRecognitionServicer):
             "model": options.model or None,
             "language": options.language if options.HasField("language") else None,
             "prompt": options.prompt if options.HasField("prompt") else None,
-            "response_format": "verbose_json" if options.timestamps else "json",
+            "response_format": "verbose_json" if options.timestamps or options.word_timestamps else "json",
             "temperature": options.temperature if options.HasField("temperature") else 0.0,
             "decoding": options.decoding or "auto",
+            "timestamp_granularities": ["segment", "word"] if options.word_timestamps else None,
+            "include": ["logprobs"] if options.logprobs else None,
         }
         body = parse(TranscriptionRequest, fields)
         return task, body, check_request(body, task, self.runner, self.settings)
@@ -135,17 +152,38 @@ class SpeechRecognitionServicer(pb_grpc.SpeechRecognitionServicer):
     ) -> pb.TranscribeResponse:
         job = build_job(body, *checked, audio)
         transcript = await self.batcher.submit(
-            job, key=job.batch_key, timeout=time_remaining(context), cost=self.runner.cost(job)
+            job, key=job.batch_key, timeout=time_remaining(context), cost=self.runner.cost(job),
+            nbytes=job.nbytes,
         )
+        return self._response(transcript, task)
+
+    def _response(self, transcript: Transcript, task: str) -> pb.TranscribeResponse:
         return pb.TranscribeResponse(
             text=transcript.text,
             language=transcript.language,
             duration=transcript.duration,
             segments=[
-                pb.Segment(id=i, start=s.start, end=s.end, text=s.text)
+                pb.Segment(
+                    id=i,
+                    start=s.start,
+                    end=s.end,
+                    text=s.text,
+                    seek=s.seek,
+                    tokens=s.tokens,
+                    temperature=s.temperature,
+                    avg_logprob=s.avg_logprob or 0.0,
+                    compression_ratio=s.compression_ratio,
+                    no_speech_prob=s.no_speech_prob or 0.0,
+                )
                 for i, s in enumerate(transcript.segments or [])
             ],
+            words=[pb.Word(word=w.word, start=w.start, end=w.end) for w in transcript.words or []],
+            logprobs=_logprobs(transcript.logprobs or ()),
             decoding=transcript.path,
             model=self.runner.model_id,
             task=task,
         )
+
+
+def _logprobs(logprobs: Iterable[TokenLogprob]) -> list[pb.TokenLogprob]:
+    return [pb.TokenLogprob(token=t.token, bytes=bytes(t.bytes), logprob=t.logprob) for t in logprobs]

@@ -1,13 +1,17 @@
 """Audio in and out for services that take or return sound (ASR, TTS, voice conversion).
 
 Decoding and encoding go through libsndfile (the `soundfile` package), resampling through libsoxr (`soxr`),
-so every service accepts the same formats and refuses bad audio the same way. Decoding is bounded before
+so every service accepts the same formats and refuses bad audio the same way. libsndfile cannot write AAC:
+ADTS AAC goes through FFmpeg's native encoder (PyAV, whose wheel bundles FFmpeg) where PyAV is installed (the
+tts extra; imported on first use, so other services neither need nor load it). Decoding is bounded before
 anything is allocated: the header's sample rate, channel count and length are checked first, then the
 samples are read in fixed-size blocks, folded to mono and resampled block by block, so neither a lying
 header nor a tiny file that decodes to hours of audio can take more memory than the duration limit allows.
 """
 
+import importlib.util
 import io
+from functools import cache
 
 import numpy as np
 import soundfile as sf
@@ -30,7 +34,11 @@ _OUTPUT_FORMATS = {
 _ENCODER_RATES = {
     "mp3": (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000),
     "opus": (8000, 12000, 16000, 24000, 48000),
+    "aac": (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000),
 }
+# ADTS: the self-framing AAC stream (a header per frame) that OpenAI's `aac` returns.
+_AAC_MEDIA_TYPE = "audio/aac"
+_AAC_BIT_RATE = 64000  # mono speech
 
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
@@ -50,11 +58,25 @@ def readable_formats() -> list[str]:
 
 def supported_output_formats() -> list[str]:
     available = sf.available_formats()
-    return [
+    names = [
         name
         for name, (fmt, subtype, _) in _OUTPUT_FORMATS.items()
         if fmt in available and subtype in sf.available_subtypes(fmt)
     ]
+    return names + (["aac"] if _aac_encoder_available() else [])
+
+
+@cache
+def _aac_encoder_available() -> bool:
+    if importlib.util.find_spec("av") is None:
+        return False
+    import av
+
+    try:
+        av.codec.Codec("aac", "w")
+    except av.error.FFmpegError:  # an FFmpeg built without its AAC encoder
+        return False
+    return True
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
@@ -62,6 +84,26 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     if from_rate == to_rate:
         return samples
     return soxr.resample(np.ascontiguousarray(samples, dtype=np.float32), from_rate, to_rate)
+
+
+class StreamResampler:
+    """Resamples audio that arrives in pieces (a response streamed sentence by sentence): the pieces it returns,
+    `flush()` included, join into exactly what `resample` makes of the whole. The filter holds back a few
+    milliseconds of output until the next piece or the flush."""
+
+    def __init__(self, from_rate: int, to_rate: int):
+        self._stream = (
+            soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32") if from_rate != to_rate else None
+        )
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        samples = np.ascontiguousarray(samples, dtype=np.float32)
+        return self._stream.resample_chunk(samples) if self._stream else samples
+
+    def flush(self) -> np.ndarray:
+        if self._stream is None:
+            return np.empty(0, dtype=np.float32)
+        return self._stream.resample_chunk(np.empty(0, dtype=np.float32), last=True)
 
 
 def check_sample_rate(rate: int, min_rate: int, max_rate: int, what: str = "audio", field: str = "file") -> None:
@@ -203,12 +245,32 @@ def encode_audio(samples: np.ndarray, sample_rate: int, fmt: str) -> tuple[bytes
         raise InvalidArgument(
             f"unsupported audio format '{fmt}'; supported: {', '.join(supported)}", field="response_format"
         )
-    container, subtype, media_type = _OUTPUT_FORMATS[fmt]
     samples = np.clip(np.asarray(samples, dtype=np.float32).reshape(-1), -1.0, 1.0)
     rates = _ENCODER_RATES.get(fmt)
     if rates and sample_rate not in rates:
         samples, sample_rate = np.clip(resample(samples, sample_rate, rates[-1]), -1.0, 1.0), rates[-1]
+    if fmt == "aac":
+        return _encode_adts_aac(samples, sample_rate), _AAC_MEDIA_TYPE
+    container, subtype, media_type = _OUTPUT_FORMATS[fmt]
     buffer = io.BytesIO()
     extra = {"endian": "LITTLE"} if container == "RAW" else {}
     sf.write(buffer, samples, sample_rate, format=container, subtype=subtype, **extra)
     return buffer.getvalue(), media_type
+
+
+def _encode_adts_aac(samples: np.ndarray, sample_rate: int) -> bytes:
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="adts") as container:
+        stream = container.add_stream("aac", rate=sample_rate, layout="mono")
+        stream.bit_rate = _AAC_BIT_RATE
+        packets = []
+        if samples.size:  # FFmpeg's resampler fails on an empty frame
+            frame = av.AudioFrame.from_ndarray(samples[None, :], format="fltp", layout="mono")
+            frame.sample_rate = sample_rate
+            # The encoder cuts the samples into its 1024-sample frames; encode(None) drains the last ones.
+            packets += stream.encode(frame)
+        for packet in (*packets, *stream.encode(None)):
+            container.mux(packet)
+    return buffer.getvalue()

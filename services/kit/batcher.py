@@ -82,6 +82,9 @@ class Done:
     result: Any
 
 
+REJECTION_REASONS = (
+    "queue_full", "queue_bytes", "over_budget", "deadline", "client_gone", "dropped_before_compute",
+)
 PredictBatch = Callable[[list[Work]], Sequence[Any]]
 Disconnected = Callable[[], Awaitable[bool]]
 
@@ -144,6 +147,9 @@ class DynamicBatcher:
         self._last_beat = time.monotonic()
         self._loop_thread: int | None = None
         self._queue_depth = metrics.QUEUE_DEPTH.labels(batcher=name)
+        # Counters exist from the start at 0, so the first refusals show up in rate() and alerts.
+        for reason in REJECTION_REASONS:
+            metrics.REJECTED.labels(batcher=name, reason=reason)
 
     # -- public API -------------------------------------------------------------------------
 

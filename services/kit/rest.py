@@ -53,8 +53,11 @@ class ServingMiddleware:
         routes: list,
         error_body=None,
         service: str = "modelserve",
+        metrics_paths: frozenset[str] = frozenset({METRICS_PATH}),
     ):
         self.app = app
+        self.metrics_paths = metrics_paths
+        metrics.REJECTED.labels(batcher="rest", reason="concurrency")  # at 0 from the start, for rate()
         self.service = service
         self.error_body = error_body
         self.state = state
@@ -88,7 +91,7 @@ class ServingMiddleware:
 
         if path in PROBE_PATHS:
             return await self.app(scope, receive, send_with_id)
-        if path == METRICS_PATH:  # answers while loading, but only to a key holder when keys are on
+        if path in self.metrics_paths:  # answers while loading, but only to a key holder when keys are on
             error = self._check_key(headers)
             app = error_response(error, self.error_body) if error else self.app
             return await app(scope, receive, send_with_id)
@@ -148,7 +151,7 @@ class ServingMiddleware:
                 if json_chunks is not None:
                     json_chunks.append(message.get("body", b""))
                     if body_done and (problem := self._json_shape_error(b"".join(json_chunks))):
-                        raise StarletteHTTPException(400, problem)
+                        raise StarletteHTTPException(400, f"request body: {problem}")
             return message
 
         started = time.perf_counter()
@@ -292,5 +295,6 @@ def create_rest_app(
     app.add_middleware(
         ServingMiddleware, state=state, settings=settings, api_keys=api_keys, routes=app.router.routes,
         error_body=error_body, service=services[0].name if len(services) == 1 else "platform",
+        metrics_paths=frozenset({METRICS_PATH, *(path for service in services for path in service.metrics_paths)}),
     )
     return app

@@ -45,6 +45,9 @@ class Service:
     # A service speaking another protocol's error shape (TF Serving: {"error": "..."}) sets this;
     # it then applies to every REST error of the process that serves it.
     error_body: Callable[[ServiceError], dict] | None = None
+    # Further paths of the service's routers that serve Prometheus metrics (TF Serving's, say): like /metrics
+    # they answer while loading, stay out of the request metrics and need a key only when keys are on.
+    metrics_paths: tuple[str, ...] = ()
     _model_thread: ModelThread | None = field(default=None, init=False, repr=False)
 
     @property

@@ -5,14 +5,13 @@ import time
 
 from google.protobuf.json_format import MessageToDict
 
-from services.kit.audio import encode_audio
 from services.kit.batcher import Done, DynamicBatcher
 from services.kit.grpc_server import time_remaining
 from services.kit.validation import parse
 
 from . import tts_pb2 as pb
 from . import tts_pb2_grpc as pb_grpc
-from .encoding import MEDIA_TYPES, stream_chunk
+from .encoding import StreamEncoder, encode
 from .metrics import TIME_TO_FIRST_AUDIO
 from .runner import SentenceAudio, SpeechRunner
 from .schemas import ConversionRequest, SpeechRequest, build_conversion_job, build_speech_job
@@ -40,25 +39,28 @@ class TextToSpeechServicer(pb_grpc.TextToSpeechServicer):
 
     async def Synthesize(self, request: pb.SynthesizeRequest, context) -> pb.SynthesizeResponse:
         received = time.perf_counter()
-        body = parse(SpeechRequest, _fields(request, input=request.input))
-        job, fmt = build_speech_job(body, self.runner, self.settings)
+        # A unary answer has nothing to gain from the streaming plan (first sentence alone, then the rest).
+        body = parse(SpeechRequest, _fields(request, input=request.input, stream=False))
+        plan = build_speech_job(body, self.runner, self.settings)
+        job = plan.job
         result = await self.speech.submit(
             job, key=job.batch_key, timeout=time_remaining(context), cost=self.runner.cost(job)
         )
-        audio, media_type = await asyncio.to_thread(encode_audio, result.samples, result.sample_rate, fmt)
+        audio = await asyncio.to_thread(encode, result.samples, result.sample_rate, plan.fmt)
         TIME_TO_FIRST_AUDIO.labels("grpc", "whole").observe(time.perf_counter() - received)
         return pb.SynthesizeResponse(
-            audio=audio,
-            media_type=media_type,
-            sample_rate=result.sample_rate,
+            audio=audio.data,
+            media_type=audio.media_type,
+            sample_rate=audio.sample_rate,
             duration_seconds=result.duration,
         )
 
     async def SynthesizeStream(self, request: pb.SynthesizeRequest, context):
         received = time.perf_counter()
         body = parse(SpeechRequest, _fields(request, input=request.input, stream=True))
-        job, fmt = build_speech_job(body, self.runner, self.settings)
-        sample_rate = self.runner.sample_rate
+        plan = build_speech_job(body, self.runner, self.settings)
+        job, sample_rate = plan.job, self.runner.sample_rate
+        encoder = StreamEncoder(plan.fmt, sample_rate)
         events = self.speech.stream(
             job, key=job.batch_key, timeout=time_remaining(context), cost=self.runner.cost(job)
         )
@@ -69,12 +71,12 @@ class TextToSpeechServicer(pb_grpc.TextToSpeechServicer):
                 if event.index == 0:
                     TIME_TO_FIRST_AUDIO.labels("grpc", "stream").observe(time.perf_counter() - received)
                 yield pb.AudioChunk(
-                    audio=stream_chunk(event.samples, sample_rate, fmt, first=event.index == 0),
+                    audio=encoder.piece(event.samples, last=event.index == len(job.sentences) - 1),
                     sentence_index=event.index,
                     text=event.text,
                     duration_seconds=event.samples.size / sample_rate,
-                    media_type=MEDIA_TYPES[fmt],
-                    sample_rate=sample_rate,
+                    media_type=encoder.media_type,
+                    sample_rate=encoder.sample_rate,
                 )
 
     async def Convert(self, request: pb.ConvertRequest, context) -> pb.ConvertResponse:
@@ -86,16 +88,19 @@ class TextToSpeechServicer(pb_grpc.TextToSpeechServicer):
             build_conversion_job, options, request.audio, request.filename or None, self.runner, self.settings
         )
         result = await self.conversion.submit(
-            job, key=job.batch_key, timeout=time_remaining(context), cost=self.runner.cost(job)
+            job, key=job.batch_key, timeout=time_remaining(context), cost=self.runner.cost(job),
+            nbytes=job.samples.nbytes,
         )
-        audio, media_type = await asyncio.to_thread(encode_audio, result.samples, result.sample_rate, fmt)
+        audio = await asyncio.to_thread(encode, result.samples, result.sample_rate, fmt)
         return pb.ConvertResponse(
-            audio=audio,
-            media_type=media_type,
-            sample_rate=result.sample_rate,
+            audio=audio.data,
+            media_type=audio.media_type,
+            sample_rate=audio.sample_rate,
             duration_seconds=result.duration,
         )
 
     async def ListVoices(self, request: pb.ListVoicesRequest, context) -> pb.ListVoicesResponse:
         voices = self.runner.voices
-        return pb.ListVoicesResponse(voices=voices.names(), default_voice=voices.default)
+        return pb.ListVoicesResponse(
+            voices=voices.names(), default_voice=voices.default, aliases=voices.aliases
+        )

@@ -136,7 +136,9 @@ class SpeechRunner:
         self.vc_features = SpeechT5FeatureExtractor.from_pretrained(vc_source)
         self.vc = self.runtime.tune_for_decoding(self.runtime.load(SpeechT5ForSpeechToSpeech, vc_source))
         self.sample_rate = self.vocoder.config.sampling_rate
-        self.voices = VoiceBank(s.voices_dir, self.tts.config.speaker_embedding_dim, s.default_voice)
+        self.voices = VoiceBank(
+            s.voices_dir, self.tts.config.speaker_embedding_dim, s.default_voice, s.voice_aliases
+        )
         # The character tokenizer makes at most one token per character, plus a word marker and </s>.
         if s.max_sentence_chars + 2 > self.tts.config.max_text_positions:
             raise ValueError(
@@ -163,6 +165,11 @@ class SpeechRunner:
             if any(any(char.isalnum() for char in piece) for piece in pieces):
                 result.append(Sentence(sentence, tuple(ids)))
         return result
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Waveform samples the vocoder makes per spectrogram frame (its hop, 256 for HiFi-GAN)."""
+        return int(np.prod(self.vocoder.config.upsample_rates))
 
     def cost(self, job: SpeechJob | ConversionJob) -> float:
         """A job's work: characters to speak, or seconds of speech to convert."""

@@ -1,19 +1,19 @@
 """Request schemas shared by REST and gRPC, and the checks that turn a request into a runner job."""
 
 import json
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.kit.audio import decode_audio, supported_output_formats
 from services.kit.errors import InvalidArgument
+from services.kit.json_limits import json_shape_error
 
+from .encoding import STREAM_FORMATS
 from .runner import ConversionJob, SpeechJob, SpeechRunner, model_name
 from .settings import TTSSettings
 from .voices import check_embedding
-
-# Formats whose bytes can be sent before the total length is known (see encoding.py).
-STREAM_FORMATS = ("wav", "pcm")
 
 
 class VoiceRef(BaseModel):
@@ -30,18 +30,52 @@ class SpeechRequest(BaseModel):
     model: str | None = Field(None, description="the served model's name or an OpenAI alias such as tts-1")
     input: str = Field(description="text to speak")
     voice: str | VoiceRef | None = Field(
-        None, description="a named voice (GET /v1/voices); default voice if unset"
+        None,
+        description="a voice or voice alias (GET /v1/voices; every OpenAI voice name is one); default if unset",
     )
-    response_format: str | None = Field(None, description="mp3, opus, flac, wav or pcm (16 kHz s16le)")
+    instructions: str | None = Field(
+        None,
+        description="OpenAI's voice instructions: accepted but not applied (SpeechT5 takes none); a response "
+        "that ignored them says so in its x-modelserve-ignored header",
+    )
+    response_format: str | None = Field(
+        None,
+        description="mp3 (default), opus, aac (ADTS), flac, wav (at the model's 16 kHz), or pcm: raw 24 kHz 16-bit "
+        "signed little-endian mono like OpenAI's",
+    )
     speed: float = Field(1.0, ge=0.25, le=4.0, description="tempo; pitch is kept")
+    stream_format: Literal["audio", "sse"] | None = Field(
+        None,
+        description="audio (default): the audio bytes; sse: server-sent events speech.audio.delta (base64 audio) "
+        "then speech.audio.done (usage)",
+    )
     seed: int | None = Field(
         None, ge=0, le=2**63 - 1, description="same seed, same request: same audio bytes"
     )
     speaker_embedding: list[float] | None = Field(
         None, description="a speaker x-vector used instead of voice"
     )
-    stream: bool = Field(False, description="send audio sentence by sentence as it is made (wav or pcm)")
-    stream_format: Literal["audio"] | None = Field(None, description="OpenAI's; only raw audio is served")
+    stream: bool | None = Field(
+        None,
+        description="send audio sentence by sentence as it is made (wav or pcm only). Default: streamed for wav "
+        "and pcm, as OpenAI streams them; false: the whole file at once, with its duration in a header",
+    )
+
+
+@dataclass(frozen=True)
+class SpeechPlan:
+    """What the routes need to answer a speech request."""
+
+    job: SpeechJob
+    fmt: str
+    voice: str | None  # the installed voice that speaks; None when the request sent its own embedding
+    events: bool  # server-sent events (stream_format sse) rather than raw audio bytes
+    ignored: tuple[str, ...]  # accepted parameters that do not change the audio
+    input_tokens: int  # what the model reads: the sentences' token ids
+
+
+# An x-vector's numbers (512 for SpeechT5) with room to spare; the exact size is checked once parsed.
+EMBEDDING_JSON_ELEMENTS = 8192
 
 
 class ConversionRequest(BaseModel):
@@ -57,8 +91,11 @@ class ConversionRequest(BaseModel):
     @field_validator("speaker_embedding", mode="before")
     @classmethod
     def _json_array(cls, value):
-        # A multipart form carries the embedding as a JSON array in a text field.
+        # A multipart form carries the embedding as a JSON array in a text field, bounded before parsing
+        # (the form allows a megabyte: deep nesting would hit the recursion limit).
         if isinstance(value, str):
+            if problem := json_shape_error(value.encode(), max_depth=1, max_elements=EMBEDDING_JSON_ELEMENTS):
+                raise ValueError(f"must be a JSON array of numbers ({problem})")
             try:
                 return json.loads(value)
             except json.JSONDecodeError:
@@ -81,10 +118,8 @@ def output_format(requested: str | None, default: str) -> str:
     return fmt
 
 
-def build_speech_job(
-    request: SpeechRequest, runner: SpeechRunner, settings: TTSSettings
-) -> tuple[SpeechJob, str]:
-    """The job for the runner and the output format; every refusal names the field."""
+def build_speech_job(request: SpeechRequest, runner: SpeechRunner, settings: TTSSettings) -> SpeechPlan:
+    """The job for the runner and how to answer it; every refusal names the field."""
     if request.model and request.model not in accepted_models(settings):
         raise InvalidArgument(
             f"model: unknown model {request.model!r}; available: {', '.join(accepted_models(settings))}",
@@ -97,24 +132,44 @@ def build_speech_job(
         )
     if not request.input.strip():
         raise InvalidArgument("input: must not be empty", field="input")
+    instructions = request.instructions or ""
+    if len(instructions) > settings.max_instructions_chars:
+        raise InvalidArgument(
+            f"instructions: {len(instructions)} characters exceeds the limit of {settings.max_instructions_chars}",
+            field="instructions",
+        )
     sentences = runner.sentences(request.input)
     if not sentences:
         raise InvalidArgument(
             "input: nothing to pronounce (no letter or digit the model knows)", field="input"
         )
-    if request.stream:
-        fmt = output_format(request.response_format, "wav")
-        if fmt not in STREAM_FORMATS:
-            raise InvalidArgument(
-                f"response_format: streaming sends {' or '.join(STREAM_FORMATS)}, not {fmt!r}",
-                field="response_format",
-            )
-    else:
-        fmt = output_format(request.response_format, settings.default_response_format)
+    fmt = output_format(
+        request.response_format, "wav" if request.stream else settings.default_response_format
+    )
+    if request.stream and fmt not in STREAM_FORMATS:
+        raise InvalidArgument(
+            f"response_format: streaming sends {' or '.join(STREAM_FORMATS)}, not {fmt!r}",
+            field="response_format",
+        )
+    stream = fmt in STREAM_FORMATS if request.stream is None else request.stream
+    ignored = ["instructions"] if instructions.strip() else []
     voice = request.voice.id if isinstance(request.voice, VoiceRef) else request.voice
-    speaker = speaker_for(runner, voice, request.speaker_embedding)
-    job = SpeechJob(tuple(sentences), speaker, speed=request.speed, seed=request.seed, stream=request.stream)
-    return job, fmt
+    if request.speaker_embedding is not None:
+        speaker, voice_name = speaker_for(runner, voice, request.speaker_embedding), None
+        if voice:  # the request's own embedding speaks instead
+            ignored.append("voice")
+    else:
+        voice_name = runner.voices.resolve(voice)
+        speaker = runner.voices.voices[voice_name]
+    job = SpeechJob(tuple(sentences), speaker, speed=request.speed, seed=request.seed, stream=stream)
+    return SpeechPlan(
+        job,
+        fmt,
+        voice_name,
+        events=request.stream_format == "sse",
+        ignored=tuple(ignored),
+        input_tokens=sum(len(sentence.token_ids) for sentence in sentences),
+    )
 
 
 def build_conversion_job(

@@ -1,7 +1,9 @@
+import json
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services.kit.config import ServiceSettings
 
@@ -17,10 +19,22 @@ class TTSSettings(ServiceSettings):
         Path("voices"), description="named voices: <name>.npy, one 512-dim x-vector each"
     )
     default_voice: str | None = Field(
-        None, description="voice of requests that name none; default: first by name"
+        None, description="voice (or alias) of requests that name none; default: first by name"
+    )
+    voice_aliases: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="extra voice names, each selecting an installed voice: 'ash=bdl,coral=slt' or a JSON object. "
+        "OpenAI's voice names left unmapped (and not installed) are spread over the installed voices in name "
+        "order, so every OpenAI name works whatever the voices directory holds",
     )
     # Names OpenAI clients send as `model`; they all select the SpeechT5 model.
-    model_aliases: tuple[str, ...] = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+    model_aliases: tuple[str, ...] = (
+        "tts-1",
+        "tts-1-hd",
+        "gpt-4o-mini-tts",
+        "gpt-4o-mini-tts-2025-03-20",
+        "gpt-4o-mini-tts-2025-12-15",
+    )
 
     # SpeechT5 stops a sentence when the summed stop probabilities of a step reach the threshold; the ratios
     # bound its length in spectrogram frames per input token (text) or per encoder frame (conversion).
@@ -37,6 +51,9 @@ class TTSSettings(ServiceSettings):
     sentence_pause_ms: float = Field(250.0, ge=0, description="silence between sentences at speed 1")
     max_rows_per_call: int = Field(16, ge=1, description="sentences (or conversions) in one generate call")
     default_response_format: str = "mp3"  # OpenAI's default
+    max_instructions_chars: int = Field(
+        4096, ge=0, description="longer `instructions` get 400 (never applied)"
+    )
     max_conversion_seconds: float = Field(30.0, gt=0, description="longer voice-conversion input gets 413")
     # Work budgets: characters of text to speak; seconds of speech to convert (a batcher each).
     max_request_cost: float | None = Field(
@@ -61,3 +78,20 @@ class TTSSettings(ServiceSettings):
     min_sample_rate: int = Field(8000, ge=1, description="voice-conversion input at a lower rate gets 400")
     max_sample_rate: int = Field(192000, ge=1, description="voice-conversion input at a higher rate gets 400")
     max_channels: int = Field(8, ge=1, description="voice-conversion input with more channels gets 400")
+
+    @field_validator("voice_aliases", mode="before")
+    @classmethod
+    def _alias_pairs(cls, value):
+        """`alias=voice,alias=voice` or a JSON object, as an environment variable carries it."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        pairs = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            alias, separator, voice = item.partition("=")
+            if not separator or not alias.strip() or not voice.strip():
+                raise ValueError(f"expected alias=voice, got {item!r}")
+            pairs[alias.strip()] = voice.strip()
+        return pairs

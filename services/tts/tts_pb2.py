@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16services/tts/tts.proto\x12\x06tts.v1\"\xae\x01\n\x11SynthesizeRequest\x12\r\n\x05input\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\x17\n\x0fresponse_format\x18\x03 \x01(\t\x12\x12\n\x05speed\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x01\x88\x01\x01\x12\x19\n\x11speaker_embedding\x18\x06 \x03(\x02\x12\r\n\x05model\x18\x07 \x01(\tB\x08\n\x06_speedB\x07\n\x05_seed\"f\n\x12SynthesizeResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x04 \x01(\x02\"\x84\x01\n\nAudioChunk\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x16\n\x0esentence_index\x18\x02 \x01(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x04 \x01(\x02\x12\x12\n\nmedia_type\x18\x05 \x01(\t\x12\x13\n\x0bsample_rate\x18\x06 \x01(\x05\"\x90\x01\n\x0e\x43onvertRequest\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\r\n\x05voice\x18\x03 \x01(\t\x12\x19\n\x11speaker_embedding\x18\x04 \x03(\x02\x12\x17\n\x0fresponse_format\x18\x05 \x01(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\"c\n\x0f\x43onvertResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x04 \x01(\x02\"\x13\n\x11ListVoicesRequest\";\n\x12ListVoicesResponse\x12\x0e\n\x06voices\x18\x01 \x03(\t\x12\x15\n\rdefault_voice\x18\x02 \x01(\t2\x99\x02\n\x0cTextToSpeech\x12\x43\n\nSynthesize\x12\x19.tts.v1.SynthesizeRequest\x1a\x1a.tts.v1.SynthesizeResponse\x12\x43\n\x10SynthesizeStream\x12\x19.tts.v1.SynthesizeRequest\x1a\x12.tts.v1.AudioChunk0\x01\x12:\n\x07\x43onvert\x12\x16.tts.v1.ConvertRequest\x1a\x17.tts.v1.ConvertResponse\x12\x43\n\nListVoices\x12\x19.tts.v1.ListVoicesRequest\x1a\x1a.tts.v1.ListVoicesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16services/tts/tts.proto\x12\x06tts.v1\"\xae\x01\n\x11SynthesizeRequest\x12\r\n\x05input\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\x17\n\x0fresponse_format\x18\x03 \x01(\t\x12\x12\n\x05speed\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x01\x88\x01\x01\x12\x19\n\x11speaker_embedding\x18\x06 \x03(\x02\x12\r\n\x05model\x18\x07 \x01(\tB\x08\n\x06_speedB\x07\n\x05_seed\"f\n\x12SynthesizeResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x04 \x01(\x02\"\x84\x01\n\nAudioChunk\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x16\n\x0esentence_index\x18\x02 \x01(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x04 \x01(\x02\x12\x12\n\nmedia_type\x18\x05 \x01(\t\x12\x13\n\x0bsample_rate\x18\x06 \x01(\x05\"\x90\x01\n\x0e\x43onvertRequest\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\r\n\x05voice\x18\x03 \x01(\t\x12\x19\n\x11speaker_embedding\x18\x04 \x03(\x02\x12\x17\n\x0fresponse_format\x18\x05 \x01(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\"c\n\x0f\x43onvertResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x18\n\x10\x64uration_seconds\x18\x04 \x01(\x02\"\x13\n\x11ListVoicesRequest\"\xa5\x01\n\x12ListVoicesResponse\x12\x0e\n\x06voices\x18\x01 \x03(\t\x12\x15\n\rdefault_voice\x18\x02 \x01(\t\x12\x38\n\x07\x61liases\x18\x03 \x03(\x0b\x32\'.tts.v1.ListVoicesResponse.AliasesEntry\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x99\x02\n\x0cTextToSpeech\x12\x43\n\nSynthesize\x12\x19.tts.v1.SynthesizeRequest\x1a\x1a.tts.v1.SynthesizeResponse\x12\x43\n\x10SynthesizeStream\x12\x19.tts.v1.SynthesizeRequest\x1a\x12.tts.v1.AudioChunk0\x01\x12:\n\x07\x43onvert\x12\x16.tts.v1.ConvertRequest\x1a\x17.tts.v1.ConvertResponse\x12\x43\n\nListVoices\x12\x19.tts.v1.ListVoicesRequest\x1a\x1a.tts.v1.ListVoicesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.tts.tts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LISTVOICESRESPONSE_ALIASESENTRY']._loaded_options = None
+  _globals['_LISTVOICESRESPONSE_ALIASESENTRY']._serialized_options = b'8\001'
   _globals['_SYNTHESIZEREQUEST']._serialized_start=35
   _globals['_SYNTHESIZEREQUEST']._serialized_end=209
   _globals['_SYNTHESIZERESPONSE']._serialized_start=211
@@ -43,8 +45,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERTRESPONSE']._serialized_end=696
   _globals['_LISTVOICESREQUEST']._serialized_start=698
   _globals['_LISTVOICESREQUEST']._serialized_end=717
-  _globals['_LISTVOICESRESPONSE']._serialized_start=719
-  _globals['_LISTVOICESRESPONSE']._serialized_end=778
-  _globals['_TEXTTOSPEECH']._serialized_start=781
-  _globals['_TEXTTOSPEECH']._serialized_end=1062
+  _globals['_LISTVOICESRESPONSE']._serialized_start=720
+  _globals['_LISTVOICESRESPONSE']._serialized_end=885
+  _globals['_LISTVOICESRESPONSE_ALIASESENTRY']._serialized_start=839
+  _globals['_LISTVOICESRESPONSE_ALIASESENTRY']._serialized_end=885
+  _globals['_TEXTTOSPEECH']._serialized_start=888
+  _globals['_TEXTTOSPEECH']._serialized_end=1169
 # @@protoc_insertion_point(module_scope)

@@ -1,7 +1,7 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -85,9 +85,18 @@ class ListVoicesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListVoicesResponse(_message.Message):
-    __slots__ = ("voices", "default_voice")
+    __slots__ = ("voices", "default_voice", "aliases")
+    class AliasesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     VOICES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_VOICE_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
     voices: _containers.RepeatedScalarFieldContainer[str]
     default_voice: str
-    def __init__(self, voices: _Optional[_Iterable[str]] = ..., default_voice: _Optional[str] = ...) -> None: ...
+    aliases: _containers.ScalarMap[str, str]
+    def __init__(self, voices: _Optional[_Iterable[str]] = ..., default_voice: _Optional[str] = ..., aliases: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -13,7 +13,7 @@ from services.kit.service import GrpcServicer, Service
 from . import schemas
 from .grpc_servicer import MODEL_SERVICE, PREDICTION_SERVICE, ModelServicer, PredictionServicer
 from .limits import RequestLimits
-from .rest import create_router
+from .rest import MONITORING_PATH, create_router
 from .runner import VitRunner
 from .settings import VitSettings
 
@@ -21,7 +21,9 @@ from .settings import VitSettings
 def create_service(settings: VitSettings | None = None) -> Service:
     settings = settings or VitSettings()
     runner = VitRunner(settings)
-    service = Service(name="vit", settings=settings, runner=runner, error_body=schemas.error_body)
+    service = Service(
+        name="vit", settings=settings, runner=runner, error_body=schemas.error_body, metrics_paths=(MONITORING_PATH,)
+    )
     # One batcher for every model version and signature: the batch key keeps them apart.
     batcher = service.batcher("predict", runner.predict_batch)
     limits = RequestLimits.from_settings(settings)

@@ -9,8 +9,11 @@ import numpy as np
 
 
 def speak(server, **body) -> httpx.Response:
+    """Whole-file answers: a streamed one synthesizes its first sentence alone, which changes the calls."""
     return httpx.post(
-        f"{server.rest_url}/v1/audio/speech", json={"response_format": "pcm", **body}, timeout=60
+        f"{server.rest_url}/v1/audio/speech",
+        json={"response_format": "pcm", "stream": False, **body},
+        timeout=60,
     )
 
 

@@ -131,7 +131,7 @@ def test_conversion_over_its_budget_is_refused_before_conversion(server, stub, s
 
 
 def test_costs_and_the_default_budgets(runner):
-    job, _ = build_speech_job(SpeechRequest(input="Hello there. Good night!"), runner, runner.settings)
+    job = build_speech_job(SpeechRequest(input="Hello there. Good night!"), runner, runner.settings).job
     assert runner.cost(job) == len("Hello there.") + len("Good night!")
     samples = np.zeros(24000, dtype=np.float32)
     assert runner.cost(ConversionJob(samples, job.speaker)) == pytest.approx(1.5)
@@ -168,8 +168,7 @@ def cancel_at(steps, works, cause="client gone"):
 
 
 def speech_work(runner, loop, text=SENTENCE, **options) -> Work:
-    job, _ = build_speech_job(SpeechRequest(input=text, **options), runner, runner.settings)
-    return make_work(loop, job)
+    return make_work(loop, build_speech_job(SpeechRequest(input=text, **options), runner, runner.settings).job)
 
 
 @pytest.mark.parametrize("cause", ["client gone", "deadline"])

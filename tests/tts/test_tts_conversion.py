@@ -62,7 +62,7 @@ def test_own_speaker_embedding_as_json(tts_server, models_dir):
         (audio_file(6.0, rate=8000, channels=1), {}, 413, "the limit is 5 s"),
         (audio_file(0.5), {"voice": "bob"}, 400, "unknown voice 'bob'"),
         (audio_file(0.5), {"speaker_embedding": "[1, 2"}, 400, "speaker_embedding"),
-        (audio_file(0.5), {"response_format": "aac"}, 400, "unsupported format 'aac'"),
+        (audio_file(0.5), {"response_format": "wma"}, 400, "unsupported format 'wma'"),
     ],
 )
 def test_bad_uploads_get_clear_errors(tts_server, data, form, status, message):

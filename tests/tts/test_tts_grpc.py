@@ -62,6 +62,11 @@ def test_list_voices(stub):
     response = stub.ListVoices(pb.ListVoicesRequest())
     assert list(response.voices) == ["alloy", "echo", "nova", "shimmer"]
     assert response.default_voice == "alloy"
+    # OpenAI's other voice names, spread over the installed voices in name order.
+    assert dict(response.aliases) == {
+        "ash": "alloy", "ballad": "echo", "coral": "nova", "fable": "shimmer", "onyx": "alloy",
+        "sage": "echo", "verse": "nova", "marin": "shimmer", "cedar": "alloy",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

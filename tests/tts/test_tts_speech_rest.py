@@ -4,13 +4,15 @@ import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import av
 import httpx
 import numpy as np
 import openai
 import pytest
 import soundfile as sf
 
-from services.kit.audio import supported_output_formats
+from services.kit.audio import resample, supported_output_formats
+from services.tts.voices import OPENAI_VOICES
 
 SAMPLES_PER_FRAME = 256  # HiFi-GAN hop
 PAUSE_SAMPLES = 4000  # 250 ms at 16 kHz
@@ -25,6 +27,14 @@ def decode(content: bytes) -> tuple[np.ndarray, int]:
     return sf.read(io.BytesIO(content), dtype="int16")
 
 
+def decode_aac(content: bytes) -> tuple[np.ndarray, int]:
+    """ADTS AAC through FFmpeg (libsndfile cannot read AAC)."""
+    with av.open(io.BytesIO(content), format="aac") as container:
+        stream = container.streams.audio[0]
+        samples = np.concatenate([frame.to_ndarray().reshape(-1) for frame in container.decode(stream)])
+        return samples, stream.rate
+
+
 def frames(runner, text: str) -> int:
     """Spectrogram frames the tiny model makes for one sentence: the (min = max) length ratio per token."""
     return len(runner.sentences(text)[0].token_ids) * int(runner.settings.max_len_ratio)
@@ -36,8 +46,9 @@ def client(tts_server):
 
 
 def test_wav_is_16khz_mono_speech_of_the_sentence_length(tts_server, runner):
-    response = speak(tts_server, response_format="wav", voice="alloy")
+    response = speak(tts_server, response_format="wav", voice="alloy", stream=False)
     assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)
     assert response.headers["content-type"] == "audio/wav"
     samples, rate = decode(response.content)
     assert rate == 16000 and samples.ndim == 1
@@ -57,10 +68,12 @@ def test_default_format_is_mp3_like_openai(tts_server):
 def test_every_supported_format_carries_the_same_audio(tts_server, fmt):
     reference, _ = decode(speak(tts_server, response_format="wav", seed=11).content)
     content = speak(tts_server, response_format=fmt, seed=11).content
-    if fmt == "pcm":
-        assert np.array_equal(np.frombuffer(content, "<i2"), reference)
+    if fmt == "pcm":  # OpenAI's: 24 kHz
+        expected = resample(reference.astype(np.float32) / 32768, 16000, 24000)
+        samples = np.frombuffer(content, "<i2").astype(np.float32) / 32768
+        assert np.abs(samples - expected).max() < 2e-3  # 16-bit rounding twice
         return
-    samples, rate = decode(content)
+    samples, rate = decode_aac(content) if fmt == "aac" else decode(content)
     if fmt in ("wav", "flac"):  # lossless (libsndfile's float -> int16 rounds differently per format)
         assert np.abs(samples.astype(int) - reference).max() <= 1
     else:  # lossy codecs add encoder delay/padding and may resample
@@ -112,9 +125,11 @@ def test_seeded_audio_does_not_depend_on_concurrent_requests(tts_server):
 
 def test_voices_are_listed_and_change_the_voice(tts_server, models_dir):
     listing = httpx.get(f"{tts_server.rest_url}/v1/voices").json()
-    names = [v["id"] for v in listing["data"]]
-    assert names == ["alloy", "echo", "nova", "shimmer"]
+    installed = [v["id"] for v in listing["data"] if "alias_of" not in v]
+    assert installed == ["alloy", "echo", "nova", "shimmer"]
     assert [v["id"] for v in listing["data"] if v["default"]] == ["alloy"]
+    aliases = {v["id"]: v["alias_of"] for v in listing["data"] if "alias_of" in v}
+    assert set(installed) | set(aliases) == set(OPENAI_VOICES)
     echo = speak(tts_server, voice="echo", response_format="wav", seed=5).content
     assert echo != speak(tts_server, voice="nova", response_format="wav", seed=5).content
     # OpenAI's object form of a voice, and the same x-vector sent as the request's own embedding.
@@ -129,8 +144,8 @@ def test_voices_are_listed_and_change_the_voice(tts_server, models_dir):
         ({"input": "x" * 4097}, "input", "4097 characters exceeds the limit of 4096"),
         ({"input": "   "}, "input", "must not be empty"),
         ({"input": "🙂 … 🙂"}, "input", "nothing to pronounce"),
-        ({"voice": "bob"}, "voice", "unknown voice 'bob'; available: alloy, echo, nova, shimmer"),
-        ({"response_format": "aac"}, "response_format", "unsupported format 'aac'"),
+        ({"voice": "bob"}, "voice", "unknown voice 'bob'; available: alloy, echo, nova, shimmer, or an alias"),
+        ({"response_format": "wma"}, "response_format", "unsupported format 'wma'"),
         ({"speed": 4.5}, "speed", "less than or equal to 4"),
         ({"speed": 0.1}, "speed", "greater than or equal to 0.25"),
         ({"seed": -1}, "seed", "greater than or equal to 0"),
@@ -138,8 +153,9 @@ def test_voices_are_listed_and_change_the_voice(tts_server, models_dir):
         ({"speaker_embedding": [0.0] * 512}, "speaker_embedding", "must not be all zeros"),
         ({"model": "whisper-1"}, "model", "unknown model 'whisper-1'"),
         ({"stream": True, "response_format": "mp3"}, "response_format", "streaming sends wav or pcm"),
-        ({"stream_format": "sse"}, "stream_format", "'audio'"),
-        ({"instructions": "cheerful"}, "instructions", "Extra inputs are not permitted"),
+        ({"stream_format": "json"}, "stream_format", "'audio' or 'sse'"),
+        ({"instructions": "x" * 4097}, "instructions", "4097 characters exceeds the limit of 4096"),
+        ({"emotion": "cheerful"}, "emotion", "Extra inputs are not permitted"),
     ],
 )
 def test_bad_requests_get_400_naming_the_field(tts_server, body, param, message):
@@ -157,8 +173,8 @@ def test_openai_sdk_creates_speech(client, tts_server):
     assert rate == 16000 and samples.size > 0
     model_ids = [m.id for m in client.models.list().data]
     assert "speecht5_tts" in model_ids
-    with pytest.raises(openai.BadRequestError, match="unknown voice 'onyx'"):
-        client.audio.speech.create(model="tts-1", voice="onyx", input="Hi.")
+    with pytest.raises(openai.BadRequestError, match="unknown voice 'voice_1234'"):
+        client.audio.speech.create(model="tts-1", voice={"id": "voice_1234"}, input="Hi.")
 
 
 def test_sdk_streaming_sends_the_first_sentence_before_the_last_is_made(client, runner, patch_synthesize):
@@ -189,7 +205,7 @@ def test_sdk_streaming_sends_the_first_sentence_before_the_last_is_made(client, 
     assert gate_opened_by_client == [True]
     # Streaming changes when bytes arrive, not what they are.
     whole = client.audio.speech.create(
-        model="tts-1", voice="alloy", input=text, response_format="pcm", extra_body={"seed": 9}
+        model="tts-1", voice="alloy", input=text, response_format="pcm", extra_body={"seed": 9, "stream": False}
     )
     assert streamed == whole.content
 
@@ -201,14 +217,14 @@ def test_streamed_wav_is_a_valid_file(tts_server):
         content = response.read()
     samples, rate = decode(content)
     assert rate == 16000
-    body.pop("stream")
+    body["stream"] = False
     reference, _ = decode(speak(tts_server, **body).content)
     assert np.array_equal(samples, reference)
 
 
 def test_metrics_report_real_time_factor_and_time_to_first_audio(tts_server):
     speak(tts_server, input="Measure me. Twice.", stream=True, response_format="pcm")
-    speak(tts_server, input="Measure me.", response_format="wav")
+    speak(tts_server, input="Measure me.", response_format="wav", stream=False)
     text = httpx.get(f"{tts_server.rest_url}/metrics").text
     assert 'tts_real_time_factor_count{task="synthesis"}' in text
     assert 'tts_time_to_first_audio_seconds_count{mode="stream",protocol="rest"}' in text
