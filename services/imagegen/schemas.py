@@ -1,19 +1,20 @@
 """Request/response schemas shared by REST and gRPC, and the checks against configured limits.
 
-The REST shapes follow OpenAI's images API (`/v1/images/generations`, `/v1/images/edits`); the
-Stable Diffusion controls are extension fields an OpenAI client sends through `extra_body`.
+The REST shapes follow OpenAI's images API (`/v1/images/generations`, `/edits`, `/variations`); the
+Stable Diffusion controls are extension fields an OpenAI client sends through `extra_body`. How each
+OpenAI field applies is in openai_params.
 """
 
 import random
-import re
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.kit.errors import InvalidArgument, NotFound
+from services.kit.errors import InvalidArgument
 
 from .images import MIN_SIDE, SIZE_MULTIPLE, fit_size
+from .inputs import ImageReference
 from .runner import (
     DEFAULT_STRENGTH,
     IMAGE_TO_IMAGE,
@@ -28,7 +29,9 @@ from .settings import ImageGenSettings
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 MAX_SEED = 2**32 - 1
-SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+MAX_IDENTIFIER_CHARS = 256
+# OpenAI's edits take up to 16 images; Stable Diffusion edits one, and says so when sent more.
+MAX_OPENAI_EDIT_IMAGES = 16
 
 
 class GenerationOptions(BaseModel):
@@ -46,26 +49,78 @@ class GenerationOptions(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed and parameters -> same pixels")
     scheduler: str | None = Field(None, examples=["euler_ancestral", "dpm++_2m"])
     output_format: OutputFormat = "png"
-    output_compression: int | None = Field(None, ge=0, le=100, description="JPEG/WebP quality")
+    output_compression: int | None = Field(
+        None, ge=0, le=100, description="JPEG/WebP quality; png takes only 100 (lossless)"
+    )
     partial_images: int = Field(
         0, ge=0, description="streaming only: previews spread over the denoising steps"
     )
 
 
 class ImageGenerationRequest(GenerationOptions):
-    """POST /v1/images/generations (OpenAI's fields plus the extensions above)."""
+    """POST /v1/images/generations: OpenAI's fields plus the extensions above (openai_params says how each
+    OpenAI field applies)."""
 
-    model: str | None = None
-    size: str | None = Field(None, examples=["512x512"], description="WIDTHxHEIGHT or auto")
-    response_format: Literal["b64_json", "url"] | None = None
+    model: str | None = Field(None, description="the served model, or an OpenAI name (dall-e-*, gpt-image-*)")
+    size: str | None = Field(
+        None, examples=["512x512"], description="WIDTHxHEIGHT or auto; OpenAI's sizes scale into max_pixels"
+    )
+    response_format: Literal["b64_json", "url"] | None = Field(
+        None, description="default: url for dall-e-2/3, b64_json otherwise"
+    )
     stream: bool = False
-    user: str | None = Field(None, description="accepted for OpenAI compatibility; not used")
+    quality: Literal["low", "medium", "high", "xhigh", "max", "auto", "standard", "hd"] | None = Field(
+        None, description="denoising steps (IMAGEGEN_QUALITY_STEPS); standard = medium, hd = high"
+    )
+    style: Literal["vivid", "natural"] | None = Field(None, description="accepted; reported as not applied")
+    background: Literal["transparent", "opaque", "auto"] | None = Field(
+        None, description="images are opaque; transparent is refused"
+    )
+    moderation: Literal["low", "auto"] | None = Field(
+        None, description="auto: the server's safety checker; low is reported as not applied"
+    )
+    complexity: Literal["low", "medium", "high"] | None = Field(
+        None, description="accepted; reported as not applied"
+    )
+    frame_count: int | None = Field(None, description="refused: no gif output")
+    frame_duration_ms: int | None = Field(None, description="refused: no gif output")
+    svg: Any = Field(None, description="refused: no svg output")
+    user: str | None = Field(None, max_length=MAX_IDENTIFIER_CHARS, description="see safety_identifier")
+    safety_identifier: str | None = Field(
+        None,
+        max_length=MAX_IDENTIFIER_CHARS,
+        description="echoed, and set as enduser.id on the request's trace span",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def null_means_default(cls, data: Any) -> Any:
+        # OpenAI's parameters are nullable: null asks for the default, as leaving the field out does.
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
 
 
 class ImageEditRequest(ImageGenerationRequest):
     """The form fields of POST /v1/images/edits (the image and mask come as files)."""
 
     strength: float | None = Field(None, gt=0, le=1, description="how much of the source to redraw")
+    input_fidelity: Literal["high", "low"] | None = Field(
+        None, description="accepted; reported as not applied"
+    )
+
+
+class ImageEditJsonRequest(ImageEditRequest):
+    """POST /v1/images/edits as JSON: images and mask as references (data: URLs)."""
+
+    images: list[ImageReference] = Field(min_length=1, description="one image (Stable Diffusion edits one)")
+    mask: ImageReference | None = None
+
+
+class ImageVariationRequest(ImageEditRequest):
+    """The form fields of POST /v1/images/variations: image-to-image without a prompt."""
+
+    prompt: str = Field("", max_length=0, description="none: a variation redraws the image unprompted")
 
 
 class GenerateFields(GenerationOptions):
@@ -77,34 +132,31 @@ class GenerateFields(GenerationOptions):
 
 
 class ImageData(BaseModel):
-    b64_json: str
+    b64_json: str | None = None
+    url: str | None = Field(None, description="GET it (with the API key) until IMAGEGEN_URL_TTL_S passes")
     seed: int
     nsfw_content_detected: bool | None = None
+
+
+class ImageUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: dict[str, int]
+    output_tokens: int
+    total_tokens: int
 
 
 class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
-    output_format: OutputFormat
-    size: str
     model: str
-
-
-def check_model(model: str | None, runner: ImageGenRunner) -> None:
-    if model is not None and model not in (runner.model_name, runner.settings.model):
-        raise NotFound(f"model {model!r} is not served here; available: {runner.model_name}", field="model")
-
-
-def parse_size(size: str | None, field: str = "size") -> tuple[int, int] | None:
-    """'512x768' -> (512, 768); None or 'auto' -> None (the default size)."""
-    if size is None or size.strip().lower() == "auto":
-        return None
-    match = SIZE_PATTERN.match(size)
-    if not match:
-        raise InvalidArgument(
-            f"{field}: expected WIDTHxHEIGHT such as 512x512 (or auto), got {size!r}", field=field
-        )
-    return int(match[1]), int(match[2])
+    output_format: OutputFormat | None = None
+    size: str | None = Field(
+        None, description="the pixel size made (left out for dall-e names, as OpenAI does)"
+    )
+    background: Literal["opaque"] | None = None
+    quality: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    safety_identifier: str | None = None
+    usage: ImageUsage | None = None
 
 
 def check_size(width: int, height: int, settings: ImageGenSettings, field: str) -> None:
@@ -132,13 +184,14 @@ def build_job(
     strength: float | None = None,
     image: Image.Image | None = None,
     mask: Image.Image | None = None,
+    prompt_required: bool = True,
 ) -> ImageJob:
     """Check a request against the service limits (every refusal names the field) and pick defaults.
 
     No image: text-to-image. An image: image-to-image, or inpainting when a mask comes with it.
     """
     s = runner.settings
-    if not options.prompt.strip():
+    if prompt_required and not options.prompt.strip():
         raise InvalidArgument("prompt: must not be empty", field="prompt")
     for name, text in (("prompt", options.prompt), ("negative_prompt", options.negative_prompt or "")):
         if len(text) > s.max_prompt_chars:
@@ -162,9 +215,10 @@ def build_job(
             f"scheduler: unknown scheduler {options.scheduler!r}; available: {', '.join(scheduler_names())}",
             field="scheduler",
         )
-    if options.output_compression is not None and options.output_format == "png":
+    if options.output_compression not in (None, 100) and options.output_format == "png":
         raise InvalidArgument(
-            "output_compression: applies to jpeg and webp only (png is lossless)", field="output_compression"
+            "output_compression: below 100 applies to jpeg and webp only (png is lossless)",
+            field="output_compression",
         )
     if options.partial_images and not streaming:
         raise InvalidArgument("partial_images: previews are only sent when streaming", field="partial_images")

@@ -4,6 +4,7 @@ from services.kit.service import GrpcServicer, Service
 
 from . import imagegen_pb2_grpc as pb_grpc
 from .grpc_servicer import SERVICE_NAME, ImageGenerationServicer
+from .openai_params import DALL_E_MODELS, GPT_IMAGE_MODELS
 from .rest import create_router
 from .runner import PIPELINES, ImageGenRunner, scheduler_names
 from .settings import ImageGenSettings
@@ -29,6 +30,8 @@ def create_service(settings: ImageGenSettings | None = None) -> Service:
             "schedulers": scheduler_names(),
             "default_size": "{}x{}".format(*runner.native_size) if runner.pipelines else None,
             "safety_checker": runner.safety_checker_active if runner.pipelines else None,
+            # OpenAI model names this model answers to (openai_params says what each changes).
+            "aliases": [*DALL_E_MODELS, *GPT_IMAGE_MODELS],
         }
     ]
     return service

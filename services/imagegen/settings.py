@@ -1,7 +1,12 @@
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services.kit.config import ServiceSettings
+
+# OpenAI's `quality` values and the denoising steps each means by default (standard = medium, hd = high).
+DEFAULT_QUALITY_STEPS = {"low": 15, "medium": 30, "high": 50, "xhigh": 75, "max": 100}
 
 
 class ImageGenSettings(ServiceSettings):
@@ -56,3 +61,51 @@ class ImageGenSettings(ServiceSettings):
     max_queue: int = Field(32, ge=1)
     request_timeout_s: float = Field(300.0, gt=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+    # The OpenAI images API.
+    quality_steps: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: dict(DEFAULT_QUALITY_STEPS),
+        description="OpenAI quality -> denoising steps, JSON (keys low, medium, high, xhigh, max; missing ones "
+        "keep their defaults; each is capped at max_steps); standard means medium, hd means high, auto means "
+        "default_steps",
+    )
+    variation_strength: float = Field(
+        0.7, gt=0, le=1, description="/v1/images/variations: how much of the source image to redraw"
+    )
+    public_base_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s]+$",
+        description="scheme://host[:port][/prefix] that response_format=url links start with; default: the "
+        "request's own Host header (and X-Forwarded-Proto from the proxies uvicorn trusts)",
+    )
+    url_ttl_s: float = Field(
+        3600.0, gt=0, description="response_format=url: how long a link answers (OpenAI: 60 minutes)"
+    )
+    url_store_max_images: int = Field(256, ge=1, description="images kept for links; the oldest go first")
+    url_store_max_bytes: int = Field(128 * 1024 * 1024, ge=1024, description="encoded bytes kept for links")
+    remote_image_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated host names (or host:port) whose http(s) image_url the JSON edits route "
+        "may fetch; empty: only data: URLs",
+    )
+    remote_image_timeout_s: float = Field(10.0, gt=0, description="time allowed to fetch one remote image")
+
+    @field_validator("remote_image_hosts", mode="before")
+    @classmethod
+    def split_hosts(cls, value):
+        if isinstance(value, str):
+            return [host.strip().lower() for host in value.split(",") if host.strip()]
+        return [str(host).strip().lower() for host in value]
+
+    @model_validator(mode="after")
+    def complete_quality_steps(self) -> "ImageGenSettings":
+        unknown = set(self.quality_steps) - set(DEFAULT_QUALITY_STEPS)
+        if unknown:
+            known = list(DEFAULT_QUALITY_STEPS)
+            raise ValueError(f"quality_steps: unknown qualities {sorted(unknown)}; known: {known}")
+        # A deployment that lowers max_steps lowers what every quality means, rather than failing to start.
+        self.quality_steps = {
+            quality: min(self.quality_steps.get(quality, steps), self.max_steps)
+            for quality, steps in DEFAULT_QUALITY_STEPS.items()
+        }
+        return self

@@ -189,7 +189,7 @@ def test_output_formats(server, fmt, pil_format):
         ({"prompt": "x", "scheduler": "k_dpm_9000"}, "scheduler"),
         ({"prompt": "x", "output_format": "gif"}, "output_format"),
         ({"prompt": "x", "output_compression": 50}, "output_compression"),
-        ({"prompt": "x", "response_format": "url"}, "response_format"),
+        ({"prompt": "x", "model": "gpt-image-1", "response_format": "url"}, "response_format"),
         ({"prompt": "x", "partial_images": 2}, "partial_images"),
         ({"prompt": "x", "strength": 0.5}, "strength"),
         ({"prompt": "   "}, "prompt"),
@@ -205,9 +205,9 @@ def test_bad_values_get_400_naming_the_field(server, body, field):
 
 def test_sdk_sees_openai_errors(client):
     with pytest.raises(BadRequestError, match="response_format"):
-        client.images.generate(prompt="x", response_format="url")
-    with pytest.raises(NotFoundError, match="dall-e-3"):
-        client.images.generate(prompt="x", model="dall-e-3")
+        client.images.generate(prompt="x", model="gpt-image-1", response_format="url")
+    with pytest.raises(NotFoundError, match="dall-e-9"):
+        client.images.generate(prompt="x", model="dall-e-9")
     served = client.images.generate(prompt="x", model="stable-diffusion", size="64x64")
     assert len(served.data) == 1
 
@@ -250,9 +250,13 @@ def test_bad_edits_get_errors_naming_the_field(server, files, data, status, fiel
     assert response.json()["error"]["param"] == field
 
 
-def test_edits_need_multipart(server):
-    response = httpx.post(server.rest_url + "/v1/images/edits", json={"prompt": "x"}, timeout=30)
+def test_edits_take_multipart_or_json(server):
+    response = httpx.post(
+        server.rest_url + "/v1/images/edits", content=b"prompt=x", headers={"content-type": "text/plain"}, timeout=30
+    )
     assert response.status_code == 415
+    response = httpx.post(server.rest_url + "/v1/images/edits", json={"prompt": "x"}, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "images"
 
 
 def read_events(response: httpx.Response) -> list[tuple[str, dict]]:
