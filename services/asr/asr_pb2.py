@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16services/asr/asr.proto\x12\x06\x61sr.v1\"\xc4\x01\n\x11TranscribeOptions\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x15\n\x08language\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06prompt\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x12\n\ntimestamps\x18\x04 \x01(\x08\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x10\n\x08\x64\x65\x63oding\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\tB\x0b\n\t_languageB\t\n\x07_promptB\x0e\n\x0c_temperature\"`\n\x11TranscribeRequest\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12*\n\x07options\x18\x03 \x01(\x0b\x32\x19.asr.v1.TranscribeOptions\"e\n\x0cStreamConfig\x12*\n\x07options\x18\x01 \x01(\x0b\x32\x19.asr.v1.TranscribeOptions\x12\x17\n\x0fpcm_sample_rate\x18\x02 \x01(\x05\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\"Z\n\x17TranscribeStreamRequest\x12&\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x14.asr.v1.StreamConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"?\n\x07Segment\x12\n\n\x02id\x18\x01 \x01(\x05\x12\r\n\x05start\x18\x02 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x01\x12\x0c\n\x04text\x18\x04 \x01(\t\"\x98\x01\n\x12TranscribeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x10\n\x08\x64uration\x18\x03 \x01(\x01\x12!\n\x08segments\x18\x04 \x03(\x0b\x32\x0f.asr.v1.Segment\x12\x10\n\x08\x64\x65\x63oding\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0c\n\x04task\x18\x07 \x01(\t2\xab\x01\n\x11SpeechRecognition\x12\x43\n\nTranscribe\x12\x19.asr.v1.TranscribeRequest\x1a\x1a.asr.v1.TranscribeResponse\x12Q\n\x10TranscribeStream\x12\x1f.asr.v1.TranscribeStreamRequest\x1a\x1a.asr.v1.TranscribeResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16services/asr/asr.proto\x12\x06\x61sr.v1\"\xef\x01\n\x11TranscribeOptions\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x15\n\x08language\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06prompt\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x12\n\ntimestamps\x18\x04 \x01(\x08\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x10\n\x08\x64\x65\x63oding\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x17\n\x0fword_timestamps\x18\x08 \x01(\x08\x12\x10\n\x08logprobs\x18\t \x01(\x08\x42\x0b\n\t_languageB\t\n\x07_promptB\x0e\n\x0c_temperature\"`\n\x11TranscribeRequest\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12*\n\x07options\x18\x03 \x01(\x0b\x32\x19.asr.v1.TranscribeOptions\"e\n\x0cStreamConfig\x12*\n\x07options\x18\x01 \x01(\x0b\x32\x19.asr.v1.TranscribeOptions\x12\x17\n\x0fpcm_sample_rate\x18\x02 \x01(\x05\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\"Z\n\x17TranscribeStreamRequest\x12&\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x14.asr.v1.StreamConfigH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xba\x01\n\x07Segment\x12\n\n\x02id\x18\x01 \x01(\x05\x12\r\n\x05start\x18\x02 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x01\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x0c\n\x04seek\x18\x05 \x01(\x05\x12\x0e\n\x06tokens\x18\x06 \x03(\x05\x12\x13\n\x0btemperature\x18\x07 \x01(\x01\x12\x13\n\x0b\x61vg_logprob\x18\x08 \x01(\x01\x12\x19\n\x11\x63ompression_ratio\x18\t \x01(\x01\x12\x16\n\x0eno_speech_prob\x18\n \x01(\x01\"0\n\x04Word\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x01\"=\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x0c\x12\x0f\n\x07logprob\x18\x03 \x01(\x01\"\xdd\x01\n\x12TranscribeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x10\n\x08\x64uration\x18\x03 \x01(\x01\x12!\n\x08segments\x18\x04 \x03(\x0b\x32\x0f.asr.v1.Segment\x12\x10\n\x08\x64\x65\x63oding\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0c\n\x04task\x18\x07 \x01(\t\x12\x1b\n\x05words\x18\x08 \x03(\x0b\x32\x0c.asr.v1.Word\x12&\n\x08logprobs\x18\t \x03(\x0b\x32\x14.asr.v1.TokenLogprob\"r\n\x10TranscribeUpdate\x12(\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x17.asr.v1.TranscriptDeltaH\x00\x12*\n\x04\x64one\x18\x02 \x01(\x0b\x32\x1a.asr.v1.TranscribeResponseH\x00\x42\x08\n\x06update\"G\n\x0fTranscriptDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12&\n\x08logprobs\x18\x02 \x03(\x0b\x32\x14.asr.v1.TokenLogprob2\xf7\x01\n\x11SpeechRecognition\x12\x43\n\nTranscribe\x12\x19.asr.v1.TranscribeRequest\x1a\x1a.asr.v1.TranscribeResponse\x12Q\n\x10TranscribeStream\x12\x1f.asr.v1.TranscribeStreamRequest\x1a\x1a.asr.v1.TranscribeResponse(\x01\x12J\n\x11TranscribeUpdates\x12\x19.asr.v1.TranscribeRequest\x1a\x18.asr.v1.TranscribeUpdate0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,17 +32,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.asr.asr_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRANSCRIBEOPTIONS']._serialized_start=35
-  _globals['_TRANSCRIBEOPTIONS']._serialized_end=231
-  _globals['_TRANSCRIBEREQUEST']._serialized_start=233
-  _globals['_TRANSCRIBEREQUEST']._serialized_end=329
-  _globals['_STREAMCONFIG']._serialized_start=331
-  _globals['_STREAMCONFIG']._serialized_end=432
-  _globals['_TRANSCRIBESTREAMREQUEST']._serialized_start=434
-  _globals['_TRANSCRIBESTREAMREQUEST']._serialized_end=524
-  _globals['_SEGMENT']._serialized_start=526
-  _globals['_SEGMENT']._serialized_end=589
-  _globals['_TRANSCRIBERESPONSE']._serialized_start=592
-  _globals['_TRANSCRIBERESPONSE']._serialized_end=744
-  _globals['_SPEECHRECOGNITION']._serialized_start=747
-  _globals['_SPEECHRECOGNITION']._serialized_end=918
+  _globals['_TRANSCRIBEOPTIONS']._serialized_end=274
+  _globals['_TRANSCRIBEREQUEST']._serialized_start=276
+  _globals['_TRANSCRIBEREQUEST']._serialized_end=372
+  _globals['_STREAMCONFIG']._serialized_start=374
+  _globals['_STREAMCONFIG']._serialized_end=475
+  _globals['_TRANSCRIBESTREAMREQUEST']._serialized_start=477
+  _globals['_TRANSCRIBESTREAMREQUEST']._serialized_end=567
+  _globals['_SEGMENT']._serialized_start=570
+  _globals['_SEGMENT']._serialized_end=756
+  _globals['_WORD']._serialized_start=758
+  _globals['_WORD']._serialized_end=806
+  _globals['_TOKENLOGPROB']._serialized_start=808
+  _globals['_TOKENLOGPROB']._serialized_end=869
+  _globals['_TRANSCRIBERESPONSE']._serialized_start=872
+  _globals['_TRANSCRIBERESPONSE']._serialized_end=1093
+  _globals['_TRANSCRIBEUPDATE']._serialized_start=1095
+  _globals['_TRANSCRIBEUPDATE']._serialized_end=1209
+  _globals['_TRANSCRIPTDELTA']._serialized_start=1211
+  _globals['_TRANSCRIPTDELTA']._serialized_end=1282
+  _globals['_SPEECHRECOGNITION']._serialized_start=1285
+  _globals['_SPEECHRECOGNITION']._serialized_end=1532
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,11 @@ class SpeechRecognitionStub:
                 request_serializer=services_dot_asr_dot_asr__pb2.TranscribeStreamRequest.SerializeToString,
                 response_deserializer=services_dot_asr_dot_asr__pb2.TranscribeResponse.FromString,
                 _registered_method=True)
+        self.TranscribeUpdates = channel.unary_stream(
+                '/asr.v1.SpeechRecognition/TranscribeUpdates',
+                request_serializer=services_dot_asr_dot_asr__pb2.TranscribeRequest.SerializeToString,
+                response_deserializer=services_dot_asr_dot_asr__pb2.TranscribeUpdate.FromString,
+                _registered_method=True)
 
 
 class SpeechRecognitionServicer:
@@ -66,6 +71,14 @@ class SpeechRecognitionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TranscribeUpdates(self, request, context):
+        """One audio file in; the text each 30 s window adds as it is decoded (long audio shows progress), then the
+        whole transcript (REST: stream=true).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpeechRecognitionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +91,11 @@ def add_SpeechRecognitionServicer_to_server(servicer, server):
                     servicer.TranscribeStream,
                     request_deserializer=services_dot_asr_dot_asr__pb2.TranscribeStreamRequest.FromString,
                     response_serializer=services_dot_asr_dot_asr__pb2.TranscribeResponse.SerializeToString,
+            ),
+            'TranscribeUpdates': grpc.unary_stream_rpc_method_handler(
+                    servicer.TranscribeUpdates,
+                    request_deserializer=services_dot_asr_dot_asr__pb2.TranscribeRequest.FromString,
+                    response_serializer=services_dot_asr_dot_asr__pb2.TranscribeUpdate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +153,33 @@ class SpeechRecognition:
             '/asr.v1.SpeechRecognition/TranscribeStream',
             services_dot_asr_dot_asr__pb2.TranscribeStreamRequest.SerializeToString,
             services_dot_asr_dot_asr__pb2.TranscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TranscribeUpdates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/asr.v1.SpeechRecognition/TranscribeUpdates',
+            services_dot_asr_dot_asr__pb2.TranscribeRequest.SerializeToString,
+            services_dot_asr_dot_asr__pb2.TranscribeUpdate.FromString,
             options,
             channel_credentials,
             insecure,

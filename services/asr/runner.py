@@ -4,10 +4,17 @@ Assisted (speculative) decoding lets a small assistant draft tokens that the mai
 pass; greedy output is exactly the main model's own. It only pays at batch size 1, so `predict_batch` looks at
 how many requests the batcher handed over: a few are decoded one by one with the assistant, more than
 `adaptive_threshold` together in one plain batched generate.
+
+Each decoded 30 s window is also described the way OpenAI's Whisper describes it (`Window`): its seek offset, the
+temperature that produced it, the average log-probability of its tokens, the compression ratio of its text and
+the probability of `<|nospeech|>` at the start of the transcript. Optional temperature fallback re-decodes a
+window that fails OpenAI's thresholds, and word timings come from a cross-attention alignment pass per window
+(`alignment.py`), whichever path decoded it.
 """
 
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +42,7 @@ from services.kit.batcher import Work
 from services.kit.errors import Cancelled, InvalidArgument
 from services.kit.torch_models import StopWhenCancelled, TorchRuntime, resolve_source
 
+from .alignment import Aligner, TimedSegment, WordTiming, assign_words
 from .drafting import DraftConfig, Drafter, WhisperWithDraftLoop
 from .settings import AsrSettings
 
@@ -76,15 +84,197 @@ class DraftTally:
 _SERVED_DRAFTS = DraftTally()
 
 
+class _ExpectedGenerateNotices(logging.Filter):
+    """Drops two notices transformers logs once about settings made on purpose here: per-window outputs imply
+    `return_segments` (see `DecodeCapture`), and `top_k=0` (sampling from the whole distribution, as OpenAI's
+    Whisper does) is unused by the greedy first try of a temperature fallback."""
+
+    NOTICES = ("automatically sets `return_segments=True`", "not valid and may be ignored: ['top_k']")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(notice in message for notice in self.NOTICES)
+
+
+for _name in ("transformers.models.whisper.generation_whisper", "transformers.generation.configuration_utils"):
+    logging.getLogger(_name).addFilter(_ExpectedGenerateNotices())
+
+
+def compression_ratio(text: str) -> float:
+    """OpenAI Whisper's repetition measure: the text's UTF-8 bytes over their zlib-compressed size."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+@dataclass(frozen=True)
+class FallbackRule:
+    """OpenAI Whisper's thresholds (transcribe.py): a window whose text compresses too well (repetition loops) or
+    whose tokens are too improbable is decoded again at the next temperature, unless it is judged silent; a
+    silent window (`<|nospeech|>` likely and its tokens improbable) is dropped."""
+
+    compression_ratio: float | None
+    logprob: float | None
+    no_speech: float | None
+
+    def judge(self, ratio: float, avg_logprob: float | None, no_speech_prob: float | None) -> tuple[bool, bool]:
+        """(decode the window again, drop it)."""
+        improbable = self.logprob is not None and avg_logprob is not None and avg_logprob < self.logprob
+        again = improbable or (self.compression_ratio is not None and ratio > self.compression_ratio)
+        silent = self.no_speech is not None and no_speech_prob is not None and no_speech_prob > self.no_speech
+        if silent and improbable:
+            again = False
+        confident = self.logprob is not None and avg_logprob is not None and avg_logprob > self.logprob
+        return again, silent and not confident
+
+
+@dataclass
+class WindowSegment:
+    start: float  # seconds from the start of the audio
+    end: float
+    tokens: list[int]  # timestamps included
+    logprobs: list[float] | None  # one per token, when scores were kept
+    words: list[WordTiming] | None = None
+
+
+@dataclass
+class Window:
+    """One decoded 30 s window of one request, described as OpenAI's Whisper describes it."""
+
+    seek: int  # mel frames (100 a second) before the window
+    temperature: float  # the temperature of the decoding that was kept
+    avg_logprob: float | None  # mean log-probability of its tokens and end-of-text (None: scores not kept)
+    compression_ratio: float  # of its text
+    no_speech_prob: float | None  # probability of <|nospeech|> right after <|startoftranscript|>
+    segments: list[WindowSegment]
+
+
+@dataclass
+class DecodeCapture:
+    """What one `transcribe` call reads out of Whisper's generate(), window by window and request by request
+    (`rows` is the batch). The model's hooks fill in the per-call values: the no-speech probability at the first
+    decoder pass, the encoder output when words are to be timed."""
+
+    rows: int
+    text_of: Callable[[list[int]], str]
+    sot: int
+    eot: int
+    no_timestamps: int
+    no_speech_token: int | None
+    fallback: FallbackRule | None
+    keep_scores: bool  # for log-probabilities: to report, or to judge windows by
+    samples: bool  # some temperature is above 0
+    languages: list[str]
+    aligner: Aligner | None = None
+    word_rows: frozenset[int] = frozenset()
+    on_window: Callable[[int, Window], None] | None = None
+    windows: list[list[Window]] = field(init=False)
+    last_speech: list[float] = field(init=False)
+    # Per generate() call (one per window, or per fallback temperature):
+    awaiting_prefill: bool = True
+    aligning: bool = False
+    no_speech: list[float] | None = None
+    encoder_hidden: torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.windows = [[] for _ in range(self.rows)]
+        self.last_speech = [0.0] * self.rows
+
+    def add_window(self, segments: list[dict], *, seek_sequence, seek_outputs, time_offset, seek_num_frames,
+                   time_precision, input_stride, prev_idx, idx, decoder_input_ids, **_) -> None:
+        row = seek_outputs[idx]
+        tokens = seek_sequence.tolist()
+        logprobs = row.get("token_logprobs")
+        logprobs = logprobs[: len(tokens)].tolist() if logprobs is not None else None
+        first = decoder_input_ids.shape[-1]  # segment positions count the window's prompt
+        parts = []
+        for segment in segments:
+            begin, end = segment["idxs"][0] - first, segment["idxs"][1] - first
+            parts.append(
+                WindowSegment(
+                    float(segment["start"]),
+                    float(segment["end"]),
+                    segment["tokens"].tolist(),
+                    logprobs[begin:end] if logprobs is not None else None,
+                )
+            )
+        offset = float(time_offset[prev_idx])
+        window = Window(
+            seek=round(offset * input_stride / time_precision),
+            temperature=row["temperature"],
+            avg_logprob=row.get("avg_logprob"),
+            compression_ratio=row.get("compression_ratio", 0.0),
+            no_speech_prob=row.get("no_speech_prob"),
+            segments=parts,
+        )
+        encoder_hidden = row.pop("encoder_hidden", None)
+        if prev_idx in self.word_rows and encoder_hidden is not None and self.aligner is not None:
+            prompt = decoder_input_ids[idx].tolist()
+            sot_sequence = [t for t in prompt[prompt.index(self.sot) :] if t != self.no_timestamps]
+            self._time_words(window, offset, encoder_hidden, int(seek_num_frames[prev_idx]), sot_sequence, prev_idx)
+        self.windows[prev_idx].append(window)
+        if self.on_window is not None:
+            self.on_window(prev_idx, window)
+
+    def _time_words(self, window: Window, offset: float, encoder_hidden, num_frames: int, sot_sequence, row: int):
+        text_tokens = [[t for t in part.tokens if t < self.eot] for part in window.segments]
+        self.aligning = True
+        try:
+            alignment = self.aligner.words(
+                encoder_hidden, num_frames, sot_sequence, [t for part in text_tokens for t in part],
+                self.languages[row],
+            )
+        finally:
+            self.aligning = False
+        timed = [TimedSegment(p.start, p.end, tokens) for p, tokens in zip(window.segments, text_tokens, strict=True)]
+        self.last_speech[row] = assign_words(alignment, timed, offset, self.last_speech[row])
+        for part, segment in zip(window.segments, timed, strict=True):
+            part.start, part.end, part.words = segment.start, segment.end, segment.words
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level BPE alphabet (Whisper's too): every byte as a printable character."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            mapping[byte] = chr(byte)
+        else:
+            mapping[byte] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def _token_logprobs(scores: tuple[torch.Tensor, ...], generated: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-probability of each generated token (rows x steps) under the processed scores at temperature 1, as
+    OpenAI's Whisper sums them (the scores of a sampled step were divided by its temperature)."""
+    steps = min(len(scores), generated.shape[1])
+    scale = temperature if temperature > 0 else 1.0
+    columns = [
+        torch.log_softmax(scores[t].float() * scale, dim=-1).gather(-1, generated[:, t : t + 1])
+        for t in range(steps)
+    ]
+    if not columns:
+        return torch.zeros(generated.shape[0], 0)
+    return torch.cat(columns, dim=1).cpu()
+
+
 class DraftCountingWhisper(WhisperWithDraftLoop):
     """Whisper that counts what the assistant drafts and the main model accepts, read off the candidate generator
-    (the cheap draft loop of `drafting.py` once `drafter` is set), and decodes each window under one length limit.
+    (the cheap draft loop of `drafting.py` once `drafter` is set), decodes each window under one length limit, and
+    describes each decoded window into `capture` while one is set.
 
     generate() builds a fresh candidate generator per call; its `get_candidates` returns the drafts and
     `update_candidate_strategy` receives how many of them matched.
+
+    Window descriptions hook into three steps of Whisper's generate() loop, per call of the underlying generate
+    (one per window, and one per fallback temperature): `_postprocess_outputs` turns the scores into token
+    log-probabilities and drops them (kept per row they would hold the whole vocabulary per step until the
+    request ends), `_need_fallback` applies OpenAI's thresholds, and `_retrieve_segment` hands the kept window to
+    the capture.
     """
 
     draft_tally: DraftTally | None = None
+    capture: DecodeCapture | None = None
 
     def _set_max_new_tokens_and_length(self, config, decoder_input_ids, generation_config):
         # Whisper sets each window's length limit here. Given max_new_tokens, the max_length its config preparation
@@ -119,6 +309,91 @@ class DraftCountingWhisper(WhisperWithDraftLoop):
         generator.update_candidate_strategy = counted_update
         return generator
 
+    # -- window descriptions ---------------------------------------------------------------------------------
+
+    def note_prefill(self, module, args, kwargs, output) -> None:
+        """Decoder forward hook: at a call's first pass (its whole prompt), the probability of `<|nospeech|>` as
+        the token after `<|startoftranscript|>`, from the unprocessed logits (OpenAI's `no_speech_prob`)."""
+        capture = self.capture
+        if capture is None or not capture.awaiting_prefill or capture.aligning:
+            return
+        capture.awaiting_prefill = False
+        ids = kwargs.get("input_ids")
+        if ids is None or capture.no_speech_token is None:
+            return
+        is_sot = ids == capture.sot
+        if not bool(is_sot.any(dim=1).all()):
+            return
+        position = is_sot.int().argmax(dim=1)
+        hidden = output[0][torch.arange(ids.shape[0], device=ids.device), position]
+        probabilities = self.proj_out(hidden).float().softmax(dim=-1)
+        capture.no_speech = probabilities[:, capture.no_speech_token].tolist()
+
+    def note_encoder_output(self, module, args, output) -> None:
+        """Encoder forward hook: keeps the window's encoder output for the word alignment pass."""
+        capture = self.capture
+        if capture is not None and capture.word_rows:
+            capture.encoder_hidden = output[0]
+
+    def _set_return_outputs(self, return_dict_in_generate, return_token_timestamps, logprob_threshold,
+                            generation_config):
+        # Per-row outputs for every call (what the capture reads), with the scores when they are needed; sampling
+        # from the whole distribution as OpenAI's Whisper does (transformers' default keeps the top 50). Set on the
+        # config here rather than passed to generate(), whose config check would call them unused beforehand.
+        if self.capture is not None:
+            generation_config.output_scores = self.capture.keep_scores
+            if self.capture.samples:
+                generation_config.top_k = 0
+            return_dict_in_generate = True
+        return super()._set_return_outputs(return_dict_in_generate, return_token_timestamps, logprob_threshold,
+                                           generation_config)
+
+    def _postprocess_outputs(self, seek_outputs, decoder_input_ids, return_token_timestamps, generation_config,
+                             is_shortform, seek, batch_idx_map):
+        capture = self.capture
+        if capture is None or isinstance(seek_outputs, torch.Tensor):
+            return super()._postprocess_outputs(seek_outputs, decoder_input_ids, return_token_timestamps,
+                                                generation_config, is_shortform, seek, batch_idx_map)
+        temperature = float(generation_config.temperature) if generation_config.do_sample else 0.0
+        logprobs = None
+        if "scores" in seek_outputs:
+            generated = seek_outputs["sequences"][:, decoder_input_ids.shape[-1] :]
+            logprobs = _token_logprobs(seek_outputs["scores"], generated, temperature)
+        kept = {key: value for key, value in seek_outputs.items() if key not in ("scores", "cache")}
+        sequences, rows = super()._postprocess_outputs(kept, decoder_input_ids, return_token_timestamps,
+                                                       generation_config, is_shortform, seek, batch_idx_map)
+        no_speech, encoder_hidden = capture.no_speech, capture.encoder_hidden
+        for i, row in enumerate(rows):
+            row["temperature"] = temperature
+            row["token_logprobs"] = logprobs[i] if logprobs is not None else None
+            row["no_speech_prob"] = no_speech[i] if no_speech is not None and len(no_speech) == len(rows) else None
+            if encoder_hidden is not None and encoder_hidden.shape[0] == len(rows):
+                row["encoder_hidden"] = encoder_hidden[i]
+        capture.awaiting_prefill, capture.no_speech, capture.encoder_hidden = True, None, None
+        return sequences, rows
+
+    def _need_fallback(self, seek_sequence, seek_outputs, index, logits_processor, generation_config, vocab_size,
+                       temperature):
+        capture = self.capture
+        if capture is None:
+            return super()._need_fallback(seek_sequence, seek_outputs, index, logits_processor, generation_config,
+                                          vocab_size, temperature)
+        row = seek_outputs[index]
+        tokens = seek_sequence.tolist()  # end-of-text included when it was generated
+        logprobs = row["token_logprobs"]
+        avg_logprob = float(logprobs[: len(tokens)].mean()) if logprobs is not None and len(tokens) else None
+        ratio = compression_ratio(capture.text_of(tokens))
+        row["avg_logprob"], row["compression_ratio"] = avg_logprob, ratio
+        if capture.fallback is None:
+            return False, False
+        return capture.fallback.judge(ratio, avg_logprob, row["no_speech_prob"])
+
+    def _retrieve_segment(self, **kwargs):
+        segments, seek_offset = super()._retrieve_segment(**kwargs)
+        if self.capture is not None:
+            self.capture.add_window(segments, **kwargs)
+        return segments, seek_offset
+
 
 @dataclass(frozen=True)
 class DecodeOptions:
@@ -136,10 +411,22 @@ class AsrJob:
     options: DecodeOptions = DecodeOptions()
     language: str | None = None  # a Whisper language code; None detects it
     decoding: Literal["auto", "assisted", "plain"] = "auto"
+    # What the response needs beyond text and segments; none of it changes the tokens, so it stays out of the
+    # batch key: per-window statistics (log-probabilities), word timings, token log-probabilities, and
+    # `Partial` events as windows finish.
+    window_stats: bool = False
+    words: bool = False
+    logprobs: bool = False
+    stream: bool = False
 
     @property
     def duration(self) -> float:
         return self.audio.size / SAMPLE_RATE
+
+    @property
+    def nbytes(self) -> int:
+        """The decoded samples it holds while queued."""
+        return self.audio.nbytes
 
     @property
     def long_form(self) -> bool:
@@ -158,6 +445,35 @@ class Segment:
     end: float
     text: str
     tokens: tuple[int, ...]
+    # OpenAI's per-window decoding statistics (every segment of a window shares them). Float noise between the
+    # decoding paths must not make equal segmentations differ, so they stay out of comparisons.
+    seek: int = field(default=0, compare=False)
+    temperature: float = field(default=0.0, compare=False)
+    avg_logprob: float | None = field(default=None, compare=False)
+    compression_ratio: float = field(default=0.0, compare=False)
+    no_speech_prob: float | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+
+
+@dataclass(frozen=True)
+class Partial:
+    """What a request's transcript gained when one of its windows was decoded: a streaming event."""
+
+    delta: str
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +484,8 @@ class Transcript:
     path: DecodingPath
     tokens: tuple[int, ...]  # generated token ids (timestamps included), for exactness checks
     segments: list[Segment] | None = None
+    words: list[Word] | None = None
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -188,6 +506,9 @@ class AsrRunner:
     model_max_length: int | None = None
     # Requests queued behind the batch being decoded (the service wires in its batcher's queue depth).
     queued: Callable[[], int] = lambda: 0
+    aligner: Aligner | None = None
+    no_speech_token: int | None = None  # <|nospeech|> (<|nocaptions|> in the original multilingual vocabularies)
+    _byte_values: dict[str, int] = field(default_factory=dict)  # byte-level BPE character -> byte
 
     # -- loading ----------------------------------------------------------------------------------------------
 
@@ -204,6 +525,13 @@ class AsrRunner:
         config.max_length = None
         self.model.draft_tally = self.tally
         self.model.model.decoder.register_forward_hook(self._count_main_pass)
+        self.model.model.decoder.register_forward_hook(self.model.note_prefill, with_kwargs=True)
+        self.model.model.encoder.register_forward_hook(self.model.note_encoder_output)
+        tokenizer = self.processor.tokenizer
+        vocabulary = tokenizer.get_vocab()
+        self.no_speech_token = next((vocabulary[t] for t in ("<|nospeech|>", "<|nocaptions|>") if t in vocabulary), None)
+        self.aligner = Aligner(self.model, tokenizer)
+        self._byte_values = {char: byte for byte, char in _bytes_to_unicode().items()}
         if s.assistant_model:
             self.assistant = self._load_assistant(resolve_source(s.assistant_model))
             overrides = dict(vocab_size=s.draft_vocab_size, quantize=s.draft_quantize)
@@ -343,7 +671,10 @@ class AsrRunner:
                     work.span.set_attribute("asr.path", "plain")
                 try:
                     transcripts = self.transcribe(
-                        [work.payload for work in pending], "plain", stop=StopWhenCancelled(pending)
+                        [work.payload for work in pending],
+                        "plain",
+                        stop=StopWhenCancelled(pending),
+                        on_partial=lambda row, partial, works=tuple(pending): works[row].emit(partial),
                     )
                 except Cancelled:  # every request of the batch went away mid-decode
                     break
@@ -356,7 +687,9 @@ class AsrRunner:
             try:  # assisted generate decodes one sequence at a time
                 with tracing.activate(work.span):  # its draft rounds become events of this request's span
                     stop = StopWhenCancelled([work])
-                    results[id(work)] = self.transcribe([work.payload], "assisted", stop=stop)[0]
+                    results[id(work)] = self.transcribe(
+                        [work.payload], "assisted", stop=stop, on_partial=lambda _, partial, work=work: work.emit(partial)
+                    )[0]
                 work.span.set_attributes({"asr.path": "assisted", "asr.draft.tokens": self.tally.drafted - drafted,
                                           "asr.draft.accepted": self.tally.accepted - accepted})
             except Cancelled:
@@ -413,15 +746,17 @@ class AsrRunner:
                 languages[i] = id_to_code[lang_id]
         return languages
 
+    def temperatures(self, options: DecodeOptions) -> tuple[float, ...]:
+        """The request's temperature, then the configured fallback temperatures above it."""
+        return (options.temperature, *(t for t in self.settings.fallback_temperatures if t > options.temperature))
+
     def _generate_kwargs(self, jobs: list[AsrJob], path: DecodingPath, max_new_tokens: int | None) -> dict:
         options = jobs[0].options
         kwargs = dict(return_timestamps=options.timestamps or jobs[0].long_form, num_beams=1)
         if options.timestamps:
             kwargs["return_segments"] = True
-        if options.temperature > 0:
-            kwargs.update(do_sample=True, temperature=options.temperature)
-        else:
-            kwargs["do_sample"] = False
+        temperatures = self.temperatures(options)
+        kwargs["temperature"] = temperatures if len(temperatures) > 1 else options.temperature
         if options.prompt:
             kwargs["prompt_ids"] = self.processor.get_prompt_ids(options.prompt, return_tensors="pt").to(
                 self.runtime.device
@@ -447,6 +782,28 @@ class AsrRunner:
                 )
         return kwargs
 
+    def _capture(self, jobs: list[AsrJob], languages: list[str]) -> DecodeCapture:
+        s, tokenizer = self.settings, self.processor.tokenizer
+        config = self.model.generation_config
+        fallback = None
+        if s.fallback_temperatures:
+            fallback = FallbackRule(s.compression_ratio_threshold, s.logprob_threshold, s.no_speech_threshold)
+        capture = DecodeCapture(
+            rows=len(jobs),
+            text_of=lambda tokens: tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+            sot=config.decoder_start_token_id,
+            eot=tokenizer.eos_token_id,
+            no_timestamps=config.no_timestamps_token_id,
+            no_speech_token=self.no_speech_token,
+            fallback=fallback,
+            keep_scores=fallback is not None or any(job.window_stats or job.logprobs for job in jobs),
+            samples=max(self.temperatures(jobs[0].options)) > 0,
+            languages=languages,
+            aligner=self.aligner,
+            word_rows=frozenset(i for i, job in enumerate(jobs) if job.words),
+        )
+        return capture
+
     @torch.inference_mode()
     def transcribe(
         self,
@@ -455,11 +812,13 @@ class AsrRunner:
         max_new_tokens: int | None = None,
         record: bool = True,
         stop: StopWhenCancelled | None = None,
+        on_partial: Callable[[int, Partial], None] | None = None,
     ) -> list[Transcript]:
         """Decode jobs sharing a batch key; assisted decoding takes exactly one job.
 
         `stop` ends decoding within a step once every request is cancelled, and raises `Cancelled` before the
-        next 30 s window of long-form audio.
+        next 30 s window of long-form audio. `on_partial(job index, Partial)` is called for streaming jobs as
+        each of their windows is decoded.
         """
         if path == "assisted" and (len(jobs) != 1 or self.assistant is None):
             raise ValueError("assisted decoding needs an assistant model and exactly one job")
@@ -478,11 +837,19 @@ class AsrRunner:
             kwargs.update(task=jobs[0].options.task, language=languages if len(jobs) > 1 else languages[0])
         if stop is not None:
             kwargs.update(stopping_criteria=[stop], monitor_progress=stop.check)
-        output = self.model.generate(features.input_features, **kwargs)
-        sequences = output["sequences"] if isinstance(output, dict) else output
-        segments = output.get("segments") if isinstance(output, dict) else None
+        capture = self._capture(jobs, languages)
+        partials = None
+        if on_partial is not None and any(job.stream for job in jobs):
+            partials = capture.on_window = _PartialTexts(self, jobs, on_partial)
+        self.model.capture = capture
+        try:
+            self.model.generate(features.input_features, **kwargs)
+        finally:
+            self.model.capture = None
+        if partials is not None:
+            partials.finish()
         transcripts = [
-            self._transcript(job, language, sequences[i], segments[i] if segments is not None else None, path)
+            self._transcript(job, language, capture.windows[i], path)
             for i, (job, language) in enumerate(zip(jobs, languages, strict=True))
         ]
         if record:
@@ -496,30 +863,58 @@ class AsrRunner:
             )
         return transcripts
 
-    def _transcript(
-        self, job: AsrJob, language: str, sequence: torch.Tensor, segments, path: DecodingPath
-    ) -> Transcript:
+    def token_logprob(self, token: int, logprob: float) -> TokenLogprob:
+        """A token as OpenAI reports log-probabilities: its text, its UTF-8 bytes (a piece of a character
+        decodes to U+FFFD on its own), its log-probability."""
+        piece = self.processor.tokenizer.convert_ids_to_tokens(token)
+        raw = bytes(self._byte_values[c] for c in piece) if all(c in self._byte_values for c in piece) else piece.encode()
+        return TokenLogprob(raw.decode("utf-8", errors="replace"), tuple(raw), round(logprob, 6))
+
+    def _transcript(self, job: AsrJob, language: str, windows: list[Window], path: DecodingPath) -> Transcript:
         tokenizer = self.processor.tokenizer
-        pad = self.model.generation_config.pad_token_id
-        ids = [t for t in sequence.tolist() if t != pad]
-        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        parsed = None
-        if job.options.timestamps:
-            parsed = []
-            for segment in segments:
-                segment_text = tokenizer.decode(segment["tokens"], skip_special_tokens=True).strip()
-                if not segment_text:
+        eot = tokenizer.eos_token_id
+        ids: list[int] = []
+        segments: list[Segment] = []
+        words: list[Word] = []
+        logprobs: list[TokenLogprob] = []
+        for window in windows:
+            for part in window.segments:
+                ids.extend(part.tokens)
+                if job.logprobs and part.logprobs is not None:
+                    logprobs.extend(
+                        self.token_logprob(t, lp) for t, lp in zip(part.tokens, part.logprobs, strict=True) if t < eot
+                    )
+                for timing in part.words or ():
+                    start = min(timing.start, job.duration)
+                    words.append(Word(timing.word.strip(), round(start, 2), round(min(max(timing.end, start), job.duration), 2)))
+                text = tokenizer.decode(part.tokens, skip_special_tokens=True).strip()
+                if not job.options.timestamps or not text:
                     continue
-                start, end = float(segment["start"]), min(float(segment["end"]), job.duration)
-                parsed.append(
+                start, end = part.start, min(part.end, job.duration)
+                segments.append(
                     Segment(
                         round(start, 2),
                         round(max(end, start), 2),
-                        segment_text,
-                        tuple(segment["tokens"].tolist()),
+                        text,
+                        tuple(part.tokens),
+                        seek=window.seek,
+                        temperature=window.temperature,
+                        avg_logprob=window.avg_logprob,
+                        compression_ratio=window.compression_ratio,
+                        no_speech_prob=window.no_speech_prob,
                     )
                 )
-        return Transcript(text, language, job.duration, path, tuple(ids), parsed)
+        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return Transcript(
+            text,
+            language,
+            job.duration,
+            path,
+            tuple(ids),
+            segments if job.options.timestamps else None,
+            words if job.words else None,
+            logprobs if job.logprobs else None,
+        )
 
     def _record(self, path, transcripts, elapsed, passes_before, drafted_before, accepted_before) -> None:
         tokens = sum(len(t.tokens) for t in transcripts)
@@ -537,3 +932,45 @@ class AsrRunner:
         AUDIO_SECONDS.labels(path).inc(audio)
         TOKENS_PER_SECOND.labels(path).set(tokens / elapsed)
         REALTIME_FACTOR.labels(path).set(audio / elapsed)
+
+
+class _PartialTexts:
+    """A window callback that sends each streaming request of a batch the text its transcript gained."""
+
+    def __init__(self, runner: AsrRunner, jobs: list[AsrJob], on_partial: Callable[[int, Partial], None]):
+        self.runner, self.jobs, self.on_partial = runner, jobs, on_partial
+        self.tokens: list[list[int]] = [[] for _ in jobs]
+        self.sent = [""] * len(jobs)
+
+    def __call__(self, row: int, window: Window) -> None:
+        job = self.jobs[row]
+        if not job.stream:
+            return
+        for part in window.segments:
+            self.tokens[row].extend(part.tokens)
+        # A character split across windows waits for its last byte.
+        text = self._text(row).lstrip().rstrip("\ufffd")
+        logprobs = None
+        if job.logprobs:
+            eot = self.runner.processor.tokenizer.eos_token_id
+            logprobs = tuple(
+                self.runner.token_logprob(token, logprob)
+                for part in window.segments
+                for token, logprob in zip(part.tokens, part.logprobs or (), strict=False)
+                if token < eot
+            )
+        self._send(row, text, logprobs)
+
+    def finish(self) -> None:
+        """Whatever was held back, so that the deltas add up to each transcript's text."""
+        for row, job in enumerate(self.jobs):
+            text = self._text(row).strip()
+            if job.stream and text != self.sent[row] and text.startswith(self.sent[row]):
+                self._send(row, text, () if job.logprobs else None)
+
+    def _text(self, row: int) -> str:
+        return self.runner.processor.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+
+    def _send(self, row: int, text: str, logprobs) -> None:
+        delta, self.sent[row] = text[len(self.sent[row]) :], text
+        self.on_partial(row, Partial(delta, logprobs))

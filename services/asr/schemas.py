@@ -1,18 +1,17 @@
 """Request options shared by REST and gRPC, their checks against the service limits, and the response formats
-of OpenAI's audio API (json, text, verbose_json, srt, vtt)."""
+of OpenAI's audio API (json, text, verbose_json, srt, vtt, and the transcript.text.* stream events)."""
 
-import zlib
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.kit.errors import InvalidArgument, NotFound
 
-from .runner import AsrJob, AsrRunner, DecodeOptions, Transcript
+from .runner import AsrJob, AsrRunner, DecodeOptions, TokenLogprob, Transcript
 from .settings import AsrSettings
 
-# OpenAI clients send this name; it means "the speech model this server runs".
-OPENAI_MODEL_ALIAS = "whisper-1"
+# Names OpenAI clients send; each means "the speech model this server runs".
+OPENAI_MODEL_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
 
 ResponseFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
 TIMESTAMPED_FORMATS = ("verbose_json", "srt", "vtt")
@@ -23,7 +22,9 @@ class TranscriptionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description=f"the served model's id, or {OPENAI_MODEL_ALIAS!r}")
+    model: str | None = Field(
+        None, description=f"the served model's id, or one of {', '.join(OPENAI_MODEL_ALIASES)}"
+    )
     language: str | None = Field(
         None, max_length=32, description="ISO 639-1 code or name; detected when unset"
     )
@@ -33,9 +34,30 @@ class TranscriptionRequest(BaseModel):
     decoding: Literal["auto", "assisted", "plain"] = Field(
         "auto", description="extension: force the speculative (assisted) or the plain batched path"
     )
-    timestamp_granularities: list[Literal["segment"]] | None = Field(
-        None, description="only segment timestamps are available"
+    timestamp_granularities: list[Literal["word", "segment"]] | None = Field(
+        None, max_length=2, description="verbose_json only: segment (the default), word, or both"
     )
+    include: list[Literal["logprobs"]] | None = Field(
+        None, max_length=1, description="logprobs: the log-probability of every token (json and streams)"
+    )
+    stream: bool = Field(False, description="server-sent transcript.text.delta events, then transcript.text.done")
+
+    @property
+    def granularities(self) -> set[str]:
+        return set(self.timestamp_granularities or ("segment",))
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return "logprobs" in (self.include or ())
+
+
+def check_model(model: str | None, runner: AsrRunner) -> None:
+    if model and model not in (runner.model_id, *OPENAI_MODEL_ALIASES):
+        raise NotFound(
+            f"model {model!r} is not served here; use {runner.model_id!r} or one of its OpenAI names "
+            f"({', '.join(OPENAI_MODEL_ALIASES)})",
+            field="model",
+        )
 
 
 def check_request(
@@ -46,11 +68,7 @@ def check_request(
 ) -> tuple[DecodeOptions, str | None]:
     """Decoding options and language code, checked against the service and its limits (before any audio is
     decoded); every refusal names the field."""
-    if request.model and request.model not in (runner.model_id, OPENAI_MODEL_ALIAS):
-        raise NotFound(
-            f"model {request.model!r} is not served here; use {runner.model_id!r} (or {OPENAI_MODEL_ALIAS!r})",
-            field="model",
-        )
+    check_model(request.model, runner)
     if request.prompt and len(request.prompt) > settings.max_prompt_chars:
         raise InvalidArgument(
             f"prompt: {len(request.prompt)} characters exceeds the limit of {settings.max_prompt_chars}",
@@ -71,49 +89,98 @@ def check_request(
     options = DecodeOptions(
         task=task,
         prompt=request.prompt or None,
-        timestamps=request.response_format in TIMESTAMPED_FORMATS or bool(request.timestamp_granularities),
+        timestamps=request.response_format in TIMESTAMPED_FORMATS,
         temperature=request.temperature,
     )
     return options, runner.language_code(request.language)
 
 
+def check_openai_combinations(request: TranscriptionRequest) -> None:
+    """The REST rules of OpenAI's API on which fields go with which response format: a field that the chosen
+    format has no room for is refused, never dropped."""
+    if request.timestamp_granularities and request.response_format != "verbose_json":
+        raise InvalidArgument(
+            f"timestamp_granularities: needs response_format 'verbose_json' (the only format with room for "
+            f"them), not {request.response_format!r}",
+            field="timestamp_granularities",
+        )
+    if request.wants_logprobs and request.response_format != "json":
+        raise InvalidArgument(
+            f"include: logprobs needs response_format 'json', not {request.response_format!r}",
+            field="include",
+        )
+    if request.stream and request.response_format not in ("json", "text"):
+        raise InvalidArgument(
+            f"stream: streamed transcripts are text events; use response_format 'json' or 'text', not "
+            f"{request.response_format!r}",
+            field="stream",
+        )
+
+
 def build_job(request: TranscriptionRequest, options: DecodeOptions, language: str | None, audio) -> AsrJob:
-    return AsrJob(audio, options, language, request.decoding)
+    return AsrJob(
+        audio,
+        options,
+        language,
+        request.decoding,
+        window_stats=request.response_format == "verbose_json",
+        words=options.timestamps and "word" in request.granularities,
+        logprobs=request.wants_logprobs,
+        stream=request.stream,
+    )
 
 
 # -- responses --------------------------------------------------------------------------------------------------
 
 
-def compression_ratio(text: str) -> float:
-    """Whisper's repetition check: highly repetitive text compresses well."""
-    data = text.encode("utf-8")
-    return round(len(data) / len(zlib.compress(data)), 3) if data else 0.0
+def usage(transcript: Transcript) -> dict:
+    """OpenAI's usage for models billed by audio duration."""
+    return {"type": "duration", "seconds": round(transcript.duration, 3)}
+
+
+def logprobs_body(logprobs: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> list[dict]:
+    return [{"token": t.token, "bytes": list(t.bytes), "logprob": t.logprob} for t in logprobs]
 
 
 def json_body(transcript: Transcript) -> dict:
-    return {"text": transcript.text, "decoding": transcript.path}
+    body = {"text": transcript.text, "usage": usage(transcript), "decoding": transcript.path}
+    if transcript.logprobs is not None:
+        body["logprobs"] = logprobs_body(transcript.logprobs)
+    return body
 
 
-def verbose_json_body(transcript: Transcript, task: str, temperature: float, runner: AsrRunner) -> dict:
-    return {
+def verbose_json_body(
+    transcript: Transcript, task: str, request: TranscriptionRequest, runner: AsrRunner
+) -> dict:
+    # A translation's text is English whatever was spoken (the spoken language is in the x-asr-language header).
+    language = "english" if task == "translate" else runner.language_name(transcript.language)
+    body = {
         "task": task,
-        "language": runner.language_name(transcript.language),
+        "language": language,
         "duration": round(transcript.duration, 3),
         "text": transcript.text,
-        "segments": [
+    }
+    if "segment" in request.granularities:
+        body["segments"] = [
             {
                 "id": i,
+                "seek": segment.seek,
                 "start": segment.start,
                 "end": segment.end,
                 "text": segment.text,
                 "tokens": list(segment.tokens),
-                "temperature": temperature,
-                "compression_ratio": compression_ratio(segment.text),
+                "temperature": segment.temperature,
+                "avg_logprob": segment.avg_logprob,
+                "compression_ratio": segment.compression_ratio,
+                "no_speech_prob": segment.no_speech_prob,
             }
             for i, segment in enumerate(transcript.segments or [])
-        ],
-        "decoding": transcript.path,
-    }
+        ]
+    if transcript.words is not None:
+        body["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in transcript.words]
+    body["usage"] = usage(transcript)
+    body["decoding"] = transcript.path
+    return body
 
 
 def _clock(seconds: float, decimal: str) -> str:

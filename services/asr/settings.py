@@ -1,3 +1,5 @@
+from typing import Annotated
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -45,6 +47,20 @@ class AsrSettings(ServiceSettings):
         None, ge=1, description="tokens per 30 s window; None keeps the model's limit (448 for Whisper)"
     )
     max_prompt_chars: int = Field(1000, ge=0)
+    # OpenAI Whisper's temperature fallback (transcribe.py): a window whose text compresses better than
+    # `compression_ratio_threshold` (a repetition loop) or whose tokens average a log-probability below
+    # `logprob_threshold` is decoded again at the next temperature; a window where <|nospeech|> is more likely than
+    # `no_speech_threshold` and the tokens are improbable is judged silent and dropped. OpenAI's Whisper tries
+    # (0.0, 0.2, 0.4, 0.6, 0.8, 1.0). Off by default: every window is decoded once at the request's temperature, so
+    # greedy transcripts are reproducible and the assisted and plain paths agree token for token.
+    fallback_temperatures: tuple[Annotated[float, Field(ge=0, le=1)], ...] = Field(
+        (),
+        description="temperatures tried in turn (those above the request's) when a window fails the thresholds; "
+        "empty = no fallback and no silence skipping, e.g. [0.2, 0.4, 0.6, 0.8, 1.0] for OpenAI's behaviour",
+    )
+    compression_ratio_threshold: float | None = Field(2.4, gt=0, description="with fallback temperatures set")
+    logprob_threshold: float | None = Field(-1.0, le=0, description="with fallback temperatures set")
+    no_speech_threshold: float | None = Field(0.6, ge=0, le=1, description="with fallback temperatures set")
     # Dynamic batching is the signal the adaptive path reads, so allow batches beyond the threshold.
     max_batch_size: int = Field(16, ge=1)
     # OpenAI's upload limit for audio files.

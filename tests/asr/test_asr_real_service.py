@@ -198,3 +198,52 @@ def test_a_clip_over_a_minute_goes_through_long_form_decoding_whole(client):
     # Misheard words aside, every word is there: nothing dropped at the 30 s window boundaries or the end.
     _substituted, deleted, _inserted = alignment(reference, result.text)
     assert deleted <= 0.03 * len(words(reference)), f"{deleted} words missing: {result.text!r}"
+
+
+def padded_clip(clip_id: str, before: float = 1.5, after: float = 1.0) -> tuple[bytes, float, float]:
+    """The clip between stretches of silence, as WAV, and where its speech starts and ends (seconds)."""
+    speech, rate = sf.read(REAL / "speech" / f"{clip_id}.wav", dtype="float32")
+    loud = np.nonzero(np.abs(speech) > 0.02)[0]
+    audio = np.concatenate([np.zeros(int(before * rate), np.float32), speech, np.zeros(int(after * rate), np.float32)])
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue(), before + loud[0] / rate, before + loud[-1] / rate
+
+
+@pytest.mark.parametrize("clip_id,decoding", [("en00", "assisted"), ("en03", "plain")])
+def test_word_timestamps_follow_the_speech(client, clip_id, decoding):
+    data, onset, offset = padded_clip(clip_id)
+    result = client.audio.transcriptions.create(
+        model="whisper-1",
+        file=(f"{clip_id}.wav", data),
+        language="en",
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+        extra_body={"decoding": decoding},
+    )
+    assert result.decoding == decoding
+    words = result.words
+    assert [w.word for w in words] == result.text.split()
+    assert all(w.start <= w.end for w in words)
+    assert all(a.end <= b.start + 0.01 for a, b in zip(words, words[1:], strict=False)), "monotonic"
+    assert all(any(s.start - 0.01 <= w.start and w.end <= s.end + 0.01 for s in result.segments) for w in words)
+    # Roughly where the speech is: nothing in the leading or trailing silence.
+    assert onset - 0.6 <= words[0].start <= onset + 0.6, (words[0], onset)
+    assert offset - 0.6 <= words[-1].end <= offset + 0.6, (words[-1], offset)
+    print(f"\n{clip_id}: speech {onset:.2f}-{offset:.2f} s, words {words[0].start:.2f}-{words[-1].end:.2f} s")
+
+
+def test_no_speech_probability_is_high_on_silence_and_low_on_speech(client):
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(5 * 16000, np.float32), 16000, format="WAV", subtype="PCM_16")
+    silence = client.audio.transcriptions.create(
+        model="whisper-1", file=("silence.wav", buffer.getvalue()), language="en", response_format="verbose_json"
+    )
+    speech = client.audio.transcriptions.create(
+        model="whisper-1", file=("en02.wav", clip_bytes("en02")), language="en", response_format="verbose_json"
+    )
+    print(f"\nno_speech_prob: silence {[s.no_speech_prob for s in silence.segments]}, "
+          f"speech {[s.no_speech_prob for s in speech.segments]}")
+    assert silence.segments and all(s.no_speech_prob > 0.6 for s in silence.segments)
+    assert speech.segments and all(s.no_speech_prob < 0.3 for s in speech.segments)
+    assert all(s.avg_logprob > -1 and s.compression_ratio < 2.4 for s in speech.segments)

@@ -182,7 +182,8 @@ def test_models_lists_the_whisper_model(server):
         ({"decoding": "fastest"}, None, 400, "decoding"),
         ({"model": "whisper-large-v3"}, None, 404, "whisper-large-v3"),
         ({"timestamp_granularities[]": "word"}, None, 400, "timestamp_granularities"),
-        ({"stream": "true"}, None, 400, "stream"),
+        ({"stream": "true", "response_format": "srt"}, None, 400, "stream"),
+        ({"known_speaker_names[]": "agent"}, None, 400, "known_speaker_names[]"),
     ],
 )
 def test_bad_requests_name_the_problem(server, audio_file, data, content, status, words):
