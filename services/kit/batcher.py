@@ -146,6 +146,7 @@ class DynamicBatcher:
         self._batches = 0  # batches run so far: the batch id in traces
         self._last_beat = time.monotonic()
         self._loop_thread: int | None = None
+        self._last_batch_size, self._last_batch_end = 0, float("-inf")
         self._queue_depth = metrics.QUEUE_DEPTH.labels(batcher=name)
         # Counters exist from the start at 0, so the first refusals show up in rate() and alerts.
         for reason in REJECTION_REASONS:
@@ -391,14 +392,15 @@ class DynamicBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            # An idle model starts at once; while it is busy (with another batcher's call), requests that
-            # arrive get a moment to join, unless a full batch is already waiting. Requests that arrived
-            # during this batcher's own last call are all here already.
+            # An idle model starts a lone request at once. While it is busy (with another batcher's call),
+            # requests that arrive get a moment to join, unless a full batch is already waiting; right after
+            # a batch of N, they get a moment for its N clients to come back with their next requests
+            # (closed-loop callers), so batches stay full instead of alternating 1 and N-1.
             key = self._queue[0].key
-            wait = self.wait_when_idle or self._model_busy()
-            if self.max_wait_s > 0 and wait and self._count_ready(key) < self.max_batch_size:
+            target = self._fill_target(loop)
+            if self.max_wait_s > 0 and self._count_ready(key) < target:
                 fill_until = loop.time() + self.max_wait_s
-                while self._count_ready(key) < self.max_batch_size and loop.time() < fill_until:
+                while self._count_ready(key) < target and loop.time() < fill_until:
                     self._wakeup.clear()
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), fill_until - loop.time())
@@ -450,6 +452,14 @@ class DynamicBatcher:
         except Exception as exc:  # this request's own error, not its neighbours'
             return exc
 
+    def _fill_target(self, loop: asyncio.AbstractEventLoop) -> int:
+        """How many requests are worth a max_wait_ms wait before the next batch starts (1: none)."""
+        if self.wait_when_idle or self._model_busy():
+            return self.max_batch_size
+        if loop.time() - self._last_batch_end < self.max_wait_s:
+            return min(self._last_batch_size, self.max_batch_size)
+        return 1
+
     def _model_busy(self) -> bool:
         executor = self._executor
         return not isinstance(executor, ModelThread) or executor.busy or executor.waiting > 0
@@ -476,6 +486,7 @@ class DynamicBatcher:
             results = [exc] * len(batch)
         finally:
             self._running = []
+            self._last_batch_size, self._last_batch_end = len(batch), loop.time()
             self._batch_ended(batch, results, time.monotonic() - started)
         elapsed = time.monotonic() - started
         for work, result in zip(batch, results, strict=True):

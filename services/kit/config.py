@@ -18,8 +18,9 @@ class ServiceSettings(BaseSettings):
     threads: int | None = Field(None, description="CPU threads for the model; None leaves the library default")
     few_row_linears: bool = Field(
         True,
-        description="on CPU in float32, compute decoding's few-row linear layers as weight @ x.T "
-        "(kit.torch_models.FewRowLinear: 1.7x faster Whisper decoding on AMD EPYC); false keeps torch's kernels",
+        description="on CPU in float32, compute decoding's few-row vocabulary projections (16M+ weights) as "
+        "weight @ x.T (kit.torch_models.FewRowLinear: Whisper's head 1.5-2x faster on AMD EPYC); false keeps "
+        "torch's kernels",
     )
     warmup: bool = True
     compute_sharing: Literal["auto", "separate"] = Field(

@@ -112,3 +112,24 @@ def test_services_in_one_process_share_one_model_thread_on_cpu():
     assert first == second
     alone = [Service(name="c", settings=ServiceSettings(), runner=None)]
     assert share_compute(alone, threads=None, quantum_s=0.05, gpu_concurrency=2) == "alone"
+
+
+async def test_after_a_full_batch_the_returning_clients_get_a_moment_to_batch_again():
+    batches = []
+
+    def predict(works):
+        batches.append(len(works))
+        time.sleep(0.02)
+        return [w.payload for w in works]
+
+    batcher = DynamicBatcher("t", predict, max_batch_size=8, max_wait_ms=50)
+
+    async def client(i):
+        for _ in range(4):  # closed loop: the next request as soon as the answer is back
+            await batcher.submit(i)
+            await asyncio.sleep(0.002 * i)  # clients come back at slightly different moments
+
+    await asyncio.gather(*(client(i) for i in range(8)))
+    assert batches[0] == 8 and max(batches[1:]) == 8
+    assert batches.count(1) <= 1, f"batches alternated between lone requests and the rest: {batches}"
+    await batcher.stop()

@@ -62,8 +62,12 @@ def test_switching_keeps_weights_ties_and_state_dict():
 @pytest.mark.parametrize("enabled", [True, False])
 def test_runtime_tunes_cpu_float32_models_only_when_enabled(enabled):
     runtime = TorchRuntime("cpu", "float32", few_row_linears=enabled)
-    model = runtime.tune_for_decoding(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    # A vocabulary-sized head switches; a layer below FEW_ROW_MIN_ELEMENTS keeps torch's kernel (faster there).
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(512, 51865), torch.nn.Linear(512, 2048))
+    model = runtime.tune_for_decoding(model)
     assert (type(model[0]) is FewRowLinear) is enabled
+    assert type(model[1]) is torch.nn.Linear
     half = TorchRuntime("cpu", "bfloat16").tune_for_decoding(torch.nn.Sequential(torch.nn.Linear(4, 4)))
     assert type(half[0]) is torch.nn.Linear
 
