@@ -183,9 +183,8 @@ def test_gpu_overlay_puts_every_torch_service_on_a_gpu_in_fp16(overlay):
         assert spec["nodeSelector"], svc
         env = config_env(objects, dep, spec["containers"][0])
         assert env[f"{svc.upper()}_DTYPE"] == "float16" and env[f"{svc.upper()}_DEVICE"] == "cuda", svc
-    # TF Serving ViT stays on CPU nodes (k8s/README.md says why and how to change it).
-    assert gpu_requests(deps["vit"]) == (None, None)
-    assert "tolerations" not in pod_spec(deps["vit"])
+    # ViT runs on a GPU too (components/vit-on-gpu; overlays/gpu-vit-on-cpu keeps it on CPU nodes).
+    assert gpu_requests(deps["vit"]) == (1, 1)
 
 
 def test_cpu_overlay_requests_no_gpu_anywhere():
