@@ -44,15 +44,13 @@ Task = Literal["transcribe", "translate"]
 FIELDS: dict[Task, tuple[str, ...]] = {
     "transcribe": (
         "model", "language", "prompt", "response_format", "temperature", "timestamp_granularities", "include",
-        "stream", "decoding",
+        "stream", "decoding", "chunking_strategy",
     ),
     "translate": ("model", "language", "prompt", "response_format", "temperature", "stream", "decoding"),
 }
 LIST_FIELDS = ("timestamp_granularities", "include")
 # OpenAI's transcription fields that this server does not offer, and what to do instead.
 NOT_OFFERED = {
-    "chunking_strategy": "voice-activity chunking is not offered by this server; leave it unset (audio of any "
-    "length is decoded in Whisper's 30 s windows)",
     "known_speaker_names": "speaker identification (diarization) is not offered by this server",
     "known_speaker_references": "speaker identification (diarization) is not offered by this server",
     "keywords": "keywords are not offered by this server; put names and terms in `prompt` to steer the spelling",
@@ -111,6 +109,15 @@ async def read_form(request: Request, task: Task) -> tuple[dict, bytes, str | No
                 raise InvalidArgument(
                     f"{key}: not a field of {route}; it takes file, {', '.join(allowed)}", field=key
                 )
+            elif name == "chunking_strategy" and key != name:
+                # The SDK sends the server_vad object as chunking_strategy[type]=server_vad&chunking_strategy[...]=...
+                member = key[len(name):]
+                if not (member.startswith("[") and member.endswith("]") and "[" not in member[1:]):
+                    raise InvalidArgument(f"{key}: send chunking_strategy[field]=value", field=key)
+                strategy = fields.setdefault(name, {})
+                if not isinstance(strategy, dict) or member[1:-1] in strategy:
+                    raise InvalidArgument(f"{key}: given more than once", field=key)
+                strategy[member[1:-1]] = value
             elif name in LIST_FIELDS:
                 if key not in (name, f"{name}[]"):
                     raise InvalidArgument(f"{key}: send the list as {name}[]=value, once per value", field=key)

@@ -15,7 +15,7 @@ window that fails OpenAI's thresholds, and word timings come from a cross-attent
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -418,6 +418,8 @@ class AsrJob:
     words: bool = False
     logprobs: bool = False
     stream: bool = False
+    # Voice-activity chunking (chunking.ChunkingOptions): the speech is cut into chunks decoded as one batch.
+    chunking: Hashable | None = None
 
     @property
     def duration(self) -> float:
@@ -436,7 +438,7 @@ class AsrJob:
     def batch_key(self) -> tuple:
         # Long-form decoding predicts timestamps and seeks through 30 s windows, so it never shares a batch with
         # short clips. `auto` requests batch together; a forced path only batches with the same force.
-        return (self.options, self.long_form, None if self.decoding == "auto" else self.decoding)
+        return (self.options, self.long_form, None if self.decoding == "auto" else self.decoding, self.chunking)
 
 
 @dataclass(frozen=True)
@@ -658,11 +660,26 @@ class AsrRunner:
         waiting = len(jobs) + self.queued()
         return "assisted" if waiting <= self.settings.adaptive_threshold else "plain"
 
+    def _transcribe_chunked(self, work: Work) -> Transcript | Exception:
+        from .chunking import transcribe_chunked  # chunking builds on this module
+
+        work.span.set_attribute("asr.path", "chunked")
+        try:
+            return transcribe_chunked(self, work.payload, work.payload.chunking, stop=StopWhenCancelled([work]))
+        except Cancelled as exc:
+            return exc
+        except Exception as exc:  # one bad request must not fail its neighbours
+            log.exception("chunked transcription failed")
+            return exc
+
     def predict_batch(self, works: list[Work]) -> list[Transcript | Exception]:
         results: dict[int, Transcript | Exception] = {
             id(work): Cancelled("request was cancelled before decoding") for work in works
         }
-        pending = list(works)
+        pending = [work for work in works if work.payload.chunking is None]
+        for work in works:
+            if work.payload.chunking is not None:
+                results[id(work)] = self._transcribe_chunked(work)
         while pending := [work for work in pending if not work.cancelled]:
             # Re-decided before each assisted decode: if requests piled up meanwhile, the rest of this batch is
             # decoded together instead.

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.kit.errors import InvalidArgument, NotFound
 
+from .chunking import chunking_options
 from .runner import AsrJob, AsrRunner, DecodeOptions, TokenLogprob, Transcript
 from .settings import AsrSettings
 
@@ -41,6 +42,12 @@ class TranscriptionRequest(BaseModel):
         None, max_length=1, description="logprobs: the log-probability of every token (json and streams)"
     )
     stream: bool = Field(False, description="server-sent transcript.text.delta events, then transcript.text.done")
+    chunking_strategy: str | dict[str, str | float | int] | None = Field(
+        None,
+        description='"auto" or {"type": "server_vad", "threshold", "prefix_padding_ms", "silence_duration_ms"}: '
+        "Silero VAD cuts the audio at silences into <= 30 s chunks of speech, decoded as one batch; "
+        "non-speech is dropped. Unset: Whisper's sequential 30 s windows",
+    )
 
     @property
     def granularities(self) -> set[str]:
@@ -81,6 +88,12 @@ def check_request(
     if task == "translate" and not runner.multilingual:
         raise InvalidArgument(
             f"task: model {runner.model_id} is English-only and cannot translate", field="task"
+        )
+    if chunking_options(request.chunking_strategy) is not None and request.decoding == "assisted":
+        raise InvalidArgument(
+            "decoding: chunked audio is decoded as one plain batch (assisted decoding takes one sequence at a "
+            "time); leave decoding unset or 'plain' with chunking_strategy",
+            field="decoding",
         )
     if request.decoding == "assisted" and not runner.has_assistant:
         raise InvalidArgument(
@@ -127,6 +140,7 @@ def build_job(request: TranscriptionRequest, options: DecodeOptions, language: s
         words=options.timestamps and "word" in request.granularities,
         logprobs=request.wants_logprobs,
         stream=request.stream,
+        chunking=chunking_options(request.chunking_strategy),
     )
 
 

@@ -91,7 +91,7 @@ def raw_json(client, file, **params) -> dict:
 TRANSCRIPTION_PARAMETERS = {
     "file": "honoured: the audio transcribed (every test)",
     "model": "honoured: whisper-1, gpt-4o-transcribe, gpt-4o-mini-transcribe and the served id; other names 404",
-    "chunking_strategy": "refused: no voice-activity chunking",
+    "chunking_strategy": "honoured: Silero VAD chunks of speech decoded as one batch; non-speech dropped",
     "include": "honoured: logprobs with json and streams; refused with other formats",
     "keywords": "refused: not offered (use prompt)",
     "known_speaker_names": "refused: no diarization",
@@ -140,15 +140,32 @@ def test_every_sdk_model_name_is_served_or_refused_by_name(client, clip, model):
         assert model in error["message"]
 
 
+# -- voice-activity chunking ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "strategy", ["auto", {"type": "server_vad", "threshold": 0.4, "prefix_padding_ms": 200, "silence_duration_ms": 300}]
+)
+def test_chunking_strategy_drops_what_is_not_speech(client, clip, strategy):
+    # The synthetic clip is noise, no speech: the random tiny Whisper invents text for it whole, while
+    # voice-activity chunking finds nothing to decode.
+    assert transcribe(client, clip).text
+    response = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=clip, chunking_strategy=strategy
+    )
+    assert response.parse().text == ""
+    assert response.headers["x-asr-decoding"] == "plain"
+
+
 # -- refused fields ------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "params,name",
     [
-        (dict(chunking_strategy="auto"), "chunking_strategy"),
-        (dict(chunking_strategy={"type": "server_vad", "threshold": 0.4, "silence_duration_ms": 300}),
-         "chunking_strategy"),
+        (dict(chunking_strategy={"type": "semantic_vad"}), "chunking_strategy"),
+        (dict(chunking_strategy={"type": "server_vad", "threshold": 1.5}), "chunking_strategy"),
+        (dict(chunking_strategy="auto", extra_body={"decoding": "assisted"}), "decoding"),
         (dict(known_speaker_names=["agent"]), "known_speaker_names[]"),
         (dict(known_speaker_references=["data:audio/wav;base64,AAAA"]), "known_speaker_references[]"),
         (dict(keywords=["Whisper"]), "keywords[]"),
@@ -184,7 +201,7 @@ def post_form(server, data: dict, content: bytes, path: str = "/v1/audio/transcr
     [
         ({"diarize": "true"}, "diarize"),  # not an OpenAI field at all
         ({"language[]": "en"}, "language[]"),  # a one-value field sent as a list
-        ({"chunking_strategy[type]": "server_vad"}, "chunking_strategy[type]"),
+        ({"chunking_strategy[type][x]": "server_vad"}, "chunking_strategy[type][x]"),
         ({"timestamp_granularities[]": "minute", "response_format": "verbose_json"}, "timestamp_granularities"),
         ({"include[]": "scores"}, "include"),
         ({"stream": "perhaps"}, "stream"),

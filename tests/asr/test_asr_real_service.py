@@ -247,3 +247,28 @@ def test_no_speech_probability_is_high_on_silence_and_low_on_speech(client):
     assert silence.segments and all(s.no_speech_prob > 0.6 for s in silence.segments)
     assert speech.segments and all(s.no_speech_prob < 0.3 for s in speech.segments)
     assert all(s.avg_logprob > -1 and s.compression_ratio < 2.4 for s in speech.segments)
+
+
+def test_chunked_long_audio_keeps_the_speech_and_its_timeline(client):
+    english = [c for c in CLIPS if c[1] == "en"][:8]
+    pause = np.zeros(3 * 16000, dtype=np.float32)  # three seconds of silence between sentences
+    pieces, references = [pause], []
+    for clip_id, _lang, _voice, text in english:
+        audio, _rate = sf.read(REAL / "speech" / f"{clip_id}.wav", dtype="float32")
+        pieces += [audio, pause]
+        references.append(text)
+    buffer = io.BytesIO()
+    sf.write(buffer, np.concatenate(pieces), 16000, format="WAV", subtype="PCM_16")
+    result = client.audio.transcriptions.create(
+        model="whisper-1",
+        file=("pauses.wav", buffer.getvalue()),
+        language="en",
+        response_format="verbose_json",
+        chunking_strategy="auto",
+    )
+    error_rate = wer([" ".join(references)], [result.text])
+    print(f"\nchunked: {result.duration:.1f} s, {len(result.segments)} segments, WER {error_rate:.1%}")
+    assert error_rate < 0.2
+    assert result.segments[0].start >= 2.5, "the leading silence is not decoded, and times are the original's"
+    assert result.segments[-1].end <= result.duration
+    assert all(a.start <= b.start for a, b in zip(result.segments, result.segments[1:], strict=False))

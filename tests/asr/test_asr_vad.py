@@ -343,9 +343,7 @@ def tiny_runner(make_settings):
 @pytest.mark.realmodels
 @SPEECH_ABSENT
 def test_chunks_decode_in_batches_on_the_original_timeline(tiny_runner):
-    samples, _ = with_pauses(
-        [row[0] for row in references() if row[1] == "en"][:16], seed=5, pause_s=(2, 4)
-    )
+    samples, _ = with_pauses([row[0] for row in references() if row[1] == "en"][:16], seed=5, pause_s=(2, 4))
     chunks = find_chunks(samples)
     assert len(chunks) >= 3
     batches = []
