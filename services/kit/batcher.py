@@ -476,9 +476,11 @@ class DynamicBatcher:
         self._running = batch
         self.beat()
         results: Sequence[Any] | None = None
+        future = None
         try:
             if isinstance(self._executor, ModelThread):
-                results = await asyncio.wrap_future(self._executor.run(self.owner, self._predict, batch))
+                future = self._executor.run(self.owner, self._predict, batch)
+                results = await asyncio.wrap_future(future)
             else:
                 results = await loop.run_in_executor(self._executor, self._predict, batch)
         except Exception as exc:  # the whole batch failed: every caller gets the error
@@ -487,8 +489,10 @@ class DynamicBatcher:
         finally:
             self._running = []
             self._last_batch_size, self._last_batch_end = len(batch), loop.time()
-            self._batch_ended(batch, results, time.monotonic() - started)
-        elapsed = time.monotonic() - started
+            # Model time: what the model thread spent on this batch (a shared thread may first finish another
+            # service's call, or lend time to one inline), else the wall time of the call.
+            elapsed = getattr(future, "model_s", None) or time.monotonic() - started
+            self._batch_ended(batch, results, elapsed)
         for work, result in zip(batch, results, strict=True):
             metrics.COMPUTE_TIME.labels(batcher=self.name).observe(elapsed)
             if work._future.done():

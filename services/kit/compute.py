@@ -25,11 +25,12 @@ log = logging.getLogger(__name__)
 
 
 class _Task:
-    __slots__ = ("owner", "fn", "args", "kwargs", "future")
+    __slots__ = ("owner", "fn", "args", "kwargs", "future", "inline_s")
 
     def __init__(self, owner: str | None, fn: Callable, args: tuple, kwargs: dict):
         self.owner, self.fn, self.args, self.kwargs = owner, fn, args, kwargs
         self.future: Future = Future()
+        self.inline_s = 0.0  # time other owners' tasks ran inline inside this one
 
     def compute(self) -> tuple[bool, Any]:
         try:
@@ -157,13 +158,19 @@ class ModelThread(Executor):
     def _execute(self, task: _Task) -> None:
         if not task.future.set_running_or_notify_cancel():
             return
+        parent = self._running[-1] if self._running else None
         self._running.append(task)
-        self._slice_started = time.monotonic()
+        started = self._slice_started = time.monotonic()
         try:
             outcome = task.compute()
         finally:
             self._running.pop()
             self._slice_started = time.monotonic()
+        elapsed = self._slice_started - started
+        if parent is not None:
+            parent.inline_s += elapsed
+        # The task's own model time, without the time it waited in line or lent to others inline.
+        task.future.model_s = elapsed - task.inline_s
         # Idle before the caller hears back, so its next batch sees an idle model and starts at once.
         task.resolve(outcome)
 

@@ -133,3 +133,15 @@ async def test_after_a_full_batch_the_returning_clients_get_a_moment_to_batch_ag
     assert batches[0] == 8 and max(batches[1:]) == 8
     assert batches.count(1) <= 1, f"batches alternated between lone requests and the rest: {batches}"
     await batcher.stop()
+
+
+def test_model_time_leaves_out_the_time_lent_to_other_services_inline():
+    thread = ModelThread("t", quantum_s=0.01)
+    log: list = []
+    long = thread.run("imagegen", steps(log, "long", 20, 0.01, thread))
+    time.sleep(0.03)
+    short = thread.run("translation", lambda: time.sleep(0.1))
+    short.result(5), long.result(5)
+    assert 0.09 < short.model_s < 0.2
+    assert 0.15 < long.model_s < 0.29, "the 0.1 s run inline is not the long call's model time"
+    thread.shutdown()
