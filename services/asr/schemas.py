@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.kit.errors import InvalidArgument, NotFound
 
+from . import vad
 from .chunking import chunking_options
 from .runner import AsrJob, AsrRunner, DecodeOptions, TokenLogprob, Transcript
 from .settings import AsrSettings
@@ -89,7 +90,14 @@ def check_request(
         raise InvalidArgument(
             f"task: model {runner.model_id} is English-only and cannot translate", field="task"
         )
-    if chunking_options(request.chunking_strategy) is not None and request.decoding == "assisted":
+    chunking = chunking_options(request.chunking_strategy)
+    if chunking is not None and (reason := vad.missing()):
+        raise InvalidArgument(
+            f"chunking_strategy: voice-activity chunking is not available on this server ({reason}; it comes "
+            "with modelserve[asr]); leave it unset",
+            field="chunking_strategy",
+        )
+    if chunking is not None and request.decoding == "assisted":
         raise InvalidArgument(
             "decoding: chunked audio is decoded as one plain batch (assisted decoding takes one sequence at a "
             "time); leave decoding unset or 'plain' with chunking_strategy",

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 
 SAMPLE_RATE = 16000
 WINDOW = 512  # samples the 16 kHz model classifies per call
@@ -75,10 +74,22 @@ def model_path() -> Path:
     return path
 
 
+def missing() -> str | None:
+    """Why voice-activity detection cannot run here (None: it can). Both packages come with the asr extra; a
+    leaner install (the GPU check's wheels) serves everything else without them."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed"
+    if importlib.util.find_spec("silero_vad") is None:
+        return "the silero-vad package is not installed"
+    return None
+
+
 class SileroVad:
     """One ONNX session; `speech_probabilities` keeps its recurrent state per call, so threads may share it."""
 
     def __init__(self, path: Path | None = None):
+        import onnxruntime  # optional, see `missing`
+
         options = onnxruntime.SessionOptions()
         # One window is a few thousand multiply-adds: more threads would only add synchronisation, and the
         # cores belong to Whisper.

@@ -415,3 +415,16 @@ def test_real_whisper_silence_gives_empty_text(base_runner):
         assert transcribe_chunked(base_runner, job).text == ""
         plain = base_runner.transcribe([job], "plain")[0].text
         print(f"{name}: plain Whisper says {plain!r}")
+
+
+def test_chunking_is_refused_clearly_where_onnxruntime_is_not_installed(monkeypatch):
+    from services.asr import vad
+    from services.asr.schemas import TranscriptionRequest, check_request
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a))
+    assert vad.missing() == "onnxruntime is not installed"
+    with pytest.raises(InvalidArgument) as refused:
+        check_request(TranscriptionRequest(chunking_strategy="auto"), "transcribe", None, None)
+    assert refused.value.field == "chunking_strategy" and "onnxruntime" in refused.value.message
