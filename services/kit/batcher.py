@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,7 +118,7 @@ class DynamicBatcher:
         max_batch_cost: float | None = None,
         max_queued_bytes: int | None = None,
         cost_setting: str = "MAX_REQUEST_COST",
-        executor: Executor | None = None,
+        executor: ModelThread | None = None,
         owner: str | None = None,
     ):
         self.name = name
@@ -176,7 +175,7 @@ class DynamicBatcher:
         """The model thread made progress (a step, a window, a check of `Work.cancelled`)."""
         self._last_beat = time.monotonic()
 
-    def run_in(self, executor: Executor) -> None:
+    def run_in(self, executor: ModelThread) -> None:
         """Run future batches in `executor` (a ModelThread shared with other services, say)."""
         self._executor = executor
 
@@ -185,8 +184,7 @@ class DynamicBatcher:
         if threading.get_ident() == self._loop_thread:
             return  # the queue's own checks, not the model's
         self._last_beat = time.monotonic()
-        if isinstance(self._executor, ModelThread):
-            self._executor.yield_point()
+        self._executor.yield_point()
 
     async def submit(
         self,
@@ -461,8 +459,7 @@ class DynamicBatcher:
         return 1
 
     def _model_busy(self) -> bool:
-        executor = self._executor
-        return not isinstance(executor, ModelThread) or executor.busy or executor.waiting > 0
+        return self._executor.busy or self._executor.waiting > 0
 
     async def _execute(self, batch: list[Work], loop: asyncio.AbstractEventLoop) -> None:
         started = time.monotonic()
@@ -478,11 +475,8 @@ class DynamicBatcher:
         results: Sequence[Any] | None = None
         future = None
         try:
-            if isinstance(self._executor, ModelThread):
-                future = self._executor.run(self.owner, self._predict, batch)
-                results = await asyncio.wrap_future(future)
-            else:
-                results = await loop.run_in_executor(self._executor, self._predict, batch)
+            future = self._executor.run(self.owner, self._predict, batch)
+            results = await asyncio.wrap_future(future)
         except Exception as exc:  # the whole batch failed: every caller gets the error
             log.exception("batch of %d failed in %s", len(batch), self.name)
             results = [exc] * len(batch)
@@ -490,7 +484,7 @@ class DynamicBatcher:
             self._running = []
             self._last_batch_size, self._last_batch_end = len(batch), loop.time()
             # Model time: what the model thread spent on this batch (a shared thread may first finish another
-            # service's call, or lend time to one inline), else the wall time of the call.
+            # service's call, or lend time to one inline); the wall time if the call never ran.
             elapsed = getattr(future, "model_s", None) or time.monotonic() - started
             self._batch_ended(batch, results, elapsed)
         for work, result in zip(batch, results, strict=True):
