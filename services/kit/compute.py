@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from functools import partial
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -202,10 +203,7 @@ def share_compute(services, *, threads: int | None, quantum_s: float, gpu_concur
             )
         log.info("compute: %d services, at most %d model calls at once on the GPU", len(services), gpu_concurrency)
         return "gpu-slots"
-    def initializer():
-        limit_threads(threads)
-
-    shared = ModelThread("model-shared", initializer=initializer, quantum_s=quantum_s)
+    shared = ModelThread("model-shared", initializer=partial(limit_threads, threads), quantum_s=quantum_s)
     for service in services:
         service.use_model_thread(shared)
     log.info("compute: %d services share one model thread (one model call at a time, %.0f ms slices)",
