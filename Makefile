@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 MODELS ?= models
 # The tiny offline models; a real deployment sets the same variables to Hub ids or directories.
 LOCAL_ENV := set -a && . ./env/tiny.env && set +a
-PROTOS := $(wildcard services/*/*.proto)
+PROTOS := $(wildcard protos/*.proto)
 
 .PHONY: help setup models serve demo test test-fast lint bench protos clean
 

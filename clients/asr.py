@@ -7,8 +7,8 @@ from a microphone, with the transcript returned once the stream closes.
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
-from services.asr import asr_pb2 as pb
-from services.asr import asr_pb2_grpc as pb_grpc
+from protos import asr_pb2 as pb
+from protos import asr_pb2_grpc as pb_grpc
 
 from .grpc_channel import GrpcCaller
 from .media import Source, read_source

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from services.imagegen import imagegen_pb2 as pb
-from services.imagegen import imagegen_pb2_grpc as pb_grpc
+from protos import imagegen_pb2 as pb
+from protos import imagegen_pb2_grpc as pb_grpc
 
 from .errors import error_from_event
 from .grpc_channel import GrpcCaller

@@ -2,8 +2,8 @@
 
 from dataclasses import asdict, dataclass
 
-from services.translation import translation_pb2 as pb
-from services.translation import translation_pb2_grpc as pb_grpc
+from protos import translation_pb2 as pb
+from protos import translation_pb2_grpc as pb_grpc
 
 from .grpc_channel import GrpcCaller
 from .listing import ModelEntry, models_of

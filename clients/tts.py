@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from services.tts import tts_pb2 as pb
-from services.tts import tts_pb2_grpc as pb_grpc
+from protos import tts_pb2 as pb
+from protos import tts_pb2_grpc as pb_grpc
 
 from .grpc_channel import GrpcCaller
 from .media import Source, finalize_wav, read_source

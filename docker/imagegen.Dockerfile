@@ -40,6 +40,7 @@ RUN mkdir -p services clients tools \
     && pip uninstall -y modelserve
 
 COPY services/ /app/services/
+COPY protos/ /app/protos/
 WORKDIR /app/services
 # Keep this service and the shared libraries; drop the other services (the known ones and any
 # other runnable package). A missing entry point fails here rather than in the pod.

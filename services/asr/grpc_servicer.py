@@ -3,14 +3,14 @@
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 
+from protos import asr_pb2 as pb
+from protos import asr_pb2_grpc as pb_grpc
 from services.kit.audio import check_sample_rate, decode_audio, decode_pcm16
 from services.kit.batcher import Done, DynamicBatcher
 from services.kit.errors import DeadlineExceeded, InvalidArgument, PayloadTooLarge
 from services.kit.grpc_server import time_remaining
 from services.kit.validation import parse
 
-from . import asr_pb2 as pb
-from . import asr_pb2_grpc as pb_grpc
 from .runner import AsrRunner, Partial, TokenLogprob, Transcript
 from .schemas import TranscriptionRequest, build_job, check_request
 from .settings import AsrSettings

@@ -1,8 +1,8 @@
 """Assembles the ASR service for the kit: runner, batcher, routes, servicer."""
 
+from protos import asr_pb2_grpc as pb_grpc
 from services.kit.service import GrpcServicer, Service
 
-from . import asr_pb2_grpc as pb_grpc
 from .grpc_servicer import SERVICE_NAME, SpeechRecognitionServicer
 from .rest import create_router
 from .runner import AsrRunner

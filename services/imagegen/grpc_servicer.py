@@ -5,13 +5,13 @@ from collections.abc import AsyncIterator
 
 from google.protobuf.json_format import MessageToDict
 
+from protos import imagegen_pb2 as pb
+from protos import imagegen_pb2_grpc as pb_grpc
 from services.kit.batcher import Done, DynamicBatcher
 from services.kit.errors import InvalidArgument
 from services.kit.grpc_server import time_remaining
 from services.kit.validation import parse
 
-from . import imagegen_pb2 as pb
-from . import imagegen_pb2_grpc as pb_grpc
 from .images import decode_image, encode_image, mask_from, media_type
 from .runner import GeneratedImage, ImageGenRunner, ImageJob, Preview, Progress
 from .schemas import GenerateFields, build_job

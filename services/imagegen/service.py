@@ -1,8 +1,8 @@
 """Assembles the image generation service for the kit: runner, batcher, routes, servicer."""
 
+from protos import imagegen_pb2_grpc as pb_grpc
 from services.kit.service import GrpcServicer, Service
 
-from . import imagegen_pb2_grpc as pb_grpc
 from .grpc_servicer import SERVICE_NAME, ImageGenerationServicer
 from .openai_params import DALL_E_MODELS, GPT_IMAGE_MODELS
 from .rest import create_router

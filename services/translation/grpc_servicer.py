@@ -2,12 +2,12 @@
 
 from google.protobuf.json_format import MessageToDict
 
+from protos import translation_pb2 as pb
+from protos import translation_pb2_grpc as pb_grpc
 from services.kit.batcher import DynamicBatcher
 from services.kit.grpc_server import time_remaining
 from services.kit.validation import parse
 
-from . import translation_pb2 as pb
-from . import translation_pb2_grpc as pb_grpc
 from .runner import TranslationRunner
 from .schemas import TranslateRequest, build_job, build_response
 from .settings import TranslationSettings

@@ -1,8 +1,8 @@
 """Assembles the translation service for the kit: runner, batcher, routes, servicer."""
 
+from protos import translation_pb2_grpc as pb_grpc
 from services.kit.service import GrpcServicer, Service
 
-from . import translation_pb2_grpc as pb_grpc
 from .grpc_servicer import SERVICE_NAME, TranslationServicer
 from .rest import create_router
 from .runner import TranslationRunner

@@ -5,12 +5,12 @@ import time
 
 from google.protobuf.json_format import MessageToDict
 
+from protos import tts_pb2 as pb
+from protos import tts_pb2_grpc as pb_grpc
 from services.kit.batcher import Done, DynamicBatcher
 from services.kit.grpc_server import time_remaining
 from services.kit.validation import parse
 
-from . import tts_pb2 as pb
-from . import tts_pb2_grpc as pb_grpc
 from .encoding import StreamEncoder, encode
 from .metrics import TIME_TO_FIRST_AUDIO
 from .runner import SentenceAudio, SpeechRunner

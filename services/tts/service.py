@@ -1,8 +1,8 @@
 """Assembles the TTS service for the kit: runner, batchers, routes, servicer."""
 
+from protos import tts_pb2_grpc as pb_grpc
 from services.kit.service import GrpcServicer, Service
 
-from . import tts_pb2_grpc as pb_grpc
 from .grpc_servicer import SERVICE_NAME, TextToSpeechServicer
 from .rest import create_router
 from .runner import SpeechRunner, model_name

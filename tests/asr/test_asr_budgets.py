@@ -9,8 +9,8 @@ import grpc
 import httpx
 import pytest
 
-from services.asr import asr_pb2 as pb
-from services.asr import asr_pb2_grpc as pb_grpc
+from protos import asr_pb2 as pb
+from protos import asr_pb2_grpc as pb_grpc
 from services.asr.runner import AsrJob, DecodeOptions
 from services.asr.service import create_service
 from services.asr.settings import AsrSettings

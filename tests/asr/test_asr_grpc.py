@@ -5,8 +5,8 @@ import httpx
 import numpy as np
 import pytest
 
-from services.asr import asr_pb2 as pb
-from services.asr import asr_pb2_grpc as pb_grpc
+from protos import asr_pb2 as pb
+from protos import asr_pb2_grpc as pb_grpc
 from services.asr.service import create_service
 from services.kit.testing import ServerThread
 

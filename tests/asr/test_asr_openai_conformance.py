@@ -28,8 +28,8 @@ from openai.types.audio.transcription import Transcription
 from openai.types.audio_model import AudioModel
 from openai.types.audio_response_format import AudioResponseFormat
 
-from services.asr import asr_pb2 as pb
-from services.asr import asr_pb2_grpc as pb_grpc
+from protos import asr_pb2 as pb
+from protos import asr_pb2_grpc as pb_grpc
 from services.asr.runner import AsrJob, AsrRunner, DecodeOptions
 from services.asr.service import create_service
 from services.kit.audio import decode_audio

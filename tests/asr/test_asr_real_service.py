@@ -14,8 +14,8 @@ import openai
 import pytest
 import soundfile as sf
 
-from services.asr import asr_pb2 as pb
-from services.asr import asr_pb2_grpc as pb_grpc
+from protos import asr_pb2 as pb
+from protos import asr_pb2_grpc as pb_grpc
 from services.asr.service import create_service
 from services.asr.settings import AsrSettings
 from services.kit.testing import ServerThread

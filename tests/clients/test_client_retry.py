@@ -27,9 +27,9 @@ from clients.errors import (
 from clients.grpc_channel import GrpcCaller
 from clients.rest import AsyncRestTransport, RestTransport
 from clients.retry import RetryPolicy
+from protos import translation_pb2 as pb
+from protos import translation_pb2_grpc as pb_grpc
 from services.kit.testing import free_port
-from services.translation import translation_pb2 as pb
-from services.translation import translation_pb2_grpc as pb_grpc
 
 FAST = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)
 

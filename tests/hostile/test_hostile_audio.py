@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from services.asr import asr_pb2, asr_pb2_grpc
+from protos import asr_pb2, asr_pb2_grpc, tts_pb2, tts_pb2_grpc
 from services.asr.service import create_service as create_asr
 from services.asr.settings import AsrSettings
 from services.kit.testing import ServerThread
-from services.tts import tts_pb2, tts_pb2_grpc
 from services.tts.service import create_service as create_tts
 from services.tts.settings import TTSSettings
 

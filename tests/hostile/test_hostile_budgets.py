@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from protos import translation_pb2 as translation_pb
+from protos import translation_pb2_grpc as translation_grpc
+from protos import tts_pb2 as tts_pb
+from protos import tts_pb2_grpc as tts_grpc
 from services.asr.service import create_service as create_asr
 from services.asr.settings import AsrSettings
 from services.kit.testing import ServerThread
-from services.translation import translation_pb2 as translation_pb
-from services.translation import translation_pb2_grpc as translation_grpc
 from services.translation.service import create_service as create_translation
 from services.translation.settings import TranslationSettings
-from services.tts import tts_pb2 as tts_pb
-from services.tts import tts_pb2_grpc as tts_grpc
 from services.tts.service import create_service as create_tts
 from services.tts.settings import TTSSettings
 

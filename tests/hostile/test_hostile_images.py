@@ -17,8 +17,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from services.imagegen import imagegen_pb2 as pb
-from services.imagegen import imagegen_pb2_grpc as pb_grpc
+from protos import imagegen_pb2 as pb
+from protos import imagegen_pb2_grpc as pb_grpc
 from services.imagegen.settings import ImageGenSettings
 
 MEMORY_BUDGET_MB = 300

@@ -11,8 +11,8 @@ import grpc
 import httpx
 import pytest
 
-from services.imagegen import imagegen_pb2 as pb
-from services.imagegen import imagegen_pb2_grpc as pb_grpc
+from protos import imagegen_pb2 as pb
+from protos import imagegen_pb2_grpc as pb_grpc
 from services.imagegen.service import create_service
 from services.kit.testing import ServerThread
 

@@ -12,10 +12,10 @@ import grpc
 import httpx
 import pytest
 
+from protos import translation_pb2 as pb
+from protos import translation_pb2_grpc as pb_grpc
 from services.kit.batcher import Work
 from services.kit.testing import ServerThread
-from services.translation import translation_pb2 as pb
-from services.translation import translation_pb2_grpc as pb_grpc
 from services.translation.schemas import TranslateRequest, build_job
 from services.translation.service import create_service
 from services.translation.settings import TranslationSettings

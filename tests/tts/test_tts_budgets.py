@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from protos import tts_pb2 as pb
+from protos import tts_pb2_grpc as pb_grpc
 from services.kit.batcher import Work
 from services.kit.errors import Cancelled
 from services.kit.testing import ServerThread
-from services.tts import tts_pb2 as pb
-from services.tts import tts_pb2_grpc as pb_grpc
 from services.tts.runner import ConversionJob
 from services.tts.schemas import SpeechRequest, build_speech_job
 from services.tts.service import create_service

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from services.tts import tts_pb2 as pb
-from services.tts import tts_pb2_grpc as pb_grpc
+from protos import tts_pb2 as pb
+from protos import tts_pb2_grpc as pb_grpc
 
 
 @pytest.fixture(scope="module")

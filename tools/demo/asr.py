@@ -10,8 +10,8 @@ import numpy as np
 import openai
 import soundfile as sf
 
-from services.asr import asr_pb2 as pb
-from services.asr import asr_pb2_grpc as pb_grpc
+from protos import asr_pb2 as pb
+from protos import asr_pb2_grpc as pb_grpc
 
 
 def speech_like(seconds: float, rate: int = 16000) -> np.ndarray:

@@ -9,8 +9,8 @@ import grpc
 import httpx
 from PIL import Image
 
-from services.imagegen import imagegen_pb2 as pb
-from services.imagegen import imagegen_pb2_grpc as pb_grpc
+from protos import imagegen_pb2 as pb
+from protos import imagegen_pb2_grpc as pb_grpc
 
 PROMPT = "a lighthouse on a cliff at sunset, oil painting"
 

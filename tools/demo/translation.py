@@ -6,8 +6,8 @@ from pathlib import Path
 import grpc
 import httpx
 
-from services.translation import translation_pb2 as pb
-from services.translation import translation_pb2_grpc as pb_grpc
+from protos import translation_pb2 as pb
+from protos import translation_pb2_grpc as pb_grpc
 
 SENTENCES = {"en-de": ["Machine learning is great.", "Where is the train station?"],
              "de-en": ["Maschinelles Lernen ist großartig."]}

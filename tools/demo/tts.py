@@ -10,8 +10,8 @@ import httpx
 import openai
 import soundfile as sf
 
-from services.tts import tts_pb2 as pb
-from services.tts import tts_pb2_grpc as pb_grpc
+from protos import tts_pb2 as pb
+from protos import tts_pb2_grpc as pb_grpc
 
 PARAGRAPH = (
     "Hello from the text to speech service. Long input is split into sentences. "

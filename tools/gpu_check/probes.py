@@ -16,10 +16,16 @@ import soundfile as sf
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.asr import asr_pb2, asr_pb2_grpc
-from services.imagegen import imagegen_pb2, imagegen_pb2_grpc
-from services.translation import translation_pb2, translation_pb2_grpc
-from services.tts import tts_pb2, tts_pb2_grpc
+from protos import (
+    asr_pb2,
+    asr_pb2_grpc,
+    imagegen_pb2,
+    imagegen_pb2_grpc,
+    translation_pb2,
+    translation_pb2_grpc,
+    tts_pb2,
+    tts_pb2_grpc,
+)
 from tools.tiny_models.common import words
 
 from .report import Exactness, ServiceReport, Throughput

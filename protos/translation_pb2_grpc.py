@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from services.translation import translation_pb2 as services_dot_translation_dot_translation__pb2
+from protos import translation_pb2 as protos_dot_translation__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in services/translation/translation_pb2_grpc.py depends on'
+        + ' but the generated code in protos/translation_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,13 +37,13 @@ class TranslationStub:
         """
         self.Translate = channel.unary_unary(
                 '/translation.v1.Translation/Translate',
-                request_serializer=services_dot_translation_dot_translation__pb2.TranslateRequest.SerializeToString,
-                response_deserializer=services_dot_translation_dot_translation__pb2.TranslateResponse.FromString,
+                request_serializer=protos_dot_translation__pb2.TranslateRequest.SerializeToString,
+                response_deserializer=protos_dot_translation__pb2.TranslateResponse.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/translation.v1.Translation/ListModels',
-                request_serializer=services_dot_translation_dot_translation__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=services_dot_translation_dot_translation__pb2.ListModelsResponse.FromString,
+                request_serializer=protos_dot_translation__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=protos_dot_translation__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
 
 
@@ -68,13 +68,13 @@ def add_TranslationServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Translate': grpc.unary_unary_rpc_method_handler(
                     servicer.Translate,
-                    request_deserializer=services_dot_translation_dot_translation__pb2.TranslateRequest.FromString,
-                    response_serializer=services_dot_translation_dot_translation__pb2.TranslateResponse.SerializeToString,
+                    request_deserializer=protos_dot_translation__pb2.TranslateRequest.FromString,
+                    response_serializer=protos_dot_translation__pb2.TranslateResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
-                    request_deserializer=services_dot_translation_dot_translation__pb2.ListModelsRequest.FromString,
-                    response_serializer=services_dot_translation_dot_translation__pb2.ListModelsResponse.SerializeToString,
+                    request_deserializer=protos_dot_translation__pb2.ListModelsRequest.FromString,
+                    response_serializer=protos_dot_translation__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -103,8 +103,8 @@ class Translation:
             request,
             target,
             '/translation.v1.Translation/Translate',
-            services_dot_translation_dot_translation__pb2.TranslateRequest.SerializeToString,
-            services_dot_translation_dot_translation__pb2.TranslateResponse.FromString,
+            protos_dot_translation__pb2.TranslateRequest.SerializeToString,
+            protos_dot_translation__pb2.TranslateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -130,8 +130,8 @@ class Translation:
             request,
             target,
             '/translation.v1.Translation/ListModels',
-            services_dot_translation_dot_translation__pb2.ListModelsRequest.SerializeToString,
-            services_dot_translation_dot_translation__pb2.ListModelsResponse.FromString,
+            protos_dot_translation__pb2.ListModelsRequest.SerializeToString,
+            protos_dot_translation__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from services.tts import tts_pb2 as services_dot_tts_dot_tts__pb2
+from protos import tts_pb2 as protos_dot_tts__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in services/tts/tts_pb2_grpc.py depends on'
+        + ' but the generated code in protos/tts_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,23 +38,23 @@ class TextToSpeechStub:
         """
         self.Synthesize = channel.unary_unary(
                 '/tts.v1.TextToSpeech/Synthesize',
-                request_serializer=services_dot_tts_dot_tts__pb2.SynthesizeRequest.SerializeToString,
-                response_deserializer=services_dot_tts_dot_tts__pb2.SynthesizeResponse.FromString,
+                request_serializer=protos_dot_tts__pb2.SynthesizeRequest.SerializeToString,
+                response_deserializer=protos_dot_tts__pb2.SynthesizeResponse.FromString,
                 _registered_method=True)
         self.SynthesizeStream = channel.unary_stream(
                 '/tts.v1.TextToSpeech/SynthesizeStream',
-                request_serializer=services_dot_tts_dot_tts__pb2.SynthesizeRequest.SerializeToString,
-                response_deserializer=services_dot_tts_dot_tts__pb2.AudioChunk.FromString,
+                request_serializer=protos_dot_tts__pb2.SynthesizeRequest.SerializeToString,
+                response_deserializer=protos_dot_tts__pb2.AudioChunk.FromString,
                 _registered_method=True)
         self.Convert = channel.unary_unary(
                 '/tts.v1.TextToSpeech/Convert',
-                request_serializer=services_dot_tts_dot_tts__pb2.ConvertRequest.SerializeToString,
-                response_deserializer=services_dot_tts_dot_tts__pb2.ConvertResponse.FromString,
+                request_serializer=protos_dot_tts__pb2.ConvertRequest.SerializeToString,
+                response_deserializer=protos_dot_tts__pb2.ConvertResponse.FromString,
                 _registered_method=True)
         self.ListVoices = channel.unary_unary(
                 '/tts.v1.TextToSpeech/ListVoices',
-                request_serializer=services_dot_tts_dot_tts__pb2.ListVoicesRequest.SerializeToString,
-                response_deserializer=services_dot_tts_dot_tts__pb2.ListVoicesResponse.FromString,
+                request_serializer=protos_dot_tts__pb2.ListVoicesRequest.SerializeToString,
+                response_deserializer=protos_dot_tts__pb2.ListVoicesResponse.FromString,
                 _registered_method=True)
 
 
@@ -95,23 +95,23 @@ def add_TextToSpeechServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Synthesize': grpc.unary_unary_rpc_method_handler(
                     servicer.Synthesize,
-                    request_deserializer=services_dot_tts_dot_tts__pb2.SynthesizeRequest.FromString,
-                    response_serializer=services_dot_tts_dot_tts__pb2.SynthesizeResponse.SerializeToString,
+                    request_deserializer=protos_dot_tts__pb2.SynthesizeRequest.FromString,
+                    response_serializer=protos_dot_tts__pb2.SynthesizeResponse.SerializeToString,
             ),
             'SynthesizeStream': grpc.unary_stream_rpc_method_handler(
                     servicer.SynthesizeStream,
-                    request_deserializer=services_dot_tts_dot_tts__pb2.SynthesizeRequest.FromString,
-                    response_serializer=services_dot_tts_dot_tts__pb2.AudioChunk.SerializeToString,
+                    request_deserializer=protos_dot_tts__pb2.SynthesizeRequest.FromString,
+                    response_serializer=protos_dot_tts__pb2.AudioChunk.SerializeToString,
             ),
             'Convert': grpc.unary_unary_rpc_method_handler(
                     servicer.Convert,
-                    request_deserializer=services_dot_tts_dot_tts__pb2.ConvertRequest.FromString,
-                    response_serializer=services_dot_tts_dot_tts__pb2.ConvertResponse.SerializeToString,
+                    request_deserializer=protos_dot_tts__pb2.ConvertRequest.FromString,
+                    response_serializer=protos_dot_tts__pb2.ConvertResponse.SerializeToString,
             ),
             'ListVoices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListVoices,
-                    request_deserializer=services_dot_tts_dot_tts__pb2.ListVoicesRequest.FromString,
-                    response_serializer=services_dot_tts_dot_tts__pb2.ListVoicesResponse.SerializeToString,
+                    request_deserializer=protos_dot_tts__pb2.ListVoicesRequest.FromString,
+                    response_serializer=protos_dot_tts__pb2.ListVoicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -141,8 +141,8 @@ class TextToSpeech:
             request,
             target,
             '/tts.v1.TextToSpeech/Synthesize',
-            services_dot_tts_dot_tts__pb2.SynthesizeRequest.SerializeToString,
-            services_dot_tts_dot_tts__pb2.SynthesizeResponse.FromString,
+            protos_dot_tts__pb2.SynthesizeRequest.SerializeToString,
+            protos_dot_tts__pb2.SynthesizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -168,8 +168,8 @@ class TextToSpeech:
             request,
             target,
             '/tts.v1.TextToSpeech/SynthesizeStream',
-            services_dot_tts_dot_tts__pb2.SynthesizeRequest.SerializeToString,
-            services_dot_tts_dot_tts__pb2.AudioChunk.FromString,
+            protos_dot_tts__pb2.SynthesizeRequest.SerializeToString,
+            protos_dot_tts__pb2.AudioChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -195,8 +195,8 @@ class TextToSpeech:
             request,
             target,
             '/tts.v1.TextToSpeech/Convert',
-            services_dot_tts_dot_tts__pb2.ConvertRequest.SerializeToString,
-            services_dot_tts_dot_tts__pb2.ConvertResponse.FromString,
+            protos_dot_tts__pb2.ConvertRequest.SerializeToString,
+            protos_dot_tts__pb2.ConvertResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -222,8 +222,8 @@ class TextToSpeech:
             request,
             target,
             '/tts.v1.TextToSpeech/ListVoices',
-            services_dot_tts_dot_tts__pb2.ListVoicesRequest.SerializeToString,
-            services_dot_tts_dot_tts__pb2.ListVoicesResponse.FromString,
+            protos_dot_tts__pb2.ListVoicesRequest.SerializeToString,
+            protos_dot_tts__pb2.ListVoicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from services.asr import asr_pb2 as services_dot_asr_dot_asr__pb2
+from protos import asr_pb2 as protos_dot_asr__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in services/asr/asr_pb2_grpc.py depends on'
+        + ' but the generated code in protos/asr_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,18 +37,18 @@ class SpeechRecognitionStub:
         """
         self.Transcribe = channel.unary_unary(
                 '/asr.v1.SpeechRecognition/Transcribe',
-                request_serializer=services_dot_asr_dot_asr__pb2.TranscribeRequest.SerializeToString,
-                response_deserializer=services_dot_asr_dot_asr__pb2.TranscribeResponse.FromString,
+                request_serializer=protos_dot_asr__pb2.TranscribeRequest.SerializeToString,
+                response_deserializer=protos_dot_asr__pb2.TranscribeResponse.FromString,
                 _registered_method=True)
         self.TranscribeStream = channel.stream_unary(
                 '/asr.v1.SpeechRecognition/TranscribeStream',
-                request_serializer=services_dot_asr_dot_asr__pb2.TranscribeStreamRequest.SerializeToString,
-                response_deserializer=services_dot_asr_dot_asr__pb2.TranscribeResponse.FromString,
+                request_serializer=protos_dot_asr__pb2.TranscribeStreamRequest.SerializeToString,
+                response_deserializer=protos_dot_asr__pb2.TranscribeResponse.FromString,
                 _registered_method=True)
         self.TranscribeUpdates = channel.unary_stream(
                 '/asr.v1.SpeechRecognition/TranscribeUpdates',
-                request_serializer=services_dot_asr_dot_asr__pb2.TranscribeRequest.SerializeToString,
-                response_deserializer=services_dot_asr_dot_asr__pb2.TranscribeUpdate.FromString,
+                request_serializer=protos_dot_asr__pb2.TranscribeRequest.SerializeToString,
+                response_deserializer=protos_dot_asr__pb2.TranscribeUpdate.FromString,
                 _registered_method=True)
 
 
@@ -84,18 +84,18 @@ def add_SpeechRecognitionServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Transcribe': grpc.unary_unary_rpc_method_handler(
                     servicer.Transcribe,
-                    request_deserializer=services_dot_asr_dot_asr__pb2.TranscribeRequest.FromString,
-                    response_serializer=services_dot_asr_dot_asr__pb2.TranscribeResponse.SerializeToString,
+                    request_deserializer=protos_dot_asr__pb2.TranscribeRequest.FromString,
+                    response_serializer=protos_dot_asr__pb2.TranscribeResponse.SerializeToString,
             ),
             'TranscribeStream': grpc.stream_unary_rpc_method_handler(
                     servicer.TranscribeStream,
-                    request_deserializer=services_dot_asr_dot_asr__pb2.TranscribeStreamRequest.FromString,
-                    response_serializer=services_dot_asr_dot_asr__pb2.TranscribeResponse.SerializeToString,
+                    request_deserializer=protos_dot_asr__pb2.TranscribeStreamRequest.FromString,
+                    response_serializer=protos_dot_asr__pb2.TranscribeResponse.SerializeToString,
             ),
             'TranscribeUpdates': grpc.unary_stream_rpc_method_handler(
                     servicer.TranscribeUpdates,
-                    request_deserializer=services_dot_asr_dot_asr__pb2.TranscribeRequest.FromString,
-                    response_serializer=services_dot_asr_dot_asr__pb2.TranscribeUpdate.SerializeToString,
+                    request_deserializer=protos_dot_asr__pb2.TranscribeRequest.FromString,
+                    response_serializer=protos_dot_asr__pb2.TranscribeUpdate.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -124,8 +124,8 @@ class SpeechRecognition:
             request,
             target,
             '/asr.v1.SpeechRecognition/Transcribe',
-            services_dot_asr_dot_asr__pb2.TranscribeRequest.SerializeToString,
-            services_dot_asr_dot_asr__pb2.TranscribeResponse.FromString,
+            protos_dot_asr__pb2.TranscribeRequest.SerializeToString,
+            protos_dot_asr__pb2.TranscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -151,8 +151,8 @@ class SpeechRecognition:
             request_iterator,
             target,
             '/asr.v1.SpeechRecognition/TranscribeStream',
-            services_dot_asr_dot_asr__pb2.TranscribeStreamRequest.SerializeToString,
-            services_dot_asr_dot_asr__pb2.TranscribeResponse.FromString,
+            protos_dot_asr__pb2.TranscribeStreamRequest.SerializeToString,
+            protos_dot_asr__pb2.TranscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -178,8 +178,8 @@ class SpeechRecognition:
             request,
             target,
             '/asr.v1.SpeechRecognition/TranscribeUpdates',
-            services_dot_asr_dot_asr__pb2.TranscribeRequest.SerializeToString,
-            services_dot_asr_dot_asr__pb2.TranscribeUpdate.FromString,
+            protos_dot_asr__pb2.TranscribeRequest.SerializeToString,
+            protos_dot_asr__pb2.TranscribeUpdate.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from services.imagegen import imagegen_pb2 as services_dot_imagegen_dot_imagegen__pb2
+from protos import imagegen_pb2 as protos_dot_imagegen__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in services/imagegen/imagegen_pb2_grpc.py depends on'
+        + ' but the generated code in protos/imagegen_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,13 +38,13 @@ class ImageGenerationStub:
         """
         self.Generate = channel.unary_unary(
                 '/imagegen.v1.ImageGeneration/Generate',
-                request_serializer=services_dot_imagegen_dot_imagegen__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=services_dot_imagegen_dot_imagegen__pb2.GenerateResponse.FromString,
+                request_serializer=protos_dot_imagegen__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=protos_dot_imagegen__pb2.GenerateResponse.FromString,
                 _registered_method=True)
         self.GenerateStream = channel.unary_stream(
                 '/imagegen.v1.ImageGeneration/GenerateStream',
-                request_serializer=services_dot_imagegen_dot_imagegen__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=services_dot_imagegen_dot_imagegen__pb2.GenerateEvent.FromString,
+                request_serializer=protos_dot_imagegen__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=protos_dot_imagegen__pb2.GenerateEvent.FromString,
                 _registered_method=True)
 
 
@@ -71,13 +71,13 @@ def add_ImageGenerationServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Generate': grpc.unary_unary_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=services_dot_imagegen_dot_imagegen__pb2.GenerateRequest.FromString,
-                    response_serializer=services_dot_imagegen_dot_imagegen__pb2.GenerateResponse.SerializeToString,
+                    request_deserializer=protos_dot_imagegen__pb2.GenerateRequest.FromString,
+                    response_serializer=protos_dot_imagegen__pb2.GenerateResponse.SerializeToString,
             ),
             'GenerateStream': grpc.unary_stream_rpc_method_handler(
                     servicer.GenerateStream,
-                    request_deserializer=services_dot_imagegen_dot_imagegen__pb2.GenerateRequest.FromString,
-                    response_serializer=services_dot_imagegen_dot_imagegen__pb2.GenerateEvent.SerializeToString,
+                    request_deserializer=protos_dot_imagegen__pb2.GenerateRequest.FromString,
+                    response_serializer=protos_dot_imagegen__pb2.GenerateEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -107,8 +107,8 @@ class ImageGeneration:
             request,
             target,
             '/imagegen.v1.ImageGeneration/Generate',
-            services_dot_imagegen_dot_imagegen__pb2.GenerateRequest.SerializeToString,
-            services_dot_imagegen_dot_imagegen__pb2.GenerateResponse.FromString,
+            protos_dot_imagegen__pb2.GenerateRequest.SerializeToString,
+            protos_dot_imagegen__pb2.GenerateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -134,8 +134,8 @@ class ImageGeneration:
             request,
             target,
             '/imagegen.v1.ImageGeneration/GenerateStream',
-            services_dot_imagegen_dot_imagegen__pb2.GenerateRequest.SerializeToString,
-            services_dot_imagegen_dot_imagegen__pb2.GenerateEvent.FromString,
+            protos_dot_imagegen__pb2.GenerateRequest.SerializeToString,
+            protos_dot_imagegen__pb2.GenerateEvent.FromString,
             options,
             channel_credentials,
             insecure,
