@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed-stamp
 MODELS ?= models
 # The tiny offline models; a real deployment sets the same variables to Hub ids or directories.
 LOCAL_ENV := set -a && . ./env/tiny.env && set +a
-PROTOS := $(wildcard protos/*.proto)
+# inference.proto (the Open Inference Protocol) is loaded from its descriptor set into a pool of its own (see
+# protos/inference.py), so that Triton's and KServe's clients, which register the same names, share a process with it.
+PROTOS := $(filter-out protos/inference.proto,$(wildcard protos/*.proto))
 
 .PHONY: help setup models serve demo test test-fast lint bench protos clean
 
@@ -24,6 +26,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[all,dev]'
+	@# Triton's client, the conformance client of the Open Inference Protocol tests: its grpc extra pins protobuf<7,
+	@# which tensorflow-serving-api's protobuf 7 outranks; without its pins it imports and runs on protobuf 7.
+	$(PY) -m pip install -q --no-deps tritonclient==2.73.0 python-rapidjson==1.25
 	touch $@
 
 models: setup
@@ -37,6 +42,7 @@ protos: setup
 	for proto in $(PROTOS); do \
 	  $(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $$proto || exit 1; \
 	done
+	$(PY) -m grpc_tools.protoc -I. --descriptor_set_out=protos/inference.binpb protos/inference.proto
 
 serve: models
 	$(LOCAL_ENV) && exec $(PY) -m services

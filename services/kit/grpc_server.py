@@ -11,7 +11,9 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from . import logs, metrics, tracing
+from protos.inference import SERVICE_NAME as OIP_SERVICE
+
+from . import logs, metrics, oip, tracing
 from .auth import ApiKeys
 from .config import ServiceSettings
 from .errors import ServiceError, Unauthenticated, Unavailable
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 EXEMPT_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 # Health checks answer without a key (probes carry none); reflection needs one when keys are on.
 OPEN_PREFIXES = ("/grpc.health.",)
+# The Open Inference Protocol's own health and readiness calls answer while loading (they say so themselves).
+UNGATED_METHODS = {f"/{OIP_SERVICE}/{method}" for method in ("ServerLive", "ServerReady", "ModelReady")}
 REQUEST_ID_KEY = "x-request-id"
 # Status codes that make a server span an error (OpenTelemetry's gRPC conventions): the others are the caller's.
 SERVER_ERRORS = {
@@ -57,7 +61,7 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             missing_key = Unauthenticated("missing or invalid API key: send metadata 'authorization: Bearer <key>'")
             refused = logs.RequestRecord("grpc", self.service, _request_id(metadata), route=method)
             return _refusal(handler, method, missing_key, refused)
-        if method.startswith(EXEMPT_PREFIXES):
+        if method.startswith(EXEMPT_PREFIXES) or method in UNGATED_METHODS:
             return handler
         wrap_kwargs = dict(
             request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
@@ -242,13 +246,15 @@ def create_grpc_server(
         for entry in service.grpc:
             entry.add_to_server(entry.servicer, server)
             names.append(entry.service_name)
+    registry = oip.Registry([model for service in services for model in service.oip], state)
+    oip.add_to_server(oip.InferenceServicer(registry), server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
     def publish(serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ["", *names]:
+        for name in ["", *names, OIP_SERVICE]:
             asyncio.ensure_future(health_servicer.set(name, status))
 
     publish(False)

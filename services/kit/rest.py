@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from . import logs, metrics, tracing
+from . import logs, metrics, oip, tracing
 from .auth import ApiKeys
 from .config import ServiceSettings
 from .errors import Overloaded, PayloadTooLarge, ServiceError, Unauthenticated, Unavailable
@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 # Probes answer before the model is ready, without a key, and are kept out of the request metrics' noise.
-PROBE_PATHS = {"/healthz", "/readyz"}
+PROBE_PATHS = {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
+# Open Inference Protocol requests carry tensors: their route bounds JSON by the model's declared tensor sizes.
+OIP_PREFIX = "/v2/"
 METRICS_PATH = "/metrics"
 
 
@@ -129,7 +131,7 @@ class ServingMiddleware:
         received = 0
         body_done = False
         # Kept whole (it is parsed whole anyway) to check its shape before FastAPI or a route parses it.
-        json_chunks = [] if parses_as_json(headers.get(b"content-type")) else None
+        json_chunks = [] if parses_as_json(headers.get(b"content-type")) and not scope["path"].startswith(OIP_PREFIX) else None
         body_deadline = time.monotonic() + self.body_timeout_s
 
         async def limited_receive():
@@ -291,6 +293,8 @@ def create_rest_app(
     for service in services:
         if service.router is not None:
             app.include_router(service.router)
+    registry = oip.Registry([model for service in services for model in service.oip], state)
+    app.include_router(oip.create_router(registry, oip.RestLimits(settings.max_body_bytes, settings.max_json_depth)))
 
     app.add_middleware(
         ServingMiddleware, state=state, settings=settings, api_keys=api_keys, routes=app.router.routes,

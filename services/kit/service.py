@@ -14,6 +14,7 @@ from .batcher import DynamicBatcher
 from .compute import ModelThread, limit_threads
 from .config import ServiceSettings
 from .errors import ServiceError
+from .oip import OipModel
 
 
 class ModelRunner(Protocol):
@@ -48,6 +49,9 @@ class Service:
     # Further paths of the service's routers that serve Prometheus metrics (TF Serving's, say): like /metrics
     # they answer while loading, stay out of the request metrics and need a key only when keys are on.
     metrics_paths: tuple[str, ...] = ()
+    # Models served over the Open Inference Protocol (/v2, inference.GRPCInferenceService), which the kit serves
+    # for all services of a process at once.
+    oip: list[OipModel] = field(default_factory=list)
     _model_thread: ModelThread | None = field(default=None, init=False, repr=False)
 
     @property

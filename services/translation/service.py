@@ -1,22 +1,70 @@
-"""Assembles the translation service for the kit: runner, batcher, routes, servicer."""
+"""The translation service for the kit: one operation, bound to REST, gRPC and the Open Inference Protocol."""
 
+from fastapi import APIRouter
+
+from protos import translation_pb2 as pb
 from protos import translation_pb2_grpc as pb_grpc
+from services.kit.oip import Tensor
+from services.kit.operations import Operation
 from services.kit.service import GrpcServicer, Service
 
-from .grpc_servicer import SERVICE_NAME, TranslationServicer
-from .rest import create_router
-from .runner import TranslationRunner
+from .runner import TranslationJob, TranslationRunner
+from .schemas import TranslateRequest, TranslateResponse, build_job, build_response
 from .settings import TranslationSettings
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Translation"].full_name
 
 
 def create_service(settings: TranslationSettings | None = None) -> Service:
     settings = settings or TranslationSettings()
     runner = TranslationRunner(settings)
-    service = Service(name="translation", settings=settings, runner=runner)
-    batcher = service.batcher("translate", runner.predict_batch)
-    service.router = create_router(runner, batcher, settings)
-    service.grpc.append(
-        GrpcServicer(pb_grpc.add_TranslationServicer_to_server, TranslationServicer(runner, batcher, settings), SERVICE_NAME)
+    service = Service(name="translation", settings=settings, runner=runner, models=runner.model_infos)
+
+    def prepare(body: TranslateRequest) -> TranslationJob:
+        runner.ensure_pair(body.pair)
+        return build_job(body, settings)
+
+    translate = Operation(
+        "translate", TranslateRequest, TranslateResponse, service.batcher("translate", runner.predict_batch),
+        prepare=prepare,
+        respond=lambda hypotheses, job: build_response(hypotheses, runner.model_name(job.pair)),
+        cost=runner.cost,
+        key=lambda job: job.batch_key,
     )
-    service.models = runner.model_infos
+
+    service.router = APIRouter(tags=["translation"])
+    translate.add_route(service.router, "/v1/translate")
+
+    servicer = pb_grpc.TranslationServicer()
+    servicer.Translate = translate.grpc_method(
+        lambda response: pb.TranslateResponse(
+            translations=response.translations,
+            alternatives=[pb.Hypotheses(text=texts) for texts in response.alternatives or []],
+            model=response.model,
+        )
+    )
+
+    async def list_models(request, context):
+        return pb.ListModelsResponse(models=[pb.ModelInfo(**info) for info in runner.model_infos()])
+
+    servicer.ListModels = list_models
+    service.grpc.append(GrpcServicer(pb_grpc.add_TranslationServicer_to_server, servicer, SERVICE_NAME))
+
+    service.oip.append(
+        translate.oip_model(
+            "translation",
+            inputs=[Tensor("text", "BYTES", (-1,), max_elements=settings.max_texts)],
+            outputs=[
+                Tensor("translations", "BYTES", (-1,)),
+                # One row per text when num_return_sequences > 1.
+                Tensor("alternatives", "BYTES", (-1, -1)),
+                Tensor("model", "BYTES", (1,)),
+            ],
+            to_outputs=lambda response: {
+                "translations": response.translations,
+                **({"alternatives": response.alternatives} if response.alternatives else {}),
+                "model": [response.model],
+            },
+        )
+    )
     return service

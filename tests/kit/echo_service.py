@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import grpc
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
@@ -18,6 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from services.kit.config import ServiceSettings  # noqa: E402
 from services.kit.errors import InvalidArgument  # noqa: E402
 from services.kit.grpc_server import time_remaining  # noqa: E402
+from services.kit.oip import Tensor  # noqa: E402
+from services.kit.operations import Operation  # noqa: E402
 from services.kit.service import GrpcServicer, Service  # noqa: E402
 
 GRPC_METHOD = "/echo.v1.Echo/Say"
@@ -34,6 +36,10 @@ class EchoRequest(BaseModel):
     # Sleep in slices that check Work.cancelled (as a decoding loop checks between steps) instead of at once.
     stepwise: bool = False
     fail: str | None = None
+
+
+class EchoResponse(BaseModel):
+    echo: str
 
 
 class EchoRunner:
@@ -73,27 +79,26 @@ class EchoRunner:
 
 
 def create_service(settings: EchoSettings | None = None) -> Service:
+    """The whole of a service's protocol glue: one operation, bound to REST, gRPC and the OIP."""
     settings = settings or EchoSettings()
     runner = EchoRunner(settings)
-    service = Service(name="echo", settings=settings, runner=runner)
-    batcher = service.batcher("echo", runner.predict_batch)
-    router = APIRouter()
-
-    @router.post("/v1/echo")
-    async def echo(body: EchoRequest, request: Request):
-        return await batcher.submit(body, disconnected=request.is_disconnected)
-
-    async def say(request: bytes, context) -> bytes:
-        body = EchoRequest.model_validate_json(request)
-        result = await batcher.submit(body, timeout=time_remaining(context))
-        return result["echo"].encode()
-
-    handler = grpc.method_handlers_generic_handler(
-        "echo.v1.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)}
+    service = Service(name="echo", settings=settings, runner=runner, models=lambda: [{"id": "echo-1"}])
+    echo = Operation(
+        "echo", EchoRequest, EchoResponse, service.batcher("echo", runner.predict_batch),
+        prepare=lambda body: body, respond=lambda result, body: EchoResponse(**result),
     )
-    service.router = router
+    service.router = APIRouter()
+    echo.add_route(service.router, "/v1/echo")
+    service.oip.append(echo.oip_model("echo", [Tensor("text", "BYTES", (1,))], [Tensor("echo", "BYTES", (1,))],
+                                      to_outputs=lambda response: {"echo": [response.echo]}))
+
+    # Without a proto: JSON bytes in, the echoed text's bytes out.
+    async def say(request: bytes, context) -> bytes:
+        response = await echo(EchoRequest.model_validate_json(request), timeout=time_remaining(context))
+        return response.echo.encode()
+
+    handler = grpc.method_handlers_generic_handler("echo.v1.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})
     service.grpc.append(GrpcServicer(lambda _, server: server.add_generic_rpc_handlers((handler,)), None, "echo.v1.Echo"))
-    service.models = lambda: [{"id": "echo-1"}]
     return service
 
 

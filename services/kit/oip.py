@@ -1,0 +1,687 @@
+"""The Open Inference Protocol (v2), the protocol Triton and KServe speak, over REST and gRPC for every service.
+
+A service declares models (`OipModel`: named, typed tensors, the request parameters it honours, and the call that
+serves one request); the kit serves /v2 and `inference.GRPCInferenceService` for all services of a process at once,
+checks every declared shape and element count before any tensor data is converted, decodes JSON tensors, Triton's
+binary-tensor extension and gRPC raw contents, and answers errors the way the protocol specifies
+(REST `{"error": "..."}` with a 4xx/5xx status, gRPC status codes).
+"""
+
+import asyncio
+import json
+import struct
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from protos import inference as pb
+
+from .errors import InvalidArgument, NotFound, PayloadTooLarge, ServiceError, UnsupportedMediaType
+from .json_limits import json_shape_error
+from .state import ServerState
+
+SERVER_NAME = "modelserve"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["binary_tensor_data", "parameters"]
+HEADER_LENGTH = "inference-header-content-length"
+# JSON elements a request may hold besides its tensors' data: names, shapes, parameters.
+JSON_OVERHEAD_ELEMENTS = 2_000
+
+NUMPY_TYPES: dict[str, Any] = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
+}
+# gRPC InferTensorContents field per datatype (FP16 and BF16 travel only as raw contents).
+CONTENTS_FIELDS = {
+    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+# Triton's request parameters that a client sets itself: the protocol layer handles them, a model never sees them.
+PROTOCOL_PARAMETERS = {"binary_data_output", "timeout", "triton_enable_empty_final_response"}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A named, typed tensor of a model's metadata. -1 in `shape` is a dimension of any size; `max_elements`
+    bounds the element count a request may declare, checked before its data is read."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    max_elements: int = 1
+    optional: bool = False
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A request parameter a model honours (generation options and the like), with its JSON type."""
+
+    name: str
+    kind: type  # bool, int, float or str
+
+
+@dataclass
+class InferRequest:
+    """One decoded inference request: inputs as numpy arrays (BYTES as object arrays of `bytes`)."""
+
+    model: "OipModel"
+    version: str
+    id: str
+    inputs: dict[str, np.ndarray]
+    parameters: dict[str, Any]
+    timeout: float | None = None
+    disconnected: Callable[[], Awaitable[bool]] | None = None
+    # Parameters of the answer, e.g. the ones a model reports as not applied.
+    response_parameters: dict[str, Any] = field(default_factory=dict)
+
+    def bytes_input(self, name: str) -> bytes | None:
+        """A one-element BYTES input (an encoded file, say), or None when it was not sent."""
+        array = self.inputs.get(name)
+        if array is None:
+            return None
+        if array.size != 1:
+            raise InvalidArgument(f"input '{name}': expected one element, got {array.size}", field=name)
+        return array.reshape(-1)[0]
+
+    def text_input(self, name: str) -> list[str] | None:
+        """A BYTES input of UTF-8 texts, flattened, or None when it was not sent."""
+        array = self.inputs.get(name)
+        if array is None:
+            return None
+        try:
+            return [value.decode("utf-8") for value in array.reshape(-1)]
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"input '{name}': texts must be UTF-8", field=name) from None
+
+
+Outputs = dict[str, Any]  # output name -> numpy array, or list of str/bytes for BYTES
+
+
+@dataclass
+class OipModel:
+    """What a service serves under /v2/models/{name}: its tensors, the parameters it honours, and its call.
+
+    `infer` serves one request. `stream`, where an operation answers in parts (a transcript window by window,
+    audio sentence by sentence), serves gRPC ModelStreamInfer with one response per part; REST infer and gRPC
+    ModelInfer still answer once, through `infer`.
+    """
+
+    name: str
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    infer: Callable[[InferRequest], Awaitable[Outputs]]
+    parameters: list[Parameter] = field(default_factory=list)
+    stream: Callable[[InferRequest], AsyncIterator[Outputs]] | None = None
+    platform: str = "pytorch"
+    versions: Callable[[], list[str]] = lambda: ["1"]
+    ready: Callable[[str], bool] = lambda version: True
+
+    def metadata(self) -> dict:
+        return {
+            "name": self.name,
+            "versions": self.versions(),
+            "platform": self.platform,
+            "inputs": [tensor.metadata() for tensor in self.inputs],
+            "outputs": [tensor.metadata() for tensor in self.outputs],
+        }
+
+    def max_json_elements(self) -> int:
+        return JSON_OVERHEAD_ELEMENTS + sum(2 * tensor.max_elements for tensor in self.inputs)
+
+
+class Registry:
+    """Every OIP model of a process, by name."""
+
+    def __init__(self, models: list[OipModel], state: ServerState):
+        self.state = state
+        self.models: dict[str, OipModel] = {}
+        for model in models:
+            if model.name in self.models:
+                raise ValueError(f"two services declare the OIP model {model.name!r}")
+            self.models[model.name] = model
+
+    def model(self, name: str, version: str = "") -> tuple[OipModel, str]:
+        model = self.models.get(name)
+        if model is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise NotFound(f"unknown model '{name}'; this server serves: {known}")
+        versions = model.versions()
+        if version and version not in versions:
+            raise NotFound(f"model '{name}' has no version '{version}'; it has: {', '.join(versions)}")
+        return model, version or versions[-1]
+
+
+# -- request decoding -------------------------------------------------------------------------------------------
+
+
+def _check_declaration(model: OipModel, declared: list[tuple[str, str, list[int]]]) -> dict[str, Tensor]:
+    """Names, datatypes and shapes of the inputs sent, checked against the metadata before any data is read."""
+    specs = {tensor.name: tensor for tensor in model.inputs}
+    seen: dict[str, Tensor] = {}
+    for name, datatype, shape in declared:
+        spec = specs.get(name)
+        if spec is None:
+            raise InvalidArgument(
+                f"unexpected input '{name}' for model '{model.name}'; it takes: {', '.join(specs)}", field=name
+            )
+        if name in seen:
+            raise InvalidArgument(f"input '{name}' sent twice", field=name)
+        if datatype != spec.datatype:
+            raise InvalidArgument(
+                f"input '{name}': datatype {datatype or '(none)'} where model '{model.name}' expects {spec.datatype}",
+                field=name,
+            )
+        if len(shape) != len(spec.shape) or any(
+            dim < 0 or (want != -1 and dim != want) for dim, want in zip(shape, spec.shape, strict=False)
+        ):
+            raise InvalidArgument(
+                f"input '{name}': shape {list(shape)} does not match the model's {list(spec.shape)} (-1: any size)",
+                field=name,
+            )
+        elements = int(np.prod(shape, dtype=np.float64))
+        if elements > spec.max_elements:
+            raise InvalidArgument(
+                f"input '{name}': shape {list(shape)} holds {elements} elements; the limit is {spec.max_elements}",
+                field=name,
+            )
+        seen[name] = spec
+    missing = [tensor.name for tensor in model.inputs if not tensor.optional and tensor.name not in seen]
+    if missing:
+        raise InvalidArgument(f"model '{model.name}' needs input(s): {', '.join(missing)}", field=missing[0])
+    return seen
+
+
+def _flatten(data: Any, name: str, expected: int) -> list:
+    """JSON tensor data, row-major, nested or flat as the protocol allows."""
+    flat: list = []
+    stack = [iter([data])]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+            if len(flat) > expected:
+                break
+        else:
+            stack.pop()
+            continue
+        if len(flat) > expected:
+            break
+    if len(flat) != expected:
+        raise InvalidArgument(f"input '{name}': its shape holds {expected} elements, its data {len(flat)}", field=name)
+    return flat
+
+
+def _array_from_json(spec: Tensor, shape: list[int], data: Any) -> np.ndarray:
+    count = int(np.prod(shape, dtype=np.int64))
+    flat = _flatten(data, spec.name, count)
+    if spec.datatype == "BYTES":
+        if not all(isinstance(value, str) for value in flat):
+            raise InvalidArgument(f"input '{spec.name}': BYTES data in JSON are strings", field=spec.name)
+        array = np.empty(count, dtype=np.object_)
+        array[:] = [value.encode("utf-8") for value in flat]
+        return array.reshape(shape)
+    if spec.datatype == "BOOL":
+        if not all(isinstance(value, bool) for value in flat):
+            raise InvalidArgument(f"input '{spec.name}': BOOL data are true/false", field=spec.name)
+    elif not all(isinstance(value, int | float) and not isinstance(value, bool) for value in flat):
+        raise InvalidArgument(f"input '{spec.name}': {spec.datatype} data are numbers", field=spec.name)
+    try:
+        return np.asarray(flat, dtype=NUMPY_TYPES[spec.datatype]).reshape(shape)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidArgument(f"input '{spec.name}': {exc}", field=spec.name) from None
+
+
+def _array_from_raw(spec: Tensor, shape: list[int], raw: bytes) -> np.ndarray:
+    count = int(np.prod(shape, dtype=np.int64))
+    if spec.datatype != "BYTES":
+        dtype = np.dtype(NUMPY_TYPES[spec.datatype]).newbyteorder("<")
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidArgument(
+                f"input '{spec.name}': {len(raw)} bytes of data for {count} {spec.datatype} elements "
+                f"({count * dtype.itemsize} bytes)",
+                field=spec.name,
+            )
+        return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="), copy=False).reshape(shape)
+    values = []
+    position = 0
+    for _ in range(count):
+        if position + 4 > len(raw):
+            break
+        (length,) = struct.unpack_from("<I", raw, position)
+        position += 4
+        if position + length > len(raw):
+            break
+        values.append(raw[position:position + length])
+        position += length
+    if len(values) != count or position != len(raw):
+        raise InvalidArgument(
+            f"input '{spec.name}': BYTES data do not hold {count} length-prefixed elements", field=spec.name
+        )
+    array = np.empty(count, dtype=np.object_)
+    array[:] = values
+    return array.reshape(shape)
+
+
+def _parameter_value(value: Any) -> Any:
+    """An InferParameter (gRPC) as its Python value."""
+    which = value.WhichOneof("parameter_choice")
+    return getattr(value, which) if which else None
+
+
+def _check_parameters(model: OipModel, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The request parameters the model honours, typed; any other is refused by name (never silently ignored)."""
+    known = {parameter.name: parameter for parameter in model.parameters}
+    honoured = {}
+    for name, value in parameters.items():
+        if name in PROTOCOL_PARAMETERS:
+            continue
+        parameter = known.get(name)
+        if parameter is None:
+            accepted = ", ".join(known) or "none"
+            raise InvalidArgument(
+                f"parameter '{name}' is not supported by model '{model.name}' (it takes: {accepted})", field=name
+            )
+        if parameter.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, parameter.kind) or (parameter.kind is int and isinstance(value, bool)):
+            raise InvalidArgument(
+                f"parameter '{name}': expected {parameter.kind.__name__}, got {type(value).__name__}", field=name
+            )
+        honoured[name] = value
+    return honoured
+
+
+def _timeout(parameters: dict[str, Any]) -> float | None:
+    """Triton's `timeout` request parameter, in microseconds."""
+    value = parameters.get("timeout")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InvalidArgument("parameter 'timeout': a positive number of microseconds", field="timeout")
+    return value / 1e6
+
+
+def _requested_outputs(model: OipModel, names: list[str]) -> list[Tensor]:
+    specs = {tensor.name: tensor for tensor in model.outputs}
+    unknown = [name for name in names if name not in specs]
+    if unknown:
+        raise InvalidArgument(
+            f"unknown output '{unknown[0]}' of model '{model.name}'; it has: {', '.join(specs)}", field=unknown[0]
+        )
+    return [specs[name] for name in names] if names else list(model.outputs)
+
+
+# -- response encoding ------------------------------------------------------------------------------------------
+
+
+def _output_array(spec: Tensor, value: Any) -> np.ndarray:
+    if spec.datatype == "BYTES":
+        array = np.array(value, dtype=np.object_)
+        flat = [item.encode("utf-8") if isinstance(item, str) else bytes(item) for item in array.reshape(-1)]
+        encoded = np.empty(len(flat), dtype=np.object_)
+        encoded[:] = flat
+        return encoded.reshape(array.shape)
+    return np.asarray(value, dtype=NUMPY_TYPES[spec.datatype])
+
+
+def _raw(spec: Tensor, array: np.ndarray) -> bytes:
+    if spec.datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(item)) + item for item in array.reshape(-1))
+    return np.ascontiguousarray(array, dtype=np.dtype(NUMPY_TYPES[spec.datatype]).newbyteorder("<")).tobytes()
+
+
+def _json_data(spec: Tensor, array: np.ndarray) -> list | None:
+    """Flat JSON data, or None where BYTES are not UTF-8 text (an encoded file): those travel as binary."""
+    if spec.datatype != "BYTES":
+        return array.reshape(-1).tolist()
+    try:
+        return [item.decode("utf-8") for item in array.reshape(-1)]
+    except UnicodeDecodeError:
+        return None
+
+
+def _outputs(requested: list[Tensor], produced: Outputs) -> list[tuple[Tensor, np.ndarray]]:
+    return [(spec, _output_array(spec, produced[spec.name])) for spec in requested if spec.name in produced]
+
+
+# -- REST ---------------------------------------------------------------------------------------------------------
+
+
+def _error(error: ServiceError) -> JSONResponse:
+    return JSONResponse({"error": error.message}, status_code=int(error.http_status), headers=error.headers())
+
+
+def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """A gzip/deflate body (tritonclient's request compression), inflated no further than `limit` bytes."""
+    if not encoding or encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported (gzip, deflate)")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidArgument(f"request body is not valid {encoding}: {exc}") from None
+    if len(data) > limit:
+        raise PayloadTooLarge(f"request body inflates beyond the {limit} byte limit")
+    return data
+
+
+def _rest_request(
+    registry: Registry, name: str, version: str, body: bytes, header_length: str | None, limits: "RestLimits"
+) -> tuple[InferRequest, list[Tensor], bool, dict[str, bool]]:
+    model, version = registry.model(name, version)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise InvalidArgument(f"Inference-Header-Content-Length {header_length} does not fit the body")
+        header, binary = body[: int(header_length)], body[int(header_length):]
+    else:
+        header, binary = body, b""
+    problem = json_shape_error(header, max_depth=limits.max_json_depth, max_elements=model.max_json_elements())
+    if problem:
+        raise InvalidArgument(f"request body: {problem}")
+    try:
+        document = json.loads(header)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or not all(isinstance(entry, dict) for entry in inputs):
+        raise InvalidArgument("'inputs' must be a list of tensors", field="inputs")
+    declared = []
+    for entry in inputs:
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(dim, int) and not isinstance(dim, bool) for dim in shape):
+            raise InvalidArgument(f"input '{entry.get('name')}': 'shape' must be a list of integers", field="shape")
+        declared.append((str(entry.get("name")), str(entry.get("datatype", "")), shape))
+    specs = _check_declaration(model, declared)
+
+    arrays = {}
+    position = 0
+    for entry, (name, _, shape) in zip(inputs, declared, strict=True):
+        spec = specs[name]
+        tensor_parameters = entry.get("parameters") or {}
+        size = tensor_parameters.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or position + size > len(binary):
+                raise InvalidArgument(f"input '{name}': binary_data_size {size} runs past the body", field=name)
+            arrays[name] = _array_from_raw(spec, shape, binary[position:position + size])
+            position += size
+        elif "data" in entry:
+            arrays[name] = _array_from_json(spec, shape, entry["data"])
+        else:
+            raise InvalidArgument(f"input '{name}': no 'data' and no binary_data_size", field=name)
+    if position != len(binary):
+        raise InvalidArgument(f"{len(binary) - position} bytes of binary data after the last binary input")
+
+    parameters = document.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidArgument("'parameters' must be an object", field="parameters")
+    outputs = document.get("outputs") or []
+    if not isinstance(outputs, list) or not all(isinstance(entry, dict) for entry in outputs):
+        raise InvalidArgument("'outputs' must be a list", field="outputs")
+    requested = _requested_outputs(model, [str(entry.get("name")) for entry in outputs])
+    binary_outputs = {
+        str(entry.get("name")): bool((entry.get("parameters") or {}).get("binary_data"))
+        for entry in outputs
+    }
+    request = InferRequest(
+        model, version, str(document.get("id", "")), arrays, _check_parameters(model, parameters),
+        timeout=_timeout(parameters),
+    )
+    return request, requested, bool(parameters.get("binary_data_output")), binary_outputs
+
+
+def _rest_response(
+    request: InferRequest, requested: list[Tensor], produced: Outputs, all_binary: bool, binary: dict[str, bool]
+) -> Response:
+    entries, chunks = [], []
+    for spec, array in _outputs(requested, produced):
+        entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
+        data = None if (all_binary or binary.get(spec.name)) else _json_data(spec, array)
+        if data is None:
+            raw = _raw(spec, array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = data
+        entries.append(entry)
+    document: dict[str, Any] = {"model_name": request.model.name, "model_version": request.version, "outputs": entries}
+    if request.id:
+        document["id"] = request.id
+    if request.response_parameters:
+        document["parameters"] = request.response_parameters
+    header = json.dumps(document, separators=(",", ":")).encode()
+    if not chunks:
+        return Response(header, media_type="application/json")
+    return Response(
+        header + b"".join(chunks), media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+@dataclass(frozen=True)
+class RestLimits:
+    max_body_bytes: int
+    max_json_depth: int
+
+
+def create_router(registry: Registry, limits: RestLimits) -> APIRouter:
+    """/v2 for every model of the process. Errors answer in the protocol's own shape, whatever the services'."""
+    router = APIRouter(tags=["open inference protocol (v2)"])
+    state = registry.state
+
+    @router.get("/v2")
+    async def server_metadata():
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
+
+    @router.get("/v2/health/live")
+    async def server_live():
+        return {"live": True}
+
+    @router.get("/v2/health/ready")
+    async def server_ready():
+        if state.serving:
+            return {"ready": True}
+        return JSONResponse({"ready": False}, status_code=503, headers={"Retry-After": "5"})
+
+    async def model_metadata(name: str, version: str = ""):
+        try:
+            model, _ = registry.model(name, version)
+        except ServiceError as error:
+            return _error(error)
+        return model.metadata()
+
+    async def model_ready(name: str, version: str = ""):
+        try:
+            model, version = registry.model(name, version)
+        except ServiceError as error:
+            return _error(error)
+        ready = state.serving and model.ready(version)
+        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+    async def infer(request: Request, name: str, version: str = ""):
+        try:
+            body = _decompress(await request.body(), request.headers.get("content-encoding"), limits.max_body_bytes)
+            # Parsing a large JSON tensor is CPU work: off the event loop, which serves every other request.
+            infer_request, requested, all_binary, binary = await asyncio.to_thread(
+                _rest_request, registry, name, version, body, request.headers.get(HEADER_LENGTH), limits
+            )
+            infer_request.disconnected = request.is_disconnected
+            produced = await infer_request.model.infer(infer_request)
+            return _rest_response(infer_request, requested, produced, all_binary, binary)
+        except ServiceError as error:
+            return _error(error)
+
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        router.add_api_route(prefix, model_metadata, methods=["GET"])
+        router.add_api_route(f"{prefix}/ready", model_ready, methods=["GET"])
+        router.add_api_route(f"{prefix}/infer", infer, methods=["POST"])
+    return router
+
+
+# -- gRPC -----------------------------------------------------------------------------------------------------------
+
+
+def _grpc_request(registry: Registry, message) -> tuple[InferRequest, list[Tensor]]:
+    model, version = registry.model(message.model_name, message.model_version)
+    declared = [(tensor.name, tensor.datatype, list(tensor.shape)) for tensor in message.inputs]
+    specs = _check_declaration(model, declared)
+    raw = list(message.raw_input_contents)
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidArgument(f"{len(raw)} raw_input_contents for {len(message.inputs)} inputs")
+    arrays = {}
+    for index, tensor in enumerate(message.inputs):
+        spec = specs[tensor.name]
+        if raw:
+            arrays[tensor.name] = _array_from_raw(spec, list(tensor.shape), raw[index])
+            continue
+        contents_field = CONTENTS_FIELDS.get(spec.datatype)
+        if contents_field is None:
+            raise InvalidArgument(f"input '{tensor.name}': {spec.datatype} data travel in raw_input_contents")
+        values = list(getattr(tensor.contents, contents_field))
+        if spec.datatype == "BYTES":
+            count = int(np.prod(list(tensor.shape), dtype=np.int64))
+            if len(values) != count:
+                raise InvalidArgument(
+                    f"input '{tensor.name}': its shape holds {count} elements, its data {len(values)}", field=tensor.name
+                )
+            array = np.empty(count, dtype=np.object_)
+            array[:] = values
+            arrays[tensor.name] = array.reshape(list(tensor.shape))
+        else:
+            arrays[tensor.name] = _array_from_json(spec, list(tensor.shape), values)
+    parameters = {key: _parameter_value(value) for key, value in message.parameters.items()}
+    requested = _requested_outputs(model, [output.name for output in message.outputs])
+    request = InferRequest(
+        model, version, message.id, arrays, _check_parameters(model, parameters), timeout=_timeout(parameters)
+    )
+    return request, requested
+
+
+def _set_parameter(target, value: Any) -> None:
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = value if isinstance(value, str) else json.dumps(value)
+
+
+def _grpc_response(request: InferRequest, requested: list[Tensor], produced: Outputs):
+    response = pb.ModelInferResponse(model_name=request.model.name, model_version=request.version, id=request.id)
+    for key, value in request.response_parameters.items():
+        _set_parameter(response.parameters[key], value)
+    for spec, array in _outputs(requested, produced):
+        response.outputs.add(name=spec.name, datatype=spec.datatype, shape=list(array.shape))
+        response.raw_output_contents.append(_raw(spec, array))
+    return response
+
+
+class InferenceServicer:
+    """inference.GRPCInferenceService for every OIP model of the process."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.registry.state.serving)
+
+    async def ModelReady(self, request, context):
+        model, version = self.registry.model(request.name, request.version)
+        return pb.ModelReadyResponse(ready=self.registry.state.serving and model.ready(version))
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request, context):
+        model, _ = self.registry.model(request.name, request.version)
+        metadata = model.metadata()
+        response = pb.ModelMetadataResponse(name=metadata["name"], versions=metadata["versions"], platform=model.platform)
+        for tensor in model.inputs:
+            response.inputs.add(**tensor.metadata())
+        for tensor in model.outputs:
+            response.outputs.add(**tensor.metadata())
+        return response
+
+    async def ModelInfer(self, message, context):
+        request, requested = await asyncio.to_thread(_grpc_request, self.registry, message)
+        request.timeout = _earliest(request.timeout, context.time_remaining())
+        return _grpc_response(request, requested, await request.model.infer(request))
+
+    async def ModelStreamInfer(self, messages, context):
+        """Requests of a stream are served in turn; a failed one answers error_message and the stream goes on."""
+        async for message in messages:
+            final = _parameter_value(message.parameters["triton_enable_empty_final_response"]) if (
+                "triton_enable_empty_final_response" in message.parameters
+            ) else False
+            try:
+                request, requested = await asyncio.to_thread(_grpc_request, self.registry, message)
+                request.timeout = _earliest(request.timeout, context.time_remaining())
+                if request.model.stream is None:
+                    parts = _single(request.model.infer(request))
+                else:
+                    parts = request.model.stream(request)
+                async for produced in parts:
+                    yield pb.ModelStreamInferResponse(infer_response=_grpc_response(request, requested, produced))
+            except ServiceError as error:
+                yield pb.ModelStreamInferResponse(
+                    error_message=f"{error.grpc_code.name}: {error.message}",
+                    infer_response=pb.ModelInferResponse(model_name=message.model_name, id=message.id),
+                )
+                continue
+            if final:
+                done = pb.ModelInferResponse(model_name=message.model_name, model_version=request.version, id=message.id)
+                done.parameters["triton_final_response"].bool_param = True
+                yield pb.ModelStreamInferResponse(infer_response=done)
+
+
+async def _single(outputs: Awaitable[Outputs]) -> AsyncIterator[Outputs]:
+    yield await outputs
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return min((value for value in (a, b) if value is not None), default=None)
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the servicer under the protocol's names (its messages live outside protobuf's default pool)."""
+    unary = {
+        "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+        "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+    }
+    handlers = {
+        method: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method), request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+        for method, (request, response) in unary.items()
+    }
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.ModelStreamInfer, request_deserializer=pb.ModelInferRequest.FromString,
+        response_serializer=pb.ModelStreamInferResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(pb.SERVICE_NAME, handlers),))
