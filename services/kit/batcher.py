@@ -41,6 +41,7 @@ class Work:
     cost: float = 1.0
     nbytes: int = 0
     _beat: Callable[[], None] | None = field(default=None, repr=False)
+    _queued: Callable[[], int] | None = field(default=None, repr=False)
     # Filled in by the batcher for the access log and traces.
     batch_started_at: float | None = None
     batch_size: int | None = None
@@ -54,6 +55,12 @@ class Work:
         if self.spans is None or self.spans.model is None:
             return INVALID_SPAN
         return self.spans.model
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting behind this one's batch right now: a runner that trades latency for throughput
+        (ASR's drafting, say) reads it between steps."""
+        return self._queued() if self._queued is not None else 0
 
     @property
     def cancelled(self) -> bool:
@@ -294,7 +301,7 @@ class DynamicBatcher:
         budget = self.timeout_s if timeout is None else min(timeout, self.timeout_s)
         now = time.monotonic()
         work = Work(payload, key, now, now + budget, loop.create_future(), loop, events, cost, nbytes,
-                    self._between_steps)
+                    self._between_steps, lambda: len(self._queue))
         work.spans = tracing.work_spans(self.name)
         self._queue.append(work)
         self._queued_bytes += nbytes

@@ -54,6 +54,19 @@ async def load_services(services: list[Service], warmup: bool) -> None:
         await loop.run_in_executor(service.model_thread, _load, service, warmup)
 
 
+async def close_runners(services: list[Service]) -> None:
+    """Each runner's `close()` (background threads, files, device memory), in its model thread, after the drain."""
+    loop = asyncio.get_running_loop()
+    for service in services:
+        close = getattr(service.runner, "close", None)
+        if close is None:
+            continue
+        try:
+            await loop.run_in_executor(service.model_thread, close)
+        except Exception:
+            log.exception("%s: closing the runner failed", service.name)
+
+
 async def serve(
     services: list[Service],
     settings: ServiceSettings,
@@ -117,6 +130,7 @@ async def serve(
     for service in services:
         for batcher in service.batchers:
             await batcher.stop()
+    await close_runners(services)
     for thread in {id(service.model_thread): service.model_thread for service in services}.values():
         thread.shutdown(wait=False)
     await grpc_server.stop(grace=CLOSE_S - 1)

@@ -24,6 +24,9 @@ class ModelRunner(Protocol):
     def warmup(self) -> None:
         """Run a representative request so the first real one is not slow."""
 
+    # Optional: `close(self) -> None` runs in the model thread once the server has drained (stop background
+    # threads, release files and device memory).
+
 
 @dataclass
 class GrpcServicer:

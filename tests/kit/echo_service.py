@@ -47,7 +47,7 @@ class EchoRunner:
         self.settings = settings
         self.loaded = threading.Event()
         self.computed: list[str] = []
-        self.threads: dict[str, set[int]] = {"load": set(), "warmup": set(), "predict": set()}
+        self.threads: dict[str, set[int]] = {"load": set(), "warmup": set(), "predict": set(), "close": set()}
 
     def load(self) -> None:
         self.threads["load"].add(threading.get_ident())
@@ -56,6 +56,9 @@ class EchoRunner:
 
     def warmup(self) -> None:
         self.threads["warmup"].add(threading.get_ident())
+
+    def close(self) -> None:
+        self.threads["close"].add(threading.get_ident())
 
     def predict_batch(self, works):
         self.threads["predict"].add(threading.get_ident())

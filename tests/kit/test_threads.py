@@ -37,3 +37,6 @@ def test_loading_warm_up_and_requests_share_the_services_model_thread():
         assert runner.threads["load"] == runner.threads["warmup"] == runner.threads["predict"]
         (model_thread,) = runner.threads["predict"]
         assert model_thread != threading.get_ident()
+        assert not runner.threads["close"]
+    # The drain closes the runner, in the same thread.
+    assert runner.threads["close"] == {model_thread}
