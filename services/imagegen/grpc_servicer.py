@@ -8,7 +8,6 @@ from google.protobuf.json_format import MessageToDict
 from protos import imagegen_pb2 as pb
 from protos import imagegen_pb2_grpc as pb_grpc
 from services.kit.batcher import Done, DynamicBatcher
-from services.kit.errors import InvalidArgument
 from services.kit.grpc_server import time_remaining
 from services.kit.validation import parse
 
@@ -55,10 +54,7 @@ class ImageGenerationServicer(pb_grpc.ImageGenerationServicer):
         fields = MessageToDict(request, preserving_proto_field_name=True)
         fields.pop("image", None), fields.pop("mask", None)
         body = parse(GenerateFields, fields)
-        if (body.width is None) != (body.height is None):
-            missing = "height" if body.height is None else "width"
-            raise InvalidArgument(f"{missing}: give width and height together (or neither)", field=missing)
-        size = None if body.width is None else (body.width, body.height)
+        size = body.size
 
         def prepare() -> ImageJob:
             limit = self.settings.max_input_pixels

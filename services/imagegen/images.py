@@ -5,6 +5,7 @@ PIL does the work; this module adds the service's rules: which formats, how larg
 
 import io
 import math
+from collections.abc import Sequence
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -41,6 +42,26 @@ def decode_image(data: bytes, *, field: str, max_pixels: int) -> Image.Image:
             f"{field}: the {image.format} data is corrupt or truncated ({exc})", field=field
         ) from None
     return ImageOps.exif_transpose(image)
+
+
+def reference_sheet(images: Sequence[tuple[str, bytes]], *, max_pixels: int) -> Image.Image:
+    """Several source images side by side on one white sheet (a near-square grid, each image scaled into its
+    cell), for image-to-image to redraw together: Stable Diffusion takes one source image where OpenAI's GPT
+    image models take up to 16. The sheet stays within `max_pixels`, the first image's shape sets the cells,
+    and each upload is decoded, scaled and released in turn."""
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    sheet, cell = None, (0, 0)
+    for index, (field, data) in enumerate(images):
+        image = decode_image(data, field=field, max_pixels=max_pixels).convert("RGB")
+        if sheet is None:
+            cell = fit_size(*image.size, max_pixels // (columns * rows))
+            sheet = Image.new("RGB", (columns * cell[0], rows * cell[1]), "white")
+        image = ImageOps.contain(image, cell, Image.Resampling.LANCZOS)
+        x = index % columns * cell[0] + (cell[0] - image.width) // 2
+        y = index // columns * cell[1] + (cell[1] - image.height) // 2
+        sheet.paste(image, (x, y))
+    return sheet
 
 
 def mask_from(image: Image.Image) -> Image.Image:

@@ -5,13 +5,13 @@ named in the `x-modelserve-ignored` response header when it has no meaning for t
 
 - honoured: prompt, model (aliases below), n, size (OpenAI's sizes scaled into max_pixels), quality
   (denoising steps), response_format (url links served by GET /v1/images/files/{id}), output_format,
-  output_compression, partial_images, stream, background opaque/auto, moderation auto (the server's
+  output_compression, partial_images (in streams), stream, background opaque/auto, moderation auto (the server's
   safety checker setting), user / safety_identifier (echoed and put on the trace span as enduser.id),
-  image, mask.
-- refused: background=transparent (Stable Diffusion draws opaque RGB; a transparent PNG cannot be made),
-  output_format gif/svg with frame_count, frame_duration_ms and svg, markup, more than one image,
-  file_id references, response_format=url for GPT image models (OpenAI refuses it) or when streaming.
-- reported as not applied: style, complexity, input_fidelity, moderation=low (filtering is the
+  image (an edit's up to 16 images are redrawn together, side by side on one sheet), mask.
+- refused: output_format gif/svg with frame_count, frame_duration_ms and svg, markup, a mask with several
+  images, more than one image for a variation, file_id references, response_format=url for GPT image models (OpenAI refuses it) or when streaming.
+- reported as not applied: style, complexity, input_fidelity, background=transparent (Stable Diffusion draws
+  opaque RGB), partial_images without stream (previews exist only in streams), moderation=low (filtering is the
   operator's IMAGEGEN_SAFETY_CHECKER setting, not the caller's).
 """
 
@@ -137,6 +137,11 @@ class OpenAIPlan:
     quality: str | None
     safety_identifier: str | None
     ignored: tuple[str, ...]
+    drop_previews: bool = False
+
+    def option_updates(self) -> dict:
+        """Changes to the generation options: the resolved steps, and no previews outside a stream."""
+        return {"steps": self.steps, **({"partial_images": 0} if self.drop_previews else {})}
 
     def headers(self, width: int, height: int) -> dict[str, str]:
         headers = {IMAGE_SIZE_HEADER: f"{width}x{height}"}
@@ -166,12 +171,6 @@ def plan_request(
             "response_format: streamed events carry b64_json; url applies to non-streamed requests",
             field="response_format",
         )
-    if body.background == "transparent":
-        raise InvalidArgument(
-            "background: transparent cannot be made: Stable Diffusion draws opaque RGB images; "
-            "use opaque or auto",
-            field="background",
-        )
     for name in ("frame_count", "frame_duration_ms", "svg"):
         if getattr(body, name) is not None:
             raise InvalidArgument(
@@ -180,6 +179,14 @@ def plan_request(
             )
     quality, steps = resolve_quality(body.quality, body.steps, settings)
     ignored = [name for name in ("style", "complexity") if getattr(body, name) is not None]
+    # Stable Diffusion draws opaque RGB: a transparent background is reported as not made, as OpenAI's
+    # examples send it and expect an image.
+    if body.background == "transparent":
+        ignored.append("background")
+    # Previews exist only in streams; OpenAI's own examples send partial_images without stream.
+    unstreamed_previews = bool(getattr(body, "partial_images", 0)) and not getattr(body, "stream", False)
+    if unstreamed_previews:
+        ignored.append("partial_images")
     if body.moderation == "low":
         ignored.append("moderation")
     ignored += [name for name in not_applicable if getattr(body, name, None) is not None]
@@ -194,4 +201,5 @@ def plan_request(
         quality=quality,
         safety_identifier=safety_identifier,
         ignored=tuple(ignored),
+        drop_previews=unstreamed_previews,
     )

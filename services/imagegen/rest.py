@@ -29,7 +29,7 @@ from services.kit.json_limits import parses_as_json
 from services.kit.validation import parse
 
 from .files import ImageStore
-from .images import decode_image, encode_image, mask_from, media_type
+from .images import decode_image, encode_image, mask_from, media_type, reference_sheet
 from .inputs import load_reference
 from .openai_params import ModelProfile, OpenAIPlan, plan_request
 from .runner import TEXT_TO_IMAGE, GeneratedImage, ImageGenRunner, ImageJob, Preview, Progress
@@ -55,15 +55,14 @@ VARIATION_DEFAULT_MODEL = ModelProfile("dall-e-2", legacy=True)
 
 @dataclass(frozen=True)
 class Upload:
-    """The images of an edit or variation, as bytes (not decoded yet)."""
+    """The images of an edit or variation, as bytes (not decoded yet), each with the field errors name."""
 
-    image: bytes
+    images: tuple[tuple[str, bytes], ...]
     mask: bytes | None = None
-    image_field: str = "image"  # what errors about the image name: the JSON form sends images[0]
 
     @property
     def nbytes(self) -> int:
-        return len(self.image) + len(self.mask or b"")
+        return sum(len(data) for _, data in self.images) + len(self.mask or b"")
 
 
 class PromptTokens:
@@ -257,14 +256,18 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
     ):
         def prepare() -> ImageJob:
             limit = settings.max_input_pixels
-            image = decode_image(upload.image, field=upload.image_field, max_pixels=limit)
+            if len(upload.images) == 1:
+                field, data = upload.images[0]
+                image = decode_image(data, field=field, max_pixels=limit)
+            else:
+                image = reference_sheet(upload.images, max_pixels=limit)
             mask = (
                 None
                 if upload.mask is None
                 else mask_from(decode_image(upload.mask, field="mask", max_pixels=limit))
             )
             return build_job(
-                body.model_copy(update={"steps": plan.steps}),
+                body.model_copy(update=plan.option_updates()),
                 runner,
                 size=plan.size,
                 size_field="size",
@@ -282,15 +285,16 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
         plan = plan_request(body, runner)
 
         def prepare() -> ImageJob:
-            options = body.model_copy(update={"steps": plan.steps})
+            options = body.model_copy(update=plan.option_updates())
             return build_job(options, runner, size=plan.size, size_field="size", streaming=body.stream)
 
         return await answer(prepare, body, plan, request, "image_generation")
 
     @router.post("/v1/images/edits", response_model=ImagesResponse, response_model_exclude_none=True)
     async def edits(request: Request):
-        """multipart/form-data: `image` (PNG/JPEG/WebP), optional `mask`, and the generation fields; or JSON
-        with `images: [{"image_url": "data:image/png;base64,..."}]` and optional `mask: {"image_url": ...}`.
+        """multipart/form-data: `image` (PNG/JPEG/WebP; up to 16 as `image[]`), optional `mask`, and the
+        generation fields; or JSON with `images: [{"image_url": "data:image/png;base64,..."}]` and optional
+        `mask: {"image_url": ...}`. Several images are redrawn together, side by side on one sheet.
 
         With a mask it inpaints (transparent mask pixels, or white ones in an opaque mask, are
         redrawn); without one it runs image-to-image. `size` resizes the source; by default the
@@ -346,15 +350,18 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
         body = parse(ImageEditJsonRequest, data)
-        check_image_count(len(body.images), "images")
+        check_image_count(len(body.images), "images", MAX_OPENAI_EDIT_IMAGES, body.mask is not None)
         limits = dict(
             allowed_hosts=settings.remote_image_hosts,
             max_bytes=settings.max_body_bytes,
             timeout_s=settings.remote_image_timeout_s,
         )
-        image = await load_reference(body.images[0], "images[0]", **limits)
+        images = []
+        for index, reference in enumerate(body.images):
+            name = f"images[{index}]"
+            images.append((name, await load_reference(reference, name, **limits)))
         mask = None if body.mask is None else await load_reference(body.mask, "mask", **limits)
-        return body, Upload(image, mask, image_field="images[0]")
+        return body, Upload(tuple(images), mask)
 
     async def read_form(request: Request, *, with_mask: bool) -> tuple[dict, Upload]:
         """The form's fields and its image (and mask) bytes; OpenAI's `image[]` and `svg[model]` spellings
@@ -381,20 +388,24 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
                     )
             if not images:
                 raise InvalidArgument("image: upload the image as a file field named image", field="image")
-            check_image_count(len(images), "image")
+            check_image_count(len(images), "image", MAX_OPENAI_EDIT_IMAGES if with_mask else 1, bool(masks))
             if len(masks) > 1:
                 raise InvalidArgument("mask: send exactly one mask", field="mask")
-            image = await images[0].read()
+            names = ["image"] if len(images) == 1 else [f"image[{index}]" for index in range(len(images))]
+            data = tuple([(name, await image.read()) for name, image in zip(names, images, strict=True)])
             mask = await masks[0].read() if masks else None
-        return fields, Upload(image, mask)
+        return fields, Upload(data, mask)
 
     return router
 
 
-def check_image_count(count: int, field: str) -> None:
-    if count > 1:
+def check_image_count(count: int, field: str, limit: int, masked: bool) -> None:
+    """Edits take up to OpenAI's 16 images, drawn together on one sheet; a variation redraws one image."""
+    if count > limit:
+        taken = "one image" if limit == 1 else f"at most {limit} images (drawn together on one sheet)"
+        raise InvalidArgument(f"{field}: this endpoint takes {taken}, got {count}", field=field)
+    if count > 1 and masked:
         raise InvalidArgument(
-            f"{field}: Stable Diffusion edits one image per request, got {count} "
-            f"(OpenAI's GPT image models take up to {MAX_OPENAI_EDIT_IMAGES}); send one",
-            field=field,
+            f"mask: a mask applies to one image; send one {field} with it, or {count} without a mask",
+            field="mask",
         )

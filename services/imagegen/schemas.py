@@ -30,7 +30,7 @@ from .settings import ImageGenSettings
 OutputFormat = Literal["png", "jpeg", "webp"]
 MAX_SEED = 2**32 - 1
 MAX_IDENTIFIER_CHARS = 256
-# OpenAI's edits take up to 16 images; Stable Diffusion edits one, and says so when sent more.
+# OpenAI's edits take up to 16 images; several are drawn side by side on one source image (images.reference_sheet).
 MAX_OPENAI_EDIT_IMAGES = 16
 
 
@@ -113,7 +113,9 @@ class ImageEditRequest(ImageGenerationRequest):
 class ImageEditJsonRequest(ImageEditRequest):
     """POST /v1/images/edits as JSON: images and mask as references (data: URLs)."""
 
-    images: list[ImageReference] = Field(min_length=1, description="one image (Stable Diffusion edits one)")
+    images: list[ImageReference] = Field(
+        min_length=1, description="1-16 images; several are redrawn together, side by side on one sheet"
+    )
     mask: ImageReference | None = None
 
 
@@ -124,11 +126,19 @@ class ImageVariationRequest(ImageEditRequest):
 
 
 class GenerateFields(GenerationOptions):
-    """gRPC GenerateRequest minus the image bytes."""
+    """gRPC GenerateRequest (and the OIP model's parameters) minus the image bytes."""
 
     width: int | None = None
     height: int | None = None
     strength: float | None = Field(None, gt=0, le=1)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height), or None for the default; one without the other is refused."""
+        if (self.width is None) != (self.height is None):
+            missing = "height" if self.height is None else "width"
+            raise InvalidArgument(f"{missing}: give width and height together (or neither)", field=missing)
+        return None if self.width is None else (self.width, self.height)
 
 
 class ImageData(BaseModel):

@@ -1,9 +1,10 @@
-"""Assembles the image generation service for the kit: runner, batcher, routes, servicer."""
+"""Assembles the image generation service for the kit: runner, batcher, routes, servicer, OIP model."""
 
 from protos import imagegen_pb2_grpc as pb_grpc
 from services.kit.service import GrpcServicer, Service
 
 from .grpc_servicer import SERVICE_NAME, ImageGenerationServicer
+from .oip import create_oip_model
 from .openai_params import DALL_E_MODELS, GPT_IMAGE_MODELS
 from .rest import create_router
 from .runner import PIPELINES, ImageGenRunner, scheduler_names
@@ -23,6 +24,7 @@ def create_service(settings: ImageGenSettings | None = None) -> Service:
             SERVICE_NAME,
         )
     )
+    service.oip.append(create_oip_model(runner, batcher, settings))
     service.models = lambda: [
         {
             "id": runner.model_name,

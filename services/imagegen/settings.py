@@ -13,7 +13,7 @@ class ImageGenSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", extra="ignore", protected_namespaces=())
 
     # A Hub id or a local directory in the diffusers Stable Diffusion layout (model_index.json + components).
-    model: str = "runwayml/stable-diffusion-v1-5"
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     variant: str | None = Field(
         None, description="weights variant to load, e.g. fp16 (the Hub checkpoints ship one)"
     )

@@ -10,18 +10,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="SERVICE_", extra="ignore", protected_namespaces=())
+class ServerSettings(BaseSettings):
+    """What one serving process honours whatever it serves: ports, limits on what clients send, logs, drain,
+    and how services sharing the process share the machine."""
 
-    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
-    dtype: str = Field("auto", description="auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16")
+    model_config = SettingsConfigDict(env_prefix="SERVER_", extra="ignore", protected_namespaces=())
+
     threads: int | None = Field(None, description="CPU threads for the model; None leaves the library default")
-    few_row_linears: bool = Field(
-        True,
-        description="on CPU in float32, compute decoding's few-row vocabulary projections (16M+ weights) as "
-        "weight @ x.T (kit.torch_models.FewRowLinear: Whisper's head 1.5-2x faster on AMD EPYC); false keeps "
-        "torch's kernels",
-    )
     warmup: bool = True
     compute_sharing: Literal["auto", "separate"] = Field(
         "auto", description="services sharing a process: auto = one model thread on CPU, GPU slots on a GPU; "
@@ -34,43 +29,17 @@ class ServiceSettings(BaseSettings):
     gpu_concurrency: int = Field(
         2, ge=1, description="services sharing a process on a GPU: model calls allowed to run at once"
     )
-
-    max_batch_size: int = Field(8, ge=1)
-    max_wait_ms: float = Field(
-        5.0, ge=0, description="how long the batcher waits to fill a batch while the model is busy"
-    )
-    wait_when_idle: bool = Field(
-        False, description="also wait max_wait_ms for company when the model is idle (TF Serving's batch "
-        "timeout); by default an idle model starts a lone request at once"
-    )
-    max_queue: int = Field(64, ge=1, description="queued requests beyond this are refused with 503")
-    request_timeout_s: float = Field(60.0, gt=0, description="a request still unanswered after this gets 504")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503/429")
-    max_request_cost: float | None = Field(
-        None, gt=0, description="a request whose cost (units per service) exceeds this gets 400; None = no budget"
-    )
-    max_batch_cost: float | None = Field(
-        None, gt=0, description="a batch stops taking requests once their summed cost would exceed this "
-        "(a lone request always runs); None = no cap"
-    )
-    max_queued_bytes: int = Field(
-        256 * 1024 * 1024, ge=0, description="payload bytes waiting in a batcher's queue; beyond it 503"
-    )
     max_concurrency: int = Field(
         128, ge=1, description="requests handled at once per process (REST and gRPC each); beyond it 503"
     )
-    liveness_stall_s: float = Field(
-        600.0, gt=0, description="/healthz fails while a batch has run this long without a progress beat"
-    )
     body_timeout_s: float = Field(60.0, gt=0, description="a request body still arriving after this gets 408")
-
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="REST bodies above this get 413")
     max_json_depth: int = Field(32, ge=1, description="JSON bodies nested deeper get 400 before parsing")
     max_json_elements: int = Field(
         10_000, ge=1, description="JSON bodies with more strings, arrays, objects and commas get 400 before parsing"
     )
     grpc_max_message_bytes: int = Field(32 * 1024 * 1024, ge=4 * 1024 * 1024)
-
     host: str = "0.0.0.0"
     rest_port: int = 8000
     grpc_port: int = 50051
@@ -84,8 +53,47 @@ class ServiceSettings(BaseSettings):
     metrics_port: int | None = Field(None, description="serve /metrics on this port instead of the REST port")
 
 
-class PlatformSettings(ServiceSettings):
-    """The all-in-one local platform: one REST and one gRPC port for every service."""
+class ServiceSettings(ServerSettings):
+    """A service's model and batching on top of its process's settings (a service alone is its own server)."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVICE_", extra="ignore", protected_namespaces=())
+
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    dtype: str = Field("auto", description="auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16")
+    few_row_linears: bool = Field(
+        True,
+        description="on CPU in float32, compute decoding's few-row vocabulary projections (16M+ weights) as "
+        "weight @ x.T (kit.torch_models.FewRowLinear: Whisper's head 1.5-2x faster on AMD EPYC); false keeps "
+        "torch's kernels",
+    )
+    max_batch_size: int = Field(8, ge=1)
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="how long the batcher waits to fill a batch while the model is busy"
+    )
+    wait_when_idle: bool = Field(
+        False, description="also wait max_wait_ms for company when the model is idle (TF Serving's batch "
+        "timeout); by default an idle model starts a lone request at once"
+    )
+    max_queue: int = Field(64, ge=1, description="queued requests beyond this are refused with 503")
+    request_timeout_s: float = Field(60.0, gt=0, description="a request still unanswered after this gets 504")
+    max_request_cost: float | None = Field(
+        None, gt=0, description="a request whose cost (units per service) exceeds this gets 400; None = no budget"
+    )
+    max_batch_cost: float | None = Field(
+        None, gt=0, description="a batch stops taking requests once their summed cost would exceed this "
+        "(a lone request always runs); None = no cap"
+    )
+    max_queued_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="payload bytes waiting in a batcher's queue; beyond it 503"
+    )
+    liveness_stall_s: float = Field(
+        600.0, gt=0, description="/healthz fails while a batch has run this long without a progress beat"
+    )
+
+
+class PlatformSettings(ServerSettings):
+    """The all-in-one local platform: one REST and one gRPC port for every service. Model and batching
+    settings stay with each service's own prefix (`TRANSLATION_MAX_BATCH_SIZE`...), so none are offered here."""
 
     model_config = SettingsConfigDict(env_prefix="PLATFORM_", extra="ignore", protected_namespaces=())
 

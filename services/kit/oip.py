@@ -84,6 +84,8 @@ class InferRequest:
     disconnected: Callable[[], Awaitable[bool]] | None = None
     # Parameters of the answer, e.g. the ones a model reports as not applied.
     response_parameters: dict[str, Any] = field(default_factory=dict)
+    # The outputs the client named (empty: all the model produces); a model may refuse or skip work by them.
+    requested_outputs: tuple[str, ...] = ()
 
     def bytes_input(self, name: str) -> bytes | None:
         """A one-element BYTES input (an encoded file, say), or None when it was not sent."""
@@ -353,7 +355,14 @@ def _json_data(spec: Tensor, array: np.ndarray) -> list | None:
         return None
 
 
-def _outputs(requested: list[Tensor], produced: Outputs) -> list[tuple[Tensor, np.ndarray]]:
+def _outputs(request: InferRequest, requested: list[Tensor], produced: Outputs) -> list[tuple[Tensor, np.ndarray]]:
+    """The outputs to send: all the model produced, or those the client named, each of which must exist."""
+    missing = [name for name in request.requested_outputs if name not in produced]
+    if missing:
+        raise InvalidArgument(
+            f"output '{missing[0]}' is not produced for this request (produced: {', '.join(produced)})",
+            field=missing[0],
+        )
     return [(spec, _output_array(spec, produced[spec.name])) for spec in requested if spec.name in produced]
 
 
@@ -441,7 +450,7 @@ def _rest_request(
     }
     request = InferRequest(
         model, version, str(document.get("id", "")), arrays, _check_parameters(model, parameters),
-        timeout=_timeout(parameters),
+        timeout=_timeout(parameters), requested_outputs=tuple(spec.name for spec in requested if outputs),
     )
     return request, requested, bool(parameters.get("binary_data_output")), binary_outputs
 
@@ -450,7 +459,7 @@ def _rest_response(
     request: InferRequest, requested: list[Tensor], produced: Outputs, all_binary: bool, binary: dict[str, bool]
 ) -> Response:
     entries, chunks = [], []
-    for spec, array in _outputs(requested, produced):
+    for spec, array in _outputs(request, requested, produced):
         entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
         data = None if (all_binary or binary.get(spec.name)) else _json_data(spec, array)
         if data is None:
@@ -568,7 +577,8 @@ def _grpc_request(registry: Registry, message) -> tuple[InferRequest, list[Tenso
     parameters = {key: _parameter_value(value) for key, value in message.parameters.items()}
     requested = _requested_outputs(model, [output.name for output in message.outputs])
     request = InferRequest(
-        model, version, message.id, arrays, _check_parameters(model, parameters), timeout=_timeout(parameters)
+        model, version, message.id, arrays, _check_parameters(model, parameters), timeout=_timeout(parameters),
+        requested_outputs=tuple(output.name for output in message.outputs),
     )
     return request, requested
 
@@ -588,7 +598,7 @@ def _grpc_response(request: InferRequest, requested: list[Tensor], produced: Out
     response = pb.ModelInferResponse(model_name=request.model.name, model_version=request.version, id=request.id)
     for key, value in request.response_parameters.items():
         _set_parameter(response.parameters[key], value)
-    for spec, array in _outputs(requested, produced):
+    for spec, array in _outputs(request, requested, produced):
         response.outputs.add(name=spec.name, datatype=spec.datatype, shape=list(array.shape))
         response.raw_output_contents.append(_raw(spec, array))
     return response

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,6 +40,31 @@ def error_response(error: ServiceError, error_body=None) -> JSONResponse:
     return JSONResponse(body, status_code=int(error.http_status), headers=error.headers())
 
 
+class ErrorBodies:
+    """Each service's error shape on its own routes (TF Serving's `{"error": "..."}` on the ViT routes, say);
+    elsewhere the shape of a process's only service, or the kit's."""
+
+    def __init__(self, by_route: dict[str, Callable[[ServiceError], dict]], default):
+        self.by_route = by_route
+        self.default = default
+
+    @classmethod
+    def of(cls, services: list[Service]) -> "ErrorBodies":
+        by_route = {
+            route.path: service.error_body
+            for service in services
+            if service.router is not None and service.error_body is not None
+            for route in iter_route_contexts(service.router.routes)
+        }
+        return cls(by_route, services[0].error_body if len(services) == 1 else None)
+
+    def for_path(self, route_path: str | None):
+        return self.by_route.get(route_path, self.default) if route_path else self.default
+
+    def for_request(self, request: Request):
+        return self.for_path(getattr(request.scope.get("route"), "path", None))
+
+
 class ServingMiddleware:
     """Pure ASGI (not BaseHTTPMiddleware) so that streamed responses pass through untouched.
 
@@ -53,7 +79,7 @@ class ServingMiddleware:
         settings: ServiceSettings,
         api_keys: ApiKeys,
         routes: list,
-        error_body=None,
+        error_bodies=None,
         service: str = "modelserve",
         metrics_paths: frozenset[str] = frozenset({METRICS_PATH}),
     ):
@@ -61,7 +87,7 @@ class ServingMiddleware:
         self.metrics_paths = metrics_paths
         metrics.REJECTED.labels(batcher="rest", reason="concurrency")  # at 0 from the start, for rate()
         self.service = service
-        self.error_body = error_body
+        self.error_bodies = error_bodies or ErrorBodies({}, None)
         self.state = state
         self.max_body_bytes = settings.max_body_bytes
         self.max_json_depth = settings.max_json_depth
@@ -95,7 +121,7 @@ class ServingMiddleware:
             return await self.app(scope, receive, send_with_id)
         if path in self.metrics_paths:  # answers while loading, but only to a key holder when keys are on
             error = self._check_key(headers)
-            app = error_response(error, self.error_body) if error else self.app
+            app = error_response(error, self.error_bodies.for_path(path)) if error else self.app
             return await app(scope, receive, send_with_id)
 
         span = self._server_span(scope, request_id) if tracing.enabled() else None
@@ -126,7 +152,8 @@ class ServingMiddleware:
             # Label by route template, never the raw path: random paths must not grow /metrics (or traces).
             record.route = self._route_template(scope)
             metrics.REQUESTS.labels("rest", record.route, str(int(error.http_status))).inc()
-            return await error_response(error, self.error_body)(scope, receive, send_with_id)
+            body = self.error_bodies.for_path(record.route)
+            return await error_response(error, body)(scope, receive, send_with_id)
 
         received = 0
         body_done = False
@@ -229,31 +256,31 @@ def create_rest_app(
     # for REST and gRPC and also for the requests it refuses before FastAPI sees them.
     app = FastAPI(title=title, telemetry={"tracing": False, "metrics": False, "logs": False}, **docs)
     api_keys = api_keys or ApiKeys.from_env()
-    error_body = next((s.error_body for s in services if s.error_body), None)
+    error_bodies = ErrorBodies.of(services)
 
     @app.exception_handler(ServiceError)
-    async def service_error(_: Request, exc: ServiceError):
-        return error_response(exc, error_body)
+    async def service_error(request: Request, exc: ServiceError):
+        return error_response(exc, error_bodies.for_request(request))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError):
-        return error_response(describe(exc.errors()), error_body)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return error_response(describe(exc.errors()), error_bodies.for_request(request))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException):
+    async def http_error(request: Request, exc: StarletteHTTPException):
         code = {
             400: "invalid_argument", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
             413: "payload_too_large",
         }.get(exc.status_code, "http_error")
         body = {"error": {"code": code, "message": str(exc.detail), "type": code}}
-        if error_body:
+        if error_body := error_bodies.for_request(request):
             body = error_body(ServiceError(str(exc.detail)))
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def unexpected_error(_: Request, exc: Exception):
+    async def unexpected_error(request: Request, exc: Exception):
         log.exception("unhandled error")
-        return error_response(ServiceError(f"internal error: {type(exc).__name__}"), error_body)
+        return error_response(ServiceError(f"internal error: {type(exc).__name__}"), error_bodies.for_request(request))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():
@@ -298,7 +325,7 @@ def create_rest_app(
 
     app.add_middleware(
         ServingMiddleware, state=state, settings=settings, api_keys=api_keys, routes=app.router.routes,
-        error_body=error_body, service=services[0].name if len(services) == 1 else "platform",
+        error_bodies=error_bodies, service=services[0].name if len(services) == 1 else "platform",
         metrics_paths=frozenset({METRICS_PATH, *(path for service in services for path in service.metrics_paths)}),
     )
     return app

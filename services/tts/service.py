@@ -1,9 +1,10 @@
-"""Assembles the TTS service for the kit: runner, batchers, routes, servicer."""
+"""Assembles the TTS service for the kit: runner, batchers, routes, servicer, Open Inference Protocol models."""
 
 from protos import tts_pb2_grpc as pb_grpc
 from services.kit.service import GrpcServicer, Service
 
 from .grpc_servicer import SERVICE_NAME, TextToSpeechServicer
+from .oip import oip_models
 from .rest import create_router
 from .runner import SpeechRunner, model_name
 from .settings import TTSSettings
@@ -29,6 +30,7 @@ def create_service(settings: TTSSettings | None = None) -> Service:
             SERVICE_NAME,
         )
     )
+    service.oip.extend(oip_models(runner, speech, conversion, settings))
     service.models = lambda: [
         {"id": model_name(settings.model), "task": "text-to-speech", "aliases": list(settings.model_aliases)},
         {"id": model_name(settings.vc_model), "task": "voice-conversion"},

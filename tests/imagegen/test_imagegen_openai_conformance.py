@@ -35,6 +35,7 @@ from openai.types.image_generate_params import ImageGenerateParamsBase, ImageGen
 from openai.types.image_model import ImageModel
 from PIL import Image
 
+from services.imagegen.images import reference_sheet
 from services.imagegen.service import create_service
 from services.kit.testing import ServerThread
 
@@ -238,6 +239,11 @@ def edit_modes(outcome, _):
     assert outcome.headers["x-modelserve-image-size"] == "64x64"
 
 
+def side_by_side(outcome, _):
+    # Two 64x64 sources are redrawn together on one 128x64 sheet.
+    assert outcome.headers["x-modelserve-image-size"] == "128x64"
+
+
 MODELS = list(typing.get_args(ImageModel))
 GENERATE_HINTS = typing.get_type_hints(ImageGenerateParamsBase)
 EDIT_HINTS = typing.get_type_hints(ImageEditParamsBase)
@@ -251,7 +257,7 @@ def one_image(outcome, _):
 COMMON = [
     Case("background", "opaque", HONOURED, background_opaque),
     Case("background", "auto", HONOURED, background_opaque),
-    Case("background", "transparent", REFUSED),
+    Case("background", "transparent", IGNORED),
     *[Case("complexity", value, IGNORED) for value in ("low", "medium", "high")],
     Case("frame_count", 4, REFUSED),
     Case("frame_duration_ms", 200, REFUSED),
@@ -275,7 +281,7 @@ COMMON = [
     *[Case("output_format", fmt, HONOURED, output_format_is) for fmt in ("png", "webp", "jpeg")],
     *[Case("output_format", fmt, REFUSED) for fmt in ("gif", "svg")],
     Case("partial_images", 0, HONOURED, one_image),
-    Case("partial_images", 2, REFUSED),  # previews exist only in streams (see the stream tests)
+    Case("partial_images", 2, IGNORED),  # previews exist only in streams (see the stream tests)
     Case("response_format", "url", HONOURED, answered_as("url")),
     Case("response_format", "b64_json", HONOURED, answered_as("b64_json")),
     Case("response_format", "url", REFUSED, extra={"model": "gpt-image-1.5"}),
@@ -301,7 +307,13 @@ GENERATE_CASES = [
 EDIT_CASES = [
     *COMMON,
     Case("prompt", "a red lighthouse", HONOURED, edit_modes),
-    Case("image", [("a.png", SOURCE_PNG, "image/png"), ("b.png", SOURCE_PNG, "image/png")], REFUSED),
+    Case(
+        "image",
+        [("a.png", SOURCE_PNG, "image/png"), ("b.png", SOURCE_PNG, "image/png")],
+        HONOURED,
+        side_by_side,
+    ),
+    Case("image", [("a.png", SOURCE_PNG, "image/png")] * 17, REFUSED),  # OpenAI's limit is 16
     Case("image", [("a.png", SOURCE_PNG, "image/png")], HONOURED, edit_modes),
     *[Case("input_fidelity", value, IGNORED) for value in ("high", "low")],
     Case("markup", ("m.png", MASK_PNG, "image/png"), REFUSED),
@@ -533,7 +545,12 @@ def test_edits_take_json_with_data_urls_like_uploads(client, server):
         ({"images": [{"image_url": "data:image/png;base64,@@@"}]}, 400, "images[0].image_url"),
         ({"images": [{"image_url": data_url(b"not a png")}]}, 415, "images[0]"),
         ({"images": [{"image_url": data_url(png(Image.new("RGB", (200, 200))))}]}, 413, "images[0]"),
-        ({"images": [{"image_url": data_url(SOURCE_PNG)}] * 2}, 400, "images"),
+        ({"images": [{"image_url": data_url(SOURCE_PNG)}] * 17}, 400, "images"),
+        (
+            {"images": [{"image_url": data_url(SOURCE_PNG)}] * 2, "mask": {"image_url": data_url(MASK_PNG)}},
+            400,
+            "mask",
+        ),
         ({"images": []}, 400, "images"),
         (
             {"images": [{"image_url": data_url(SOURCE_PNG)}], "mask": {"file_id": "file-m"}},
@@ -550,7 +567,16 @@ def test_json_edits_refuse_what_they_cannot_read(server, body, status, param):
     if param == "images[0].file_id":
         assert "no Files API" in error["message"]
     if param == "images":
-        assert "one image" in error["message"] or "at least 1" in error["message"]
+        assert "at most 16 images" in error["message"] or "at least 1" in error["message"]
+
+
+def test_several_edit_images_are_drawn_side_by_side_on_one_sheet():
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    uploads = [(f"images[{i}]", png(Image.new("RGB", (32, 16), color))) for i, color in enumerate(colors)]
+    sheet = np.asarray(reference_sheet(uploads, max_pixels=64 * 64))
+    assert sheet.shape == (32, 64, 3)  # a 2x2 grid of 32x16 cells (the first image's shape)
+    cells = [sheet[8, 16], sheet[8, 48], sheet[24, 16], sheet[24, 48]]
+    assert [tuple(cell) for cell in cells] == [*colors, (255, 255, 255)]  # the empty cell stays white
 
 
 def test_uploads_obey_the_same_pixel_limit(server):

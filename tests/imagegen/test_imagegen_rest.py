@@ -190,7 +190,7 @@ def test_output_formats(server, fmt, pil_format):
         ({"prompt": "x", "output_format": "gif"}, "output_format"),
         ({"prompt": "x", "output_compression": 50}, "output_compression"),
         ({"prompt": "x", "model": "gpt-image-1", "response_format": "url"}, "response_format"),
-        ({"prompt": "x", "partial_images": 2}, "partial_images"),
+        ({"prompt": "x", "partial_images": 200, "stream": True}, "partial_images"),
         ({"prompt": "x", "strength": 0.5}, "strength"),
         ({"prompt": "   "}, "prompt"),
         ({"size": "64x64"}, "prompt"),

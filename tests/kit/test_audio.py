@@ -1,5 +1,4 @@
 import io
-import struct
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from services.kit.audio import (
     supported_output_formats,
 )
 from services.kit.errors import InvalidArgument, PayloadTooLarge, UnsupportedMediaType
+from tests.audio_files import flac_claiming, wav_header
 
 
 def tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
@@ -30,24 +30,6 @@ def file_bytes(samples: np.ndarray, rate: int, fmt: str, subtype: str | None = N
 def dominant_frequency(samples: np.ndarray, rate: int) -> float:
     spectrum = np.abs(np.fft.rfft(samples))
     return float(np.fft.rfftfreq(samples.size, 1 / rate)[spectrum.argmax()])
-
-
-def wav_header(rate: int, channels: int = 1, frames: int = 1000) -> bytes:
-    """A 16-bit PCM WAV written by hand, so that its header can say anything."""
-    body = bytes(frames * channels * 2)
-    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * channels * 2, channels * 2, 16)
-    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(body)) + body
-    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
-
-
-def flac_claiming(data: bytes, total_frames: int) -> bytes:
-    """The FLAC file with its STREAMINFO total-samples field (36 bits; 0 = unknown) replaced."""
-    patched = bytearray(data)
-    start = 4 + 4 + 10  # "fLaC", metadata block header, then block sizes and frame sizes
-    field = int.from_bytes(patched[start : start + 8], "big")
-    field = (field & ~((1 << 36) - 1)) | total_frames
-    patched[start : start + 8] = field.to_bytes(8, "big")
-    return bytes(patched)
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,9 @@
 """Translation work budgets, cancellation inside generate() and one length limit per call, with the tiny FSMT
 models behind a real server on loopback."""
 
-import asyncio
 import json
 import logging
 import socket
-import threading
 import time
 
 import grpc
@@ -14,7 +12,6 @@ import pytest
 
 from protos import translation_pb2 as pb
 from protos import translation_pb2_grpc as pb_grpc
-from services.kit.batcher import Work
 from services.kit.testing import ServerThread
 from services.translation.schemas import TranslateRequest, build_job
 from services.translation.service import create_service
@@ -60,20 +57,9 @@ def stub(server):
 
 
 @pytest.fixture
-def decoder_steps(runner):
-    """Counts forward passes of the en-de decoder (one per generated token); `on_step(n)` runs at each."""
-
-    class Steps:
-        count = 0
-        on_step = staticmethod(lambda n: None)
-
-    def hook(module, args, output):
-        Steps.count += 1
-        Steps.on_step(Steps.count)
-
-    handle = runner.models["en-de"].model.decoder.register_forward_hook(hook)
-    yield Steps
-    handle.remove()
+def decoder_steps(runner, count_passes):
+    """Forward passes of the en-de decoder (one per generated token)."""
+    return count_passes(decoder=runner.models["en-de"].model.decoder)
 
 
 def translate(server, **body) -> httpx.Response:
@@ -92,7 +78,7 @@ def test_the_attack_is_refused_at_once_naming_the_budget(server, decoder_steps):
     assert error["param"] == "max_request_cost"
     assert "1.04858e+06" in error["message"] or "1048576" in error["message"]
     assert "TRANSLATION_MAX_REQUEST_COST" in error["message"]
-    assert decoder_steps.count == 0, "a refused request must not reach the model"
+    assert decoder_steps.decoder == 0, "a refused request must not reach the model"
     assert elapsed < 2, f"refusal took {elapsed:.2f} s"
     assert translate(server, text="Hello world.", source_lang="en", target_lang="de").status_code == 200
 
@@ -102,7 +88,7 @@ def test_grpc_refuses_the_attack_with_invalid_argument(stub, decoder_steps):
         stub.Translate(pb.TranslateRequest(**ATTACK), timeout=10)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "TRANSLATION_MAX_REQUEST_COST" in error.value.details()
-    assert decoder_steps.count == 0
+    assert decoder_steps.decoder == 0
     assert stub.Translate(pb.TranslateRequest(text=["Hello"], source_lang="en", target_lang="de")).translations
 
 
@@ -146,58 +132,36 @@ def test_extreme_length_penalty_is_refused(server, value):
 # -- cancellation inside generate() -------------------------------------------------------------------------------
 
 
-def make_work(runner, loop, **request) -> Work:
-    job = build_job(TranslateRequest(source_lang="en", target_lang="de", **request), runner.settings)
-    return Work(payload=job, key=job.batch_key, enqueued_at=time.monotonic(), deadline=None,
-                _future=loop.create_future(), _loop=loop)
+def translation_job(runner, **request):
+    return build_job(TranslateRequest(source_lang="en", target_lang="de", **request), runner.settings)
 
 
 @pytest.mark.parametrize("cause", ["client gone", "deadline"])
 @pytest.mark.parametrize("beams", [1, 4])
-def test_generate_stops_within_a_step_once_the_request_is_cancelled(runner, decoder_steps, cause, beams):
-    loop = asyncio.new_event_loop()
-    try:
-        work = make_work(runner, loop, text=["Hello world.", "Good night"], num_beams=beams,
-                         max_new_tokens=LONG_TOKENS)
-
-        def cancel(step):
-            if step == CANCEL_AT:
-                if cause == "client gone":
-                    work._future.cancel()  # what the batcher does when the client disconnects
-                else:
-                    work.deadline = time.monotonic()
-
-        decoder_steps.on_step = cancel
-        runner.predict_batch([work])
-    finally:
-        loop.close()
-    assert decoder_steps.count <= CANCEL_AT + 1, f"decoded {decoder_steps.count} steps after the cancel"
+def test_generate_stops_within_a_step_once_the_request_is_cancelled(
+    runner, decoder_steps, queued_work, cause, beams
+):
+    work = queued_work(
+        translation_job(runner, text=["Hello world.", "Good night"], num_beams=beams, max_new_tokens=LONG_TOKENS)
+    )
+    decoder_steps.cancel_at("decoder", CANCEL_AT, [work], cause)
+    runner.predict_batch([work])
+    assert decoder_steps.decoder <= CANCEL_AT + 1, f"decoded {decoder_steps.decoder} steps after the cancel"
 
 
-def test_one_waiting_request_keeps_the_batch_decoding(runner, decoder_steps):
-    loop = asyncio.new_event_loop()
-    try:
-        gone = make_work(runner, loop, text="Hello world.", max_new_tokens=LONG_TOKENS, num_beams=1)
-        waiting = make_work(runner, loop, text="Good night", max_new_tokens=LONG_TOKENS, num_beams=1)
-        decoder_steps.on_step = lambda step: step == CANCEL_AT and gone._future.cancel()
-        results = runner.predict_batch([gone, waiting])
-    finally:
-        loop.close()
+def test_one_waiting_request_keeps_the_batch_decoding(runner, decoder_steps, queued_work):
+    gone = queued_work(translation_job(runner, text="Hello world.", max_new_tokens=LONG_TOKENS, num_beams=1))
+    waiting = queued_work(translation_job(runner, text="Good night", max_new_tokens=LONG_TOKENS, num_beams=1))
+    decoder_steps.cancel_at("decoder", CANCEL_AT, [gone])
+    results = runner.predict_batch([gone, waiting])
     # The random tiny model never emits end-of-text: the whole length proves nothing else stopped it.
-    assert decoder_steps.count == LONG_TOKENS
+    assert decoder_steps.decoder == LONG_TOKENS
     assert len(results[1][0]) > 0
 
 
 def test_a_disconnected_rest_client_frees_the_model_within_a_step(server, decoder_steps):
     """End to end: the server notices the closed connection, the batcher cancels the work, generate stops."""
-    reached, resume = threading.Event(), threading.Event()
-
-    def pause(step):
-        if step == CANCEL_AT:
-            reached.set()
-            resume.wait(10)
-
-    decoder_steps.on_step = pause
+    decoder_steps.pause("decoder", CANCEL_AT)
     body = json.dumps({"text": ["Hello world.", "Good night"], "source_lang": "en", "target_lang": "de",
                        "num_beams": 4, "max_new_tokens": LONG_TOKENS}).encode()
     head = (f"POST /v1/translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -205,20 +169,20 @@ def test_a_disconnected_rest_client_frees_the_model_within_a_step(server, decode
     gone_before = client_gone_count(server)
     with socket.create_connection(("127.0.0.1", server.settings.rest_port)) as client:
         client.sendall(head + body)
-        assert reached.wait(30), "the request never reached the model"
+        assert decoder_steps.reached.wait(30), "the request never reached the model"
     try:
         deadline = time.monotonic() + 10
         while client_gone_count(server) == gone_before:
             assert time.monotonic() < deadline, "the server never noticed the disconnect"
             time.sleep(0.05)
     finally:
-        resume.set()
+        decoder_steps.release.set()
     batcher = server.services[0].batchers[0]
     deadline = time.monotonic() + 30
     while batcher.busy:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    assert decoder_steps.count <= CANCEL_AT + 1, f"decoded {decoder_steps.count} steps after the disconnect"
+    assert decoder_steps.decoder <= CANCEL_AT + 1, f"decoded {decoder_steps.decoder} steps after the disconnect"
 
 
 def client_gone_count(server) -> float:

@@ -71,3 +71,15 @@ def test_service_limits_apply_as_on_rest(server):
                      parameters={"source_lang": "en", "target_lang": "de", "num_beams": 1000})
     with pytest.raises(InferenceServerException, match="fr-de"):
         client.infer("translation", [texts_input(triton_http)], parameters={"source_lang": "fr", "target_lang": "de"})
+
+
+def test_an_output_asked_for_by_name_that_this_request_does_not_produce_is_refused(server):
+    client = triton_http.InferenceServerClient(server.rest_url.removeprefix("http://"))
+    outputs = [triton_http.InferRequestedOutput("alternatives")]
+    with pytest.raises(InferenceServerException, match="alternatives"):
+        client.infer("translation", [texts_input(triton_http)], outputs=outputs,
+                     parameters={"source_lang": "en", "target_lang": "de"})
+    outputs = [triton_http.InferRequestedOutput("translations")]
+    result = client.infer("translation", [texts_input(triton_http)], outputs=outputs,
+                          parameters={"source_lang": "en", "target_lang": "de"})
+    assert result.as_numpy("model") is None and len(result.as_numpy("translations")) == 2

@@ -1,0 +1,165 @@
+"""Image generation over the Open Inference Protocol (v2): the model "imagegen".
+
+Text-to-image; image-to-image when a source image is sent; inpainting when a mask comes with it.
+
+Inputs (one datatype per name, so each form of an image has its own input):
+- prompt        BYTES [1]        UTF-8 text.
+- image         BYTES [1]        optional: an encoded PNG/JPEG/WebP, its header's size checked before decoding.
+- image_pixels  UINT8 [H, W, 3]  optional: the same as RGB pixels, H x W bounded by the declared shape.
+- mask          BYTES [1]        optional: an encoded mask (transparent pixels, or white in an opaque one, redraw).
+- mask_pixels   UINT8 [H, W]     optional: a grey-scale mask, 255 redraws and 0 keeps.
+Parameters: negative_prompt, n, steps, guidance_scale, seed, scheduler, width, height, strength (the gRPC
+Generate fields, checked by the same schema), and partial_images over ModelStreamInfer only.
+Outputs:
+- images        UINT8 [N, H, W, 3]  the pixels.
+- images_png    BYTES [N]           the same pixels as PNG files, byte for byte what REST's b64_json holds.
+- seeds         INT64 [N]           image i's seed (seed + i): send it back to get the same pixels.
+- nsfw_content_detected  BOOL [N]   only when the safety checker ran.
+ModelStreamInfer answers `step`/`total_steps` after every denoising step, `partial_images` (latent-sized
+previews, [N, H/8, W/8, 3]) when asked for, and then the outputs above. Each answer's parameters carry the task.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+from PIL import Image
+
+from services.kit.batcher import Done, DynamicBatcher
+from services.kit.errors import InvalidArgument
+from services.kit.oip import InferRequest, OipModel, Outputs, Parameter, Tensor
+from services.kit.validation import parse
+
+from .images import decode_image, encode_image, mask_from
+from .runner import GeneratedImage, ImageGenRunner, ImageJob, Preview, Progress
+from .schemas import GenerateFields, build_job
+from .settings import ImageGenSettings
+
+MODEL_NAME = "imagegen"
+PARAMETERS = [
+    Parameter("negative_prompt", str),
+    Parameter("n", int),
+    Parameter("steps", int),
+    Parameter("guidance_scale", float),
+    Parameter("seed", int),
+    Parameter("scheduler", str),
+    Parameter("width", int),
+    Parameter("height", int),
+    Parameter("strength", float),
+    Parameter("partial_images", int),
+]
+
+
+def create_oip_model(runner: ImageGenRunner, batcher: DynamicBatcher, settings: ImageGenSettings) -> OipModel:
+    limit = settings.max_input_pixels
+    inputs = [
+        Tensor("prompt", "BYTES", (1,)),
+        Tensor("image", "BYTES", (1,), optional=True),
+        # The declared H x W is refused beyond the upload limit before any pixel is read.
+        Tensor("image_pixels", "UINT8", (-1, -1, 3), max_elements=3 * limit, optional=True),
+        Tensor("mask", "BYTES", (1,), optional=True),
+        Tensor("mask_pixels", "UINT8", (-1, -1), max_elements=limit, optional=True),
+    ]
+    outputs = [
+        Tensor("images", "UINT8", (-1, -1, -1, 3)),
+        Tensor("images_png", "BYTES", (-1,)),
+        Tensor("seeds", "INT64", (-1,)),
+        Tensor("nsfw_content_detected", "BOOL", (-1,)),
+        Tensor("step", "INT32", (1,)),
+        Tensor("total_steps", "INT32", (1,)),
+        Tensor("partial_images", "UINT8", (-1, -1, -1, 3)),
+    ]
+
+    async def prepare(request: InferRequest, streaming: bool) -> tuple[ImageJob, int]:
+        fields = {**request.parameters, "prompt": request.text_input("prompt")[0]}
+        body = parse(GenerateFields, fields)
+        size = body.size
+
+        def build() -> ImageJob:
+            image = source(request, "image", "image_pixels", limit)
+            mask = source(request, "mask", "mask_pixels", limit)
+            return build_job(
+                body,
+                runner,
+                size=size,
+                size_field="width",
+                streaming=streaming,
+                strength=body.strength,
+                image=image,
+                mask=None if mask is None else mask_from(mask),
+            )
+
+        job = await asyncio.to_thread(build)
+        request.response_parameters["task"] = job.task
+        nbytes = sum(
+            len(array.reshape(-1)[0]) if array.dtype == object else array.nbytes
+            for array in request.inputs.values()
+        )
+        return job, nbytes
+
+    async def infer(request: InferRequest) -> Outputs:
+        job, nbytes = await prepare(request, streaming=False)
+        images = await batcher.submit(
+            job,
+            key=job.batch_key,
+            timeout=request.timeout,
+            disconnected=request.disconnected,
+            cost=job.cost,
+            nbytes=nbytes,
+        )
+        return await asyncio.to_thread(results, images)
+
+    async def stream(request: InferRequest) -> AsyncIterator[Outputs]:
+        job, nbytes = await prepare(request, streaming=True)
+        async for event in batcher.stream(
+            job,
+            key=job.batch_key,
+            timeout=request.timeout,
+            disconnected=request.disconnected,
+            cost=job.cost,
+            nbytes=nbytes,
+        ):
+            if isinstance(event, Progress):
+                yield {"step": [event.step], "total_steps": [event.total_steps]}
+            elif isinstance(event, Preview):
+                yield {
+                    "partial_images": stacked(event.images),
+                    "step": [event.step],
+                    "total_steps": [event.total_steps],
+                }
+            elif isinstance(event, Done):
+                yield await asyncio.to_thread(results, event.result)
+
+    return OipModel(MODEL_NAME, inputs, outputs, infer, parameters=PARAMETERS, stream=stream)
+
+
+def source(request: InferRequest, encoded_name: str, pixels_name: str, max_pixels: int) -> Image.Image | None:
+    """An image (or mask) from its encoded input or its pixels input, whichever was sent."""
+    encoded = request.bytes_input(encoded_name)
+    pixels = request.inputs.get(pixels_name)
+    if encoded is not None and pixels is not None:
+        raise InvalidArgument(
+            f"{pixels_name}: send {encoded_name} or {pixels_name}, not both", field=pixels_name
+        )
+    if encoded is not None:
+        return decode_image(encoded, field=encoded_name, max_pixels=max_pixels)
+    if pixels is None:
+        return None
+    if 0 in pixels.shape:
+        raise InvalidArgument(f"{pixels_name}: shape {list(pixels.shape)} holds no pixels", field=pixels_name)
+    return Image.fromarray(np.ascontiguousarray(pixels))
+
+
+def stacked(images) -> np.ndarray:
+    return np.stack([np.asarray(image.convert("RGB")) for image in images])
+
+
+def results(images: list[GeneratedImage]) -> Outputs:
+    produced: Outputs = {
+        "images": stacked(generated.image for generated in images),
+        "images_png": [encode_image(generated.image, "png") for generated in images],
+        "seeds": np.array([generated.seed for generated in images], dtype=np.int64),
+    }
+    if images and images[0].nsfw is not None:
+        produced["nsfw_content_detected"] = np.array([generated.nsfw for generated in images], dtype=np.bool_)
+    return produced
