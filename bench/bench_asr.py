@@ -36,9 +36,9 @@ from transformers import GenerationConfig, WhisperConfig, WhisperForCausalLM, Wh
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from services.asr.runner import AsrJob, AsrRunner, DecodeOptions  # noqa: E402
+from services.asr.runner import ASRJob, ASRRunner, DecodeOptions  # noqa: E402
 from services.asr.service import create_service  # noqa: E402
-from services.asr.settings import AsrSettings  # noqa: E402
+from services.asr.settings import ASRSettings  # noqa: E402
 from services.kit.testing import ServerThread  # noqa: E402
 
 TINY = REPO / "models" / "asr" / "whisper"
@@ -108,28 +108,28 @@ def build_larger_pair(work: Path) -> tuple[Path, Path]:
 
 
 def batch1(name: str, main: Path, assistant: Path, clips: int, threads: int, max_new_tokens: int) -> dict:
-    runner = AsrRunner(
-        AsrSettings(
+    runner = ASRRunner(
+        ASRSettings(
             model=str(main), assistant_model=str(assistant), threads=threads, max_new_tokens=max_new_tokens
         )
     )
     runner.load()
     torch.set_num_threads(threads)
     runner.warmup()
-    jobs = [AsrJob(speech_like(3 + i % 5, seed=i), DecodeOptions(), "en") for i in range(clips)]
+    jobs = [ASRJob(speech_like(3 + i % 5, seed=i), DecodeOptions(), "en") for i in range(clips)]
     times = {"plain": [], "assisted": []}
     passes = {"plain": 0, "assisted": 0}
     identical = True
-    drafted_before, accepted_before = runner.tally.drafted, runner.tally.accepted
+    drafted_before, accepted_before = runner.draft_counts()
     for i, job in enumerate(jobs):
         tokens = {}
         # Alternate which path runs first so that neither always gets a warm cache.
         for path in ("plain", "assisted") if i % 2 == 0 else ("assisted", "plain"):
-            before = runner.tally.main_passes
+            before = runner.main_passes
             started = time.perf_counter()
             tokens[path] = runner.transcribe([job], path, record=False)[0].tokens
             times[path].append(time.perf_counter() - started)
-            passes[path] += runner.tally.main_passes - before
+            passes[path] += runner.main_passes - before
         identical &= tokens["plain"] == tokens["assisted"]
     # The encoder runs once per clip on either path; speculative decoding only shortens what follows it.
     encoder = []
@@ -140,8 +140,8 @@ def batch1(name: str, main: Path, assistant: Path, clips: int, threads: int, max
             runner.model.model.encoder(features)
             encoder.append(time.perf_counter() - started)
     encoder_s = statistics.median(encoder)
-    drafted = runner.tally.drafted - drafted_before
-    accepted = runner.tally.accepted - accepted_before
+    drafted_now, accepted_now = runner.draft_counts()
+    drafted, accepted = drafted_now - drafted_before, accepted_now - accepted_before
     plain, assisted = statistics.median(times["plain"]), statistics.median(times["assisted"])
     return {
         "pair": name,
@@ -213,7 +213,7 @@ def under_load(main: Path, assistant: Path, levels: list[int], rounds: int, args
     tuning = {"adaptive_threshold": args.threshold} if args.threshold is not None else {}
     if args.max_wait_ms is not None:
         tuning["max_wait_ms"] = args.max_wait_ms
-    settings = AsrSettings(
+    settings = ASRSettings(
         **tuning,
         model=str(main),
         assistant_model=str(assistant),
@@ -251,7 +251,7 @@ def print_batch1(rows: list[dict]) -> None:
         )
 
 
-def print_load_header(settings: AsrSettings) -> None:
+def print_load_header(settings: ASRSettings) -> None:
     print(
         "\n## Through the server, larger pair: throughput (req/s) and p95 latency (s); adaptive threshold "
         f"{settings.adaptive_threshold}, batching window {settings.max_wait_ms:g} ms\n"

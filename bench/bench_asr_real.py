@@ -8,7 +8,7 @@
    torch's stock linear kernels and with the kit's `FewRowLinear` (what the service runs on CPU).
 2. Batch 1 over the 30 held-out English clips, greedy: plain decoding with stock and with few-row kernels;
    assisted with the full head and transformers' default candidate generator (an inner `generate()` per
-   round, stock kernels: the issue's starting point); assisted with the restricted head and
+   round, stock kernels: what transformers does out of the box); assisted with the restricted head and
    `services.asr.drafting`'s draft loop, with both kernels. Speed-ups are given against plain decoding with
    stock kernels (transformers as shipped) and against plain decoding with few-row kernels (the service's own
    plain path, the stricter baseline). The decoding phase is timed apart from the encoder: each clip is
@@ -58,7 +58,7 @@ from services.asr.drafting import (  # noqa: E402
     cross_attention_kv,
 )
 from services.asr.service import create_service  # noqa: E402
-from services.asr.settings import AsrSettings  # noqa: E402
+from services.asr.settings import ASRSettings  # noqa: E402
 from services.kit.testing import ServerThread  # noqa: E402
 from services.kit.torch_models import use_few_row_linears  # noqa: E402
 
@@ -379,7 +379,7 @@ def server(args: argparse.Namespace) -> None:
     tuning = {"adaptive_threshold": args.threshold} if args.threshold is not None else {}
     # The draft rounds of the batch-1 part's first setting (the cpu overlay's).
     confidence = args.confidence.split(",")[0]
-    settings = AsrSettings(
+    settings = ASRSettings(
         **tuning,
         draft_tokens=int(args.num_tokens.split(",")[0]),
         draft_confidence=0 if confidence == "none" else float(confidence),

@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from services.asr.chunking import AUTO, find_chunks, transcribe_chunked  # noqa: E402
-from services.asr.runner import SAMPLE_RATE, AsrJob, AsrRunner  # noqa: E402
-from services.asr.settings import AsrSettings  # noqa: E402
+from services.asr.runner import SAMPLE_RATE, ASRJob, ASRRunner  # noqa: E402
+from services.asr.settings import ASRSettings  # noqa: E402
 from services.asr.vad import default_vad  # noqa: E402
 
 REAL = REPO / "models" / "real"
@@ -106,20 +106,20 @@ def main() -> None:
     audio, reference, spoken = long_clip(args.models / "speech", args.minutes * 60, pause, args.seed)
     duration = audio.size / SAMPLE_RATE
 
-    settings = AsrSettings(
+    settings = ASRSettings(
         model=str(args.models / "whisper-base"),
         assistant_model=str(args.models / "whisper-base-assistant-2l"),
         threads=args.threads,
         max_audio_seconds=max(1800.0, duration),
         log_level="warning",
     )
-    runner = AsrRunner(settings)
+    runner = ASRRunner(settings)
     runner.load()
     runner.warmup()
     vad = default_vad()
     find_chunks(audio[: 10 * SAMPLE_RATE], AUTO, vad)  # warm-up
 
-    job = AsrJob(audio, language="en")
+    job = ASRJob(audio, language="en")
     chunks, vad_seconds, _ = timed(lambda: find_chunks(audio, AUTO, vad))
     chunk_audio = sum(chunk.samples for chunk in chunks) / SAMPLE_RATE
     rows = []
@@ -141,9 +141,9 @@ def main() -> None:
         ),
     ):
         print(f"  {name} ...", file=sys.stderr, flush=True)
-        passes = runner.tally.main_passes
+        passes = runner.main_passes
         transcript, seconds, cpu = timed(run)
-        passes = runner.tally.main_passes - passes
+        passes = runner.main_passes - passes
         rows.append((name, seconds, cpu, word_error_rate(reference, transcript.text), passes, windows))
 
     print(
@@ -173,7 +173,7 @@ def main() -> None:
         ("digital silence", np.zeros(40 * SAMPLE_RATE, dtype=np.float32)),
         ("faint noise (-50 dBFS)", (0.003 * rng.standard_normal(40 * SAMPLE_RATE)).astype(np.float32)),
     ):
-        silent = AsrJob(samples, language="en")
+        silent = ASRJob(samples, language="en")
         plain = runner.transcribe([silent], "plain")[0].text
         chunked = transcribe_chunked(runner, silent, AUTO, vad=vad).text
         print(f"| {name} | {plain[:120]!r}{'...' if len(plain) > 120 else ''} | {chunked!r} |")

@@ -26,7 +26,7 @@ from PIL import Image
 from services.kit.testing import ServerThread
 from services.vit.export import export_saved_model
 from services.vit.server import create_service
-from services.vit.settings import VitSettings
+from services.vit.settings import ViTSettings
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "models" / "vit" / "hf-vit"
@@ -120,7 +120,7 @@ def main() -> None:
             ("off", dict(max_batch_size=1, max_wait_ms=0)),
             ("on", dict(max_batch_size=16, max_wait_ms=5)),
         ):
-            settings = VitSettings(
+            settings = ViTSettings(
                 model_base=work / "models",
                 checkpoint=None,
                 poll_interval_s=0,

@@ -18,7 +18,7 @@ from .rest import AsyncRestTransport, RestTransport
 from .retry import RetryPolicy
 from .translation import AsyncTranslationClient, TranslationClient, TranslationGrpcClient
 from .tts import AsyncTTSClient, TTSClient, TTSGrpcClient
-from .vit import AsyncVitClient, VitClient, VitGrpcClient
+from .vit import AsyncViTClient, ViTClient, ViTGrpcClient
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_GRPC_TARGET = "127.0.0.1:50051"
@@ -55,7 +55,7 @@ class Client:
         self.asr = ASRClient(self.transport)
         self.tts = TTSClient(self.transport)
         self.images = ImagesClient(self.transport)
-        self.vit = VitClient(self.vit_transport)
+        self.vit = ViTClient(self.vit_transport)
 
     def models(self) -> list[ModelEntry]:
         """Every model the platform serves (GET /v1/models)."""
@@ -92,7 +92,7 @@ class AsyncClient:
         self.asr = AsyncASRClient(self.transport)
         self.tts = AsyncTTSClient(self.transport)
         self.images = AsyncImagesClient(self.transport)
-        self.vit = AsyncVitClient(self.vit_transport)
+        self.vit = AsyncViTClient(self.vit_transport)
 
     async def models(self) -> list[ModelEntry]:
         return parse_models((await self.transport.request("GET", "/v1/models")).json())
@@ -129,7 +129,7 @@ class GrpcClient:
         self.asr = ASRGrpcClient(self.caller)
         self.tts = TTSGrpcClient(self.caller)
         self.images = ImagesGrpcClient(self.caller)
-        self.vit = VitGrpcClient(self.vit_caller)
+        self.vit = ViTGrpcClient(self.vit_caller)
 
     def close(self) -> None:
         self.caller.close()

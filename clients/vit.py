@@ -7,6 +7,7 @@ only when it is first used. The same client works against the official `tensorfl
 """
 
 import base64
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ def _rankings(predictions: list[dict]) -> list[list[Classification]]:
     ]
 
 
-class VitClient:
+class ViTClient:
     def __init__(self, transport: RestTransport, model: str = DEFAULT_MODEL):
         self.transport = transport
         self.model = model
@@ -83,7 +84,7 @@ class VitClient:
         return response.json()["predictions"]
 
 
-class AsyncVitClient:
+class AsyncViTClient:
     def __init__(self, transport: AsyncRestTransport, model: str = DEFAULT_MODEL):
         self.transport = transport
         self.model = model
@@ -106,7 +107,7 @@ class AsyncVitClient:
         return _rankings(response.json()["predictions"])[0]
 
 
-class VitGrpcClient:
+class ViTGrpcClient:
     """tensorflow.serving.PredictionService/Predict with the official stubs."""
 
     def __init__(self, caller: GrpcCaller, model: str = DEFAULT_MODEL):
@@ -162,3 +163,20 @@ class VitGrpcClient:
         )
         request.inputs[INPUT].CopyFrom(tensor)
         return self.caller.unary(self.stub.Predict, request, timeout=timeout).outputs
+
+
+# The SDK shipped these classes as VitClient/AsyncVitClient/VitGrpcClient before the ViT spelling was
+# made consistent; the old names still resolve so existing callers keep working, with a warning.
+_DEPRECATED_NAMES = {"VitClient": ViTClient, "AsyncVitClient": AsyncViTClient, "VitGrpcClient": ViTGrpcClient}
+
+
+def __getattr__(name: str):
+    if name in _DEPRECATED_NAMES:
+        replacement = _DEPRECATED_NAMES[name]
+        warnings.warn(
+            f"clients.vit.{name} is deprecated; use clients.vit.{replacement.__name__}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return replacement
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,9 +12,19 @@ PROTOCOLS = ("rest", "grpc")
 WEIGHTS = {"translation": 4, "asr": 2, "tts": 2, "imagegen": 1, "vit": 4}
 
 
+# Class-name spelling of each service: acronyms stay upper-case (ASRRestUser), ViT keeps its own.
+CLASS_PREFIXES = {
+    "translation": "Translation",
+    "asr": "ASR",
+    "tts": "TTS",
+    "imagegen": "ImageGen",
+    "vit": "ViT",
+}
+
+
 def user_class(service: str, protocol: str) -> str:
     """The Locust user class for a service and protocol, e.g. TranslationGrpcUser (see users.py)."""
-    return f"{service.capitalize()}{protocol.capitalize()}User"
+    return f"{CLASS_PREFIXES[service]}{protocol.capitalize()}User"
 
 
 def split_users(users: int, classes: dict[str, float]) -> dict[str, int]:

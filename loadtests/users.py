@@ -178,7 +178,7 @@ class TranslationGrpcUser(GrpcUser):
 # -- speech recognition --------------------------------------------------------------------------
 
 
-class AsrRestUser(RestUser):
+class ASRRestUser(RestUser):
     service = "asr"
     weight = WEIGHTS["asr"]
 
@@ -207,7 +207,7 @@ class AsrRestUser(RestUser):
         )
 
 
-class AsrGrpcUser(GrpcUser):
+class ASRGrpcUser(GrpcUser):
     service = "asr"
     weight = WEIGHTS["asr"]
     wait_time = WAIT
@@ -236,7 +236,7 @@ class AsrGrpcUser(GrpcUser):
 # -- text to speech -------------------------------------------------------------------------------
 
 
-class TtsRestUser(RestUser):
+class TTSRestUser(RestUser):
     service = "tts"
     weight = WEIGHTS["tts"]
 
@@ -283,7 +283,7 @@ class TtsRestUser(RestUser):
         )
 
 
-class TtsGrpcUser(GrpcUser):
+class TTSGrpcUser(GrpcUser):
     service = "tts"
     weight = WEIGHTS["tts"]
     wait_time = WAIT
@@ -330,7 +330,7 @@ class TtsGrpcUser(GrpcUser):
 # -- image generation -----------------------------------------------------------------------------
 
 
-class ImagegenRestUser(RestUser):
+class ImageGenRestUser(RestUser):
     service = "imagegen"
     weight = WEIGHTS["imagegen"]
 
@@ -376,7 +376,7 @@ class ImagegenRestUser(RestUser):
         self.post("/v1/images/edits", self.check_images, files={"image": (f"source.{fmt}", image)}, data=form)
 
 
-class ImagegenGrpcUser(GrpcUser):
+class ImageGenGrpcUser(GrpcUser):
     service = "imagegen"
     weight = WEIGHTS["imagegen"]
     wait_time = WAIT
@@ -404,7 +404,7 @@ class ImagegenGrpcUser(GrpcUser):
 # -- ViT on the TensorFlow Serving protocol -------------------------------------------------------
 
 
-class VitRestUser(RestUser):
+class ViTRestUser(RestUser):
     """Posts to the ViT server (its own address: --vit-host), as TF Serving's REST API expects."""
 
     service = "vit"
@@ -450,11 +450,11 @@ class VitRestUser(RestUser):
 @events.init.add_listener
 def load_tensorflow_serving_stubs(environment, **_) -> None:
     """The TF Serving stubs import TensorFlow (seconds): once, before any user starts, not mid-test."""
-    if any(user.__name__ == "VitGrpcUser" for user in environment.user_classes):
+    if any(user.__name__ == "ViTGrpcUser" for user in environment.user_classes):
         import tensorflow_serving.apis.prediction_service_pb2_grpc  # noqa: F401
 
 
-class VitGrpcUser(GrpcUser):
+class ViTGrpcUser(GrpcUser):
     service = "vit"
     weight = WEIGHTS["vit"]
     wait_time = WAIT

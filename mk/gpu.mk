@@ -21,7 +21,7 @@ GPU_PLATFORMS ?= manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_
 .PHONY: gpu-check gpu-wheels
 
 ifeq ($(DEVICE),cpu)
-gpu-check: models
+gpu-check: models ## check every service on a GPU, results in OUT (DEVICE=cpu: tiny models on the CPU)
 	$(PY) -m tools.gpu_check --device cpu --dtype $(DTYPE) --sizes tiny --out $(OUT) $(GPU_CHECK_ARGS)
 else
 gpu-check:
@@ -29,7 +29,7 @@ gpu-check:
 	  --device $(DEVICE) --dtype $(DTYPE) --sizes real --out $(OUT) $(GPU_CHECK_ARGS)
 endif
 
-gpu-wheels:
+gpu-wheels: ## download the wheels gpu-check installs on an offline GPU machine
 	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
 	python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
 	  --python-version $(GPU_PYTHON_VERSION) --implementation cp $(addprefix --platform ,$(GPU_PLATFORMS)) \
@@ -42,7 +42,7 @@ gpu-wheels:
 VIT_GPU_BASE ?= tensorflow/serving:2.21.0-gpu
 
 .PHONY: image-vit-gpu
-image-vit-gpu:
+image-vit-gpu: ## build the ViT image on the tensorflow/serving GPU image
 	@if ! $(DOCKER) image inspect $(VIT_GPU_BASE) >/dev/null 2>&1 && ! $(DOCKER) pull $(VIT_GPU_BASE) >/dev/null 2>&1; then \
 	  echo "image-vit-gpu: $(VIT_GPU_BASE) not available (no registry?), skipped"; \
 	elif [ ! -d models/vit-serving/hf-vit ]; then \

@@ -1,12 +1,14 @@
-# Containers and Kubernetes (issue 7): images, deploy/undeploy, k8s-validate, image-test.
+# Containers and Kubernetes: images, deploy/undeploy, k8s-validate, image-test.
 # Included by the top-level Makefile; k8s/README.md explains the cluster path.
 
 VENV ?= .venv
 DOCKER ?= /usr/bin/docker
 IMAGE_TAG ?= 0.1.0
-# cpu: the locally debootstrapped Debian base + the local CPU torch wheel (no registry needed);
-# gpu: each Dockerfile's CUDA runtime default base and CUDA torch (needs registry access).
-IMAGE_VARIANT ?= cpu
+# TORCH and TORCH_WHEELS (the torch build, top-level Makefile) apply to the images too.
+# IMAGE_BASE: the torch images' base; empty: the CUDA runtime for TORCH=cuda, debian:bookworm-slim
+# otherwise; `local`: docker/build-base.sh's debootstrapped Debian (LOCAL_BASE), for machines that
+# reach no container registry.
+IMAGE_BASE ?=
 LOCAL_BASE ?= localhost/debian-base:bookworm
 TORCH_SERVICES := translation asr tts imagegen
 K8S_PATH ?= .
@@ -27,33 +29,24 @@ export DOCKER_HOST := unix:///run/modelserve-docker/docker.sock
 endif
 endif
 
-ifeq ($(IMAGE_VARIANT),cpu)
-IMAGE_BUILD_ARGS = --build-arg BASE=$(LOCAL_BASE) --build-arg TORCH_INDEX_URL=
-endif
-
-.PHONY: images image-base image-wheels $(addprefix image-,$(TORCH_SERVICES)) image-vit \
+.PHONY: images image-base $(addprefix image-,$(TORCH_SERVICES)) image-vit \
         deploy undeploy k8s-status k8s-validate checkov-venv image-test dockerd
 
-images: $(addprefix image-,$(TORCH_SERVICES)) image-vit
+images: $(addprefix image-,$(TORCH_SERVICES)) image-vit ## build every service's image
 
-image-base:
-ifeq ($(IMAGE_VARIANT),cpu)
+image-base: ## build the local Debian base image (IMAGE_BASE=local)
+ifeq ($(IMAGE_BASE),local)
 	docker/build-base.sh $(LOCAL_BASE)
 endif
 
-# The CPU torch wheel goes into the build context (docker/wheels/ is git-ignored).
-image-wheels:
-ifeq ($(IMAGE_VARIANT),cpu)
-	@ls docker/wheels/torch-2.13.0+cpu-*.whl >/dev/null 2>&1 || ln -f /opt/wheels/torch-2.13.0+cpu-*.whl docker/wheels/ \
-	  || cp /opt/wheels/torch-2.13.0+cpu-*.whl docker/wheels/
-endif
-
-$(addprefix image-,$(TORCH_SERVICES)): image-%: image-base image-wheels
-	DOCKER_BUILDKIT=1 $(DOCKER) build --network host -f docker/$*.Dockerfile $(IMAGE_BUILD_ARGS) \
-	  -t modelserve/$*:$(IMAGE_TAG) .
+# One Dockerfile for all of them (docker/torch.Dockerfile, --build-arg SERVICE=<name>).
+$(addprefix image-,$(TORCH_SERVICES)): image-%: image-base ## build that torch service's image
+	TORCH=$(TORCH) TORCH_WHEELS=$(TORCH_WHEELS) TORCH_CPU_INDEX_URL=$(TORCH_CPU_INDEX_URL) DOCKER=$(DOCKER) \
+	  BASE=$(if $(filter local,$(IMAGE_BASE)),$(LOCAL_BASE),$(IMAGE_BASE)) \
+	  docker/build-torch-image.sh $* modelserve/$*:$(IMAGE_TAG)
 
 # TF Serving only ships as the tensorflow/serving image: without it locally (no registry) this is skipped.
-image-vit:
+image-vit: ## build the ViT image on tensorflow/serving (skipped when that image is unavailable)
 	@base=$$(sed -n 's/^ARG BASE=//p' docker/vit.Dockerfile); \
 	if ! $(DOCKER) image inspect $$base >/dev/null 2>&1 && ! $(DOCKER) pull $$base >/dev/null 2>&1; then \
 	  echo "image-vit: $$base not available (no registry?), skipped"; \
@@ -63,16 +56,16 @@ image-vit:
 	  DOCKER_BUILDKIT=1 $(DOCKER) build --network host -f docker/vit.Dockerfile -t modelserve/vit:$(IMAGE_TAG) .; \
 	fi
 
-deploy:
+deploy: ## apply the kustomization (K8S_PATH) to the current kubectl context
 	$(VENV)/bin/python -m tools.deploy --path $(K8S_PATH) apply
 
-undeploy:
+undeploy: ## delete what deploy applied
 	$(VENV)/bin/python -m tools.deploy --path $(K8S_PATH) delete
 
-k8s-status:
+k8s-status: ## the deployed services' pods, rollouts and readiness
 	$(VENV)/bin/python -m tools.deploy status
 
-checkov-venv: $(CHECKOV_STAMP)
+checkov-venv: $(CHECKOV_STAMP) ## install checkov into its own venv (.venv-checkov)
 $(CHECKOV_STAMP):
 	rm -rf $(CHECKOV_VENV)
 	python3 -m venv $(CHECKOV_VENV)
@@ -83,13 +76,14 @@ $(CHECKOV_STAMP):
 # tests/k8s/test_k8s_checkov.py runs it (and skips only where this venv is missing).
 test: checkov-venv
 
-# Render every kustomization (Components only render inside one), validate each against every
+# Render every kustomization (Components only render inside one; k8s/kserve's custom resources are
+# checked by tests/k8s/test_kserve.py), validate each against every
 # version strictly - kubernetes-validate only warns on a missing schema, so that fails here -
 # then checkov the deployable renders (the root and the overlays; offline: no mapping download),
 # then lint the sources and the Dockerfiles.
-k8s-validate: checkov-venv
+k8s-validate: checkov-venv ## render, schema-validate, checkov and lint every manifest and Dockerfile
 	@set -e; rm -rf $(K8S_OUT); mkdir -p $(K8S_OUT); \
-	dirs=". $$(find k8s -name kustomization.yaml -exec grep -L '^kind: Component' {} + | xargs -n1 dirname | sort)"; \
+	dirs=". $$(find k8s -path k8s/kserve -prune -o -name kustomization.yaml -exec grep -L '^kind: Component' {} + | xargs -n1 dirname | sort)"; \
 	for d in $$dirs; do \
 	  out=$(K8S_OUT)/$$(echo $$d | tr / _).yaml; \
 	  kubectl kustomize $$d > $$out; \
@@ -108,8 +102,8 @@ k8s-validate: checkov-venv
 	@echo "k8s-validate: ok"
 
 # Start (or find) the Docker engine, then the real build + run test of the translation image.
-dockerd:
+dockerd: ## start (or find) the local Docker engine
 	@docker/start-dockerd.sh
 
-image-test:
+image-test: ## build the translation image and test it running
 	eval "$$(docker/start-dockerd.sh)" && PYTHON=$(VENV)/bin/python docker/ci-image-test.sh

@@ -1,4 +1,4 @@
-# Load tests (issue 8): `make loadtest [SERVICE=all|translation|asr|tts|imagegen|vit] [HOST=http://host:8000]
+# Load tests: `make loadtest [SERVICE=all|translation|asr|tts|imagegen|vit] [HOST=http://host:8000]
 #   [USERS=20] [DURATION=60s] [PROTOCOL=both|rest|grpc] [SHAPE=constant|step] [PAYLOADS=tiny|standard]`.
 # Without HOST it starts the local platform with the tiny models first (loadtests/README.md).
 # Results: loadtest-results/<time>-<service>/ (CSV, report.html, loadtest.png, latency_by_request.png).
@@ -17,7 +17,7 @@ LOADTEST_COMMON = --service $(SERVICE) --users $(USERS) --duration $(DURATION) -
 .PHONY: loadtest
 
 ifeq ($(strip $(HOST)),)
-loadtest: models
+loadtest: models ## load-test SERVICE (the local tiny platform, or HOST); results in loadtest-results/
 	$(LOCAL_ENV) && $(PY) -m loadtests.run --local $(LOADTEST_COMMON)
 else
 loadtest: setup

@@ -9,7 +9,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 .PHONY: prometheus monitoring-test
 
 # Idempotent: nothing to do once both binaries are on PATH.
-prometheus:
+prometheus: ## install prometheus and promtool (Debian package) when missing
 	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then \
 	  echo "prometheus: $$(prometheus --version 2>&1 | head -1)"; \
 	else \
@@ -22,5 +22,5 @@ prometheus:
 test: prometheus
 
 # The rules' promtool unit tests, the dashboard and component checks and the live scrape alone.
-monitoring-test: prometheus models
+monitoring-test: prometheus models ## the monitoring tests against a real Prometheus
 	$(VENV)/bin/python -m pytest -q tests/monitoring

@@ -4,7 +4,7 @@ REALMODELS ?= ../shared/realmodels
 REAL_DIR := $(MODELS)/real
 
 .PHONY: real-asr
-real-asr: setup
+real-asr: setup ## build real whisper-base, its assistant and evaluation speech (needs REALMODELS)
 	@if [ ! -d "$(REALMODELS)" ]; then \
 	  echo "real-asr: skipped: $(REALMODELS) is absent (with the Hub, set ASR_MODEL=openai/whisper-base instead)"; \
 	  exit 0; \

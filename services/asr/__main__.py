@@ -5,8 +5,8 @@ import sys
 from services.kit.server import run
 
 from .service import create_service
-from .settings import AsrSettings
+from .settings import ASRSettings
 
 if __name__ == "__main__":
-    settings = AsrSettings()
+    settings = ASRSettings()
     sys.exit(run(lambda: [create_service(settings)], settings))

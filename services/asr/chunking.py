@@ -16,9 +16,9 @@ API for the service (what `chunking_strategy` wires into):
         transcript = transcribe_chunked(runner, job, options, stop=StopWhenCancelled([work]))
 
 `transcribe_chunked(runner, job, options, *, vad=None, stop=None, batch_size=None) -> Transcript` takes the request's
-`AsrJob` as it would be queued (audio, `DecodeOptions`, language, words, logprobs) and returns the `Transcript`
+`ASRJob` as it would be queued (audio, `DecodeOptions`, language, words, logprobs) and returns the `Transcript`
 the runner would, for the whole audio: `text` the chunks' texts joined, `duration` the whole audio's, `segments`
-(with `DecodeOptions.timestamps`) and `words` (with `AsrJob.words`) on the original timeline, `logprobs` in
+(with `DecodeOptions.timestamps`) and `words` (with `ASRJob.words`) on the original timeline, `logprobs` in
 order, `path` "plain". Caveats: without a language each chunk detects its own and the transcript reports the one
 most of the speech had (no speech at all: the job's language, else "en"); `tokens` concatenates each chunk's ids,
 whose timestamp tokens count from that chunk's start; `stream` jobs get no per-window deltas (send the text
@@ -47,7 +47,7 @@ import numpy as np
 from services.kit.errors import InvalidArgument
 from services.kit.torch_models import StopWhenCancelled
 
-from .runner import SAMPLE_RATE, AsrJob, AsrRunner, Transcript
+from .runner import SAMPLE_RATE, ASRJob, ASRRunner, Transcript
 from .vad import SileroVad, SpeechSegment, VadOptions, default_vad
 
 FIELD = "chunking_strategy"
@@ -238,8 +238,8 @@ def find_chunks(
 
 
 def transcribe_chunked(
-    runner: AsrRunner,
-    job: AsrJob,
+    runner: ASRRunner,
+    job: ASRJob,
     options: ChunkingOptions = AUTO,
     *,
     vad: SileroVad | None = None,
@@ -262,7 +262,7 @@ def transcribe_chunked(
     return _joined(job, chunks, parts)
 
 
-def _joined(job: AsrJob, chunks: list[Chunk], parts: list[Transcript]) -> Transcript:
+def _joined(job: ASRJob, chunks: list[Chunk], parts: list[Transcript]) -> Transcript:
     if parts:
         spoken = Counter()
         for chunk, part in zip(chunks, parts, strict=True):

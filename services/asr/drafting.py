@@ -39,6 +39,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from opentelemetry import trace
 from transformers import WhisperForConditionalGeneration
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.generation.candidate_generator import CandidateGenerator
@@ -380,6 +381,8 @@ class DraftLoop(CandidateGenerator):
     def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches: int):
         drafted = scores.shape[1] - 1
         self.drafter.record(drafted, int(num_matches))
+        # An event on the current span (a served request's model span); a no-op when nothing is traced.
+        trace.get_current_span().add_event("draft_round", {"drafted": drafted, "accepted": int(num_matches)})
         if self.drafter.config.schedule == "heuristic":
             self.num_tokens = self.num_tokens + 2 if num_matches == drafted else max(1, self.num_tokens - 1)
 

@@ -11,15 +11,15 @@ from services.kit.errors import DeadlineExceeded, InvalidArgument, PayloadTooLar
 from services.kit.grpc_server import time_remaining
 from services.kit.validation import parse
 
-from .runner import AsrRunner, Partial, TokenLogprob, Transcript
+from .runner import ASRRunner, Partial, TokenLogprob, Transcript
 from .schemas import TranscriptionRequest, build_job, check_request
-from .settings import AsrSettings
+from .settings import ASRSettings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SpeechRecognition"].full_name
 
 
 class SpeechRecognitionServicer(pb_grpc.SpeechRecognitionServicer):
-    def __init__(self, runner: AsrRunner, batcher: DynamicBatcher, settings: AsrSettings):
+    def __init__(self, runner: ASRRunner, batcher: DynamicBatcher, settings: ASRSettings):
         self.runner = runner
         self.batcher = batcher
         self.settings = settings

@@ -21,7 +21,7 @@ from services.kit.batcher import Done, DynamicBatcher
 from services.kit.errors import InvalidArgument, ServiceError
 from services.kit.validation import parse
 
-from .runner import AsrJob, AsrRunner, Partial, Transcript
+from .runner import ASRJob, ASRRunner, Partial, Transcript
 from .schemas import (
     TranscriptionRequest,
     build_job,
@@ -33,7 +33,7 @@ from .schemas import (
     verbose_json_body,
     vtt,
 )
-from .settings import AsrSettings
+from .settings import ASRSettings
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ async def read_form(request: Request, task: Task) -> tuple[dict, bytes, str | No
     return fields, data, filename
 
 
-def render(transcript: Transcript, body: TranscriptionRequest, task: str, runner: AsrRunner) -> Response:
+def render(transcript: Transcript, body: TranscriptionRequest, task: str, runner: ASRRunner) -> Response:
     # Text formats have no room for the path that decoded the request, so every format also says it in headers.
     headers = {"x-asr-decoding": transcript.path, "x-asr-language": transcript.language}
     match body.response_format:
@@ -153,7 +153,7 @@ def sse(event: dict) -> str:
     return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-def create_router(runner: AsrRunner, batcher: DynamicBatcher, settings: AsrSettings) -> APIRouter:
+def create_router(runner: ASRRunner, batcher: DynamicBatcher, settings: ASRSettings) -> APIRouter:
     router = APIRouter(tags=["asr"])
 
     async def transcribe(request: Request, task: Task) -> Response:
@@ -184,7 +184,7 @@ def create_router(runner: AsrRunner, batcher: DynamicBatcher, settings: AsrSetti
         )
         return render(transcript, body, task, runner)
 
-    async def stream_events(request: Request, job: AsrJob) -> AsyncIterator[str]:
+    async def stream_events(request: Request, job: ASRJob) -> AsyncIterator[str]:
         try:
             async for event in batcher.stream(
                 job, key=job.batch_key, disconnected=request.is_disconnected, cost=runner.cost(job), nbytes=job.nbytes

@@ -23,8 +23,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from opentelemetry import trace
-from prometheus_client import Counter, Gauge
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -42,46 +40,15 @@ from services.kit.batcher import Work
 from services.kit.errors import Cancelled, InvalidArgument
 from services.kit.torch_models import StopWhenCancelled, TorchRuntime, resolve_source
 
+from . import metrics
 from .alignment import Aligner, TimedSegment, WordTiming, assign_words
 from .drafting import DraftConfig, Drafter, WhisperWithDraftLoop
-from .settings import AsrSettings
+from .settings import ASRSettings
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 DecodingPath = Literal["assisted", "plain"]
-
-REQUESTS = Counter("asr_requests_total", "Transcriptions served, by decoding path", ["path"])
-MAIN_FORWARD_PASSES = Counter(
-    "asr_main_forward_passes_total", "Forward passes of the main model's decoder, by decoding path", ["path"]
-)
-DRAFTED = Counter("asr_draft_tokens_total", "Tokens the assistant drafted")
-ACCEPTED = Counter("asr_draft_tokens_accepted_total", "Drafted tokens the main model accepted")
-ACCEPTANCE = Gauge("asr_draft_acceptance_rate", "Accepted / drafted tokens since start-up")
-DECODED_TOKENS = Counter("asr_decoded_tokens_total", "Transcript tokens produced, by decoding path", ["path"])
-COMPUTE_SECONDS = Counter(
-    "asr_compute_seconds_total", "Seconds spent in the model, by decoding path", ["path"]
-)
-AUDIO_SECONDS = Counter("asr_audio_seconds_total", "Seconds of audio transcribed, by decoding path", ["path"])
-TOKENS_PER_SECOND = Gauge(
-    "asr_decoded_tokens_per_second", "Tokens per compute second in the last batch", ["path"]
-)
-REALTIME_FACTOR = Gauge(
-    "asr_audio_seconds_per_compute_second", "Audio seconds per compute second in the last batch", ["path"]
-)
-
-
-@dataclass
-class DraftTally:
-    """Running totals, updated only from the model thread."""
-
-    main_passes: int = 0
-    drafted: int = 0
-    accepted: int = 0
-
-
-# What the metrics above have counted (the process may hold more than one runner, e.g. in tests).
-_SERVED_DRAFTS = DraftTally()
 
 
 class _ExpectedGenerateNotices(logging.Filter):
@@ -258,13 +225,9 @@ def _token_logprobs(scores: tuple[torch.Tensor, ...], generated: torch.Tensor, t
     return torch.cat(columns, dim=1).cpu()
 
 
-class DraftCountingWhisper(WhisperWithDraftLoop):
-    """Whisper that counts what the assistant drafts and the main model accepts, read off the candidate generator
-    (the cheap draft loop of `drafting.py` once `drafter` is set), decodes each window under one length limit, and
-    describes each decoded window into `capture` while one is set.
-
-    generate() builds a fresh candidate generator per call; its `get_candidates` returns the drafts and
-    `update_candidate_strategy` receives how many of them matched.
+class WindowCapturingWhisper(WhisperWithDraftLoop):
+    """Whisper (with the cheap draft loop of `drafting.py` once `drafter` is set) that decodes each window under
+    one length limit and describes each decoded window into `capture` while one is set.
 
     Window descriptions hook into three steps of Whisper's generate() loop, per call of the underlying generate
     (one per window, and one per fallback temperature): `_postprocess_outputs` turns the scores into token
@@ -273,7 +236,6 @@ class DraftCountingWhisper(WhisperWithDraftLoop):
     the capture.
     """
 
-    draft_tally: DraftTally | None = None
     capture: DecodeCapture | None = None
 
     def _set_max_new_tokens_and_length(self, config, decoder_input_ids, generation_config):
@@ -282,32 +244,6 @@ class DraftCountingWhisper(WhisperWithDraftLoop):
         super()._set_max_new_tokens_and_length(config, decoder_input_ids, generation_config)
         if generation_config.max_new_tokens is not None:
             generation_config.max_length = None
-
-    def _get_candidate_generator(self, *args, **kwargs):
-        generator = super()._get_candidate_generator(*args, **kwargs)
-        tally = self.draft_tally
-        if tally is None:
-            return generator
-        get_candidates, update_strategy = generator.get_candidates, generator.update_candidate_strategy
-
-        drafted = 0
-
-        def counted_get_candidates(input_ids, *rest, **kw):
-            nonlocal drafted
-            candidates, logits = get_candidates(input_ids, *rest, **kw)
-            drafted = candidates.shape[1] - input_ids.shape[1]
-            tally.drafted += drafted
-            return candidates, logits
-
-        def counted_update(input_ids, scores, num_matches):
-            tally.accepted += int(num_matches)
-            # An event on the request's model span (made current by predict_batch); a no-op when not traced.
-            trace.get_current_span().add_event("draft_round", {"drafted": drafted, "accepted": int(num_matches)})
-            return update_strategy(input_ids, scores, num_matches)
-
-        generator.get_candidates = counted_get_candidates
-        generator.update_candidate_strategy = counted_update
-        return generator
 
     # -- window descriptions ---------------------------------------------------------------------------------
 
@@ -406,7 +342,7 @@ class DecodeOptions:
 
 
 @dataclass(frozen=True, eq=False)
-class AsrJob:
+class ASRJob:
     audio: np.ndarray  # float32 mono at 16 kHz
     options: DecodeOptions = DecodeOptions()
     language: str | None = None  # a Whisper language code; None detects it
@@ -497,17 +433,15 @@ class _Features:
 
 
 @dataclass
-class AsrRunner:
-    settings: AsrSettings
+class ASRRunner:
+    settings: ASRSettings
     runtime: TorchRuntime | None = None
     processor: WhisperProcessor | None = None
-    model: DraftCountingWhisper | None = None
+    model: WindowCapturingWhisper | None = None
     assistant: torch.nn.Module | None = None
-    tally: DraftTally = field(default_factory=DraftTally)
+    main_passes: int = 0  # forward passes of the main model's decoder, start-up work excluded
     # The checkpoint's length limit (Whisper: tokens per 30 s window), taken out of its generation config at load.
     model_max_length: int | None = None
-    # Requests queued behind the batch being decoded (the service wires in its batcher's queue depth).
-    queued: Callable[[], int] = lambda: 0
     aligner: Aligner | None = None
     no_speech_token: int | None = None  # <|nospeech|> (<|nocaptions|> in the original multilingual vocabularies)
     _byte_values: dict[str, int] = field(default_factory=dict)  # byte-level BPE character -> byte
@@ -519,13 +453,12 @@ class AsrRunner:
         self.runtime = TorchRuntime(s.device, s.dtype, s.threads, s.few_row_linears)
         source = resolve_source(s.model)
         self.processor = WhisperProcessor.from_pretrained(source)
-        self.model = self.runtime.load(DraftCountingWhisper, source)
+        self.model = self.runtime.load(WindowCapturingWhisper, source)
         # Each call passes its own length limit (see `_generate_kwargs`); a max_length left in the model's config
         # would be a second limit that generate() warns about on every window.
         config = self.model.generation_config
         self.model_max_length = config.max_length or self.model.config.max_target_positions
         config.max_length = None
-        self.model.draft_tally = self.tally
         self.model.model.decoder.register_forward_hook(self._count_main_pass)
         self.model.model.decoder.register_forward_hook(self.model.note_prefill, with_kwargs=True)
         self.model.model.encoder.register_forward_hook(self.model.note_encoder_output)
@@ -594,19 +527,26 @@ class AsrRunner:
     def prompt_tokens(self, prompt: str) -> int:
         return len(self.processor.get_prompt_ids(prompt))
 
-    def cost(self, job: AsrJob) -> float:
+    def cost(self, job: ASRJob) -> float:
         """The job's work in audio-second-tokens: seconds of audio x the tokens each 30 s window may take."""
         return job.duration * self.window_tokens
 
     def _count_main_pass(self, module, args, output) -> None:
-        self.tally.main_passes += 1
+        self.main_passes += 1
+
+    def draft_counts(self) -> tuple[int, int]:
+        """(drafted, accepted) tokens since load; the drafter is the one place that counts them."""
+        if self.model.drafter is None:
+            return 0, 0
+        drafted, accepted, _ = self.model.drafter.counters()
+        return drafted, accepted
 
     def warmup(self) -> None:
         clip = np.zeros(SAMPLE_RATE, dtype=np.float32)
         for path in ("assisted", "plain") if self.assistant is not None else ("plain",):
-            self.transcribe([AsrJob(clip, language="en")], path, max_new_tokens=4, record=False)
+            self.transcribe([ASRJob(clip, language="en")], path, max_new_tokens=4, record=False)
         # Start-up work stays out of the served totals.
-        self.tally.main_passes = self.tally.drafted = self.tally.accepted = 0
+        self.main_passes = 0
 
     # -- requests ---------------------------------------------------------------------------------------------
 
@@ -647,8 +587,9 @@ class AsrRunner:
     def language_name(code: str) -> str:
         return LANGUAGES.get(code, code)
 
-    def choose_path(self, jobs: list[AsrJob]) -> DecodingPath:
-        """The path for these jobs (one batch key) given the load: the jobs plus whatever queues behind them."""
+    def choose_path(self, jobs: list[ASRJob], queued: int = 0) -> DecodingPath:
+        """The path for these jobs (one batch key) given the load: the jobs plus the `queued` requests behind
+        them (the kit's `Work.queue_depth`)."""
         forced = jobs[0].decoding  # the batch key keeps forced paths apart
         if forced != "auto":
             return forced
@@ -657,7 +598,7 @@ class AsrRunner:
         # Alone, the assistant is faster for the request and frees the model sooner, whatever waits behind it.
         if len(jobs) == 1:
             return "assisted"
-        waiting = len(jobs) + self.queued()
+        waiting = len(jobs) + queued
         return "assisted" if waiting <= self.settings.adaptive_threshold else "plain"
 
     def _transcribe_chunked(self, work: Work) -> Transcript | Exception:
@@ -683,7 +624,7 @@ class AsrRunner:
         while pending := [work for work in pending if not work.cancelled]:
             # Re-decided before each assisted decode: if requests piled up meanwhile, the rest of this batch is
             # decoded together instead.
-            if self.choose_path([work.payload for work in pending]) == "plain":
+            if self.choose_path([work.payload for work in pending], pending[0].queue_depth) == "plain":
                 for work in pending:
                     work.span.set_attribute("asr.path", "plain")
                 try:
@@ -700,15 +641,16 @@ class AsrRunner:
                 )
                 break
             work = pending.pop(0)
-            drafted, accepted = self.tally.drafted, self.tally.accepted
+            drafted, accepted = self.draft_counts()
             try:  # assisted generate decodes one sequence at a time
                 with tracing.activate(work.span):  # its draft rounds become events of this request's span
                     stop = StopWhenCancelled([work])
                     results[id(work)] = self.transcribe(
                         [work.payload], "assisted", stop=stop, on_partial=lambda _, partial, work=work: work.emit(partial)
                     )[0]
-                work.span.set_attributes({"asr.path": "assisted", "asr.draft.tokens": self.tally.drafted - drafted,
-                                          "asr.draft.accepted": self.tally.accepted - accepted})
+                drafted_now, accepted_now = self.draft_counts()
+                work.span.set_attributes({"asr.path": "assisted", "asr.draft.tokens": drafted_now - drafted,
+                                          "asr.draft.accepted": accepted_now - accepted})
             except Cancelled:
                 continue
             except Exception as exc:  # one bad request must not fail its neighbours
@@ -718,7 +660,7 @@ class AsrRunner:
 
     # -- decoding ---------------------------------------------------------------------------------------------
 
-    def _features(self, jobs: list[AsrJob]) -> _Features:
+    def _features(self, jobs: list[ASRJob]) -> _Features:
         audio = [job.audio for job in jobs]
         extractor = self.processor.feature_extractor
         if jobs[0].long_form:
@@ -750,7 +692,7 @@ class AsrRunner:
         features = extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         return _Features(features.to(self.runtime.device, self.runtime.dtype), None)
 
-    def _detect_languages(self, jobs: list[AsrJob], features: torch.Tensor) -> list[str]:
+    def _detect_languages(self, jobs: list[ASRJob], features: torch.Tensor) -> list[str]:
         """Given languages as they are; the rest detected from the first 30 s, as Whisper's generate would."""
         if not self.multilingual:
             return ["en"] * len(jobs)
@@ -767,7 +709,7 @@ class AsrRunner:
         """The request's temperature, then the configured fallback temperatures above it."""
         return (options.temperature, *(t for t in self.settings.fallback_temperatures if t > options.temperature))
 
-    def _generate_kwargs(self, jobs: list[AsrJob], path: DecodingPath, max_new_tokens: int | None) -> dict:
+    def _generate_kwargs(self, jobs: list[ASRJob], path: DecodingPath, max_new_tokens: int | None) -> dict:
         options = jobs[0].options
         kwargs = dict(return_timestamps=options.timestamps or jobs[0].long_form, num_beams=1)
         if options.timestamps:
@@ -799,7 +741,7 @@ class AsrRunner:
                 )
         return kwargs
 
-    def _capture(self, jobs: list[AsrJob], languages: list[str]) -> DecodeCapture:
+    def _capture(self, jobs: list[ASRJob], languages: list[str]) -> DecodeCapture:
         s, tokenizer = self.settings, self.processor.tokenizer
         config = self.model.generation_config
         fallback = None
@@ -824,7 +766,7 @@ class AsrRunner:
     @torch.inference_mode()
     def transcribe(
         self,
-        jobs: list[AsrJob],
+        jobs: list[ASRJob],
         path: DecodingPath,
         max_new_tokens: int | None = None,
         record: bool = True,
@@ -840,11 +782,7 @@ class AsrRunner:
         if path == "assisted" and (len(jobs) != 1 or self.assistant is None):
             raise ValueError("assisted decoding needs an assistant model and exactly one job")
         started = time.perf_counter()
-        passes_before, drafted_before, accepted_before = (
-            self.tally.main_passes,
-            self.tally.drafted,
-            self.tally.accepted,
-        )
+        passes_before, drafts_before = self.main_passes, self.draft_counts()
         features = self._features(jobs)
         languages = self._detect_languages(jobs, features.input_features)
         kwargs = self._generate_kwargs(jobs, path, max_new_tokens)
@@ -870,14 +808,7 @@ class AsrRunner:
             for i, (job, language) in enumerate(zip(jobs, languages, strict=True))
         ]
         if record:
-            self._record(
-                path,
-                transcripts,
-                time.perf_counter() - started,
-                passes_before,
-                drafted_before,
-                accepted_before,
-            )
+            self._record(path, transcripts, time.perf_counter() - started, passes_before, drafts_before)
         return transcripts
 
     def token_logprob(self, token: int, logprob: float) -> TokenLogprob:
@@ -887,7 +818,7 @@ class AsrRunner:
         raw = bytes(self._byte_values[c] for c in piece) if all(c in self._byte_values for c in piece) else piece.encode()
         return TokenLogprob(raw.decode("utf-8", errors="replace"), tuple(raw), round(logprob, 6))
 
-    def _transcript(self, job: AsrJob, language: str, windows: list[Window], path: DecodingPath) -> Transcript:
+    def _transcript(self, job: ASRJob, language: str, windows: list[Window], path: DecodingPath) -> Transcript:
         tokenizer = self.processor.tokenizer
         eot = tokenizer.eos_token_id
         ids: list[int] = []
@@ -933,28 +864,23 @@ class AsrRunner:
             logprobs if job.logprobs else None,
         )
 
-    def _record(self, path, transcripts, elapsed, passes_before, drafted_before, accepted_before) -> None:
-        tokens = sum(len(t.tokens) for t in transcripts)
-        audio = sum(t.duration for t in transcripts)
-        REQUESTS.labels(path).inc(len(transcripts))
-        MAIN_FORWARD_PASSES.labels(path).inc(self.tally.main_passes - passes_before)
-        DRAFTED.inc(self.tally.drafted - drafted_before)
-        ACCEPTED.inc(self.tally.accepted - accepted_before)
-        _SERVED_DRAFTS.drafted += self.tally.drafted - drafted_before
-        _SERVED_DRAFTS.accepted += self.tally.accepted - accepted_before
-        if _SERVED_DRAFTS.drafted:
-            ACCEPTANCE.set(_SERVED_DRAFTS.accepted / _SERVED_DRAFTS.drafted)
-        DECODED_TOKENS.labels(path).inc(tokens)
-        COMPUTE_SECONDS.labels(path).inc(elapsed)
-        AUDIO_SECONDS.labels(path).inc(audio)
-        TOKENS_PER_SECOND.labels(path).set(tokens / elapsed)
-        REALTIME_FACTOR.labels(path).set(audio / elapsed)
+    def _record(self, path, transcripts, elapsed, passes_before, drafts_before: tuple[int, int]) -> None:
+        metrics.record_transcriptions(
+            path,
+            requests=len(transcripts),
+            main_passes=self.main_passes - passes_before,
+            tokens=sum(len(t.tokens) for t in transcripts),
+            audio_seconds=sum(t.duration for t in transcripts),
+            elapsed=elapsed,
+        )
+        drafted, accepted = self.draft_counts()
+        metrics.record_drafts(drafted - drafts_before[0], accepted - drafts_before[1])
 
 
 class _PartialTexts:
     """A window callback that sends each streaming request of a batch the text its transcript gained."""
 
-    def __init__(self, runner: AsrRunner, jobs: list[AsrJob], on_partial: Callable[[int, Partial], None]):
+    def __init__(self, runner: ASRRunner, jobs: list[ASRJob], on_partial: Callable[[int, Partial], None]):
         self.runner, self.jobs, self.on_partial = runner, jobs, on_partial
         self.tokens: list[list[int]] = [[] for _ in jobs]
         self.sent = [""] * len(jobs)

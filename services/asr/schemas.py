@@ -9,8 +9,8 @@ from services.kit.errors import InvalidArgument, NotFound
 
 from . import vad
 from .chunking import chunking_options
-from .runner import AsrJob, AsrRunner, DecodeOptions, TokenLogprob, Transcript
-from .settings import AsrSettings
+from .runner import ASRJob, ASRRunner, DecodeOptions, TokenLogprob, Transcript
+from .settings import ASRSettings
 
 # Names OpenAI clients send; each means "the speech model this server runs".
 OPENAI_MODEL_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
@@ -59,7 +59,7 @@ class TranscriptionRequest(BaseModel):
         return "logprobs" in (self.include or ())
 
 
-def check_model(model: str | None, runner: AsrRunner) -> None:
+def check_model(model: str | None, runner: ASRRunner) -> None:
     if model and model not in (runner.model_id, *OPENAI_MODEL_ALIASES):
         raise NotFound(
             f"model {model!r} is not served here; use {runner.model_id!r} or one of its OpenAI names "
@@ -71,8 +71,8 @@ def check_model(model: str | None, runner: AsrRunner) -> None:
 def check_request(
     request: TranscriptionRequest,
     task: Literal["transcribe", "translate"],
-    runner: AsrRunner,
-    settings: AsrSettings,
+    runner: ASRRunner,
+    settings: ASRSettings,
 ) -> tuple[DecodeOptions, str | None]:
     """Decoding options and language code, checked against the service and its limits (before any audio is
     decoded); every refusal names the field."""
@@ -138,8 +138,8 @@ def check_openai_combinations(request: TranscriptionRequest) -> None:
         )
 
 
-def build_job(request: TranscriptionRequest, options: DecodeOptions, language: str | None, audio) -> AsrJob:
-    return AsrJob(
+def build_job(request: TranscriptionRequest, options: DecodeOptions, language: str | None, audio) -> ASRJob:
+    return ASRJob(
         audio,
         options,
         language,
@@ -172,7 +172,7 @@ def json_body(transcript: Transcript) -> dict:
 
 
 def verbose_json_body(
-    transcript: Transcript, task: str, request: TranscriptionRequest, runner: AsrRunner
+    transcript: Transcript, task: str, request: TranscriptionRequest, runner: ASRRunner
 ) -> dict:
     # A translation's text is English whatever was spoken (the spoken language is in the x-asr-language header).
     language = "english" if task == "translate" else runner.language_name(transcript.language)

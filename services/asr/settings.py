@@ -6,7 +6,7 @@ from pydantic_settings import SettingsConfigDict
 from services.kit.config import ServiceSettings
 
 
-class AsrSettings(ServiceSettings):
+class ASRSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ASR_", extra="ignore", protected_namespaces=())
 
     # Hub ids or local directories. The assistant is a distil-whisper-style decoder (WhisperForCausalLM) that

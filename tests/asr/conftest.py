@@ -1,4 +1,5 @@
-"""Fixtures for the ASR tests: the tiny Whisper pair (drafting forced on by its generation config) and audio."""
+"""Fixtures for the ASR tests: the tiny Whisper pair's directories and audio (settings: `make_asr_settings` in
+tests/conftest.py)."""
 
 import io
 
@@ -6,36 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from services.asr.settings import AsrSettings
-
-# One thread per model: the machine is shared and oversubscribed OpenMP threads spin instead of working.
-THREADS = 1
-# Random weights rarely emit end-of-text; a per-window cap keeps every decode short without changing what is
-# compared (plain and assisted decode under the same cap).
-MAX_NEW_TOKENS = 40
-
 
 @pytest.fixture(scope="session")
 def whisper_dirs(models_dir):
     return models_dir / "asr" / "whisper", models_dir / "asr" / "whisper-assistant"
-
-
-@pytest.fixture(scope="session")
-def make_settings(whisper_dirs):
-    main, assistant = whisper_dirs
-
-    def make(**overrides) -> AsrSettings:
-        options = dict(
-            model=str(main),
-            assistant_model=str(assistant),
-            threads=THREADS,
-            max_new_tokens=MAX_NEW_TOKENS,
-            max_audio_seconds=90,
-            log_level="warning",
-        )
-        return AsrSettings(**{**options, **overrides})
-
-    return make
 
 
 def synth(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:

@@ -1,7 +1,6 @@
 """ASR work budgets, cancellation inside generate() (plain, assisted and between long-form windows) and one length
 limit per window, with the tiny Whisper pair behind a real server on loopback."""
 
-import asyncio
 import logging
 import time
 
@@ -11,10 +10,9 @@ import pytest
 
 from protos import asr_pb2 as pb
 from protos import asr_pb2_grpc as pb_grpc
-from services.asr.runner import AsrJob, DecodeOptions
+from services.asr.runner import ASRJob, DecodeOptions
 from services.asr.service import create_service
-from services.asr.settings import AsrSettings
-from services.kit.batcher import Work
+from services.asr.settings import ASRSettings
 from services.kit.errors import Cancelled
 from services.kit.testing import ServerThread
 
@@ -23,9 +21,9 @@ CANCEL_AT = 4  # main decoder passes before the cancel
 
 
 @pytest.fixture(scope="module")
-def server(make_settings):
-    window = make_settings().max_new_tokens
-    settings = make_settings(max_request_cost=BUDGET_SECONDS * window, max_wait_ms=0)
+def server(make_asr_settings):
+    window = make_asr_settings().max_new_tokens
+    settings = make_asr_settings(max_request_cost=BUDGET_SECONDS * window, max_wait_ms=0)
     with ServerThread(lambda: [create_service(settings)], settings) as running:
         yield running
 
@@ -41,35 +39,11 @@ def stub(server):
         yield pb_grpc.SpeechRecognitionStub(channel)
 
 
-class Passes:
-    """Forward passes of the main model's encoder (one per 30 s window) and decoder (one per decoding step, or per
-    verification in assisted decoding); `on_decoder_pass(n)` runs at each decoder pass."""
-
-    def __init__(self, model):
-        self.encoder = self.decoder = 0
-        self.on_decoder_pass = lambda n: None
-        self._handles = [
-            model.model.encoder.register_forward_hook(self._encoded),
-            model.model.decoder.register_forward_hook(self._decoded),
-        ]
-
-    def _encoded(self, *_):
-        self.encoder += 1
-
-    def _decoded(self, *_):
-        self.decoder += 1
-        self.on_decoder_pass(self.decoder)
-
-    def remove(self):
-        for handle in self._handles:
-            handle.remove()
-
-
 @pytest.fixture
-def passes(runner):
-    counter = Passes(runner.model)
-    yield counter
-    counter.remove()
+def passes(runner, count_passes):
+    """Forward passes of the main model's encoder (one per 30 s window) and decoder (one per decoding step, or per
+    verification in assisted decoding)."""
+    return count_passes(encoder=runner.model.model.encoder, decoder=runner.model.model.decoder)
 
 
 def post(server, content: bytes, **data) -> httpx.Response:
@@ -108,9 +82,9 @@ def test_grpc_refuses_audio_over_the_budget(stub, passes, audio_file):
 def test_cost_is_seconds_times_the_window_limit(runner, audio):
     window = runner.settings.max_new_tokens
     assert runner.window_tokens == window
-    assert runner.cost(AsrJob(audio(12.5, seed=1))) == pytest.approx(12.5 * window)
+    assert runner.cost(ASRJob(audio(12.5, seed=1))) == pytest.approx(12.5 * window)
     # The defaults admit the longest upload at the model's own limit (no ASR_MAX_NEW_TOKENS).
-    defaults = AsrSettings()
+    defaults = ASRSettings()
     assert runner.model_max_length == 448
     assert defaults.max_audio_seconds * runner.model_max_length <= defaults.max_request_cost
 
@@ -127,54 +101,29 @@ def test_a_prompt_longer_than_whisper_can_condition_on_is_refused(server, audio_
 # -- cancellation inside generate() -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-def make_work(loop, job: AsrJob) -> Work:
-    return Work(payload=job, key=job.batch_key, enqueued_at=time.monotonic(), deadline=None,
-                _future=loop.create_future(), _loop=loop)
-
-
-def cancel_at(passes, works, step: int, cause: str = "client gone"):
-    def on_pass(n):
-        if n == step:
-            for work in works:
-                if cause == "client gone":
-                    work._future.cancel()  # what the batcher does when the client disconnects
-                else:
-                    work.deadline = time.monotonic()
-
-    passes.on_decoder_pass = on_pass
-
-
 @pytest.mark.parametrize("cause", ["client gone", "deadline"])
 @pytest.mark.parametrize("decoding", ["plain", "assisted"])
-def test_decoding_stops_within_a_step_of_the_cancel(runner, passes, loop, audio, decoding, cause):
-    works = [make_work(loop, AsrJob(audio(5, seed=40 + i), language="en", decoding=decoding))
+def test_decoding_stops_within_a_step_of_the_cancel(runner, passes, queued_work, audio, decoding, cause):
+    works = [queued_work(ASRJob(audio(5, seed=40 + i), language="en", decoding=decoding))
              for i in range(2 if decoding == "plain" else 1)]
-    cancel_at(passes, works, CANCEL_AT, cause)
+    passes.cancel_at("decoder", CANCEL_AT, works, cause)
     results = runner.predict_batch(works)
     assert len(results) == len(works)
     assert passes.decoder <= CANCEL_AT + 1, f"{passes.decoder} decoder passes for a request cancelled at {CANCEL_AT}"
 
 
 @pytest.mark.parametrize("decoding", ["plain", "assisted"])
-def test_long_form_stops_before_the_next_window(runner, passes, loop, audio, decoding):
-    work = make_work(loop, AsrJob(audio(75, seed=44), DecodeOptions(timestamps=True), "en", decoding))
-    cancel_at(passes, [work], CANCEL_AT)
+def test_long_form_stops_before_the_next_window(runner, passes, queued_work, audio, decoding):
+    work = queued_work(ASRJob(audio(75, seed=44), DecodeOptions(timestamps=True), "en", decoding))
+    passes.cancel_at("decoder", CANCEL_AT, [work])
     assert isinstance(runner.predict_batch([work])[0], Cancelled)
     assert passes.encoder == 1, f"{passes.encoder} of the clip's 3 windows were encoded after the cancel"
     assert passes.decoder <= CANCEL_AT + 1
 
 
-def test_one_waiting_request_keeps_the_batch_decoding(runner, passes, loop, audio):
-    gone, waiting = (make_work(loop, AsrJob(audio(5, seed=50 + i), language="en", decoding="plain"))
-                     for i in range(2))
-    cancel_at(passes, [gone], CANCEL_AT)
+def test_one_waiting_request_keeps_the_batch_decoding(runner, passes, queued_work, audio):
+    gone, waiting = (queued_work(ASRJob(audio(5, seed=50 + i), language="en", decoding="plain")) for i in range(2))
+    passes.cancel_at("decoder", CANCEL_AT, [gone])
     results = runner.predict_batch([gone, waiting])
     # The random tiny model never ends a transcript early: the whole window proves nothing stopped it.
     window = runner.settings.max_new_tokens

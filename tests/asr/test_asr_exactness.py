@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 from opentelemetry.trace import INVALID_SPAN
+from prometheus_client import REGISTRY
 from transformers import (
     WhisperConfig,
     WhisperForCausalLM,
@@ -14,7 +15,8 @@ from transformers import (
     WhisperProcessor,
 )
 
-from services.asr.runner import AsrJob, AsrRunner, DecodeOptions
+from services.asr.drafting import DraftLoop
+from services.asr.runner import ASRJob, ASRRunner, DecodeOptions
 from services.kit.errors import Cancelled, InvalidArgument
 
 # (seconds, language or None to detect, options): short and long-form, several languages, both tasks,
@@ -39,8 +41,8 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def runner(make_settings):
-    runner = AsrRunner(make_settings())
+def runner(make_asr_settings):
+    runner = ASRRunner(make_asr_settings())
     runner.load()
     runner.warmup()
     return runner
@@ -50,10 +52,10 @@ def runner(make_settings):
     "seconds,language,options", CASES, ids=[f"{c[0]}s-{c[1]}-{c[2].task}" for c in CASES]
 )
 def test_assisted_equals_plain_token_for_token(runner, audio, seconds, language, options):
-    job = AsrJob(audio(seconds, seed=int(seconds * 10)), options, language)
-    before = (runner.tally.main_passes, runner.tally.drafted, runner.tally.accepted)
+    job = ASRJob(audio(seconds, seed=int(seconds * 10)), options, language)
+    before = (runner.main_passes, *runner.draft_counts())
     plain = runner.transcribe([job], "plain")[0]
-    middle = runner.tally.main_passes
+    middle = runner.main_passes
     assisted = runner.transcribe([job], "assisted")[0]
     assert assisted.tokens == plain.tokens
     assert assisted.text == plain.text and assisted.language == plain.language
@@ -64,13 +66,45 @@ def test_assisted_equals_plain_token_for_token(runner, audio, seconds, language,
     if language:
         assert plain.language == language
     # Drafting really happened, and the main model verified several tokens per pass.
-    assert runner.tally.drafted > before[1] and runner.tally.accepted > before[2]
-    plain_passes, assisted_passes = middle - before[0], runner.tally.main_passes - middle
+    drafted, accepted = runner.draft_counts()
+    assert drafted > before[1] and accepted > before[2]
+    plain_passes, assisted_passes = middle - before[0], runner.main_passes - middle
     assert assisted_passes < plain_passes
 
 
+def test_each_drafted_and_accepted_token_is_counted_once(runner, audio, monkeypatch):
+    # What the draft loop really proposed and the main model really kept, seen from outside the counters.
+    seen = {"drafted": 0, "accepted": 0}
+    get_candidates, update = DraftLoop.get_candidates, DraftLoop.update_candidate_strategy
+
+    def spy_get_candidates(self, input_ids, **kwargs):
+        candidates, logits = get_candidates(self, input_ids, **kwargs)
+        seen["drafted"] += candidates.shape[1] - input_ids.shape[1]
+        return candidates, logits
+
+    def spy_update(self, input_ids, scores, num_matches):
+        seen["accepted"] += int(num_matches)
+        return update(self, input_ids, scores, num_matches)
+
+    monkeypatch.setattr(DraftLoop, "get_candidates", spy_get_candidates)
+    monkeypatch.setattr(DraftLoop, "update_candidate_strategy", spy_update)
+    exported = ("asr_draft_tokens_total", "asr_draft_tokens_accepted_total")
+    metrics_before = [REGISTRY.get_sample_value(name) for name in exported]
+    counts_before = runner.draft_counts()
+    runner.transcribe([ASRJob(audio(6.0, seed=61), DecodeOptions(), "en")], "assisted")
+    assert seen["drafted"] > 0 and seen["accepted"] > 0
+    expected = [seen["drafted"], seen["accepted"]]
+    drafted, accepted = runner.draft_counts()
+    assert [drafted - counts_before[0], accepted - counts_before[1]] == expected
+    metrics_now = [REGISTRY.get_sample_value(name) for name in exported]
+    assert [metrics_now[0] - metrics_before[0], metrics_now[1] - metrics_before[1]] == expected
+    assert REGISTRY.get_sample_value("asr_draft_acceptance_rate") == pytest.approx(
+        metrics_now[1] / metrics_now[0]
+    )
+
+
 def test_long_form_covers_the_whole_clip_with_timestamps(runner, audio):
-    job = AsrJob(audio(47.0, seed=470), DecodeOptions(timestamps=True), None)
+    job = ASRJob(audio(47.0, seed=470), DecodeOptions(timestamps=True), None)
     segments = runner.transcribe([job], "assisted")[0].segments
     assert segments[0].start < 30 < segments[-1].end <= 47.0
     assert all(s.start <= s.end for s in segments)
@@ -78,7 +112,7 @@ def test_long_form_covers_the_whole_clip_with_timestamps(runner, audio):
 
 def test_batched_plain_decoding_matches_each_request_alone(runner, audio):
     jobs = [
-        AsrJob(audio(2 + i, seed=100 + i), DecodeOptions(), lang)
+        ASRJob(audio(2 + i, seed=100 + i), DecodeOptions(), lang)
         for i, lang in enumerate(["en", None, "de", None, "ru", "fr"])
     ]
     batched = runner.transcribe(jobs, "plain")
@@ -88,7 +122,7 @@ def test_batched_plain_decoding_matches_each_request_alone(runner, audio):
 
 
 def test_batched_long_form_matches_each_request_alone(runner, audio):
-    jobs = [AsrJob(audio(seconds, seed=200 + seconds), DecodeOptions(), None) for seconds in (33, 41, 58)]
+    jobs = [ASRJob(audio(seconds, seed=200 + seconds), DecodeOptions(), None) for seconds in (33, 41, 58)]
     batched = runner.transcribe(jobs, "plain")
     alone = [runner.transcribe([job], "assisted")[0] for job in jobs]
     assert [t.tokens for t in batched] == [t.tokens for t in alone]
@@ -97,44 +131,42 @@ def test_batched_long_form_matches_each_request_alone(runner, audio):
 class FakeWork:
     """What the batcher hands the runner, without the asyncio plumbing."""
 
-    def __init__(self, payload: AsrJob, cancelled: bool = False):
+    def __init__(self, payload: ASRJob, cancelled: bool = False, queue_depths=None):
         self.payload, self.cancelled = payload, cancelled
         self.span = INVALID_SPAN  # tracing off
+        self.queue_depths = queue_depths
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests queued behind the batch, each time the runner asks (as the kit's Work answers)."""
+        return next(self.queue_depths) if self.queue_depths is not None else 0
 
 
 def test_path_choice_follows_the_waiting_requests(runner, audio):
-    auto = [AsrJob(audio(1, seed=1))] * 5
+    auto = [ASRJob(audio(1, seed=1))] * 5
     assert runner.settings.adaptive_threshold == 4
     assert [runner.choose_path(auto[:n]) for n in range(1, 6)] == ["assisted"] * 4 + ["plain"]
-    assert runner.choose_path([AsrJob(audio(1, seed=1), decoding="plain")]) == "plain"
-    assert runner.choose_path([AsrJob(audio(1, seed=1), decoding="assisted")] * 6) == "assisted"
+    assert runner.choose_path([ASRJob(audio(1, seed=1), decoding="plain")]) == "plain"
+    assert runner.choose_path([ASRJob(audio(1, seed=1), decoding="assisted")] * 6) == "assisted"
     # Requests queued behind a batch count as waiting too; a request alone still gets the assistant.
-    runner.queued = lambda: 3
-    try:
-        assert [runner.choose_path(auto[:n]) for n in (1, 2)] == ["assisted", "plain"]
-    finally:
-        runner.queued = lambda: 0
+    assert [runner.choose_path(auto[:n], queued=3) for n in (1, 2)] == ["assisted", "plain"]
 
 
 def test_a_batch_switches_to_plain_when_requests_pile_up_during_assisted_decoding(runner, audio):
     queue_depths = iter([0, 9, 9])
-    runner.queued = lambda: next(queue_depths)
-    works = [FakeWork(AsrJob(audio(2, seed=30 + i), DecodeOptions(), "en")) for i in range(3)]
-    try:
-        results = runner.predict_batch(works)
-    finally:
-        runner.queued = lambda: 0
+    works = [FakeWork(ASRJob(audio(2, seed=30 + i), DecodeOptions(), "en"), queue_depths=queue_depths) for i in range(3)]
+    results = runner.predict_batch(works)
     assert [r.path for r in results] == ["assisted", "plain", "plain"]
     assert [r.tokens for r in results] == [runner.transcribe([w.payload], "plain")[0].tokens for w in works]
 
 
 def test_forced_paths_and_long_audio_never_share_a_batch_with_auto_requests(audio):
     short, long = audio(2, seed=3), audio(31, seed=3)
-    auto_a, auto_b = AsrJob(short, DecodeOptions(), "en"), AsrJob(short, DecodeOptions(), None)
+    auto_a, auto_b = ASRJob(short, DecodeOptions(), "en"), ASRJob(short, DecodeOptions(), None)
     assert auto_a.batch_key == auto_b.batch_key  # languages may differ within a batch
-    assert AsrJob(short, decoding="plain").batch_key != auto_a.batch_key
-    assert AsrJob(long).batch_key != auto_a.batch_key
-    assert AsrJob(short, DecodeOptions(timestamps=True)).batch_key != auto_a.batch_key
+    assert ASRJob(short, decoding="plain").batch_key != auto_a.batch_key
+    assert ASRJob(long).batch_key != auto_a.batch_key
+    assert ASRJob(short, DecodeOptions(timestamps=True)).batch_key != auto_a.batch_key
 
 
 def test_languages_by_code_or_name_and_unknown_ones_refused(runner):
@@ -152,45 +184,47 @@ def _save_tiny_whisper(path, config: WhisperConfig, processor_dir=None, causal=F
         WhisperProcessor.from_pretrained(processor_dir).save_pretrained(path)
 
 
-def test_an_assistant_with_another_vocabulary_is_refused_at_start_up(make_settings, whisper_dirs, tmp_path):
+def test_an_assistant_with_another_vocabulary_is_refused_at_start_up(
+    make_asr_settings, whisper_dirs, tmp_path
+):
     main_dir, _ = whisper_dirs
     config = WhisperConfig.from_pretrained(main_dir)
     config.vocab_size += 7
     config.decoder_layers = 1
     _save_tiny_whisper(tmp_path, config, causal=True)
-    runner = AsrRunner(make_settings(assistant_model=str(tmp_path)))
+    runner = ASRRunner(make_asr_settings(assistant_model=str(tmp_path)))
     with pytest.raises(ValueError, match="vocabulary of .* tokens but the main model"):
         runner.load()
 
 
 def test_a_smaller_full_whisper_with_the_same_tokenizer_works_as_assistant(
-    make_settings, whisper_dirs, tmp_path, audio
+    make_asr_settings, whisper_dirs, tmp_path, audio
 ):
     main_dir, _ = whisper_dirs
     config = WhisperConfig.from_pretrained(main_dir)
     config.encoder_layers = config.decoder_layers = 1
     _save_tiny_whisper(tmp_path, config, processor_dir=main_dir)
-    runner = AsrRunner(make_settings(assistant_model=str(tmp_path)))
+    runner = ASRRunner(make_asr_settings(assistant_model=str(tmp_path)))
     runner.load()
     assert runner.assistant.config.is_encoder_decoder
-    job = AsrJob(audio(3, seed=9), DecodeOptions(), "en")
+    job = ASRJob(audio(3, seed=9), DecodeOptions(), "en")
     assert runner.transcribe([job], "assisted")[0].tokens == runner.transcribe([job], "plain")[0].tokens
 
 
 def test_requests_whose_client_left_are_not_decoded(runner, audio):
-    live = FakeWork(AsrJob(audio(2, seed=5), DecodeOptions(), "en"))
-    gone = FakeWork(AsrJob(audio(2, seed=6), DecodeOptions(), "en"), cancelled=True)
-    passes = runner.tally.main_passes
+    live = FakeWork(ASRJob(audio(2, seed=5), DecodeOptions(), "en"))
+    gone = FakeWork(ASRJob(audio(2, seed=6), DecodeOptions(), "en"), cancelled=True)
+    passes = runner.main_passes
     results = runner.predict_batch([gone, live])
     assert isinstance(results[0], Cancelled)
     assert results[1].path == "assisted"  # decoded alone: the cancelled one does not count as waiting
-    alone_passes = runner.tally.main_passes - passes
+    alone_passes = runner.main_passes - passes
     runner.transcribe([live.payload], "assisted")
-    assert runner.tally.main_passes - passes == 2 * alone_passes
+    assert runner.main_passes - passes == 2 * alone_passes
 
 
 def test_english_only_checkpoints_take_no_language_or_task_token(
-    make_settings, whisper_dirs, tmp_path, audio
+    make_asr_settings, whisper_dirs, tmp_path, audio
 ):
     main_dir, _ = whisper_dirs
     shutil.copytree(main_dir, tmp_path / "whisper.en")
@@ -198,11 +232,11 @@ def test_english_only_checkpoints_take_no_language_or_task_token(
     config = json.loads(config_file.read_text())
     del config["lang_to_id"], config["task_to_id"]  # as in the real whisper-*.en checkpoints
     config_file.write_text(json.dumps({**config, "is_multilingual": False}))
-    runner = AsrRunner(make_settings(model=str(tmp_path / "whisper.en")))
+    runner = ASRRunner(make_asr_settings(model=str(tmp_path / "whisper.en")))
     runner.load()
     assert runner.language_code("english") is None
     with pytest.raises(InvalidArgument, match="English-only"):
         runner.language_code("de")
-    job = AsrJob(audio(3, seed=40))
+    job = ASRJob(audio(3, seed=40))
     plain, assisted = runner.transcribe([job], "plain")[0], runner.transcribe([job], "assisted")[0]
     assert plain.language == "en" and plain.tokens == assisted.tokens

@@ -12,8 +12,8 @@ from services.kit.testing import ServerThread
 
 
 @pytest.fixture(scope="module")
-def server(make_settings):
-    settings = make_settings()
+def server(make_asr_settings):
+    settings = make_asr_settings()
     with ServerThread(lambda: [create_service(settings)], settings) as running:
         yield running
 

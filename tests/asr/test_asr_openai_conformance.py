@@ -30,7 +30,7 @@ from openai.types.audio_response_format import AudioResponseFormat
 
 from protos import asr_pb2 as pb
 from protos import asr_pb2_grpc as pb_grpc
-from services.asr.runner import AsrJob, AsrRunner, DecodeOptions
+from services.asr.runner import ASRJob, ASRRunner, DecodeOptions
 from services.asr.service import create_service
 from services.kit.audio import decode_audio
 from services.kit.testing import ServerThread
@@ -43,8 +43,8 @@ SEGMENT_FIELDS = ("id", "seek", "start", "end", "text", "tokens", "temperature",
 
 
 @pytest.fixture(scope="module")
-def server(make_settings):
-    settings = make_settings()
+def server(make_asr_settings):
+    settings = make_asr_settings()
     with ServerThread(lambda: [create_service(settings)], settings) as running:
         yield running
 
@@ -274,7 +274,7 @@ def test_window_statistics_are_computed_as_openai_whisper_computes_them(server, 
     probability right after <|startoftranscript|> in one teacher-forced pass."""
     runner = server.services[0].runner
     audio = decode_audio(clip[1])
-    job = AsrJob(audio, DecodeOptions(timestamps=True), "en", window_stats=True, logprobs=True)
+    job = ASRJob(audio, DecodeOptions(timestamps=True), "en", window_stats=True, logprobs=True)
     transcript = runner.transcribe([job], "plain", record=False)[0]
     [segment] = transcript.segments  # one segment: random weights rarely emit timestamp pairs
     features = runner.processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
@@ -453,13 +453,13 @@ def test_grpc_transcribe_updates_refuses_like_transcribe(stub, clip):
 # -- temperature fallback ------------------------------------------------------------------------------------------
 
 
-def test_temperature_fallback_as_openai_whisper(make_settings, audio):
+def test_temperature_fallback_as_openai_whisper(make_asr_settings, audio):
     """With fallback temperatures set, a window failing the thresholds is decoded again hotter (the tiny model's
     random tokens always average below -1), and a window judged silent is dropped. Off (the default), a window
     is decoded once, greedily."""
     clip = audio(3, seed=38)
-    job = AsrJob(clip, DecodeOptions(timestamps=True), "en", window_stats=True)
-    runner = AsrRunner(make_settings(assistant_model="", fallback_temperatures=(0.2, 0.4)))
+    job = ASRJob(clip, DecodeOptions(timestamps=True), "en", window_stats=True)
+    runner = ASRRunner(make_asr_settings(assistant_model="", fallback_temperatures=(0.2, 0.4)))
     runner.load()
     hotter = runner.transcribe([job], "plain", record=False)[0]
     assert hotter.segments and {s.temperature for s in hotter.segments} == {0.4}  # 0.0 and 0.2 failed too

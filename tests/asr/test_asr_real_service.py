@@ -17,7 +17,7 @@ import soundfile as sf
 from protos import asr_pb2 as pb
 from protos import asr_pb2_grpc as pb_grpc
 from services.asr.service import create_service
-from services.asr.settings import AsrSettings
+from services.asr.settings import ASRSettings
 from services.kit.testing import ServerThread
 
 REAL = Path(__file__).resolve().parents[2] / "models" / "real"
@@ -77,7 +77,7 @@ def clip_bytes(clip_id: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def server():
-    settings = AsrSettings(
+    settings = ASRSettings(
         model=str(REAL / "whisper-base"),
         assistant_model=str(REAL / "whisper-base-assistant-2l"),
         threads=1,  # the machine is shared: oversubscribed OpenMP threads spin instead of working

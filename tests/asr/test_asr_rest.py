@@ -16,9 +16,9 @@ from services.kit.testing import ServerThread
 
 
 @pytest.fixture(scope="module")
-def server(make_settings):
+def server(make_asr_settings):
     # A long batching window so that concurrent requests reliably meet in one batch.
-    settings = make_settings(max_wait_ms=300, wait_when_idle=True)
+    settings = make_asr_settings(max_wait_ms=300, wait_when_idle=True)
     with ServerThread(lambda: [create_service(settings)], settings) as running:
         yield running
 

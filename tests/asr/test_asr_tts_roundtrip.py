@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from services.asr.service import create_service as create_asr
-from services.asr.settings import AsrSettings
+from services.asr.settings import ASRSettings
 from services.kit.testing import ServerThread
 from services.tts.service import create_service as create_tts
 from services.tts.settings import TTSSettings
@@ -59,7 +59,7 @@ def words(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def client():
-    asr = AsrSettings(
+    asr = ASRSettings(
         model=str(REAL_ASR / "whisper-base"),
         assistant_model=str(REAL_ASR / "whisper-base-assistant-2l"),
         threads=1,

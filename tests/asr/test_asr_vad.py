@@ -23,8 +23,8 @@ from services.asr.chunking import (
     plan_chunks,
     transcribe_chunked,
 )
-from services.asr.runner import AsrJob, AsrRunner, DecodeOptions
-from services.asr.settings import AsrSettings
+from services.asr.runner import ASRJob, ASRRunner, DecodeOptions
+from services.asr.settings import ASRSettings
 from services.asr.vad import SileroVad, SpeechSegment, VadOptions, model_path, segments_from_probabilities
 from services.kit.errors import InvalidArgument
 
@@ -334,8 +334,8 @@ def test_ten_minutes_in_bounded_memory(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_runner(make_settings):
-    runner = AsrRunner(make_settings(max_new_tokens=8))
+def tiny_runner(make_asr_settings):
+    runner = ASRRunner(make_asr_settings(max_new_tokens=8))
     runner.load()
     return runner
 
@@ -355,7 +355,7 @@ def test_chunks_decode_in_batches_on_the_original_timeline(tiny_runner):
 
     tiny_runner.transcribe = spy
     try:
-        job = AsrJob(samples, DecodeOptions(timestamps=True), language="en", words=True)
+        job = ASRJob(samples, DecodeOptions(timestamps=True), language="en", words=True)
         transcript = transcribe_chunked(tiny_runner, job, batch_size=2)
     finally:
         del tiny_runner.transcribe
@@ -374,17 +374,17 @@ def test_chunks_decode_in_batches_on_the_original_timeline(tiny_runner):
 
 
 def test_silence_is_never_decoded(tiny_runner):
-    passes = tiny_runner.tally.main_passes
-    job = AsrJob(np.zeros(45 * RATE, dtype=np.float32), DecodeOptions(timestamps=True), words=True)
+    passes = tiny_runner.main_passes
+    job = ASRJob(np.zeros(45 * RATE, dtype=np.float32), DecodeOptions(timestamps=True), words=True)
     transcript = transcribe_chunked(tiny_runner, job)
     assert (transcript.text, transcript.segments, transcript.words, transcript.duration) == ("", [], [], 45.0)
-    assert tiny_runner.tally.main_passes == passes
+    assert tiny_runner.main_passes == passes
 
 
 @pytest.fixture(scope="module")
 def base_runner():
-    runner = AsrRunner(
-        AsrSettings(model=str(REAL / "whisper-base"), assistant_model="", threads=1, log_level="warning")
+    runner = ASRRunner(
+        ASRSettings(model=str(REAL / "whisper-base"), assistant_model="", threads=1, log_level="warning")
     )
     runner.load()
     return runner
@@ -397,7 +397,7 @@ def test_real_whisper_long_audio_with_pauses(base_runner):
     english = [row for row in references() if row[1] == "en"][:10]
     samples, _ = with_pauses([row[0] for row in english], seed=6, pause_s=(3, 8))
     assert len(samples) / RATE > 60
-    transcript = transcribe_chunked(base_runner, AsrJob(samples, language="en"))
+    transcript = transcribe_chunked(base_runner, ASRJob(samples, language="en"))
     error_rate = word_error_rate(" ".join(row[2] for row in english), transcript.text)
     print(f"chunked WER {error_rate:.3f} over {len(samples) / RATE:.0f} s: {transcript.text}")
     assert error_rate < 0.15
@@ -411,7 +411,7 @@ def test_real_whisper_silence_gives_empty_text(base_runner):
         ("digital silence", np.zeros(40 * RATE, dtype=np.float32)),
         ("low noise", (0.003 * rng.standard_normal(40 * RATE)).astype(np.float32)),
     ):
-        job = AsrJob(samples, language="en")
+        job = ASRJob(samples, language="en")
         assert transcribe_chunked(base_runner, job).text == ""
         plain = base_runner.transcribe([job], "plain")[0].text
         print(f"{name}: plain Whisper says {plain!r}")

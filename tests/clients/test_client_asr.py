@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clients import AsyncClient, Client, GrpcClient
+from clients import AsyncClient
 from clients.asr import file_chunks
 from clients.cli import main
 from clients.errors import InvalidRequestError
 from loadtests.payloads import speech_like_audio
 from services.asr.service import create_service
-from services.asr.settings import AsrSettings
 from services.kit.testing import ServerThread
 
 
@@ -27,30 +26,10 @@ AUDIO = wav(1.5, 1)
 
 
 @pytest.fixture(scope="module")
-def server(models_dir):
-    settings = AsrSettings(
-        model=str(models_dir / "asr" / "whisper"),
-        assistant_model=str(models_dir / "asr" / "whisper-assistant"),
-        # Random weights rarely emit end-of-text: a per-window cap keeps every decode short.
-        threads=1,
-        max_new_tokens=20,
-        max_audio_seconds=30,
-        log_level="warning",
-    )
+def server(make_asr_settings):
+    settings = make_asr_settings(max_new_tokens=20, max_audio_seconds=30)
     with ServerThread(lambda: [create_service(settings)], settings) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def rest(server):
-    with Client(server.rest_url, timeout=120) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    with GrpcClient(server.grpc_target, timeout=120) as client:
-        yield client
 
 
 def test_transcribe_over_rest_and_grpc_agree(rest, grpc_client):

@@ -5,7 +5,7 @@ import io
 import pytest
 from PIL import Image
 
-from clients import AsyncClient, Client, GrpcClient
+from clients import AsyncClient
 from clients.cli import main
 from clients.errors import InvalidRequestError
 from clients.images import ImageResult, PartialImage, Progress
@@ -27,18 +27,6 @@ def server(models_dir):
     )
     with ServerThread(lambda: [create_service(settings)], settings) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def rest(server):
-    with Client(server.rest_url, timeout=120) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    with GrpcClient(server.grpc_target, timeout=120) as client:
-        yield client
 
 
 def decoded(data: bytes) -> Image.Image:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from clients import AsyncClient, Client, GrpcClient
+from clients import AsyncClient
 from clients.cli import main
 from clients.errors import InvalidRequestError, NotFoundError
 from clients.translation import Translation
@@ -21,18 +21,6 @@ def server(models_dir):
     settings = TranslationSettings(models=pairs, log_level="warning", default_max_new_tokens=12)
     with ServerThread(lambda: [create_service(settings)], settings) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def rest(server):
-    with Client(server.rest_url, timeout=60) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    with GrpcClient(server.grpc_target, timeout=60) as client:
-        yield client
 
 
 def test_rest_translate_returns_typed_results(rest):

@@ -6,50 +6,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clients import AsyncClient, Client, GrpcClient
+from clients import AsyncClient
 from clients.cli import main
 from clients.errors import InvalidRequestError
 from clients.tts import save_audio_stream
 from loadtests.payloads import audio_file
 from services.kit.testing import ServerThread
 from services.tts.service import create_service
-from services.tts.settings import TTSSettings
 
 TEXT = "Hello there. This is the second sentence."
 
 
 @pytest.fixture(scope="module")
-def server(models_dir):
-    tts = models_dir / "tts"
-    # Random tiny weights never reach a meaningful stop probability: a fixed length ratio instead.
-    settings = TTSSettings(
-        model=str(tts / "speecht5_tts"),
-        vocoder=str(tts / "speecht5_hifigan"),
-        vc_model=str(tts / "speecht5_vc"),
-        voices_dir=tts / "voices",
-        threads=1,
-        stop_threshold=3.0,
-        min_len_ratio=2.0,
-        max_len_ratio=2.0,
-        vc_stop_threshold=3.0,
-        vc_min_len_ratio=1.0,
-        vc_max_len_ratio=1.0,
-        log_level="warning",
-    )
+def server(make_tts_settings):
+    settings = make_tts_settings()
     with ServerThread(lambda: [create_service(settings)], settings) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def rest(server):
-    with Client(server.rest_url, timeout=120) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def grpc_client(server):
-    with GrpcClient(server.grpc_target, timeout=120) as client:
-        yield client
 
 
 def samples(audio: bytes) -> tuple[np.ndarray, int]:

@@ -12,7 +12,7 @@ from services.kit.testing import ServerThread
 
 pytest.importorskip("tensorflow_serving")
 from services.vit.server import create_service  # noqa: E402  (imports TensorFlow)
-from services.vit.settings import VitSettings  # noqa: E402
+from services.vit.settings import ViTSettings  # noqa: E402
 
 IMAGES = [image_file(64, 48, random.Random(i), fmt) for i, fmt in enumerate(("PNG", "JPEG", "PNG"))]
 
@@ -20,7 +20,7 @@ IMAGES = [image_file(64, 48, random.Random(i), fmt) for i, fmt in enumerate(("PN
 @pytest.fixture(scope="module")
 def server(models_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("vit-serving")
-    settings = VitSettings(
+    settings = ViTSettings(
         model_base=base, checkpoint=str(models_dir / "vit" / "hf-vit"), log_level="warning"
     )
     with ServerThread(lambda: [create_service(settings)], settings) as running:

@@ -6,7 +6,6 @@ and never raise the process's peak memory by much: before the limits, a 32 KB WA
 """
 
 import io
-import struct
 import threading
 import time
 
@@ -18,10 +17,9 @@ import soundfile as sf
 
 from protos import asr_pb2, asr_pb2_grpc, tts_pb2, tts_pb2_grpc
 from services.asr.service import create_service as create_asr
-from services.asr.settings import AsrSettings
 from services.kit.testing import ServerThread
 from services.tts.service import create_service as create_tts
-from services.tts.settings import TTSSettings
+from tests.audio_files import flac_claiming, wav_header
 
 ASR_MAX_SECONDS = 90
 TTS_MAX_SECONDS = 5
@@ -34,14 +32,6 @@ MEMORY_BUDGET_MB = 300
 # Files whose headers say whatever the attack needs.
 
 
-def wav_header(rate: int, channels: int = 1, frames: int = 16000) -> bytes:
-    """A 16-bit PCM WAV (silence) written by hand, so that its header can claim any rate or channel count."""
-    body = bytes(frames * channels * 2)
-    fmt = struct.pack("<HHIIHH", 1, channels, rate, (rate * channels * 2) % 2**32, channels * 2, 16)
-    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(body)) + body
-    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
-
-
 def silence(fmt: str, seconds: int, rate: int, channels: int = 1) -> bytes:
     """Digital silence compresses to almost nothing: the decoded length is the attack."""
     buffer = io.BytesIO()
@@ -50,16 +40,6 @@ def silence(fmt: str, seconds: int, rate: int, channels: int = 1) -> bytes:
         for _ in range(seconds // 10):
             out.write(block)
     return buffer.getvalue()
-
-
-def flac_claiming(data: bytes, total_frames: int) -> bytes:
-    """The FLAC file with its STREAMINFO total-samples field (36 bits; 0 = unknown) replaced."""
-    patched = bytearray(data)
-    start = 4 + 4 + 10  # "fLaC", metadata block header, then block sizes and frame sizes
-    field = int.from_bytes(patched[start : start + 8], "big")
-    field = (field & ~((1 << 36) - 1)) | total_frames
-    patched[start : start + 8] = field.to_bytes(8, "big")
-    return bytes(patched)
 
 
 def speech(seconds: float, rate: int = 16000) -> bytes:
@@ -120,41 +100,21 @@ def peak_growth_mb(send):
 
 
 @pytest.fixture(scope="module")
-def asr_server(models_dir):
-    settings = AsrSettings(
-        model=str(models_dir / "asr" / "whisper"),
-        assistant_model=str(models_dir / "asr" / "whisper-assistant"),
-        threads=1,
+def asr_server(make_asr_settings):
+    settings = make_asr_settings(
         max_new_tokens=8,
         max_audio_seconds=ASR_MAX_SECONDS,
         max_body_bytes=STREAM_BODY_BYTES,
         max_stream_messages=STREAM_MESSAGES,
         body_timeout_s=STALL_SECONDS,
-        log_level="warning",
     )
     with ServerThread(lambda: [create_asr(settings)], settings) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def tts_server(models_dir):
-    tts = models_dir / "tts"
-    settings = TTSSettings(
-        model=str(tts / "speecht5_tts"),
-        vocoder=str(tts / "speecht5_hifigan"),
-        vc_model=str(tts / "speecht5_vc"),
-        voices_dir=tts / "voices",
-        threads=1,
-        stop_threshold=3.0,
-        min_len_ratio=2.0,
-        max_len_ratio=2.0,
-        vc_stop_threshold=3.0,
-        vc_min_len_ratio=1.0,
-        vc_max_len_ratio=1.0,
-        max_conversion_seconds=TTS_MAX_SECONDS,
-        shutdown_grace_s=2.0,
-        log_level="warning",
-    )
+def tts_server(make_tts_settings):
+    settings = make_tts_settings(max_conversion_seconds=TTS_MAX_SECONDS)
     with ServerThread(lambda: [create_tts(settings)], settings) as server:
         yield server
 

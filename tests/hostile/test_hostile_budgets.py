@@ -8,7 +8,6 @@ transcription or synthesis whose client had gone ran to its end inside generate(
 
 import io
 import socket
-import threading
 import time
 
 import grpc
@@ -22,12 +21,10 @@ from protos import translation_pb2_grpc as translation_grpc
 from protos import tts_pb2 as tts_pb
 from protos import tts_pb2_grpc as tts_grpc
 from services.asr.service import create_service as create_asr
-from services.asr.settings import AsrSettings
 from services.kit.testing import ServerThread
 from services.translation.service import create_service as create_translation
 from services.translation.settings import TranslationSettings
 from services.tts.service import create_service as create_tts
-from services.tts.settings import TTSSettings
 
 ATTACK = dict(
     text=[f"Sentence {i} is long enough to keep a translation model busy for many decoding steps. " * 2
@@ -39,27 +36,6 @@ ATTACK = dict(
     max_new_tokens=512,
 )
 PAUSE_AT = 3  # decoder steps into an expensive request when its client leaves
-
-
-class DecoderSteps:
-    """Counts forward calls of a decoder module; at step `pause_at` the model thread waits until released, so that
-    a test can make the client leave at a known step."""
-
-    def __init__(self, module, pause_at: int | None = None):
-        self.count = 0
-        self.pause_at = pause_at
-        self.reached, self.release = threading.Event(), threading.Event()
-        self._handle = module.register_forward_hook(self._step)
-
-    def _step(self, *_):
-        self.count += 1
-        if self.count == self.pause_at:
-            self.reached.set()
-            self.release.wait(30)
-
-    def remove(self):
-        self.release.set()
-        self._handle.remove()
 
 
 def wait_idle(server, timeout: float = 60) -> float:
@@ -77,9 +53,9 @@ def client_gone(server) -> float:
                if line.startswith("serving_rejected_total{") and 'reason="client_gone"' in line)
 
 
-def post_and_leave(server, request: httpx.Request, steps: DecoderSteps) -> None:
-    """Send `request` over a raw connection and close it once the model is `steps.pause_at` steps into it; return
-    when the server has noticed, with the model thread released."""
+def post_and_leave(server, request: httpx.Request, steps) -> None:
+    """Send `request` over a raw connection and close it once the model thread is paused in it (`steps.pause`);
+    return when the server has noticed, with the model thread released."""
     gone_before = client_gone(server)
     head = f"{request.method} {request.url.raw_path.decode()} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in request.headers.items() if name.lower() != "host")
@@ -106,22 +82,19 @@ def translation(models_dir):
         yield server
 
 
-def test_the_translation_attack_is_refused_in_milliseconds(translation):
-    steps = DecoderSteps(translation.services[0].runner.models["en-de"].model.decoder)
-    try:
+def test_the_translation_attack_is_refused_in_milliseconds(translation, count_passes):
+    steps = count_passes(decoder=translation.services[0].runner.models["en-de"].model.decoder)
+    started = time.perf_counter()
+    response = httpx.post(translation.rest_url + "/v1/translate", json=ATTACK, timeout=60)
+    rest_seconds = time.perf_counter() - started
+    with grpc.insecure_channel(translation.grpc_target) as channel:
+        stub = translation_grpc.TranslationStub(channel)
         started = time.perf_counter()
-        response = httpx.post(translation.rest_url + "/v1/translate", json=ATTACK, timeout=60)
-        rest_seconds = time.perf_counter() - started
-        with grpc.insecure_channel(translation.grpc_target) as channel:
-            stub = translation_grpc.TranslationStub(channel)
-            started = time.perf_counter()
-            with pytest.raises(grpc.RpcError) as error:
-                stub.Translate(translation_pb.TranslateRequest(**ATTACK), timeout=30)
-            grpc_seconds = time.perf_counter() - started
-            served = stub.Translate(translation_pb.TranslateRequest(text=["Hello world."], source_lang="en",
-                                                                    target_lang="de", max_new_tokens=8))
-    finally:
-        steps.remove()
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Translate(translation_pb.TranslateRequest(**ATTACK), timeout=30)
+        grpc_seconds = time.perf_counter() - started
+        served = stub.Translate(translation_pb.TranslateRequest(text=["Hello world."], source_lang="en",
+                                                                target_lang="de", max_new_tokens=8))
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "max_request_cost"
     assert "TRANSLATION_MAX_REQUEST_COST" in response.json()["error"]["message"]
@@ -129,29 +102,25 @@ def test_the_translation_attack_is_refused_in_milliseconds(translation):
     assert "TRANSLATION_MAX_REQUEST_COST" in error.value.details()
     assert rest_seconds < 1 and grpc_seconds < 1, (rest_seconds, grpc_seconds)
     assert len(served.translations) == 1
-    assert steps.count <= 8, "only the normal request reached the model"
+    assert steps.decoder <= 8, "only the normal request reached the model"
 
 
-def test_an_abandoned_translation_frees_the_model_within_a_step(translation):
+def test_an_abandoned_translation_frees_the_model_within_a_step(translation, count_passes):
     body = dict(ATTACK, text=ATTACK["text"][:4], num_return_sequences=1, max_new_tokens=200)  # within budget
-    steps = DecoderSteps(translation.services[0].runner.models["en-de"].model.decoder, pause_at=PAUSE_AT)
-    try:
-        post_and_leave(translation, httpx.Request("POST", translation.rest_url + "/v1/translate", json=body), steps)
-        wait_idle(translation)
-    finally:
-        steps.remove()
-    assert steps.count <= PAUSE_AT + 1, f"{steps.count} decoder steps for a request abandoned at step {PAUSE_AT}"
+    steps = count_passes(decoder=translation.services[0].runner.models["en-de"].model.decoder)
+    steps.pause("decoder", PAUSE_AT)
+    post_and_leave(translation, httpx.Request("POST", translation.rest_url + "/v1/translate", json=body), steps)
+    wait_idle(translation)
+    assert steps.decoder <= PAUSE_AT + 1, f"{steps.decoder} decoder steps for a request abandoned at step {PAUSE_AT}"
 
 
 # -- ASR: the longest upload, abandoned ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def asr(models_dir):
+def asr(make_asr_settings):
     # The model's own 448 tokens a window, as in production: an abandoned long clip would decode for a while.
-    settings = AsrSettings(model=str(models_dir / "asr" / "whisper"),
-                           assistant_model=str(models_dir / "asr" / "whisper-assistant"),
-                           threads=1, max_audio_seconds=120, log_level="warning")
+    settings = make_asr_settings(max_new_tokens=None, max_audio_seconds=120)
     with ServerThread(lambda: [create_asr(settings)], settings) as server:
         yield server
 
@@ -165,22 +134,17 @@ def wav(seconds: float, rate: int = 16000) -> bytes:
 
 
 @pytest.mark.parametrize("decoding", ["plain", "assisted"])
-def test_an_abandoned_long_transcription_frees_the_model_within_a_step(asr, decoding):
+def test_an_abandoned_long_transcription_frees_the_model_within_a_step(asr, decoding, count_passes):
     model = asr.services[0].runner.model
-    windows = [0]
-    counting = model.model.encoder.register_forward_hook(lambda *_: windows.__setitem__(0, windows[0] + 1))
-    steps = DecoderSteps(model.model.decoder, pause_at=PAUSE_AT)
+    steps = count_passes(encoder=model.model.encoder, decoder=model.model.decoder)
+    steps.pause("decoder", PAUSE_AT)
     request = httpx.Request("POST", asr.rest_url + "/v1/audio/transcriptions",
                             files={"file": ("long.wav", wav(100), "audio/wav")},
                             data={"language": "en", "decoding": decoding, "response_format": "verbose_json"})
-    try:
-        post_and_leave(asr, request, steps)
-        wait_idle(asr)
-    finally:
-        steps.remove()
-        counting.remove()
-    assert steps.count <= PAUSE_AT + 1, f"{steps.count} decoder passes for a request abandoned at {PAUSE_AT}"
-    assert windows[0] == 1, f"{windows[0]} of the clip's 4 windows were encoded"
+    post_and_leave(asr, request, steps)
+    wait_idle(asr)
+    assert steps.decoder <= PAUSE_AT + 1, f"{steps.decoder} decoder passes for a request abandoned at {PAUSE_AT}"
+    assert steps.encoder == 1, f"{steps.encoder} of the clip's 4 windows were encoded"
     short = httpx.post(asr.rest_url + "/v1/audio/transcriptions", files={"file": ("a.wav", wav(2), "audio/wav")},
                        data={"language": "en"}, timeout=60)
     assert short.status_code == 200, short.text
@@ -190,35 +154,30 @@ def test_an_abandoned_long_transcription_frees_the_model_within_a_step(asr, deco
 
 
 @pytest.fixture(scope="module")
-def tts(models_dir):
-    models = models_dir / "tts"
-    settings = TTSSettings(model=str(models / "speecht5_tts"), vocoder=str(models / "speecht5_hifigan"),
-                           vc_model=str(models / "speecht5_vc"), voices_dir=models / "voices", threads=1,
-                           stop_threshold=3.0, min_len_ratio=4.0, max_len_ratio=4.0, log_level="warning")
+def tts(make_tts_settings):
+    settings = make_tts_settings(min_len_ratio=4.0, max_len_ratio=4.0)
     with ServerThread(lambda: [create_tts(settings)], settings) as server:
         yield server
 
 
-def test_a_cancelled_synthesis_stream_frees_the_model_within_a_step(tts):
+def test_a_cancelled_synthesis_stream_frees_the_model_within_a_step(tts, count_passes):
     runner = tts.services[0].runner
     text = " ".join(f"This is sentence number {i} of a long text that nobody will listen to." for i in range(40))
     first_round = len(runner.sentences(text)[0].token_ids) * 4 // runner.tts.config.reduction_factor
-    steps = DecoderSteps(runner.tts.speecht5.decoder.wrapped_decoder, pause_at=first_round + PAUSE_AT)
-    try:
-        with grpc.insecure_channel(tts.grpc_target) as channel:
-            call = tts_grpc.TextToSpeechStub(channel).SynthesizeStream(
-                tts_pb.SynthesizeRequest(input=text, response_format="pcm"), timeout=120
-            )
-            first = next(call)  # the first sentence, streamed alone; then the other 39 in one call
-            assert first.sentence_index == 0
-            assert steps.reached.wait(60)
-            call.cancel()
-            time.sleep(1)  # the servicer's task is cancelled, and with it the request
-            steps.release.set()
-            wait_idle(tts)
-    finally:
-        steps.remove()
-    assert steps.count <= first_round + PAUSE_AT + 1, f"{steps.count - first_round} steps into the abandoned call"
+    steps = count_passes(decoder=runner.tts.speecht5.decoder.wrapped_decoder)
+    steps.pause("decoder", first_round + PAUSE_AT)
+    with grpc.insecure_channel(tts.grpc_target) as channel:
+        call = tts_grpc.TextToSpeechStub(channel).SynthesizeStream(
+            tts_pb.SynthesizeRequest(input=text, response_format="pcm"), timeout=120
+        )
+        first = next(call)  # the first sentence, streamed alone; then the other 39 in one call
+        assert first.sentence_index == 0
+        assert steps.reached.wait(60)
+        call.cancel()
+        time.sleep(1)  # the servicer's task is cancelled, and with it the request
+        steps.release.set()
+        wait_idle(tts)
+    assert steps.decoder <= first_round + PAUSE_AT + 1, f"{steps.decoder - first_round} steps into the abandoned call"
     with grpc.insecure_channel(tts.grpc_target) as channel:
         reply = tts_grpc.TextToSpeechStub(channel).Synthesize(
             tts_pb.SynthesizeRequest(input="Still here.", response_format="wav"), timeout=60)

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from services.asr.settings import AsrSettings
+from services.asr.settings import ASRSettings
 from services.imagegen.settings import ImageGenSettings
 from services.kit.config import PlatformSettings
 from services.translation.settings import TranslationSettings
 from services.tts.settings import TTSSettings
-from services.vit.settings import VitSettings
+from services.vit.settings import ViTSettings
 
 DEPTH = 200_000
 MEMORY_BUDGET_MB = 300
@@ -28,9 +28,9 @@ VIT_PREDICT = "/v1/models/hf-vit:predict"
 # The platform's one app takes the largest body any of its services takes.
 PLATFORM_BODY_LIMIT = max(
     settings.model_fields["max_body_bytes"].default
-    for settings in (PlatformSettings, TranslationSettings, AsrSettings, TTSSettings, ImageGenSettings)
+    for settings in (PlatformSettings, TranslationSettings, ASRSettings, TTSSettings, ImageGenSettings)
 )
-VIT_BODY_LIMIT = VitSettings.model_fields["max_body_bytes"].default
+VIT_BODY_LIMIT = ViTSettings.model_fields["max_body_bytes"].default
 # Room for the wrapping of the wide bodies, so that they stay under the limit.
 MARGIN = 64 * 1024
 # Starlette's limit on a multipart text field.

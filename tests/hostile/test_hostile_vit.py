@@ -18,14 +18,14 @@ import pytest
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from services.vit.settings import VitSettings
+from services.vit.settings import ViTSettings
 from tests.vit import image_bombs
 
 MODEL = "hf-vit"
 PREDICT = f"/v1/models/{MODEL}:predict"
 MEMORY_BUDGET_MB = 300
 SECONDS_BUDGET = 10
-SETTINGS = VitSettings()
+SETTINGS = ViTSettings()
 MAX_ELEMENTS = SETTINGS.max_tensor_elements
 IMAGE_SIZE = 224  # the tiny checkpoint's: pixel_values is [batch, 3, 224, 224]
 

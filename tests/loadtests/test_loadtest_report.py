@@ -5,6 +5,7 @@ namespace's autoscaling/v2 HPAs) with replica counts that grow over time; the cl
 through an ordinary kubeconfig, exactly as it would reach a cluster.
 """
 
+import ast
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +17,7 @@ from PIL import Image, ImageChops
 from loadtests import hpa, report
 from loadtests.platform import read_env_file
 from loadtests.run import parse_duration, resolve_targets
-from loadtests.scenario import split_users
+from loadtests.scenario import PROTOCOLS, SERVICES, split_users, user_class
 
 NAMESPACE = "modelserve"
 HPA_PATH = f"/apis/autoscaling/v2/namespaces/{NAMESPACE}/horizontalpodautoscalers"
@@ -179,6 +180,14 @@ def test_users_are_split_by_weight_with_every_class_covered():
     assert sum(split_users(50, weights).values()) == 50
     with pytest.raises(ValueError, match="at least 3"):
         split_users(2, weights)
+
+
+def test_every_service_and_protocol_names_a_user_class():
+    # Read, not imported: importing Locust monkey-patches the standard library of the test process.
+    users = ast.parse((Path(__file__).resolve().parents[2] / "loadtests" / "users.py").read_text())
+    defined = {node.name for node in users.body if isinstance(node, ast.ClassDef)}
+    assert {"ASRRestUser", "TTSGrpcUser", "ViTRestUser", "ImageGenGrpcUser"} <= defined
+    assert {user_class(service, protocol) for service in SERVICES for protocol in PROTOCOLS} <= defined
 
 
 def test_durations_targets_and_env_files(tmp_path):

@@ -1,7 +1,6 @@
 """TTS work budgets (characters to speak, seconds to convert) and cancellation inside SpeechT5's decoding loop, with
 the tiny models behind a real server on loopback."""
 
-import asyncio
 import io
 import time
 
@@ -13,7 +12,6 @@ import soundfile as sf
 
 from protos import tts_pb2 as pb
 from protos import tts_pb2_grpc as pb_grpc
-from services.kit.batcher import Work
 from services.kit.errors import Cancelled
 from services.kit.testing import ServerThread
 from services.tts.runner import ConversionJob
@@ -45,35 +43,12 @@ def stub(server):
         yield pb_grpc.TextToSpeechStub(channel)
 
 
-class Steps:
-    """Decoder steps of the text-to-speech and the voice-conversion model; `on_step(n)` runs at each."""
-
-    def __init__(self, runner):
-        self.speech = self.conversion = 0
-        self.on_step = lambda n: None
-        self._handles = [
-            runner.tts.speecht5.decoder.wrapped_decoder.register_forward_hook(self._spoke),
-            runner.vc.speecht5.decoder.wrapped_decoder.register_forward_hook(self._converted),
-        ]
-
-    def _spoke(self, *_):
-        self.speech += 1
-        self.on_step(self.speech)
-
-    def _converted(self, *_):
-        self.conversion += 1
-        self.on_step(self.conversion)
-
-    def remove(self):
-        for handle in self._handles:
-            handle.remove()
-
-
 @pytest.fixture
-def steps(runner):
-    counter = Steps(runner)
-    yield counter
-    counter.remove()
+def steps(runner, count_passes):
+    """Decoder steps of the text-to-speech and the voice-conversion model."""
+    return count_passes(
+        speech=runner.tts.speecht5.decoder.wrapped_decoder, conversion=runner.vc.speecht5.decoder.wrapped_decoder
+    )
 
 
 def wav(seconds: float, rate: int = 16000) -> bytes:
@@ -143,55 +118,31 @@ def test_costs_and_the_default_budgets(runner):
 # -- cancellation inside generate_speech ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-def make_work(loop, payload) -> Work:
-    return Work(payload=payload, key=payload.batch_key, enqueued_at=time.monotonic(), deadline=None,
-                _future=loop.create_future(), _loop=loop)
-
-
-def cancel_at(steps, works, cause="client gone"):
-    def on_step(n):
-        if n == CANCEL_AT:
-            for work in works:
-                if cause == "client gone":
-                    work._future.cancel()  # what the batcher does when the client disconnects
-                else:
-                    work.deadline = time.monotonic()
-
-    steps.on_step = on_step
-
-
-def speech_work(runner, loop, text=SENTENCE, **options) -> Work:
-    return make_work(loop, build_speech_job(SpeechRequest(input=text, **options), runner, runner.settings).job)
+def speech_job(runner, text=SENTENCE, **options):
+    return build_speech_job(SpeechRequest(input=text, **options), runner, runner.settings).job
 
 
 @pytest.mark.parametrize("cause", ["client gone", "deadline"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_synthesis_stops_within_a_step_of_the_cancel(runner, steps, loop, cause, stream):
+def test_synthesis_stops_within_a_step_of_the_cancel(runner, steps, queued_work, cause, stream):
     # Two sentences: a streamed request synthesizes them in two rounds, which the cancel must skip too.
-    work = speech_work(runner, loop, f"{SENTENCE} {SENTENCE}", stream=stream)
-    cancel_at(steps, [work], cause)
+    work = queued_work(speech_job(runner, f"{SENTENCE} {SENTENCE}", stream=stream))
+    steps.cancel_at("speech", CANCEL_AT, [work], cause)
     assert isinstance(runner.predict_speech([work])[0], Cancelled)
     assert steps.speech <= CANCEL_AT + 1, f"{steps.speech} decoder steps for a request cancelled at {CANCEL_AT}"
 
 
-def test_conversion_stops_within_a_step_of_the_cancel(runner, steps, loop):
+def test_conversion_stops_within_a_step_of_the_cancel(runner, steps, queued_work):
     samples = np.sin(np.arange(16000, dtype=np.float32) / 10)
-    work = make_work(loop, ConversionJob(samples, runner.voices.get(None)))
-    cancel_at(steps, [work])
+    work = queued_work(ConversionJob(samples, runner.voices.get(None)))
+    steps.cancel_at("conversion", CANCEL_AT, [work])
     assert isinstance(runner.predict_conversion([work])[0], Cancelled)
     assert steps.conversion <= CANCEL_AT + 1
 
 
-def test_one_waiting_request_keeps_the_call_decoding(runner, steps, loop):
-    gone, waiting = speech_work(runner, loop), speech_work(runner, loop)
-    cancel_at(steps, [gone])
+def test_one_waiting_request_keeps_the_call_decoding(runner, steps, queued_work):
+    gone, waiting = queued_work(speech_job(runner)), queued_work(speech_job(runner))
+    steps.cancel_at("speech", CANCEL_AT, [gone])
     results = runner.predict_speech([gone, waiting])
     assert results[1].duration > 0
     # Random tiny weights never stop by themselves: the sentence's full length proves nothing cut it short.

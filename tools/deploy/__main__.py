@@ -40,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
             console.print(manifests.key(obj))
         return 0
 
-    from .cluster import Cluster  # the kubernetes client is only needed past this point
+    from .cluster import Cluster, NoClusterError  # the kubernetes client is only needed past this point
 
-    cluster = Cluster.connect(args.context, console)
+    try:
+        cluster = Cluster.connect(args.context, console)
+    except NoClusterError as error:
+        print(f"python -m tools.deploy: {error}", file=sys.stderr)
+        return 1
     if args.command == "apply":
         generations = cluster.apply(objects, dry_run=args.dry_run)
         if args.dry_run:

@@ -1,7 +1,9 @@
 """Everything that talks to the API server: apply, wait, report, roll back, delete."""
 
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
@@ -17,6 +19,26 @@ from .rollout import deployment_status, pod_failure, previous_replicaset, rollba
 FIELD_MANAGER = "modelserve-deploy"
 
 
+class NoClusterError(RuntimeError):
+    """Neither a usable kubeconfig context nor a pod's service account to reach a cluster with."""
+
+
+def no_cluster_reason(context: str | None, kubeconfig_error: Exception) -> str:
+    value = os.environ.get("KUBECONFIG")
+    paths = [p for p in value.split(os.pathsep) if p] if value else [str(Path("~/.kube/config").expanduser())]
+    found = [p for p in paths if Path(p).is_file()]
+    if not found:
+        missing = f"no kubeconfig at {', '.join(paths)}"
+    elif context:
+        missing = f"kubeconfig {', '.join(found)} has no usable context {context!r} ({kubeconfig_error})"
+    else:
+        missing = f"kubeconfig {', '.join(found)} has no usable current context ({kubeconfig_error})"
+    return (
+        f"no Kubernetes cluster configured: {missing}, and this is not a pod with a service account; "
+        "point KUBECONFIG at your cluster's kubeconfig and pick a context (kubectl config use-context NAME)"
+    )
+
+
 @dataclass
 class Cluster:
     api: client.ApiClient
@@ -24,10 +46,15 @@ class Cluster:
 
     @classmethod
     def connect(cls, context: str | None = None, console: Console | None = None) -> "Cluster":
+        """The kubeconfig's context (`context`, else its current one), else the pod's service account; raises
+        `NoClusterError` saying what is missing when there is neither."""
         try:
             config.load_kube_config(context=context)
-        except config.ConfigException:
-            config.load_incluster_config()
+        except config.ConfigException as kubeconfig_error:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                raise NoClusterError(no_cluster_reason(context, kubeconfig_error)) from None
         return cls(client.ApiClient(), console or Console())
 
     @property

@@ -123,7 +123,7 @@ REAL = Sizes(
     # microsoft/speecht5_tts, speecht5_vc and speecht5_hifigan are the library's default configurations.
     speecht5={},
     hifigan={},
-    # runwayml/stable-diffusion-v1-5: UNet, VAE and the CLIP ViT-L/14 text encoder.
+    # stable-diffusion-v1-5/stable-diffusion-v1-5: UNet, VAE and the CLIP ViT-L/14 text encoder.
     unet=dict(
         sample_size=64,
         in_channels=4,
