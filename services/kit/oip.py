@@ -159,6 +159,8 @@ class Registry:
             known = ", ".join(sorted(self.models)) or "none"
             raise NotFound(f"unknown model '{name}'; this server serves: {known}")
         versions = model.versions()
+        if not versions:
+            raise NotFound(f"model '{name}' has no version loaded")
         if version and version not in versions:
             raise NotFound(f"model '{name}' has no version '{version}'; it has: {', '.join(versions)}")
         return model, version or versions[-1]
@@ -617,7 +619,11 @@ class InferenceServicer:
         return pb.ServerReadyResponse(ready=self.registry.state.serving)
 
     async def ModelReady(self, request, context):
-        model, version = self.registry.model(request.name, request.version)
+        # Answers while loading, outside the interceptor that maps errors to status codes: mapped here.
+        try:
+            model, version = self.registry.model(request.name, request.version)
+        except ServiceError as error:
+            await context.abort(error.grpc_code, error.message)
         return pb.ModelReadyResponse(ready=self.registry.state.serving and model.ready(version))
 
     async def ServerMetadata(self, request, context):

@@ -109,6 +109,10 @@ def test_unknown_model_and_version_are_not_found(http_client, grpc_client, serve
     assert response.status_code == 404 and "version '7'" in response.json()["error"]
     with pytest.raises(InferenceServerException, match="unknown model"):
         grpc_client.get_model_metadata("nope")
+    # Readiness answers outside the readiness gate, with the same status.
+    with pytest.raises(InferenceServerException) as raised:
+        grpc_client.is_model_ready("nope")
+    assert raised.value.status() == str(grpc.StatusCode.NOT_FOUND)
 
 
 def post(server, document: dict, **kwargs) -> httpx.Response:

@@ -144,7 +144,7 @@ def module_imports(path: Path) -> tuple[set[str], set[Path]]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level or node.module.split(".")[0] in ("services", "tools"):
+            if node.level or node.module.split(".")[0] in ("services", "protos", "tools"):
                 base = path.parents[node.level - 1] if node.level else REPO
                 target = base.joinpath(*(node.module or "").split("."))
                 candidates = [target.with_suffix(".py"), target / "__init__.py"]
@@ -156,7 +156,7 @@ def module_imports(path: Path) -> tuple[set[str], set[Path]]:
             continue
         for name in names:
             parts = name.split(".")
-            if parts[0] in ("services", "tools"):
+            if parts[0] in ("services", "protos", "tools"):
                 target = REPO.joinpath(*parts)
                 local |= {c for c in (target.with_suffix(".py"), target / "__init__.py") if c.is_file()}
             elif parts[0] not in sys.stdlib_module_names:
