@@ -5,8 +5,8 @@ import sys
 from services.kit.server import run
 
 from .server import create_service
-from .settings import VitSettings
+from .settings import ViTSettings
 
 if __name__ == "__main__":
-    settings = VitSettings()
+    settings = ViTSettings()
     sys.exit(run(lambda: [create_service(settings)], settings))

@@ -13,6 +13,11 @@ Kubernetes with TF Serving"), so any TF Serving client can send image bytes and 
 ``pixel_values``
     ``pixel_values``: ``[batch, 3, H, W]`` DT_FLOAT, already preprocessed exactly like the checkpoint's
     ``ViTImageProcessor`` output (channels first); returns ``logits`` ``[batch, num_labels]``.
+``classify`` (method ``tensorflow/serving/classify``, for TF Serving's Classify API)
+    ``inputs``: ``[batch]`` DT_STRING of serialized ``tf.Example``, the encoded image in the bytes feature
+    ``image/encoded``; returns ``classes`` ``[batch, k]`` DT_STRING and ``scores`` ``[batch, k]`` DT_FLOAT
+    (the top k, best first). REST: ``POST /v1/models/hf-vit:classify`` with
+    ``{"signature_name": "classify", "examples": [{"image/encoded": {"b64": "..."}}]}``.
 
 Preprocessing follows the checkpoint's ``preprocessor_config.json`` the way the transformers PIL image
 processor does: decode to RGB (alpha dropped, grey replicated, first GIF frame; JPEG with the accurate IDCT
@@ -72,8 +77,14 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # noqa: E402
+from tensorflow_serving.apis import (  # noqa: E402
+    classification_pb2,
+    model_pb2,
+    predict_pb2,
+    prediction_log_pb2,
+)
 
+from .examples import Method, set_method_names  # noqa: E402
 from .limits import MAX_GIF_BLOCKS  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -81,6 +92,9 @@ log = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT = "google/vit-base-patch16-224"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 BATCHING_FILE = "batching_parameters.txt"
+CLASSIFY_SIGNATURE = "classify"
+# The tf.Example feature holding the encoded image (the name TF's image datasets use).
+IMAGE_FEATURE = "image/encoded"
 # Images whose header claims more are refused in-graph (InvalidArgument) before they are decoded.
 MAX_IMAGE_SIDE = 8192
 MAX_IMAGE_PIXELS = 25_000_000
@@ -415,6 +429,15 @@ def _warmup_requests(name: str, pre: Preprocessing) -> list[prediction_log_pb2.P
             logs.append(
                 prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             )
+    for batch in (encoded[:1], encoded * 4):
+        request = classification_pb2.ClassificationRequest(
+            model_spec=model_pb2.ModelSpec(name=name, signature_name=CLASSIFY_SIGNATURE)
+        )
+        for data in batch:
+            request.input.example_list.examples.add().features.feature[IMAGE_FEATURE].bytes_list.value.append(data)
+        logs.append(
+            prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog(request=request))
+        )
     return logs
 
 
@@ -460,6 +483,11 @@ def export_saved_model(
         best = tf.math.top_k(scores(string_input), k=k)
         return {"labels": tf.gather(labels, best.indices), "scores": best.values}
 
+    def classify(inputs):
+        image = tf.io.parse_example(inputs, {IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})[IMAGE_FEATURE]
+        best = tf.math.top_k(scores(image), k=k)
+        return {"classes": tf.gather(labels, best.indices), "scores": best.values}
+
     def pixel_values(pixel_values):
         return {"logits": classifier(tf.transpose(pixel_values, [0, 2, 3, 1]), training=False)}
 
@@ -468,6 +496,9 @@ def export_saved_model(
     archive.track(classifier)
     archive.add_endpoint("serving_default", serving_default, input_signature=strings_spec)
     archive.add_endpoint("top_k", top_k_fn, input_signature=strings_spec)
+    archive.add_endpoint(
+        CLASSIFY_SIGNATURE, classify, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")]
+    )
     archive.add_endpoint(
         "pixel_values",
         pixel_values,
@@ -478,6 +509,7 @@ def export_saved_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_dir))
     try:
         archive.write_out(str(staging), verbose=False)
+        set_method_names(staging, {CLASSIFY_SIGNATURE: Method.CLASSIFY})
         warmup = staging / WARMUP_FILE
         warmup.parent.mkdir(parents=True)
         with tf.io.TFRecordWriter(str(warmup)) as writer:

@@ -1,19 +1,23 @@
 """TF Serving's gRPC API with its own generated stubs (tensorflow-serving-api): PredictionService
-Predict and GetModelMetadata, ModelService GetModelStatus. Same runner and batcher as REST."""
+Predict, Classify, Regress and GetModelMetadata, ModelService GetModelStatus and HandleReloadConfigRequest.
+Same runner and batcher as REST."""
 
 import asyncio
 from concurrent.futures import Executor
 
 import tensorflow as tf
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_pb2,
     model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from services.kit.batcher import DynamicBatcher
@@ -21,6 +25,15 @@ from services.kit.errors import InvalidArgument
 from services.kit.grpc_server import time_remaining
 
 from . import schemas
+from .errors import FailedPrecondition, Unimplemented
+from .examples import (
+    Method,
+    classification_result,
+    inference_job,
+    inference_signature,
+    input_examples,
+    regression_result,
+)
 from .limits import (
     RequestLimits,
     TensorBudget,
@@ -29,11 +42,12 @@ from .limits import (
     proto_dtype,
     proto_shape,
 )
+from .model_config import MODEL_CONFIG_LIST
 from .runner import (
     DEFAULT_SIGNATURE,
     PredictJob,
     Servable,
-    VitRunner,
+    ViTRunner,
     validate_declared,
     validate_output_filter,
 )
@@ -42,16 +56,20 @@ PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["Predict
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 
 
-def _servable(runner: VitRunner, spec: model_pb2.ModelSpec) -> Servable:
-    if spec.WhichOneof("version_choice") == "version_label":
-        raise InvalidArgument(f"Unrecognized servable version label: {spec.version_label}")
-    return runner.servable(spec.name, spec.version.value if spec.HasField("version") else None)
+def _servable(runner: ViTRunner, spec: model_pb2.ModelSpec) -> Servable:
+    """ServerCore::ServableRequestFromModelSpec: a version, a label, or neither (the latest)."""
+    if not spec.name:
+        raise InvalidArgument("ModelSpec has no name specified.")
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version_label":
+        return runner.servable(spec.name, label=spec.version_label)
+    return runner.servable(spec.name, spec.version.value if choice == "version" else None)
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """`decoder` checks and converts the request's tensors and builds the response's, off the event loop."""
 
-    def __init__(self, runner: VitRunner, batcher: DynamicBatcher, limits: RequestLimits, decoder: Executor):
+    def __init__(self, runner: ViTRunner, batcher: DynamicBatcher, limits: RequestLimits, decoder: Executor):
         self.runner = runner
         self.batcher = batcher
         self.limits = limits
@@ -64,7 +82,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         signature = servable.signatures.get(signature_name)
         if signature is None:
-            raise schemas.FailedPrecondition(f'Serving signature key "{signature_name}" not found.')
+            raise FailedPrecondition(f'Serving signature key "{signature_name}" not found.')
         # Everything a tensor would cost is read from its declaration before any tensor is built.
         validate_declared(
             signature,
@@ -114,18 +132,44 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise InvalidArgument(f"Metadata field {field} is not supported")
         return schemas.metadata_response(_servable(self.runner, request.model_spec))
 
-    async def Classify(self, request, context):
-        raise schemas.Unimplemented("Classify is not supported by this server; use Predict")
+    def _prepare_examples(self, request, method: Method) -> PredictJob:
+        # TF Serving's order: the servable, its signature, then the examples (bounded before serialization).
+        if not request.HasField("model_spec"):
+            raise InvalidArgument("Missing ModelSpec")
+        servable = _servable(self.runner, request.model_spec)
+        signature_name = request.model_spec.signature_name
+        inference_signature(servable, signature_name, method)
+        return inference_job(servable, signature_name, method, input_examples(request.input, self.limits))
 
-    async def Regress(self, request, context):
-        raise schemas.Unimplemented("Regress is not supported by this server; use Predict")
+    async def _infer(self, request, context, method: Method):
+        loop = asyncio.get_running_loop()
+        job = await loop.run_in_executor(self.decoder, self._prepare_examples, request, method)
+        outputs = await self.batcher.submit(
+            job, key=job.batch_key, timeout=time_remaining(context), cost=job.cost, nbytes=job.nbytes
+        )
+        post_process = classification_result if method is Method.CLASSIFY else regression_result
+        result = await loop.run_in_executor(self.decoder, post_process, outputs, job.rows)
+        spec = schemas.model_spec(job.servable.name, job.servable.version, job.signature.name)
+        return spec, result
+
+    async def Classify(
+        self, request: classification_pb2.ClassificationRequest, context
+    ) -> classification_pb2.ClassificationResponse:
+        spec, result = await self._infer(request, context, Method.CLASSIFY)
+        return classification_pb2.ClassificationResponse(model_spec=spec, result=result)
+
+    async def Regress(
+        self, request: regression_pb2.RegressionRequest, context
+    ) -> regression_pb2.RegressionResponse:
+        spec, result = await self._infer(request, context, Method.REGRESS)
+        return regression_pb2.RegressionResponse(model_spec=spec, result=result)
 
     async def MultiInference(self, request, context):
-        raise schemas.Unimplemented("MultiInference is not supported by this server; use Predict")
+        raise Unimplemented("MultiInference is not supported by this server; use Classify, Regress or Predict")
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, runner: VitRunner):
+    def __init__(self, runner: ViTRunner):
         self.runner = runner
 
     async def GetModelStatus(
@@ -137,7 +181,17 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         version = spec.version.value if spec.HasField("version") else None
         return schemas.status_response(self.runner.version_states(spec.name, version))
 
-    async def HandleReloadConfigRequest(self, request, context):
-        raise schemas.Unimplemented(
-            "model config reloads are not supported: new versions are picked up by polling"
-        )
+    async def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context
+    ) -> model_management_pb2.ReloadConfigResponse:
+        """Swap in a new ModelServerConfig; answers once new models are loaded (or failed to load)."""
+        if request.config.WhichOneof("config") != MODEL_CONFIG_LIST:
+            raise InvalidArgument(
+                "ServerModelConfig type not supported by HandleReloadConfigRequest. Only ModelConfigList is "
+                "currently supported"
+            )
+        # Loading SavedModels takes seconds: off the event loop, which keeps answering requests meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, self.runner.reload, request.config)
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.SetInParent()  # error_code OK, error_message ""
+        return response

@@ -24,7 +24,7 @@ from tensorflow.core.framework import tensor_pb2
 
 from services.kit.errors import InvalidArgument
 
-from .settings import VitSettings
+from .settings import ViTSettings
 
 # TensorShape's own bound on rank.
 MAX_RANK = 254
@@ -45,7 +45,7 @@ class RequestLimits:
     max_rows: float | None = None
 
     @classmethod
-    def from_settings(cls, settings: VitSettings) -> RequestLimits:
+    def from_settings(cls, settings: ViTSettings) -> RequestLimits:
         return cls(
             max_elements=settings.max_tensor_elements,
             max_string_bytes=settings.max_string_bytes,

@@ -1,10 +1,11 @@
-"""SavedModel servables in TF Serving's layout: load every version, replay the warm-up records, pick up
-new versions by polling, and run a signature on batches merged across requests. No web code.
+"""SavedModel servables in TF Serving's layout: the models of a model config, each version loaded as its
+version policy says, warm-up records replayed, new versions picked up by polling, the config replaceable
+while serving, and a signature run on batches merged across requests. No web code.
 
 Any SavedModel works (the ViT export, a test's half_plus_three); the ViT specifics live in the model's
-own signatures. Versions are numeric directories under ``<model_base>/<model_name>`` holding a
-``saved_model.pb``; all of them are served (TF Serving's ``model_version_policy { all {} }``) and
-requests without a version get the highest.
+own signatures. Versions are numeric directories under a model's ``base_path`` holding a
+``saved_model.pb``; which are loaded follows ``model_version_policy`` (TF Serving's default: the latest
+only), and requests without a version or label get the highest loaded one.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import tensorflow as tf
 from prometheus_client import Counter, Gauge
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
 
 from services.kit.batcher import Work
 from services.kit.errors import Cancelled, InvalidArgument, NotFound, ServiceError
 
-from .settings import VitSettings
+from .errors import FailedPrecondition, Unknown
+from .model_config import ModelEntry, model_entries, read_config_file, single_model_config
+from .settings import ViTSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +51,15 @@ BATCH_FALLBACKS = Counter(
 )
 LATEST_VERSION = Gauge("vit_model_latest_version", "Highest available version", ["model"])
 VERSION_LOADS = Counter("vit_version_loads_total", "Version load attempts", ["model", "outcome"])
+_gauge_models: set[str] = set()  # models LATEST_VERSION has a series for (removed with the model)
+
+# Unloaded versions and removed models stay in GetModelStatus as END; these bound what is remembered.
+MAX_ENDED_VERSIONS = 64
+MAX_RETIRED_MODELS = 64
+MAX_CONFIG_FILE_BYTES = 4 * 1024 * 1024
 
 
-def configure_tensorflow(settings: VitSettings) -> None:
+def configure_tensorflow(settings: ViTSettings) -> None:
     """Thread pools and device visibility; TensorFlow accepts both only before its runtime starts."""
     try:
         if settings.device == "cpu":
@@ -128,14 +138,21 @@ class Servable:
         records = self.path / WARMUP_FILE
         if not records.exists():
             return 0
+        from .examples import INPUTS, input_examples  # examples builds on this module
+
         count = 0
         for record in tf.data.TFRecordDataset(str(records)).as_numpy_iterator():
             entry = prediction_log_pb2.PredictionLog.FromString(record)
-            if not entry.HasField("predict_log"):
+            kind = entry.WhichOneof("log_type")
+            if kind == "predict_log":
+                request = entry.predict_log.request
+                inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
+            elif kind in ("classify_log", "regress_log"):
+                request = getattr(entry, kind).request
+                inputs = {INPUTS: np.array(input_examples(request.input, limits=None), dtype=object)}
+            else:
                 continue
-            request = entry.predict_log.request
-            signature = self.signatures[request.model_spec.signature_name or DEFAULT_SIGNATURE]
-            signature.run({key: tf.make_ndarray(proto) for key, proto in request.inputs.items()})
+            self.signatures[request.model_spec.signature_name or DEFAULT_SIGNATURE].run(inputs)
             count += 1
         return count
 
@@ -235,117 +252,262 @@ def validate_output_filter(signature: Signature, output_filter: list[str]) -> tu
 
 @dataclass(frozen=True)
 class VersionState:
+    """A version as GetModelStatus reports it: AVAILABLE, or END (unloaded, or failed with `error`)."""
+
     version: int
     available: bool
     error: str = ""
 
 
 @dataclass(frozen=True)
-class Versions:
-    """What the poller found, published as one object: the event loop reads a snapshot that no thread
-    mutates (the poller builds the next one and swaps the reference), so loaded and failed versions are
-    always seen together and never change under an iteration."""
+class ModelVersions:
+    """One configured model: its loaded versions, the versions that failed to load and the versions that
+    were unloaded (reported as END, as TF Serving's state monitor keeps them)."""
 
+    entry: ModelEntry
     servables: dict[int, Servable] = field(default_factory=dict)
     failed: dict[int, tuple[float, str]] = field(default_factory=dict)  # version -> (saved_model.pb mtime, error)
+    ended: dict[int, str] = field(default_factory=dict)  # version -> its load error, "" when simply unloaded
 
 
-class VitRunner:
-    """All versions of one model, kept in sync with the model directory."""
+@dataclass(frozen=True)
+class Registry:
+    """Every model, published as one object: readers (the event loop, request threads) take a snapshot that
+    no thread mutates (scans and reloads build the next one and swap the reference), so a request sees
+    labels, versions and failures of one moment, and an unloaded version stays alive for requests that
+    already hold it."""
 
-    def __init__(self, settings: VitSettings):
+    models: dict[str, ModelVersions] = field(default_factory=dict)
+    retired: dict[str, dict[int, str]] = field(default_factory=dict)  # removed models' versions, all END
+
+
+def _version_dirs(base_path: Path) -> dict[int, Path]:
+    if not base_path.is_dir():
+        return {}
+    return {
+        int(path.name): path
+        for path in base_path.iterdir()
+        if path.name.isdigit() and (path / "saved_model.pb").is_file()
+    }
+
+
+def _newest(states: dict[int, str], limit: int) -> dict[int, str]:
+    return {version: states[version] for version in sorted(states, reverse=True)[:limit]}
+
+
+class ViTRunner:
+    """The models of a TF Serving model config, each kept in sync with its base path under its version
+    policy; the config itself can be replaced while serving (HandleReloadConfigRequest, file polling)."""
+
+    def __init__(self, settings: ViTSettings):
         self.settings = settings
-        self.name = settings.model_name
-        self.model_dir = Path(settings.model_base) / settings.model_name
-        self._versions = Versions()  # replaced whole, never mutated: readers need no lock
+        self._registry = Registry()  # replaced whole, never mutated: readers need no lock
+        if settings.model_config_file is None:
+            single = single_model_config(settings.model_name, Path(settings.model_base) / settings.model_name)
+            entry = model_entries(single, max_models=1)[0]
+            self._registry = Registry({entry.name: ModelVersions(entry)})
         self._scan_lock = threading.Lock()
         self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def load(self) -> None:
         configure_tensorflow(self.settings)
-        if not self._version_dirs() and self.settings.checkpoint:
-            self._export_checkpoint()
-        self.scan(warmup=False)
-        if not self._versions.servables:
-            raise RuntimeError(
-                f"no loadable version under {self.model_dir} (numeric directories with a saved_model.pb); "
-                "set VIT_CHECKPOINT to export one at start-up"
+        if self.settings.model_config_file is not None:
+            config = read_config_file(self.settings.model_config_file, MAX_CONFIG_FILE_BYTES)
+        else:
+            config = single_model_config(
+                self.settings.model_name, Path(self.settings.model_base) / self.settings.model_name
             )
+        entries = model_entries(config, self.settings.max_models)
+        for entry in entries:
+            if entry.name == self.settings.model_name and self.settings.checkpoint and not _version_dirs(entry.base_path):
+                self._export_checkpoint(entry.base_path)
+        # TF Serving fails to start when a model never becomes available; so does this server.
+        self.reload(config, warmup=False, startup=True)
         if self.settings.poll_interval_s > 0:
-            self._poller = threading.Thread(target=self._poll, name="vit-version-poll", daemon=True)
-            self._poller.start()
+            self._start(self._poll_versions, "vit-version-poll")
+        if self.settings.model_config_file is not None and self.settings.model_config_file_poll_wait_seconds > 0:
+            self._start(self._poll_config_file, "vit-config-poll")
 
     def warmup(self) -> None:
-        for servable in self._versions.servables.values():
-            log.info(
-                "%s version %d: replayed %d warm-up requests", self.name, servable.version, servable.warmup()
-            )
+        for model in self._registry.models.values():
+            for servable in model.servables.values():
+                log.info(
+                    "%s version %d: replayed %d warm-up requests", servable.name, servable.version, servable.warmup()
+                )
 
     def close(self) -> None:
         self._stop.set()
-        if self._poller is not None:
-            self._poller.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
-    def _export_checkpoint(self) -> None:
+    def _start(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _export_checkpoint(self, base_path: Path) -> None:
         from .export import export_saved_model  # keras-hub is needed only here, not to serve
 
-        log.info("%s has no version yet: exporting %s", self.model_dir, self.settings.checkpoint)
-        export_saved_model(self.settings.checkpoint, Path(self.settings.model_base), self.name)
+        log.info("%s has no version yet: exporting %s", base_path, self.settings.checkpoint)
+        export_saved_model(self.settings.checkpoint, base_path.parent, base_path.name)
 
-    # -- versions -------------------------------------------------------------------------------
+    # -- config and versions --------------------------------------------------------------------
 
-    def _version_dirs(self) -> dict[int, Path]:
-        if not self.model_dir.is_dir():
-            return {}
-        return {
-            int(path.name): path
-            for path in self.model_dir.iterdir()
-            if path.name.isdigit() and (path / "saved_model.pb").is_file()
-        }
+    def reload(
+        self, config: model_server_config_pb2.ModelServerConfig, warmup: bool | None = None, startup: bool = False
+    ) -> None:
+        """ServerCore::ReloadConfig: load new models and versions, unload removed ones, move labels.
+
+        Checked first, changing nothing when refused: the config itself (InvalidArgument) and every label,
+        which must name a version that is AVAILABLE now (FailedPrecondition) unless
+        VIT_ALLOW_VERSION_LABELS_FOR_UNAVAILABLE_MODELS, as in TF Serving, where a label on a model that is
+        still loading (any label at start-up) needs --allow_version_labels_for_unavailable_models.
+        Requests in flight keep the servable they resolved; it is freed once they finish.
+        """
+        entries = model_entries(config, self.settings.max_models)
+        warmup = self.settings.warmup if warmup is None else warmup
+        with self._scan_lock:
+            current = self._registry
+            self._check_labels(entries, current)
+            models = {}
+            for entry in entries:
+                previous = current.models.get(entry.name)
+                if previous is None:
+                    previous = ModelVersions(entry, ended=current.retired.get(entry.name, {}))
+                models[entry.name] = self._sync(previous, entry, warmup)
+            retired = {name: ended for name, ended in current.retired.items() if name not in models}
+            for name, gone in current.models.items():
+                if name not in models:
+                    states = {**gone.ended, **{v: error for v, (_, error) in gone.failed.items()}}
+                    states.update(dict.fromkeys(gone.servables, ""))
+                    retired[name] = _newest(states, MAX_ENDED_VERSIONS)
+                    log.info("model %s was removed from the config: unloaded", name)
+                    if name in _gauge_models:
+                        LATEST_VERSION.remove(name)
+                        _gauge_models.discard(name)
+            retired = dict(list(retired.items())[-MAX_RETIRED_MODELS:])
+            self._publish(Registry(models, retired))
+        fresh = [name for name in models if startup or name not in current.models]
+        unavailable = [models[name] for name in fresh if not models[name].servables]
+        if unavailable:
+            details = ", ".join(
+                f"{{name: {model.entry.name}}} due to error: "
+                + (
+                    "; ".join(f"version {v}: {error}" for v, (_, error) in sorted(model.failed.items()))
+                    or f"no version under {model.entry.base_path} (numeric directories with a saved_model.pb)"
+                )
+                for model in unavailable
+            )
+            raise Unknown(f"{len(unavailable)} model(s) did not become available: {{{details}}}")
+
+    def _check_labels(self, entries: list[ModelEntry], current: Registry) -> None:
+        for entry in entries:
+            previous = current.models.get(entry.name)
+            serving = previous.servables if previous else {}
+            old_labels = previous.entry.labels if previous else {}
+            for label, version in sorted(entry.labels.items()):
+                # The flag admits a new label, or one kept on its version, never one moved to an unavailable one.
+                allowed = (
+                    self.settings.allow_version_labels_for_unavailable_models
+                    and old_labels.get(label, version) == version
+                )
+                if not allowed and version not in serving:
+                    raise FailedPrecondition(
+                        f"Request to assign label to version {version} of model {entry.name}, which is not "
+                        "currently available for inference"
+                    )
+
+    def _sync(self, previous: ModelVersions, entry: ModelEntry, warmup: bool) -> ModelVersions:
+        """Load the versions the policy aspires to, unload the rest, as TF Serving's
+        AvailabilityPreservingPolicy does: until an aspired version is AVAILABLE the highest version that
+        served before keeps serving (a broken new version does not take the model down)."""
+        on_disk = _version_dirs(entry.base_path)
+        aspired = entry.policy.aspired(on_disk)
+        servables = {v: s for v, s in previous.servables.items() if v in aspired}
+        failed = {v: f for v, f in previous.failed.items() if v in aspired}
+        for version in sorted(aspired - set(servables), reverse=True):
+            path = on_disk[version]
+            mtime = (path / "saved_model.pb").stat().st_mtime
+            if failed.get(version, (None,))[0] == mtime:
+                continue
+            try:
+                servable = Servable(entry.name, version, path)
+                if warmup:
+                    servable.warmup()
+            except Exception as exc:  # a broken version is reported in the status, others keep serving
+                log.exception("%s version %d failed to load", entry.name, version)
+                failed[version] = (mtime, f"{type(exc).__name__}: {exc}")
+                VERSION_LOADS.labels(entry.name, "failed").inc()
+                continue
+            failed.pop(version, None)
+            servables[version] = servable
+            VERSION_LOADS.labels(entry.name, "loaded").inc()
+            log.info("%s version %d is available (%s)", entry.name, version, path)
+        if aspired and not servables:
+            kept = [v for v in previous.servables if v not in aspired and v in on_disk]
+            if kept:
+                servables[max(kept)] = previous.servables[max(kept)]
+        ended = dict(previous.ended)
+        for version in set(previous.servables) - set(servables):
+            log.info("%s version %d unloaded", entry.name, version)
+            ended[version] = ""
+        for version, (_, error) in previous.failed.items():
+            if version not in failed and version not in servables:
+                ended[version] = error
+        for version in (*servables, *failed):
+            ended.pop(version, None)
+        return ModelVersions(entry, servables, failed, _newest(ended, MAX_ENDED_VERSIONS))
 
     def scan(self, warmup: bool) -> None:
-        """Load versions that appeared, drop versions whose directory went away (TF Serving's poll)."""
+        """Rescan every model's base path (TF Serving's --file_system_poll_wait_seconds)."""
         with self._scan_lock:
-            current = self._versions
-            on_disk = self._version_dirs()
-            servables = {v: s for v, s in current.servables.items() if v in on_disk}
-            failed = {v: f for v, f in current.failed.items() if v in on_disk}
-            for version, path in sorted(on_disk.items()):
-                mtime = (path / "saved_model.pb").stat().st_mtime
-                if version in servables or failed.get(version, (None,))[0] == mtime:
-                    continue
-                try:
-                    servable = Servable(self.name, version, path)
-                    if warmup:
-                        servable.warmup()
-                except Exception as exc:  # a broken version is reported in the status, others keep serving
-                    log.exception("%s version %d failed to load", self.name, version)
-                    failed[version] = (mtime, f"{type(exc).__name__}: {exc}")
-                    VERSION_LOADS.labels(self.name, "failed").inc()
-                    continue
-                failed.pop(version, None)
-                servables[version] = servable
-                VERSION_LOADS.labels(self.name, "loaded").inc()
-                log.info("%s version %d is available (%s)", self.name, version, path)
-            for version in set(current.servables) - set(servables):
-                log.info("%s version %d was removed from disk: unloaded", self.name, version)
-            self._versions = Versions(servables, failed)
-            if servables:
-                LATEST_VERSION.labels(self.name).set(max(servables))
+            current = self._registry
+            models = {name: self._sync(model, model.entry, warmup) for name, model in current.models.items()}
+            self._publish(Registry(models, current.retired))
 
-    def _poll(self) -> None:
+    def _publish(self, registry: Registry) -> None:
+        self._registry = registry
+        for name, model in registry.models.items():
+            if model.servables:
+                LATEST_VERSION.labels(name).set(max(model.servables))
+                _gauge_models.add(name)
+
+    def _poll_versions(self) -> None:
         while not self._stop.wait(self.settings.poll_interval_s):
             try:
                 self.scan(warmup=self.settings.warmup)
             except Exception:
-                log.exception("scanning %s failed", self.model_dir)
+                log.exception("scanning the model directories failed")
 
-    def servable(self, name: str, version: int | None = None) -> Servable:
-        servables = self._versions.servables
-        if name != self.name or not servables:
+    def _poll_config_file(self) -> None:
+        """--model_config_file_poll_wait_seconds: reread and apply the file; a bad file is logged and the
+        config in force stays."""
+        path = self.settings.model_config_file
+        while not self._stop.wait(self.settings.model_config_file_poll_wait_seconds):
+            try:
+                self.reload(read_config_file(path, MAX_CONFIG_FILE_BYTES))
+            except ServiceError as exc:
+                log.error("reloading %s failed: %s", path, exc.message)
+            except Exception:
+                log.exception("reloading %s failed", path)
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    def servable(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """ServerCore::GetServableHandle: a label resolves to its version first."""
+        model = self._registry.models.get(name)
+        if label is not None:
+            labels = model.entry.labels if model else {}
+            if label not in labels:
+                # TF Serving echoes the label; a megabyte one is cut short (it travels in a status header).
+                shown = label if len(label) <= 200 else label[:200] + "..."
+                raise InvalidArgument(f"Unrecognized servable version label: {shown}")
+            version = labels[label]
+        servables = model.servables if model else {}
+        if not servables:
             raise servable_not_found(name, version)
         if version is None:
             return servables[max(servables)]
@@ -355,11 +517,13 @@ class VitRunner:
 
     def version_states(self, name: str, version: int | None = None) -> list[VersionState]:
         """What GetModelStatus reports, highest version first (TF Serving's order)."""
-        states: dict[int, VersionState] = {}
-        if name == self.name:
-            versions = self._versions
-            states.update({v: VersionState(v, False, error) for v, (_, error) in versions.failed.items()})
-            states.update({v: VersionState(v, True) for v in versions.servables})
+        registry = self._registry
+        model = registry.models.get(name)
+        ended = model.ended if model else registry.retired.get(name, {})
+        states = {v: VersionState(v, False, error) for v, error in ended.items()}
+        if model:
+            states.update({v: VersionState(v, False, error) for v, (_, error) in model.failed.items()})
+            states.update({v: VersionState(v, True) for v in model.servables})
         if version is not None:
             if version not in states:
                 raise NotFound(f"Could not find version {version} of model {name}")
@@ -368,8 +532,8 @@ class VitRunner:
             raise NotFound(f"Could not find any versions of model {name}")
         return [states[v] for v in sorted(states, reverse=True)]
 
-    def available_versions(self) -> list[int]:
-        return sorted(self._versions.servables)
+    def available_versions(self) -> dict[str, list[int]]:
+        return {name: sorted(model.servables) for name, model in self._registry.models.items()}
 
     # -- prediction -----------------------------------------------------------------------------
 
@@ -387,7 +551,7 @@ class VitRunner:
                 outputs = self._run(jobs[0], merged, total)
             except InvalidArgument:
                 # One bad image fails the whole merged call: re-run one by one so only its sender fails.
-                BATCH_FALLBACKS.labels(self.name).inc()
+                BATCH_FALLBACKS.labels(jobs[0].servable.name).inc()
             else:
                 # Outputs without a per-row leading dimension cannot be split: then each request runs alone.
                 if all(value.ndim and value.shape[0] == total for value in outputs.values()):

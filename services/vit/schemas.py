@@ -10,7 +10,6 @@ import json
 import math
 from typing import Any
 
-import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf.json_format import MessageToDict
@@ -29,20 +28,6 @@ BYTES_SUFFIX = "_bytes"
 SIGNATURE_DEF_FIELD = "signature_def"
 
 
-class FailedPrecondition(ServiceError):
-    """TF Serving's status for a Predict on a signature the model lacks (HTTP 400 in its REST API)."""
-
-    http_status = 400
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
-    code = "failed_precondition"
-
-
-class Unimplemented(ServiceError):
-    http_status = 501
-    grpc_code = grpc.StatusCode.UNIMPLEMENTED
-    code = "unimplemented"
-
-
 class Format(enum.Enum):
     ROW = "instances"
     COLUMNAR = "inputs"
@@ -56,13 +41,13 @@ def error_body(error: ServiceError) -> dict:
 # -- requests -----------------------------------------------------------------------------------
 
 
-def _show(value: Any, limit: int = 200) -> str:
+def show_json(value: Any, limit: int = 200) -> str:
     """A JSON value for an error message, cut short (requests carry megabytes of base64)."""
     text = json.dumps(value, allow_nan=True)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     if value is None:
         return "Null"
     if isinstance(value, bool):
@@ -87,7 +72,7 @@ def parse_json(body: bytes, limits: RequestLimits) -> dict:
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
     if not isinstance(doc, dict):
-        raise InvalidArgument(f"JSON Value: {_show(doc)} Is not object")
+        raise InvalidArgument(f"JSON Value: {show_json(doc)} Is not object")
     return doc
 
 
@@ -95,7 +80,7 @@ def signature_name(doc: dict) -> str:
     name = doc.get("signature_name", "")
     if not isinstance(name, str):
         raise InvalidArgument(
-            f"JSON Value: {_show(doc)} not formatted correctly. 'signature_name' key must be a string value."
+            f"JSON Value: {show_json(doc)} not formatted correctly. 'signature_name' key must be a string value."
         )
     return name
 
@@ -105,9 +90,9 @@ def is_b64_object(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get(B64_KEY), str)
 
 
-def _b64_decode(value: Any) -> bytes:
+def b64_decode(value: Any) -> bytes:
     if not is_b64_object(value):
-        raise InvalidArgument(f"JSON Value: {_show(value)} not formatted correctly for base64 data")
+        raise InvalidArgument(f"JSON Value: {show_json(value)} not formatted correctly for base64 data")
     text = value[B64_KEY]
     try:
         # Standard alphabet; padding may be left off, as absl::Base64Unescape allows.
@@ -119,14 +104,14 @@ def _b64_decode(value: Any) -> bytes:
 def _scalar(value: Any, dtype: tf.DType, name: str, budget: TensorBudget) -> Any:
     def type_error() -> InvalidArgument:
         return InvalidArgument(
-            f"JSON Value: {_show(value)} Type: {_json_type(value)} is not of expected type: {_dtype_name(dtype)}"
+            f"JSON Value: {show_json(value)} Type: {json_type(value)} is not of expected type: {_dtype_name(dtype)}"
         )
 
     if dtype == tf.string:
         if isinstance(value, str):
             data = value.encode()
         elif isinstance(value, dict):
-            data = _b64_decode(value)
+            data = b64_decode(value)
         else:
             raise type_error()
         budget.take_string_bytes(name, len(data))
@@ -145,7 +130,7 @@ def _scalar(value: Any, dtype: tf.DType, name: str, budget: TensorBudget) -> Any
             lossy = math.isfinite(value) and abs(value) > float(limit.max)  # NaN and Infinity are fine
         if lossy:
             raise InvalidArgument(
-                f"Cannot convert JSON value: {_show(value)} to {_dtype_name(dtype)} without loss of precision."
+                f"Cannot convert JSON value: {show_json(value)} to {_dtype_name(dtype)} without loss of precision."
             )
         return value
     if dtype.is_integer:
@@ -153,7 +138,7 @@ def _scalar(value: Any, dtype: tf.DType, name: str, budget: TensorBudget) -> Any
             raise type_error()
         return value
     raise InvalidArgument(
-        f"Conversion of JSON Value: {_show(value)} to type: {_dtype_name(dtype)} is not supported"
+        f"Conversion of JSON Value: {show_json(value)} to type: {_dtype_name(dtype)} is not supported"
     )
 
 
@@ -172,7 +157,7 @@ def _fill(value: Any, level: int, shape: list[int], dtype: tf.DType, out: list, 
     if not isinstance(value, list):
         if level != len(shape):
             raise InvalidArgument(
-                f"JSON Value: {_show(value)} found at incorrect level: {level + 1} in the JSON DOM. "
+                f"JSON Value: {show_json(value)} found at incorrect level: {level + 1} in the JSON DOM. "
                 f"Expected at level: {len(shape)}"
             )
         out.append(_scalar(value, dtype, name, budget))
@@ -242,7 +227,7 @@ def _rows_to_arrays(
                 ) from None
         if set(item) != set(specs):
             raise InvalidArgument(
-                f"Failed to process element: {index} of 'instances' list. JSON object: {_show(item)} "
+                f"Failed to process element: {index} of 'instances' list. JSON object: {show_json(item)} "
                 f"must only have keys: {','.join(sorted(specs))}"
             )
     return {key: np.stack(values) for key, values in columns.items()}
@@ -287,15 +272,15 @@ def decode_predict_inputs(
         raise InvalidArgument("Failed to get input map for signature")
     if "instances" in doc and "inputs" in doc:
         raise InvalidArgument(
-            f"JSON Value: {_show(doc)} Not formatted correctly expecting only one of 'inputs' or 'instances' "
+            f"JSON Value: {show_json(doc)} Not formatted correctly expecting only one of 'inputs' or 'instances' "
             "keys to exist"
         )
     if "instances" in doc:
         instances = doc["instances"]
         if not isinstance(instances, list):
-            raise InvalidArgument(f"JSON Value: {_show(doc)} Expecting 'instances' to be an list/array")
+            raise InvalidArgument(f"JSON Value: {show_json(doc)} Expecting 'instances' to be an list/array")
         if not instances:
-            raise InvalidArgument(f"JSON Value: {_show(doc)} No values in 'instances' array")
+            raise InvalidArgument(f"JSON Value: {show_json(doc)} No values in 'instances' array")
         budget.check_rows(len(instances), "'instances'")
         return Format.ROW, _rows_to_arrays(instances, specs, budget)
     if "inputs" in doc:
@@ -390,10 +375,12 @@ def status_response(states: list[VersionState]) -> get_model_status_pb2.GetModel
             entry.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
             entry.status.SetInParent()  # error_code OK, error_message ""
         else:
-            # A version that failed to load ends in END with its error, as in TF Serving.
+            # Unloaded versions end in END with an OK status, versions that failed to load with their error.
             entry.state = get_model_status_pb2.ModelVersionStatus.END
-            entry.status.error_code = 2  # tensorflow.error.Code UNKNOWN
-            entry.status.error_message = state.error
+            entry.status.SetInParent()
+            if state.error:
+                entry.status.error_code = 2  # tensorflow.error.Code UNKNOWN
+                entry.status.error_message = state.error
     return response
 
 

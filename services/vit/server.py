@@ -13,14 +13,15 @@ from services.kit.service import GrpcServicer, Service
 from . import schemas
 from .grpc_servicer import MODEL_SERVICE, PREDICTION_SERVICE, ModelServicer, PredictionServicer
 from .limits import RequestLimits
+from .oip import oip_models
 from .rest import MONITORING_PATH, create_router
-from .runner import VitRunner
-from .settings import VitSettings
+from .runner import ViTRunner
+from .settings import ViTSettings
 
 
-def create_service(settings: VitSettings | None = None) -> Service:
-    settings = settings or VitSettings()
-    runner = VitRunner(settings)
+def create_service(settings: ViTSettings | None = None) -> Service:
+    settings = settings or ViTSettings()
+    runner = ViTRunner(settings)
     service = Service(
         name="vit", settings=settings, runner=runner, error_body=schemas.error_body, metrics_paths=(MONITORING_PATH,)
     )
@@ -41,6 +42,8 @@ def create_service(settings: VitSettings | None = None) -> Service:
         ),
     ]
     service.models = lambda: [
-        {"id": settings.model_name, "versions": runner.available_versions(), "protocol": "tensorflow-serving"}
+        {"id": name, "versions": versions, "protocol": "tensorflow-serving"}
+        for name, versions in sorted(runner.available_versions().items())
     ]
+    service.oip += oip_models(settings, runner, batcher, limits, decoder)
     return service

@@ -6,7 +6,7 @@ from pydantic_settings import SettingsConfigDict
 from services.kit.config import ServiceSettings
 
 
-class VitSettings(ServiceSettings):
+class ViTSettings(ServiceSettings):
     """The TF Serving-compatible server: TF Serving's ports, model layout and batching defaults."""
 
     model_config = SettingsConfigDict(env_prefix="VIT_", extra="ignore", protected_namespaces=())
@@ -23,8 +23,25 @@ class VitSettings(ServiceSettings):
     poll_interval_s: float = Field(
         5.0,
         ge=0,
-        description="how often the model directory is rescanned for new or removed versions; 0 = never",
+        description="how often the model directories are rescanned for new or removed versions; 0 = never "
+        "(TF Serving's --file_system_poll_wait_seconds)",
     )
+    # TF Serving's --model_config_file: a text-format ModelServerConfig listing the models, their base paths,
+    # version policies and labels. When set, model_base/model_name are not used (as --model_name and
+    # --model_base_path are not); without it they make a one-model config with the default policy (latest).
+    model_config_file: Path | None = None
+    model_config_file_poll_wait_seconds: float = Field(
+        0,
+        ge=0,
+        description="how often the model config file is reread and applied; 0 = never "
+        "(TF Serving's --model_config_file_poll_wait_seconds)",
+    )
+    allow_version_labels_for_unavailable_models: bool = Field(
+        False,
+        description="let a config give a label to a version that is not loaded yet, as TF Serving's flag of "
+        "that name: without it a config with labels cannot be the first one (nothing is loaded yet)",
+    )
+    max_models: int = Field(64, ge=1, description="models one config may list")
     # As the exporter's batching_parameters.txt: up to 16 requests per model call, 5 ms to fill a batch.
     max_batch_size: int = Field(16, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from services.kit.testing import ServerThread
 from services.vit.server import create_service
-from services.vit.settings import VitSettings
+from services.vit.settings import ViTSettings
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +23,7 @@ def vit_checkpoint(models_dir):
 
 @pytest.fixture(scope="session")
 def vit_server(vit_checkpoint, tmp_path_factory):
-    settings = VitSettings(
+    settings = ViTSettings(
         model_base=tmp_path_factory.mktemp("vit-serving"),
         checkpoint=str(vit_checkpoint),
         poll_interval_s=0.5,

@@ -358,14 +358,24 @@ def test_tf_serving_layout_and_warmup(exported, served, model_base):
 
     records = list(tf.data.TFRecordDataset(str(exported / export.WARMUP_FILE)).as_numpy_iterator())
     assert records
+    kinds = set()
     for record in records:
         log = prediction_log_pb2.PredictionLog.FromString(record)
+        kinds.add(log.WhichOneof("log_type"))
+        if log.HasField("classify_log"):
+            # Classify records: serialized tf.Examples carrying the image, for the classify signature.
+            request = log.classify_log.request
+            examples = [e.SerializeToString() for e in request.input.example_list.examples]
+            outputs = served.signatures[request.model_spec.signature_name](inputs=tf.constant(examples))
+            assert outputs["classes"].shape[0] == len(examples) == outputs["scores"].shape[0]
+            continue
         request = log.predict_log.request
         assert request.model_spec.name == "hf-vit"
         # Replay it the way TF Serving does at load time.
         inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
         outputs = served.signatures[request.model_spec.signature_name](**inputs)
         assert all(len(value) == len(inputs["string_input"]) for value in outputs.values())
+    assert kinds == {"predict_log", "classify_log"}
 
     params = text_format.Parse(
         (model_base / "hf-vit" / export.BATCHING_FILE).read_text(), _batching_parameters_type()()

@@ -1,8 +1,11 @@
 """Contract tests from TF Serving's REST API documentation (api_rest.md) and its gRPC API, on a
-half_plus_three SavedModel built here.
+half_plus_three SavedModel built here, served from one model config file (three models over the same
+versions: `all`, default and `specific` version policies, version labels).
 
 They run against this project's server and, when a `tensorflow_model_server` binary is on PATH, against
-the real TF Serving with the same model directory: the expectations are TF Serving's, not ours.
+the real TF Serving with the same model directory and the same config file: the expectations are TF
+Serving's, not ours. Messages asserted here are TF Serving's (server_core.cc, classifier.cc, regressor.cc,
+json_tensor.cc, util.cc).
 """
 
 import base64
@@ -15,20 +18,29 @@ import grpc
 import pytest
 import requests
 import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
+from tensorflow_serving.config import model_server_config_pb2
 
 from services.kit.testing import ServerThread, free_port
+from services.vit.examples import Method, set_method_names
 from services.vit.server import create_service
-from services.vit.settings import VitSettings
+from services.vit.settings import ViTSettings
 
 MODEL = "half_plus_three"
 LATEST, OLDER = 123, 1  # 123 as in TF Serving's testdata; version 1 is an older half_plus_two
+# The same versions under TF Serving's default policy (the latest only) and under `specific { versions: 1 }`.
+LATEST_ONLY, PINNED = "half_plus_three_latest", "half_plus_three_pinned"
+EXAMPLE_FEATURES = {"x": tf.io.FixedLenFeature([], tf.float32)}
 
 
 class HalfPlus(tf.Module):
@@ -51,15 +63,62 @@ class HalfPlus(tf.Module):
         # Inputs of different 0-th dimensions: only the columnar format can express them.
         return {"total": tf.reduce_sum(a) + tf.reduce_sum(b)}
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def classify(self, inputs):
+        # Serialized tf.Examples with a float feature "x": one class per example, scored y.
+        y = self.slope * tf.io.parse_example(inputs, EXAMPLE_FEATURES)["x"] + self.offset
+        return {"classes": tf.fill([tf.size(y), 1], "y"), "scores": tf.expand_dims(y, 1)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def regress(self, inputs):
+        return {"outputs": self.slope * tf.io.parse_example(inputs, EXAMPLE_FEATURES)["x"] + self.offset}
+
 
 @pytest.fixture(scope="module")
 def model_base(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("tfs-models")
     for version, offset in ((OLDER, 2.0), (LATEST, 3.0)):
         module = HalfPlus(offset)
-        signatures = {"serving_default": module.predict, "tagged": module.tagged, "total": module.total}
+        signatures = {
+            "serving_default": module.predict,
+            "tagged": module.tagged,
+            "total": module.total,
+            "classify_x_to_y": module.classify,
+            "regress_x_to_y": module.regress,
+        }
         tf.saved_model.save(module, str(base / MODEL / str(version)), signatures=signatures)
+        set_method_names(
+            base / MODEL / str(version), {"classify_x_to_y": Method.CLASSIFY, "regress_x_to_y": Method.REGRESS}
+        )
     return base
+
+
+def model_config(model_base: Path, stable: int = OLDER) -> model_server_config_pb2.ModelServerConfig:
+    return text_format.Parse(
+        f"""
+        model_config_list {{
+          config {{
+            name: "{MODEL}" base_path: "{model_base / MODEL}" model_platform: "tensorflow"
+            model_version_policy {{ all {{}} }}
+            version_labels {{ key: "stable" value: {stable} }}
+            version_labels {{ key: "canary" value: {LATEST} }}
+          }}
+          config {{ name: "{LATEST_ONLY}" base_path: "{model_base / MODEL}" model_platform: "tensorflow" }}
+          config {{
+            name: "{PINNED}" base_path: "{model_base / MODEL}" model_platform: "tensorflow"
+            model_version_policy {{ specific {{ versions: {OLDER} }} }}
+          }}
+        }}
+        """,
+        model_server_config_pb2.ModelServerConfig(),
+    )
+
+
+@pytest.fixture(scope="module")
+def config_file(model_base, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tfs-config") / "models.config"
+    path.write_text(text_format.MessageToString(model_config(model_base)))
+    return path
 
 
 @dataclass
@@ -68,15 +127,17 @@ class Endpoint:
     grpc: str
 
 
-def _serve_with_tensorflow_model_server(binary: str, model_base: Path, tmp_path: Path):
-    config = tmp_path / "models.config"
-    config.write_text(
-        f'model_config_list {{ config {{ name: "{MODEL}" base_path: "{model_base / MODEL}" '
-        'model_platform: "tensorflow" model_version_policy { all {} } } }'
-    )
+def _serve_with_tensorflow_model_server(binary: str, config_file: Path):
     rest_port, grpc_port = free_port(), free_port()
     process = subprocess.Popen(
-        [binary, f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--model_config_file={config}"]
+        [
+            binary,
+            f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}",
+            f"--model_config_file={config_file}",
+            # Labels in the first config name versions that are not loaded yet.
+            "--allow_version_labels_for_unavailable_models",
+        ]
     )
     endpoint = Endpoint(f"http://127.0.0.1:{rest_port}", f"127.0.0.1:{grpc_port}")
     for _ in range(120):
@@ -94,18 +155,21 @@ def _serve_with_tensorflow_model_server(binary: str, model_base: Path, tmp_path:
 
 
 @pytest.fixture(scope="module", params=["python", "tensorflow_model_server"])
-def server(request, model_base, tmp_path_factory):
+def server(request, config_file):
     if request.param == "python":
-        settings = VitSettings(model_base=model_base, model_name=MODEL, poll_interval_s=0, checkpoint=None)
+        settings = ViTSettings(
+            model_config_file=config_file,
+            allow_version_labels_for_unavailable_models=True,
+            poll_interval_s=0,
+            checkpoint=None,
+        )
         with ServerThread(lambda: [create_service(settings)], settings) as thread:
             yield Endpoint(thread.rest_url, thread.grpc_target)
         return
     binary = shutil.which("tensorflow_model_server")
     if binary is None:
         pytest.skip("no tensorflow_model_server binary on PATH (it ships as the tensorflow/serving image)")
-    process, endpoint = _serve_with_tensorflow_model_server(
-        binary, model_base, tmp_path_factory.mktemp("tfs")
-    )
+    process, endpoint = _serve_with_tensorflow_model_server(binary, config_file)
     yield endpoint
     process.terminate()
     process.wait(timeout=30)
@@ -384,3 +448,228 @@ def test_grpc_metadata_and_status(channel):
     with pytest.raises(grpc.RpcError) as caught:
         model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request, 10.0)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- several models, version policies and labels (one config file) ---------------------------------------
+
+
+def version_states(server: Endpoint, model: str) -> dict[int, str]:
+    response = requests.get(f"{server.rest}/v1/models/{model}", timeout=10)
+    return {int(s["version"]): s["state"] for s in response.json()["model_version_status"]}
+
+
+def test_each_model_of_the_config_follows_its_version_policy(server):
+    assert version_states(server, MODEL) == {LATEST: "AVAILABLE", OLDER: "AVAILABLE"}  # all {}
+    assert version_states(server, LATEST_ONLY) == {LATEST: "AVAILABLE"}  # the default: latest only
+    assert version_states(server, PINNED) == {OLDER: "AVAILABLE"}  # specific { versions: 1 }
+    assert post(server, f"/v1/models/{LATEST_ONLY}:predict", {"instances": [1.0]}).json() == {
+        "predictions": [3.5]
+    }
+    assert post(server, f"/v1/models/{PINNED}:predict", {"instances": [1.0]}).json() == {"predictions": [2.5]}
+    response = post(server, f"/v1/models/{LATEST_ONLY}/versions/{OLDER}:predict", {"instances": [1.0]})
+    assert response.status_code == 404
+    assert response.json() == {"error": f"Servable not found for request: Specific({LATEST_ONLY}, {OLDER})"}
+
+
+def test_labels_name_a_version_in_every_rest_endpoint(server):
+    labelled = f"/v1/models/{MODEL}/labels"
+    assert post(server, f"{labelled}/stable:predict", {"instances": [1.0]}).json() == {"predictions": [2.5]}
+    assert post(server, f"{labelled}/canary:predict", {"instances": [1.0]}).json() == {"predictions": [3.5]}
+    body = {"signature_name": "classify_x_to_y", "examples": [{"x": 1.0}]}
+    assert post(server, f"{labelled}/stable:classify", body).json() == {"results": [[["y", 2.5]]]}
+    body = {"signature_name": "regress_x_to_y", "examples": [{"x": 1.0}]}
+    assert post(server, f"{labelled}/canary:regress", body).json() == {"results": [3.5]}
+    metadata = requests.get(f"{server.rest}{labelled}/stable/metadata", timeout=10).json()
+    assert metadata["model_spec"]["version"] == str(OLDER)
+    # GetModelStatus does not read the label: every version's status comes back.
+    status = requests.get(f"{server.rest}{labelled}/stable", timeout=10).json()
+    assert {s["version"] for s in status["model_version_status"]} == {str(OLDER), str(LATEST)}
+
+
+@pytest.mark.parametrize("path", [f"/v1/models/{MODEL}/labels/nope", f"/v1/models/{LATEST_ONLY}/labels/stable"])
+def test_an_unknown_label_is_invalid_argument(server, path):
+    label = path.rsplit("/", 1)[1]
+    for suffix, body in ((":predict", {"instances": [1.0]}), (":regress", {"examples": [{"x": 1.0}]})):
+        response = post(server, path + suffix, body)
+        assert response.status_code == 400
+        assert response.json() == {"error": f"Unrecognized servable version label: {label}"}
+    response = requests.get(f"{server.rest}{path}/metadata", timeout=10)
+    assert response.status_code == 400 and "Unrecognized servable version label" in response.json()["error"]
+
+
+def test_grpc_version_label(channel):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.version_label = "stable"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0], dtype=tf.float32))
+    response = stub.Predict(request, 10.0)
+    assert list(response.outputs["y"].float_val) == [2.5]
+    assert response.model_spec.version.value == OLDER
+
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    metadata.model_spec.name = MODEL
+    metadata.model_spec.version_label = "canary"
+    assert stub.GetModelMetadata(metadata, 10.0).model_spec.version.value == LATEST
+
+    request.model_spec.version_label = "nope"
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Predict(request, 10.0)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "Unrecognized servable version label: nope"
+
+
+# -- Classify and Regress -----------------------------------------------------------------------------
+
+
+def test_rest_classify_and_regress(server):
+    body = {"signature_name": "classify_x_to_y", "examples": [{"x": 1.0}, {"x": 2.0}]}
+    assert post(server, f"/v1/models/{MODEL}:classify", body).json() == {"results": [[["y", 3.5]], [["y", 4.0]]]}
+    # Context features go to every example; an example's own feature wins over the context's.
+    body = {"signature_name": "regress_x_to_y", "context": {"x": 5.0}, "examples": [{}, {"x": [1.0]}]}
+    response = post(server, f"/v1/models/{MODEL}:regress", body)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"results": [5.5, 3.5]}
+    body = {"signature_name": "regress_x_to_y", "examples": [{"x": 0.2}]}
+    response = post(server, f"/v1/models/{MODEL}/versions/{OLDER}:regress", body)
+    assert response.text.replace(" ", "").replace("\n", "") == '{"results":[2.1]}'
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "message"),
+    [
+        (
+            "classify",
+            {"examples": [{"x": 1.0}]},
+            "Expected classification signature method_name to be tensorflow/serving/classify. "
+            "Was: tensorflow/serving/predict",
+        ),
+        (
+            "regress",
+            {"signature_name": "classify_x_to_y", "examples": [{"x": 1.0}]},
+            "Expected regression signature method_name to be tensorflow/serving/regress. "
+            "Was: tensorflow/serving/classify",
+        ),
+        ("classify", {"signature_name": "nope", "examples": [{}]}, "No signature was found with the name: nope"),
+        ("regress", {"signature_name": "regress_x_to_y"}, "key 'examples' is expected and was not found"),
+        ("classify", {"examples": {"x": 1.0}}, "Expecting 'examples' value to be an list/array"),
+        ("classify", {"examples": []}, "'examples' value is an empty array"),
+        ("classify", {"examples": [1.0]}, "Example must be JSON object but got JSON Number"),
+        ("classify", {"examples": [{"x": [1.0, "a"]}]}, "Unexpected element type in feature: x expecting type: float"),
+        ("regress", {"examples": [{"x": None}]}, "Feature: x has element with unexpected JSON type: Null"),
+        ("regress", {"examples": [{"x": 2**64 - 1}]}, "Feature: x has uint64 element. Only int64 is supported."),
+        ("classify", {"examples": [{"x": {"b64": "#"}}]}, "Unable to base64 decode"),
+    ],
+    ids=[
+        "predict-signature",
+        "classify-signature",
+        "unknown-signature",
+        "no-examples",
+        "examples-not-list",
+        "empty-examples",
+        "example-not-object",
+        "mixed-feature-kinds",
+        "null-value",
+        "uint64-value",
+        "bad-base64",
+    ],
+)
+def test_classify_and_regress_errors(server, method, body, message):
+    response = post(server, f"/v1/models/{MODEL}:{method}", body)
+    assert response.status_code == 400
+    assert set(response.json()) == {"error"} and message in response.json()["error"]
+
+
+def _examples(request, values: list[float], context: float | None = None) -> None:
+    if context is None:
+        examples = request.input.example_list.examples
+    else:
+        examples = request.input.example_list_with_context.examples
+        request.input.example_list_with_context.context.features.feature["x"].float_list.value.append(context)
+    for value in values:
+        example = examples.add()
+        if value is not None:
+            example.features.feature["x"].float_list.value.append(value)
+
+
+def test_grpc_classify_and_regress(channel):
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.signature_name = "classify_x_to_y"
+    _examples(request, [1.0, 2.0])
+    response = stub.Classify(request, 10.0)
+    assert [[(c.label, c.score) for c in row.classes] for row in response.result.classifications] == [
+        [("y", 3.5)],
+        [("y", 4.0)],
+    ]
+    assert response.model_spec.name == MODEL and response.model_spec.version.value == LATEST
+    assert response.model_spec.signature_name == "classify_x_to_y"
+
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.signature_name = "regress_x_to_y"
+    request.model_spec.version.value = OLDER
+    _examples(request, [None, 1.0], context=5.0)
+    response = stub.Regress(request, 10.0)
+    assert [r.value for r in response.result.regressions] == [4.5, 2.5]
+
+    request.ClearField("input")
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Regress(request, 10.0)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == "Input is empty."
+    request.model_spec.signature_name = "serving_default"
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Regress(request, 10.0)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Expected regression signature method_name" in caught.value.details()
+
+
+# -- HandleReloadConfigRequest (last: it changes the server's config, and puts it back) -------------------
+
+
+def _reload(channel, config: model_server_config_pb2.ModelServerConfig):
+    request = model_management_pb2.ReloadConfigRequest(config=config)
+    return model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, 120.0)
+
+
+def test_reload_config_swaps_models_and_labels_while_serving(server, channel, model_base):
+    added = "half_plus_three_added"
+    config = model_config(model_base, stable=LATEST)
+    del config.model_config_list.config[2]  # PINNED goes
+    config.model_config_list.config.add(name=added, base_path=str(model_base / MODEL), model_platform="tensorflow")
+    try:
+        response = _reload(channel, config)
+        assert response.status.error_code == 0 and response.status.error_message == ""
+        stable = f"/v1/models/{MODEL}/labels/stable:predict"
+        assert post(server, stable, {"instances": [1.0]}).json() == {"predictions": [3.5]}
+        assert post(server, f"/v1/models/{added}:predict", {"instances": [1.0]}).json() == {"predictions": [3.5]}
+        response = post(server, f"/v1/models/{PINNED}:predict", {"instances": [1.0]})
+        assert response.status_code == 404
+        assert response.json() == {"error": f"Servable not found for request: Latest({PINNED})"}
+
+        # Refused configs change nothing.
+        duplicate = model_config(model_base, stable=LATEST)
+        duplicate.model_config_list.config.add().CopyFrom(duplicate.model_config_list.config[0])
+        moved = model_config(model_base, stable=7)
+        for refused, code, message in (
+            (duplicate, grpc.StatusCode.INVALID_ARGUMENT, f"Illegal to list model {MODEL} multiple times"),
+            (
+                moved,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Request to assign label to version 7 of model {MODEL}, which is not currently available "
+                "for inference",
+            ),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                _reload(channel, refused)
+            assert caught.value.code() == code and message in caught.value.details()
+        assert post(server, stable, {"instances": [1.0]}).json() == {"predictions": [3.5]}
+        assert post(server, f"/v1/models/{PINNED}:predict", {"instances": [1.0]}).status_code == 404
+    finally:
+        _reload(channel, model_config(model_base))
+    assert post(server, f"/v1/models/{PINNED}:predict", {"instances": [1.0]}).json() == {"predictions": [2.5]}
+    assert post(server, f"/v1/models/{MODEL}/labels/stable:predict", {"instances": [1.0]}).json() == {
+        "predictions": [2.5]
+    }

@@ -9,10 +9,10 @@ import tensorflow as tf
 
 from services.kit.errors import InvalidArgument
 from services.vit import limits
-from services.vit.settings import VitSettings
+from services.vit.settings import ViTSettings
 from tests.vit import image_bombs
 
-LIMITS = limits.RequestLimits.from_settings(VitSettings())
+LIMITS = limits.RequestLimits.from_settings(ViTSettings())
 SMALL = limits.RequestLimits(
     max_elements=100,
     max_string_bytes=1000,

@@ -10,9 +10,9 @@ import tensorflow as tf
 from services.kit.errors import InvalidArgument
 from services.vit import schemas
 from services.vit.limits import RequestLimits, TensorBudget
-from services.vit.settings import VitSettings
+from services.vit.settings import ViTSettings
 
-LIMITS = RequestLimits.from_settings(VitSettings())
+LIMITS = RequestLimits.from_settings(ViTSettings())
 
 
 def decode(doc, specs):

@@ -141,9 +141,9 @@ def _png(width: int, height: int) -> bytes:
         ({"instances": [{"b64": ""}]}, 400, ""),
         ({"instances": [{"b64": base64.b64encode(_png(7100, 7100)).decode()}]}, 400, "7100x7100 pixels"),
         (
-            {"signature_name": "classify", "instances": ["x"]},
+            {"signature_name": "nope", "instances": ["x"]},
             400,
-            'Serving signature name: "classify" not found',
+            'Serving signature name: "nope" not found',
         ),
         ({"instances": ["x"], "inputs": ["x"]}, 400, "only one of 'inputs' or 'instances'"),
         ({"instances": [{"b64": "QUJD", "extra": 1}]}, 400, "does not have named input"),
@@ -210,13 +210,23 @@ def _wait_for_versions(server, expected: set[str], timeout: float = 60) -> None:
     pytest.fail(f"versions never became {expected}: {statuses}")
 
 
-def test_new_versions_are_picked_up_and_removed_ones_unloaded(vit_server, images):
+def _version_states(server) -> dict[str, str]:
+    statuses = requests.get(f"{server.rest_url}/v1/models/{MODEL}", timeout=10).json()["model_version_status"]
+    return {s["version"]: s["state"] for s in statuses}
+
+
+def test_a_new_version_replaces_the_served_one_and_its_removal_brings_it_back(vit_server, images):
+    # TF Serving's default version policy (latest, one version): the new version serves, the old one is
+    # unloaded and reported as END; removing the new one makes the old one the latest again.
     model_dir = vit_server.settings.model_base / MODEL
+    body = {"instances": [base64.urlsafe_b64encode(images[0]).decode()]}
+    answer_v1 = predict(vit_server, body).json()
     # A new version lands the way the exporter writes it: complete, then renamed into place.
     shutil.copytree(model_dir / "1", model_dir / ".2-staging")
     (model_dir / ".2-staging").rename(model_dir / "2")
     try:
-        _wait_for_versions(vit_server, {"1", "2"})
+        _wait_for_versions(vit_server, {"2"})
+        assert _version_states(vit_server) == {"2": "AVAILABLE", "1": "END"}
         with grpc.insecure_channel(vit_server.grpc_target) as channel:
             request = predict_pb2.PredictRequest()
             request.model_spec.name = MODEL
@@ -225,12 +235,13 @@ def test_new_versions_are_picked_up_and_removed_ones_unloaded(vit_server, images
             )
             response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, 10.0)
         assert response.model_spec.version.value == 2, "the latest version serves requests without a version"
-        body = {"instances": [base64.urlsafe_b64encode(images[0]).decode()]}
-        assert predict(vit_server, body, version=1).json() == predict(vit_server, body, version=2).json()
+        assert predict(vit_server, body, version=2).json() == answer_v1  # a copy of version 1
+        assert predict(vit_server, body, version=1).status_code == 404
     finally:
         shutil.rmtree(model_dir / "2")
     _wait_for_versions(vit_server, {"1"})
     assert predict(vit_server, {"instances": ["x"]}, version=2).status_code == 404
+    assert predict(vit_server, body, version=1).json() == answer_v1
 
 
 def test_metrics_and_model_listing(vit_server):
@@ -265,3 +276,15 @@ def test_a_broken_version_is_reported_and_does_not_replace_the_served_one(vit_se
         assert predict(vit_server, body, version=5).status_code == 404
     finally:
         shutil.rmtree(broken)
+
+
+def test_classify_answers_what_the_top_k_signature_predicts(vit_server, images):
+    # The exported classify signature (tf.Example in, image bytes in "image/encoded") ranks like top_k.
+    encoded = [{"b64": base64.b64encode(data).decode()} for data in images[:2]]
+    top_k = predict(vit_server, {"signature_name": "top_k", "inputs": encoded}).json()["outputs"]
+    body = {"signature_name": "classify", "examples": [{"image/encoded": value} for value in encoded]}
+    response = requests.post(f"{vit_server.rest_url}/v1/models/{MODEL}:classify", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    for classes, labels, scores in zip(response.json()["results"], top_k["labels"], top_k["scores"], strict=True):
+        assert [label for label, _ in classes] == labels
+        assert [score for _, score in classes] == pytest.approx(scores, abs=1e-6)

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from services.vit import runner as runner_module
-from services.vit.runner import VitRunner
-from services.vit.settings import VitSettings
+from services.vit.runner import ViTRunner
+from services.vit.settings import ViTSettings
 
 MODEL = "churn"
 VERSIONS_PER_SCAN = 40
@@ -33,7 +33,7 @@ def fast_thread_switches():
 def test_status_reads_never_race_the_poller(tmp_path, monkeypatch, caplog, fast_thread_switches):
     caplog.set_level(logging.CRITICAL, logger=runner_module.__name__)
     monkeypatch.setattr(runner_module, "Servable", FailingServable)
-    runner = VitRunner(VitSettings(model_base=tmp_path, model_name=MODEL, poll_interval_s=0))
+    runner = ViTRunner(ViTSettings(model_base=tmp_path, model_name=MODEL, poll_interval_s=0))
     model_dir = tmp_path / MODEL
     stop = threading.Event()
 

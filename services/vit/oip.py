@@ -1,0 +1,179 @@
+"""The served TF Serving models over the Open Inference Protocol (v2), which the kit serves on the same ports.
+
+One OIP model per configured model name, platform ``tensorflow_savedmodel``: input ``image``, BYTES ``[-1]``, a
+batch of encoded images (raw bytes or base64 text, as the signature's string input takes them); outputs are
+those of the version's ``serving_default`` signature under the signature's own names (the ViT export's
+``label`` and ``confidence``). A request runs exactly what ``:predict`` runs: the same servable lookup, budget,
+image-header checks and batcher, so both answer alike and share model calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
+
+import tensorflow as tf
+
+from services.kit.batcher import DynamicBatcher
+from services.kit.errors import InvalidArgument, ServiceError
+from services.kit.oip import InferRequest, OipModel, Outputs, Tensor
+
+from .limits import RequestLimits, TensorBudget, check_string_inputs
+from .model_config import model_entries, read_config_file
+from .runner import (
+    DEFAULT_SIGNATURE,
+    MAX_CONFIG_FILE_BYTES,
+    PredictJob,
+    Signature,
+    ViTRunner,
+    validate_inputs,
+    validate_output_filter,
+)
+from .settings import ViTSettings
+
+IMAGE = "image"
+PLATFORM = "tensorflow_savedmodel"
+DATATYPES = {
+    tf.string: "BYTES",
+    tf.bool: "BOOL",
+    tf.uint8: "UINT8",
+    tf.uint16: "UINT16",
+    tf.uint32: "UINT32",
+    tf.uint64: "UINT64",
+    tf.int8: "INT8",
+    tf.int16: "INT16",
+    tf.int32: "INT32",
+    tf.int64: "INT64",
+    tf.float16: "FP16",
+    tf.float32: "FP32",
+    tf.float64: "FP64",
+}
+
+
+def configured_model_names(settings: ViTSettings) -> list[str]:
+    """The model names the server is configured with (the kit registers OIP models before anything loads)."""
+    if settings.model_config_file is None:
+        return [settings.model_name]
+    config = read_config_file(settings.model_config_file, MAX_CONFIG_FILE_BYTES)
+    return [entry.name for entry in model_entries(config, settings.max_models)]
+
+
+def _tensor(name: str, spec: tf.TensorSpec) -> Tensor | None:
+    datatype = DATATYPES.get(spec.dtype)
+    if datatype is None:
+        return None
+    shape = (
+        (-1,)
+        if spec.shape.rank is None
+        else tuple(-1 if dim is None else dim for dim in spec.shape.as_list())
+    )
+    return Tensor(name, datatype, shape)
+
+
+class SignatureOutputs(Sequence[Tensor]):
+    """The outputs of a model's serving signature in its latest loaded version, read whenever the kit asks:
+    versions load after the OIP models are declared and a new version may change them. Outputs of a dtype the
+    protocol has no datatype for (bfloat16, complex) are left out."""
+
+    def __init__(self, runner: ViTRunner, name: str):
+        self.runner = runner
+        self.name = name
+
+    def _tensors(self) -> list[Tensor]:
+        try:
+            signature = self.runner.servable(self.name).signatures.get(DEFAULT_SIGNATURE)
+        except ServiceError:
+            return []
+        if signature is None:
+            return []
+        tensors = (_tensor(name, spec) for name, spec in sorted(signature.outputs.items()))
+        return [tensor for tensor in tensors if tensor is not None]
+
+    def __getitem__(self, index):
+        return self._tensors()[index]
+
+    def __len__(self) -> int:
+        return len(self._tensors())
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self._tensors())
+
+
+def _image_input(model: str, signature: Signature) -> str:
+    """The alias of the signature's one string batch input, which the `image` tensor feeds."""
+    if len(signature.inputs) == 1:
+        ((alias, spec),) = signature.inputs.items()
+        if spec.dtype == tf.string and spec.shape.is_compatible_with([None]):
+            return alias
+    takes = ", ".join(
+        f"{alias}: {spec.dtype.name} {spec.shape}" for alias, spec in sorted(signature.inputs.items())
+    )
+    raise InvalidArgument(
+        f"model '{model}': its {DEFAULT_SIGNATURE} signature takes {{{takes}}}, not one batch of encoded images, "
+        "so it is not served over this protocol"
+    )
+
+
+def oip_models(
+    settings: ViTSettings,
+    runner: ViTRunner,
+    batcher: DynamicBatcher,
+    limits: RequestLimits,
+    decoder: Executor,
+) -> list[OipModel]:
+    # A request holds at most as many images as :predict admits, in elements and in rows.
+    max_images = (
+        limits.max_elements if limits.max_rows is None else min(limits.max_elements, int(limits.max_rows))
+    )
+
+    def model(name: str) -> OipModel:
+        def prepare(request: InferRequest) -> PredictJob:
+            # :predict's checks in its order, on the images the kit decoded (bounded by the declared shape).
+            servable = runner.servable(name, int(request.version))
+            signature = servable.signatures.get(DEFAULT_SIGNATURE)
+            if signature is None:
+                raise InvalidArgument(
+                    f'Serving signature name: "{DEFAULT_SIGNATURE}" not found in signature def'
+                )
+            images = request.inputs[IMAGE]
+            budget = TensorBudget(limits)
+            budget.take_elements(IMAGE, list(images.shape))
+            budget.take_string_bytes(IMAGE, sum(len(image) for image in images))
+            inputs = {_image_input(name, signature): images}
+            validate_inputs(signature, inputs)
+            job = PredictJob(
+                servable,
+                signature,
+                inputs,
+                validate_output_filter(signature, list(request.requested_outputs)),
+            )
+            budget.check_rows(job.rows, "the request")
+            check_string_inputs({IMAGE: images}, limits)
+            return job
+
+        async def infer(request: InferRequest) -> Outputs:
+            job = await asyncio.get_running_loop().run_in_executor(decoder, prepare, request)
+            return await batcher.submit(
+                job,
+                key=job.batch_key,
+                timeout=request.timeout,
+                disconnected=request.disconnected,
+                cost=job.cost,
+                nbytes=job.nbytes,
+            )
+
+        def versions() -> list[str]:
+            return [str(version) for version in runner.available_versions().get(name, [])]
+
+        return OipModel(
+            name,
+            inputs=[Tensor(IMAGE, "BYTES", (-1,), max_elements=max_images)],
+            outputs=SignatureOutputs(runner, name),  # type: ignore[arg-type]  # the kit only iterates it
+            infer=infer,
+            platform=PLATFORM,
+            versions=versions,
+            ready=lambda version: version in versions(),
+        )
+
+    return [model(name) for name in configured_model_names(settings)]
