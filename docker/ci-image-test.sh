@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Real image test: build the translation image (CPU variant) on the locally built Debian
+# Real image test: build the translation image (docker/torch.Dockerfile, CPU torch) on the locally built Debian
 # base, run it the way the pod runs it (uid 10001, read-only root, /tmp tmpfs, no
 # capabilities, models mounted read-only), wait for /readyz, translate one text over REST,
 # check gRPC health and the image's own HEALTHCHECK, then SIGTERM and expect exit code 0.
@@ -27,28 +27,41 @@ trap cleanup EXIT
 log "base image"
 docker/build-base.sh "$BASE"
 
-# CPU torch from the local wheel (no pip download of the multi-GB CUDA build).
-wheel="$(ls /opt/wheels/torch-2.13.0+cpu-*.whl 2>/dev/null | head -1 || true)"
-if [ -z "$wheel" ]; then
-  log "no /opt/wheels/torch-2.13.0+cpu-*.whl: put the CPU torch wheel into docker/wheels/"
-  ls docker/wheels/torch-2.13.0+cpu-*.whl >/dev/null
-else
-  ln -f "$wheel" docker/wheels/ 2>/dev/null || cp -f "$wheel" docker/wheels/
+# torch without the multi-GB CUDA build: TORCH_WHEELS when given; else, where the wheel this
+# host's pip would install for torch==2.13.0 is a local file (a find-links directory, as on the CI
+# machine), that file's directory, so the build needs no index; else PyTorch's CPU index.
+if [ -z "${TORCH_WHEELS:-}" ]; then
+  TORCH_WHEELS="$("$PY" - <<'EOF_PY'
+import json, os, subprocess, sys, urllib.parse, urllib.request
+report = subprocess.run(
+    [sys.executable, "-m", "pip", "install", "-q", "--dry-run", "--ignore-installed", "--no-deps",
+     "--report", "-", "torch==2.13.0"], capture_output=True, text=True)
+if report.returncode == 0:
+    url = json.loads(report.stdout)["install"][0]["download_info"]["url"]
+    if url.startswith("file:"):
+        print(os.path.dirname(urllib.request.url2pathname(urllib.parse.urlparse(url).path)))
+EOF_PY
+)"
 fi
+export TORCH_WHEELS
+export TORCH="${TORCH:-cpu}"
+if [ -n "$TORCH_WHEELS" ]; then log "torch: the wheel in $TORCH_WHEELS"; else log "torch: TORCH=$TORCH"; fi
 
 log "build $IMAGE"
 start=$(date +%s)
-DOCKER_BUILDKIT=1 "$DOCKER" build --network host --progress plain \
-  -f docker/translation.Dockerfile \
-  --build-arg BASE="$BASE" --build-arg TORCH_INDEX_URL= \
-  -t "$IMAGE" . >"${TMPDIR:-/tmp}/ci-image-build.log" 2>&1 || {
+BASE="$BASE" docker/build-torch-image.sh translation "$IMAGE" --progress plain \
+  >"${TMPDIR:-/tmp}/ci-image-build.log" 2>&1 || {
     tail -40 "${TMPDIR:-/tmp}/ci-image-build.log" >&2; exit 1; }
 log "built in $(( $(date +%s) - start )) s"
 
-# The final stage must carry no compilers, pip caches or root user.
+# The final stage must carry no compilers, pip caches or root user, and of the services only its own.
 "$DOCKER" run --rm --network host --entrypoint sh "$IMAGE" -c \
   '! command -v gcc && ! command -v cc && ! command -v g++ && [ ! -e /root/.cache/pip ] && [ "$(id -u)" = 10001 ]' \
   || { log "final stage has a compiler/cache or runs as root"; exit 1; }
+"$DOCKER" run --rm --network host --entrypoint sh "$IMAGE" -c \
+  '[ -f /app/services/translation/__main__.py ] && [ -d /app/services/kit ] && [ -d /app/protos ] \
+   && for s in asr tts imagegen vit; do [ ! -e "/app/services/$s" ] || exit 1; done' \
+  || { log "the image holds other services than translation, or lacks kit/protos"; exit 1; }
 
 if [ ! -f models/translation/wmt19-en-de/config.json ]; then
   log "building tiny translation models"

@@ -1,4 +1,5 @@
-"""Real image build and run (docker/ci-image-test.sh): needs a Docker engine, skipped without one.
+"""Real image build and run (docker/ci-image-test.sh: translation from docker/torch.Dockerfile with CPU torch):
+needs a Docker engine, skipped without one.
 
 .ci/run starts one with docker/start-dockerd.sh; locally: eval "$(docker/start-dockerd.sh)".
 """
