@@ -12,7 +12,7 @@ LOCAL_ENV := set -a && . ./env/tiny.env && set +a
 # protos/inference.py), so that Triton's and KServe's clients, which register the same names, share a process with it.
 PROTOS := $(filter-out protos/inference.proto,$(wildcard protos/*.proto))
 
-.PHONY: help setup models serve demo test test-fast lint bench protos clean
+.PHONY: help setup models serve demo test lint bench protos clean
 
 # Every target's `## ` comment, from this file and mk/*.mk; names built by make functions are expanded by make.
 help: ## this list: every target and what it does
