@@ -9,10 +9,9 @@ from services.kit.audio import check_sample_rate, decode_audio, decode_pcm16
 from services.kit.batcher import Done, DynamicBatcher
 from services.kit.errors import DeadlineExceeded, InvalidArgument, PayloadTooLarge
 from services.kit.grpc_server import time_remaining
-from services.kit.validation import parse
 
 from .runner import ASRRunner, Partial, TokenLogprob, Transcript
-from .schemas import TranscriptionRequest, build_job, check_request
+from .schemas import TranscriptionRequest, build_job, check_request, options_request
 from .settings import ASRSettings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SpeechRecognition"].full_name
@@ -131,20 +130,17 @@ class SpeechRecognitionServicer(pb_grpc.SpeechRecognitionServicer):
         return config or pb.StreamConfig(), chunks
 
     def _options(self, options: pb.TranscribeOptions) -> tuple[str, TranscriptionRequest, tuple]:
-        task = options.task or "transcribe"
-        if task not in ("transcribe", "translate"):
-            raise InvalidArgument(f"task: must be 'transcribe' or 'translate', got {task!r}", field="task")
-        fields = {
-            "model": options.model or None,
-            "language": options.language if options.HasField("language") else None,
-            "prompt": options.prompt if options.HasField("prompt") else None,
-            "response_format": "verbose_json" if options.timestamps or options.word_timestamps else "json",
-            "temperature": options.temperature if options.HasField("temperature") else 0.0,
-            "decoding": options.decoding or "auto",
-            "timestamp_granularities": ["segment", "word"] if options.word_timestamps else None,
-            "include": ["logprobs"] if options.logprobs else None,
-        }
-        body = parse(TranscriptionRequest, fields)
+        task, body = options_request(
+            options.task or "transcribe",
+            timestamps=options.timestamps,
+            word_timestamps=options.word_timestamps,
+            logprobs=options.logprobs,
+            model=options.model or None,
+            language=options.language if options.HasField("language") else None,
+            prompt=options.prompt if options.HasField("prompt") else None,
+            temperature=options.temperature if options.HasField("temperature") else 0.0,
+            decoding=options.decoding or "auto",
+        )
         return task, body, check_request(body, task, self.runner, self.settings)
 
     async def _transcribe(

@@ -18,14 +18,19 @@ from services.kit.audio import check_sample_rate, decode_audio, resample
 from services.kit.batcher import Done, DynamicBatcher
 from services.kit.errors import InvalidArgument, PayloadTooLarge
 from services.kit.oip import InferRequest, OipModel, Outputs, Parameter, Tensor
-from services.kit.validation import parse
 
 from .runner import SAMPLE_RATE, ASRJob, ASRRunner, Partial, Transcript
-from .schemas import TranscriptionRequest, build_job, check_request, logprobs_body, verbose_json_body
+from .schemas import (
+    TranscriptionRequest,
+    build_job,
+    check_request,
+    logprobs_body,
+    options_request,
+    verbose_json_body,
+)
 from .settings import ASRSettings
 
 MODEL_NAME = "asr"
-TASKS = ("transcribe", "translate")
 
 PARAMETERS = [
     Parameter("task", str),  # transcribe (default) or translate (English text from any spoken language)
@@ -107,25 +112,19 @@ def create_oip_model(runner: ASRRunner, batcher: DynamicBatcher, settings: ASRSe
 
 
 def request_options(parameters: dict[str, Any], stream: bool) -> tuple[str, TranscriptionRequest]:
-    """The request parameters as the REST route's request model (the options gRPC Transcribe maps the same way)."""
-    task = parameters.get("task", "transcribe")
-    if task not in TASKS:
-        raise InvalidArgument(
-            f"parameter 'task': must be 'transcribe' or 'translate', got {task!r}", field="task"
-        )
-    words = parameters.get("word_timestamps", False)
-    fields = {
-        "language": parameters.get("language"),
-        "prompt": parameters.get("prompt"),
-        "temperature": parameters.get("temperature", 0.0),
-        "decoding": parameters.get("decoding", "auto"),
-        "response_format": "verbose_json" if words or parameters.get("timestamps") else "json",
-        "timestamp_granularities": ["segment", "word"] if words else None,
-        "include": ["logprobs"] if parameters.get("logprobs") else None,
-        "chunking_strategy": parameters.get("chunking_strategy"),
-        "stream": stream,
-    }
-    return task, parse(TranscriptionRequest, fields)
+    """The request parameters as the REST route's request model, mapped as gRPC Transcribe maps its options."""
+    return options_request(
+        parameters.get("task", "transcribe"),
+        timestamps=parameters.get("timestamps", False),
+        word_timestamps=parameters.get("word_timestamps", False),
+        logprobs=parameters.get("logprobs", False),
+        language=parameters.get("language"),
+        prompt=parameters.get("prompt"),
+        temperature=parameters.get("temperature", 0.0),
+        decoding=parameters.get("decoding", "auto"),
+        chunking_strategy=parameters.get("chunking_strategy"),
+        stream=stream,
+    )
 
 
 def request_audio(request: InferRequest, settings: ASRSettings) -> np.ndarray:

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.kit.errors import InvalidArgument, NotFound
+from services.kit.validation import parse
 
 from . import vad
 from .chunking import chunking_options
@@ -57,6 +58,27 @@ class TranscriptionRequest(BaseModel):
     @property
     def wants_logprobs(self) -> bool:
         return "logprobs" in (self.include or ())
+
+
+def options_request(
+    task: str,
+    *,
+    timestamps: bool = False,
+    word_timestamps: bool = False,
+    logprobs: bool = False,
+    **fields,
+) -> tuple[str, TranscriptionRequest]:
+    """The task and the request model for the flag-style options of gRPC and the OIP (timestamps, word
+    timestamps, logprobs) in place of REST's response_format, timestamp_granularities and include."""
+    if task not in ("transcribe", "translate"):
+        raise InvalidArgument(f"task: must be 'transcribe' or 'translate', got {task!r}", field="task")
+    request = {
+        **fields,
+        "response_format": "verbose_json" if timestamps or word_timestamps else "json",
+        "timestamp_granularities": ["segment", "word"] if word_timestamps else None,
+        "include": ["logprobs"] if logprobs else None,
+    }
+    return task, parse(TranscriptionRequest, request)
 
 
 def check_model(model: str | None, runner: ASRRunner) -> None:
