@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 EXEMPT_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 # Health checks answer without a key (probes carry none); reflection needs one when keys are on.
 OPEN_PREFIXES = ("/grpc.health.",)
-# The Open Inference Protocol's own health and readiness calls answer while loading (they say so themselves).
+# The Open Inference Protocol's own health and readiness calls answer while loading (they say so themselves);
+# like every other RPC they are counted and their errors mapped to status codes.
 UNGATED_METHODS = {f"/{OIP_SERVICE}/{method}" for method in ("ServerLive", "ServerReady", "ModelReady")}
 REQUEST_ID_KEY = "x-request-id"
 # Status codes that make a server span an error (OpenTelemetry's gRPC conventions): the others are the caller's.
@@ -61,8 +62,9 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             missing_key = Unauthenticated("missing or invalid API key: send metadata 'authorization: Bearer <key>'")
             refused = logs.RequestRecord("grpc", self.service, _request_id(metadata), route=method)
             return _refusal(handler, method, missing_key, refused)
-        if method.startswith(EXEMPT_PREFIXES) or method in UNGATED_METHODS:
+        if method.startswith(EXEMPT_PREFIXES):
             return handler
+        gated = method not in UNGATED_METHODS
         wrap_kwargs = dict(
             request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
         )
@@ -72,7 +74,8 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             async def unary_response(request_or_iterator, context):
                 call = _TrackedCall(self.state, method, metadata, self.service)
                 try:
-                    self._check_ready()
+                    if gated:
+                        self._check_ready()
                     response = await inner(call.counted(request_or_iterator), context)
                     call.record.bytes_out += _message_size(response)
                     return response
@@ -89,7 +92,8 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         async def streamed_response(request_or_iterator, context):
             call = _TrackedCall(self.state, method, metadata, self.service)
             try:
-                self._check_ready()
+                if gated:
+                    self._check_ready()
                 async for item in inner(call.counted(request_or_iterator), context):
                     call.record.bytes_out += _message_size(item)
                     yield item

@@ -619,11 +619,7 @@ class InferenceServicer:
         return pb.ServerReadyResponse(ready=self.registry.state.serving)
 
     async def ModelReady(self, request, context):
-        # Answers while loading, outside the interceptor that maps errors to status codes: mapped here.
-        try:
-            model, version = self.registry.model(request.name, request.version)
-        except ServiceError as error:
-            await context.abort(error.grpc_code, error.message)
+        model, version = self.registry.model(request.name, request.version)
         return pb.ModelReadyResponse(ready=self.registry.state.serving and model.ready(version))
 
     async def ServerMetadata(self, request, context):

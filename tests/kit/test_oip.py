@@ -2,8 +2,11 @@
 
 import gzip
 import json
+import os
 import struct
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -14,7 +17,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from services.kit.testing import ServerThread
+from services.kit.testing import ServerThread, free_port
 
 sys.path.insert(0, str(Path(__file__).parent))
 from echo_service import EchoSettings, create_service  # noqa: E402
@@ -195,3 +198,34 @@ def test_grpc_bad_request_is_invalid_argument(server):
     with pytest.raises(InferenceServerException) as raised:
         client.infer("echo", [tensor])
     assert raised.value.status() == str(grpc.StatusCode.INVALID_ARGUMENT) and "shape" in raised.value.message()
+
+
+def test_health_and_readiness_answer_while_the_model_loads():
+    """Probes and ModelReady say "not ready" while loading; inference and metadata wait behind the readiness gate."""
+    rest, grpc_port = free_port(), free_port()
+    environment = {**os.environ, "ECHO_REST_PORT": str(rest), "ECHO_GRPC_PORT": str(grpc_port),
+                   "ECHO_HOST": "127.0.0.1", "ECHO_LOG_LEVEL": "warning", "ECHO_LOAD_SECONDS": "30"}
+    process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "echo_service.py")], env=environment)
+    try:
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert client.is_server_live()
+                break
+            except InferenceServerException:
+                assert time.monotonic() < deadline, "the gRPC port never opened"
+                time.sleep(0.1)
+        assert not client.is_server_ready()
+        assert not client.is_model_ready("echo")
+        with pytest.raises(InferenceServerException) as raised:
+            client.is_model_ready("nope")
+        assert raised.value.status() == str(grpc.StatusCode.NOT_FOUND)
+        with pytest.raises(InferenceServerException) as raised:
+            client.get_model_metadata("echo")
+        assert raised.value.status() == str(grpc.StatusCode.UNAVAILABLE)
+        assert httpx.get(f"http://127.0.0.1:{rest}/v2/health/live").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{rest}/v2/health/ready").status_code == 503
+    finally:
+        process.kill()
+        process.wait()
