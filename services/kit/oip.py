@@ -207,35 +207,32 @@ def _check_declaration(model: OipModel, declared: list[tuple[str, str, list[int]
 
 
 def _flatten(data: Any, name: str, expected: int) -> list:
-    """JSON tensor data, row-major, nested or flat as the protocol allows."""
+    """Tensor data, row-major, nested or flat as the protocol allows (nesting is bounded by the JSON depth limit,
+    the element count by the model's declared sizes, both checked before parsing)."""
     flat: list = []
-    stack = [iter([data])]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            flat.append(item)
-            if len(flat) > expected:
-                break
+
+    def walk(item: Any) -> None:
+        if isinstance(item, list):
+            for value in item:
+                walk(value)
         else:
-            stack.pop()
-            continue
-        if len(flat) > expected:
-            break
+            flat.append(item)
+
+    walk(data)
     if len(flat) != expected:
         raise InvalidArgument(f"input '{name}': its shape holds {expected} elements, its data {len(flat)}", field=name)
     return flat
 
 
-def _array_from_json(spec: Tensor, shape: list[int], data: Any) -> np.ndarray:
+def _array_from_values(spec: Tensor, shape: list[int], data: Any) -> np.ndarray:
+    """A tensor from JSON data or gRPC contents (BYTES: strings in JSON, bytes in contents)."""
     count = int(np.prod(shape, dtype=np.int64))
     flat = _flatten(data, spec.name, count)
     if spec.datatype == "BYTES":
-        if not all(isinstance(value, str) for value in flat):
+        if not all(isinstance(value, str | bytes) for value in flat):
             raise InvalidArgument(f"input '{spec.name}': BYTES data in JSON are strings", field=spec.name)
         array = np.empty(count, dtype=np.object_)
-        array[:] = [value.encode("utf-8") for value in flat]
+        array[:] = [value.encode("utf-8") if isinstance(value, str) else value for value in flat]
         return array.reshape(shape)
     if spec.datatype == "BOOL":
         if not all(isinstance(value, bool) for value in flat):
@@ -433,7 +430,7 @@ def _rest_request(
             arrays[name] = _array_from_raw(spec, shape, binary[position:position + size])
             position += size
         elif "data" in entry:
-            arrays[name] = _array_from_json(spec, shape, entry["data"])
+            arrays[name] = _array_from_values(spec, shape, entry["data"])
         else:
             raise InvalidArgument(f"input '{name}': no 'data' and no binary_data_size", field=name)
     if position != len(binary):
@@ -565,17 +562,7 @@ def _grpc_request(registry: Registry, message) -> tuple[InferRequest, list[Tenso
         if contents_field is None:
             raise InvalidArgument(f"input '{tensor.name}': {spec.datatype} data travel in raw_input_contents")
         values = list(getattr(tensor.contents, contents_field))
-        if spec.datatype == "BYTES":
-            count = int(np.prod(list(tensor.shape), dtype=np.int64))
-            if len(values) != count:
-                raise InvalidArgument(
-                    f"input '{tensor.name}': its shape holds {count} elements, its data {len(values)}", field=tensor.name
-                )
-            array = np.empty(count, dtype=np.object_)
-            array[:] = values
-            arrays[tensor.name] = array.reshape(list(tensor.shape))
-        else:
-            arrays[tensor.name] = _array_from_json(spec, list(tensor.shape), values)
+        arrays[tensor.name] = _array_from_values(spec, list(tensor.shape), values)
     parameters = {key: _parameter_value(value) for key, value in message.parameters.items()}
     requested = _requested_outputs(model, [output.name for output in message.outputs])
     request = InferRequest(

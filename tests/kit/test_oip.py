@@ -191,6 +191,24 @@ def test_compressed_request_from_tritonclient(http_client):
     assert result.as_numpy("echo").tolist() == [b"zip"]
 
 
+def test_grpc_tensor_contents_instead_of_raw_bytes(server):
+    """Clients other than Triton's send data in InferTensorContents; the same shape checks apply."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="echo")
+        tensor = request.inputs.add(name="text", datatype="BYTES", shape=[1])
+        tensor.contents.bytes_contents.append(b"contents")
+        response = stub.ModelInfer(request)
+        assert response.outputs[0].name == "echo"
+        assert response.raw_output_contents[0] == struct.pack("<I", 8) + b"contents"
+        tensor.contents.bytes_contents.append(b"one too many")
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.ModelInfer(request)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "2" in raised.value.details()
+
+
 def test_grpc_bad_request_is_invalid_argument(server):
     client = triton_grpc.InferenceServerClient(server.grpc_target)
     tensor = triton_grpc.InferInput("text", [3], "BYTES")
