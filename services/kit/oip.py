@@ -116,12 +116,13 @@ class OipModel:
 
     `infer` serves one request. `stream`, where an operation answers in parts (a transcript window by window,
     audio sentence by sentence), serves gRPC ModelStreamInfer with one response per part; REST infer and gRPC
-    ModelInfer still answer once, through `infer`.
+    ModelInfer still answer once, through `infer`. `outputs` may be a function, for a model whose outputs are
+    known only once it has loaded (a TF SavedModel's signature, say).
     """
 
     name: str
     inputs: list[Tensor]
-    outputs: list[Tensor]
+    outputs: list[Tensor] | Callable[[], list[Tensor]]
     infer: Callable[[InferRequest], Awaitable[Outputs]]
     parameters: list[Parameter] = field(default_factory=list)
     stream: Callable[[InferRequest], AsyncIterator[Outputs]] | None = None
@@ -135,8 +136,11 @@ class OipModel:
             "versions": self.versions(),
             "platform": self.platform,
             "inputs": [tensor.metadata() for tensor in self.inputs],
-            "outputs": [tensor.metadata() for tensor in self.outputs],
+            "outputs": [tensor.metadata() for tensor in self.output_tensors()],
         }
+
+    def output_tensors(self) -> list[Tensor]:
+        return self.outputs() if callable(self.outputs) else self.outputs
 
     def max_json_elements(self) -> int:
         return JSON_OVERHEAD_ELEMENTS + sum(2 * tensor.max_elements for tensor in self.inputs)
@@ -316,13 +320,14 @@ def _timeout(parameters: dict[str, Any]) -> float | None:
 
 
 def _requested_outputs(model: OipModel, names: list[str]) -> list[Tensor]:
-    specs = {tensor.name: tensor for tensor in model.outputs}
+    outputs = model.output_tensors()
+    specs = {tensor.name: tensor for tensor in outputs}
     unknown = [name for name in names if name not in specs]
     if unknown:
         raise InvalidArgument(
             f"unknown output '{unknown[0]}' of model '{model.name}'; it has: {', '.join(specs)}", field=unknown[0]
         )
-    return [specs[name] for name in names] if names else list(model.outputs)
+    return [specs[name] for name in names] if names else outputs
 
 
 # -- response encoding ------------------------------------------------------------------------------------------
@@ -618,7 +623,7 @@ class InferenceServicer:
         response = pb.ModelMetadataResponse(name=metadata["name"], versions=metadata["versions"], platform=model.platform)
         for tensor in model.inputs:
             response.inputs.add(**tensor.metadata())
-        for tensor in model.outputs:
+        for tensor in model.output_tensors():
             response.outputs.add(**tensor.metadata())
         return response
 

@@ -10,8 +10,8 @@ image-header checks and batcher, so both answer alike and share model calls.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
+from functools import partial
 
 import tensorflow as tf
 
@@ -71,33 +71,18 @@ def _tensor(name: str, spec: tf.TensorSpec) -> Tensor | None:
     return Tensor(name, datatype, shape)
 
 
-class SignatureOutputs(Sequence[Tensor]):
+def signature_outputs(runner: ViTRunner, name: str) -> list[Tensor]:
     """The outputs of a model's serving signature in its latest loaded version, read whenever the kit asks:
     versions load after the OIP models are declared and a new version may change them. Outputs of a dtype the
     protocol has no datatype for (bfloat16, complex) are left out."""
-
-    def __init__(self, runner: ViTRunner, name: str):
-        self.runner = runner
-        self.name = name
-
-    def _tensors(self) -> list[Tensor]:
-        try:
-            signature = self.runner.servable(self.name).signatures.get(DEFAULT_SIGNATURE)
-        except ServiceError:
-            return []
-        if signature is None:
-            return []
-        tensors = (_tensor(name, spec) for name, spec in sorted(signature.outputs.items()))
-        return [tensor for tensor in tensors if tensor is not None]
-
-    def __getitem__(self, index):
-        return self._tensors()[index]
-
-    def __len__(self) -> int:
-        return len(self._tensors())
-
-    def __iter__(self) -> Iterator[Tensor]:
-        return iter(self._tensors())
+    try:
+        signature = runner.servable(name).signatures.get(DEFAULT_SIGNATURE)
+    except ServiceError:
+        return []
+    if signature is None:
+        return []
+    tensors = (_tensor(output, spec) for output, spec in sorted(signature.outputs.items()))
+    return [tensor for tensor in tensors if tensor is not None]
 
 
 def _image_input(model: str, signature: Signature) -> str:
@@ -169,7 +154,7 @@ def oip_models(
         return OipModel(
             name,
             inputs=[Tensor(IMAGE, "BYTES", (-1,), max_elements=max_images)],
-            outputs=SignatureOutputs(runner, name),  # type: ignore[arg-type]  # the kit only iterates it
+            outputs=partial(signature_outputs, runner, name),
             infer=infer,
             platform=PLATFORM,
             versions=versions,
