@@ -397,23 +397,27 @@ class DynamicBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            # An idle model starts a lone request at once. While it is busy (with another batcher's call),
-            # requests that arrive get a moment to join, unless a full batch is already waiting; right after
-            # a batch of N, they get a moment for its N clients to come back with their next requests
-            # (closed-loop callers), so batches stay full instead of alternating 1 and N-1.
-            key = self._queue[0].key
-            target = self._fill_target(loop)
-            if self.max_wait_s > 0 and self._count_ready(key) < target:
-                fill_until = loop.time() + self.max_wait_s
-                while self._count_ready(key) < target and loop.time() < fill_until:
-                    self._wakeup.clear()
-                    try:
-                        await asyncio.wait_for(self._wakeup.wait(), fill_until - loop.time())
-                    except TimeoutError:
-                        break
-            batch = self._take_batch()
-            if batch:
-                await self._execute(batch, loop)
+            await self._run_next(loop)
+
+    async def _run_next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the next batch from the (non-empty) queue."""
+        # An idle model starts a lone request at once. While it is busy (with another batcher's call),
+        # requests that arrive get a moment to join, unless a full batch is already waiting; right after
+        # a batch of N, they get a moment for its N clients to come back with their next requests
+        # (closed-loop callers), so batches stay full instead of alternating 1 and N-1.
+        key = self._queue[0].key
+        target = self._fill_target(loop)
+        if self.max_wait_s > 0 and self._count_ready(key) < target:
+            fill_until = loop.time() + self.max_wait_s
+            while self._count_ready(key) < target and loop.time() < fill_until:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), fill_until - loop.time())
+                except TimeoutError:
+                    break
+        batch = self._take_batch()
+        if batch:
+            await self._execute(batch, loop)
 
     def _predict(self, batch: list[Work]) -> Sequence[Any]:
         """predict_batch in the model thread; a batch that runs out of memory is re-run one request at a

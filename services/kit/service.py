@@ -13,8 +13,9 @@ from fastapi import APIRouter
 from .batcher import DynamicBatcher
 from .compute import ModelThread, limit_threads
 from .config import ServiceSettings
+from .continuous import ContinuousBatcher, StepDecoder
 from .errors import ServiceError
-from .oip import OipModel
+from .oip import ModelSource
 
 
 class ModelRunner(Protocol):
@@ -53,8 +54,9 @@ class Service:
     # they answer while loading, stay out of the request metrics and need a key only when keys are on.
     metrics_paths: tuple[str, ...] = ()
     # Models served over the Open Inference Protocol (/v2, inference.GRPCInferenceService), which the kit serves
-    # for all services of a process at once.
-    oip: list[OipModel] = field(default_factory=list)
+    # for all services of a process at once; a function in place of a model answers the models served at the
+    # moment, for a service whose models change while it serves.
+    oip: list[ModelSource] = field(default_factory=list)
     _model_thread: ModelThread | None = field(default=None, init=False, repr=False)
 
     @property
@@ -79,9 +81,11 @@ class Service:
         for batcher in self.batchers:
             batcher.run_in(thread)
 
-    def batcher(self, name: str, predict_batch, **overrides) -> DynamicBatcher:
+    def batcher(
+        self, name: str, predict_batch, *, decoder: StepDecoder | None = None, **overrides
+    ) -> DynamicBatcher:
         """A batcher configured from this service's settings, running in its model thread, registered for
-        shutdown."""
+        shutdown; with a `decoder`, one that batches step-decodable requests continuously."""
         s = self.settings
         options = dict(
             max_batch_size=s.max_batch_size,
@@ -97,6 +101,11 @@ class Service:
             executor=self.model_thread,
         )
         options.update(overrides)
-        batcher = DynamicBatcher(f"{self.name}.{name}", predict_batch, owner=self.name, **options)
+        if decoder is not None:
+            batcher = ContinuousBatcher(
+                f"{self.name}.{name}", predict_batch, decoder, owner=self.name, **options
+            )
+        else:
+            batcher = DynamicBatcher(f"{self.name}.{name}", predict_batch, owner=self.name, **options)
         self.batchers.append(batcher)
         return batcher

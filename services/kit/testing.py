@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from .batcher import Work
 from .config import ServiceSettings
 from .server import serve
 from .service import Service
@@ -16,6 +17,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def standalone_work(payload, key=None, loop: asyncio.AbstractEventLoop | None = None) -> Work:
+    """A `Work` outside any batcher, for driving a runner's predict_batch or decode loop directly in tests:
+    never cancelled until its future is cancelled, no deadline, emitted events go nowhere."""
+    loop = loop or asyncio.new_event_loop()
+    return Work(payload=payload, key=key, enqueued_at=time.monotonic(), deadline=None,
+                _future=loop.create_future(), _loop=loop)
 
 
 class ServerThread:

@@ -1,7 +1,8 @@
 """FSMT model runner: load one model per language pair, translate a batch of texts. No web code."""
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Hashable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from services.kit.batcher import Work
 from services.kit.errors import NotFound
 from services.kit.torch_models import StopWhenCancelled, TorchRuntime, resolve_source
 
+from .decoding import GreedyLoop, greedy_plan
 from .settings import TranslationSettings
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,12 @@ class TranslationJob:
 
     @property
     def batch_key(self) -> tuple:
-        return (self.pair, self.options)
+        """Greedy requests (num_beams=1) of a pair share a key whatever their max_new_tokens: a continuous decode
+        loop mixes lengths. Beam search batches only identical options (one generate call each)."""
+        options = self.options
+        if options.num_beams == 1 and options.num_return_sequences == 1:
+            return (self.pair, replace(options, max_new_tokens=None))
+        return (self.pair, options)
 
 
 class TranslationRunner:
@@ -113,13 +120,36 @@ class TranslationRunner:
         return [decoded[i * n : (i + 1) * n] for i in range(len(texts))]
 
     def predict_batch(self, works: list[Work]) -> list[list[list[str]]]:
-        """All works share pair and options (the batch key): one generate call for all their texts."""
-        first: TranslationJob = works[0].payload
-        texts = [text for work in works for text in work.payload.texts]
-        hypotheses = self.translate(first.pair, texts, first.options, StopWhenCancelled(works))
-        results, offset = [], 0
-        for work in works:
-            count = len(work.payload.texts)
-            results.append(hypotheses[offset : offset + count])
-            offset += count
+        """All works share the pair (the batch key): one generate call per distinct options (greedy requests of
+        one key may differ in max_new_tokens) for all their texts."""
+        groups: dict[GenerationOptions, list[int]] = {}
+        for i, work in enumerate(works):
+            groups.setdefault(work.payload.options, []).append(i)
+        results: list[list[list[str]]] = [[] for _ in works]
+        for options, indices in groups.items():
+            group = [works[i] for i in indices]
+            texts = [text for work in group for text in work.payload.texts]
+            hypotheses = self.translate(group[0].payload.pair, texts, options, StopWhenCancelled(group))
+            offset = 0
+            for i in indices:
+                count = len(works[i].payload.texts)
+                results[i] = hypotheses[offset : offset + count]
+                offset += count
         return results
+
+    # Continuous batching (services.kit.continuous.StepDecoder): greedy requests decode step by step.
+    def open_loop(self, key: Hashable, payload: TranslationJob) -> GreedyLoop | None:
+        """A decode loop for greedy requests of the payload's pair; None for beam search (and when continuous
+        batching is off or the model's generation config samples): those run whole-request."""
+        if not self.settings.continuous_batching:
+            return None
+        options, model = payload.options, self.models[payload.pair]
+        beams = options.num_beams or model.generation_config.num_beams or 1
+        if beams != 1 or options.num_return_sequences != 1:
+            return None
+        if greedy_plan(model, options.max_new_tokens) is None:
+            return None
+        return GreedyLoop(model, self.tokenizers[payload.pair])
+
+    def rows(self, payload: TranslationJob) -> int:
+        return len(payload.texts)

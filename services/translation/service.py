@@ -25,7 +25,10 @@ def create_service(settings: TranslationSettings | None = None) -> Service:
         return build_job(body, settings)
 
     translate = Operation(
-        "translate", TranslateRequest, TranslateResponse, service.batcher("translate", runner.predict_batch),
+        "translate",
+        TranslateRequest,
+        TranslateResponse,
+        service.batcher("translate", runner.predict_batch, decoder=runner),
         prepare=prepare,
         respond=lambda hypotheses, job: build_response(hypotheses, runner.model_name(job.pair)),
         cost=runner.cost,

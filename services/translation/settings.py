@@ -16,6 +16,9 @@ class TranslationSettings(ServiceSettings):
     max_num_beams: int = Field(8, ge=1)
     max_new_tokens: int = Field(512, ge=1, description="upper limit a request may ask for")
     default_max_new_tokens: int = Field(200, ge=1)
+    # Greedy requests join a running decode at its next step and leave when they finish (False: whole-request
+    # batches of one generate call, as beam search always runs).
+    continuous_batching: bool = True
     # Work budgets in beam-tokens: texts x beams x return sequences x max_new_tokens of a request.
     max_request_cost: float | None = Field(
         65536,
