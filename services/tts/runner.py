@@ -6,9 +6,11 @@ ordered (see `_row_order`) and cut into calls of at most `max_rows_per_call` row
 
 Randomness: SpeechT5's decoder pre-net applies dropout at inference on purpose, so outputs vary from run
 to run. Its dropout mask is drawn once per decoding step and shared by every row of a call, so a row's
-audio depends on which rows share its call. A request with a `seed` therefore runs alone, inside a forked
-and seeded RNG, and its calls depend on nothing but the request: the same seed gives the same bytes
-whatever else the server is doing.
+audio depends on which rows share its call. A request with a `seed` therefore makes its calls alone
+(`solo_calls`), inside a forked and seeded RNG, and they depend on nothing but the request: the same seed
+gives the same bytes whatever else the server is doing. It still shares the batch key of every other speech
+request: whole-request batches run its calls apart from the others', and the continuous decode loop
+(continuous.py) gives it a generator of its own, so it decodes among the others step by step.
 
 Streaming: a streaming request synthesizes its first sentence alone and then the rest together; each
 sentence is emitted as soon as its call finishes, so the first sound does not wait for the whole text.
@@ -47,7 +49,7 @@ from .voices import VoiceBank
 
 log = logging.getLogger(__name__)
 
-SHARED_BATCH = "shared"  # batch key of every unseeded request
+SHARED_BATCH = "shared"  # batch key of every speech request and of unseeded conversions
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Sentence:
     token_ids: tuple[int, ...]
 
 
-@dataclass(eq=False)  # compares by identity: a seeded job is a batch key no other job equals
+@dataclass(eq=False)
 class SpeechJob:
     sentences: tuple[Sentence, ...]
     speaker: np.ndarray
@@ -66,7 +68,7 @@ class SpeechJob:
 
     @property
     def batch_key(self) -> Hashable:
-        return self if self.seed is not None else SHARED_BATCH
+        return SHARED_BATCH  # seeded jobs too: the runner keeps their calls apart (see Randomness above)
 
     def rounds(self) -> list[list[int]]:
         """Sentence indices per synthesis round."""
@@ -76,7 +78,7 @@ class SpeechJob:
         return [indices]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False)  # compares by identity: a seeded job is a batch key no other job equals
 class ConversionJob:
     samples: np.ndarray  # mono float32 at the feature extractor's rate
     speaker: np.ndarray
@@ -294,9 +296,47 @@ class SpeechRunner:
     # -- batcher entry points -------------------------------------------------------------------
 
     def predict_speech(self, works: list[Work]) -> list[AudioResult | Exception]:
-        """All works share a batch key: every unseeded job, or one seeded job alone."""
-        with self._random_state(works[0].payload.seed):
-            return self._speak(works)
+        """Unseeded works share calls; each seeded work then makes its own, in its own seeded RNG."""
+        results: list[AudioResult | Exception | None] = [None] * len(works)
+        unseeded = [w for w, work in enumerate(works) if work.payload.seed is None]
+        if unseeded:
+            for w, result in zip(unseeded, self._speak([works[w] for w in unseeded]), strict=True):
+                results[w] = result
+        for w, work in enumerate(works):
+            if work.payload.seed is not None:
+                with self._random_state(work.payload.seed):
+                    results[w] = self._speak([work])[0]
+        return results
+
+    def solo_calls(self, job: SpeechJob) -> list[list[int]]:
+        """Sentence indices per generate call, in order, when `_speak` runs the job alone."""
+        calls = []
+        step = self.settings.max_rows_per_call
+        for sentences in job.rounds():
+            ordered = sorted(sentences, key=lambda index: self._row_order(job, index))
+            calls.extend(ordered[start : start + step] for start in range(0, len(ordered), step))
+        return calls
+
+    # -- continuous batching (the kit's StepDecoder) -----------------------------------------------
+
+    @property
+    def step_decoder(self) -> "SpeechRunner | None":
+        """This runner as the speech batcher's step decoder, or None when continuous batching is off."""
+        return self if self.settings.continuous_batching else None
+
+    def open_loop(self, key: Hashable, payload: SpeechJob | ConversionJob):
+        """A new continuous decode loop for speech jobs; None for voice conversion (whole-request)."""
+        if not self.settings.continuous_batching or not isinstance(payload, SpeechJob):
+            return None
+        from .continuous import SpeechLoop  # continuous.py builds on this module
+
+        return SpeechLoop(self)
+
+    def rows(self, payload: SpeechJob | ConversionJob) -> int:
+        """Sentences the job decodes at once: its largest call."""
+        if isinstance(payload, SpeechJob):
+            return max(map(len, self.solo_calls(payload)))
+        return 1
 
     def _speak(self, works: list[Work]) -> list[AudioResult | Exception]:
         started = time.perf_counter()

@@ -50,6 +50,11 @@ class TTSSettings(ServiceSettings):
     max_sentence_chars: int = Field(300, ge=20, description="longer sentences are cut at commas or spaces")
     sentence_pause_ms: float = Field(250.0, ge=0, description="silence between sentences at speed 1")
     max_rows_per_call: int = Field(16, ge=1, description="sentences (or conversions) in one generate call")
+    continuous_batching: bool = Field(
+        True,
+        description="speech sentences join a running decode at its next step and leave it when they stop "
+        "(voice conversion always runs whole batches); false: each batch decodes to its end",
+    )
     default_response_format: str = "mp3"  # OpenAI's default
     max_instructions_chars: int = Field(
         4096, ge=0, description="longer `instructions` get 400 (never applied)"

@@ -1,0 +1,378 @@
+"""Iteration-level (continuous) batching of SpeechT5 text-to-speech: sentences join a running decode at the
+next step and leave it when they stop, each with its own slot in the self-attention cache.
+
+A speech job decodes its sentences in exactly the generate calls `predict_speech` would make for it alone
+(`SpeechRunner.solo_calls`), one call after the other; a seeded job draws all their pre-net dropout masks
+from a random generator of its own, seeded with its `seed`, as `predict_speech` draws them from the seeded
+global one. Within a call every sentence shares the step count, the dropout mask of each step and the length
+bounds, as in `generate_speech`; calls of different jobs, at different steps, share the decoder's matrix
+products. So a seeded job's audio equals what `predict_speech` makes for it, whatever else is decoding.
+
+The decoder step is plain tensor code over the model's own modules: only the newest frame goes through the
+pre-net (see `_dropout_masks` for its mask), each row attends to its own cached positions, and a
+sentence's spectrogram goes through the post-net once, when it stops. A call's sentences are vocoded
+together when its last one stops (with other calls that pad to the same length), and emitted in text order
+as before.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from services.kit.batcher import Work
+
+from .metrics import ROWS_PER_CALL
+from .runner import AudioResult, SpeechJob, SpeechRunner
+
+INITIAL_POSITIONS = 64  # self-attention cache length at first; doubles when a sentence outgrows it
+
+
+@dataclass(eq=False)
+class _Job:
+    work: Work
+    calls: list[list[int]]  # sentence indices per generate call, in decoding order
+    generator: torch.Generator | None  # a seeded job's own; None: the global one
+    started: float
+    next_call: int = 0
+    ready: dict[int, np.ndarray] = field(default_factory=dict)  # sentence index -> waveform
+    parts: list[np.ndarray] = field(default_factory=list)  # emitted so far, pauses included
+
+    @property
+    def job(self) -> SpeechJob:
+        return self.work.payload
+
+
+@dataclass(eq=False)
+class _Call:
+    """One generate call's worth of sentences, decoded in step."""
+
+    job: _Job
+    sentences: list[int]
+    min_steps: int
+    max_steps: int
+    frame_limits: list[int]  # each sentence's own length limit (see SpeechRunner._trim)
+    steps: int = 0
+    running: int = 0
+    spectrograms: dict[int, torch.Tensor] = field(default_factory=dict)  # sentence index -> finished one
+
+
+@dataclass(eq=False)
+class _Rows:
+    """Per-row decoder state; dimension 0 (2 for the caches) is the row, in `SpeechLoop.rows` order."""
+
+    self_kv: torch.Tensor  # [layers, 2, rows, heads, positions, head_dim]
+    cross_kv: torch.Tensor  # [layers, 2, rows, heads, encoder positions, head_dim]
+    cross_mask: torch.Tensor  # [rows, encoder positions], True where there is text
+    speakers: torch.Tensor  # [rows, speaker dim], normalized
+    frames: torch.Tensor  # [rows, positions, reduction * mel bins]: the spectrogram so far
+    last_frame: torch.Tensor  # [rows, mel bins]: the pre-net's next input
+    positions: torch.Tensor  # [rows]: the position each row decodes next
+
+    def select(self, keep: torch.Tensor) -> "_Rows":
+        return _Rows(
+            self.self_kv.index_select(2, keep),
+            self.cross_kv.index_select(2, keep),
+            self.cross_mask.index_select(0, keep),
+            self.speakers.index_select(0, keep),
+            self.frames.index_select(0, keep),
+            self.last_frame.index_select(0, keep),
+            self.positions.index_select(0, keep),
+        )
+
+
+def _pad_dim(tensor: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    missing = size - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor, tensor.new_zeros(shape)], dim=dim)
+
+
+class SpeechLoop:
+    """A running text-to-speech decode (the kit's `DecodeLoop`); it lives in the model thread."""
+
+    def __init__(self, runner: SpeechRunner):
+        self.runner = runner
+        self.model = runner.tts
+        config = self.model.config
+        self.device, self.dtype = runner.runtime.device, runner.runtime.dtype
+        self.reduction, self.mel_bins = config.reduction_factor, config.num_mel_bins
+        self.heads = config.decoder_attention_heads
+        self.head_dim = config.hidden_size // self.heads
+        self.prenet_units = config.speech_decoder_prenet_units
+        self.dropout = config.speech_decoder_prenet_dropout
+        self.jobs: dict[Work, _Job] = {}
+        self.rows: list[tuple[_Call, int]] = []  # (call, sentence index) per decoder row
+        layers = config.decoder_layers
+        empty = dict(device=self.device, dtype=self.dtype)
+        self.state = _Rows(
+            self_kv=torch.zeros(layers, 2, 0, self.heads, INITIAL_POSITIONS, self.head_dim, **empty),
+            cross_kv=torch.zeros(layers, 2, 0, self.heads, 1, self.head_dim, **empty),
+            cross_mask=torch.zeros(0, 1, dtype=torch.bool, device=self.device),
+            speakers=torch.zeros(0, config.speaker_embedding_dim, **empty),
+            frames=torch.zeros(0, INITIAL_POSITIONS, self.reduction * self.mel_bins, **empty),
+            last_frame=torch.zeros(0, self.mel_bins, **empty),
+            positions=torch.zeros(0, dtype=torch.long, device=self.device),
+        )
+
+    # -- DecodeLoop -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def join(self, works: list[Work]) -> None:
+        # Everything that can fail happens before the loop changes, so a failed join leaves no half-joined work.
+        prepared = []
+        for work in works:
+            job: SpeechJob = work.payload
+            if not isinstance(job, SpeechJob):
+                raise TypeError(f"the speech loop decodes speech jobs, not {type(job).__name__}")
+            generator = None
+            if job.seed is not None:
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(job.seed)
+            state = _Job(work, self.runner.solo_calls(job), generator, time.perf_counter())
+            prepared.append((state, self._prepare_call(state)))
+        for state, (call, rows) in prepared:
+            self.jobs[state.work] = state
+            self._add(call, rows)
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Work, AudioResult | Exception]]:
+        if not self.rows:
+            return []
+        stops = self._decode()
+        finished: dict[_Call, list[int]] = {}  # call -> rows that stopped in this step
+        for row, ((call, _), stop) in enumerate(zip(self.rows, stops, strict=True)):
+            if call.steps >= call.max_steps or (call.steps >= call.min_steps and stop):
+                finished.setdefault(call, []).append(row)
+        if not finished:
+            return []
+        postnet = self.model.speech_decoder_postnet
+        for call, rows in finished.items():
+            index = torch.tensor(rows, device=self.device)
+            spectrograms = postnet.postnet(
+                self.state.frames.index_select(0, index)[:, : call.steps].reshape(
+                    len(rows), -1, self.mel_bins
+                )
+            )
+            for row, spectrogram in zip(rows, spectrograms, strict=True):
+                sentence = self.rows[row][1]
+                limit = call.frame_limits[call.sentences.index(sentence)]
+                call.spectrograms[sentence] = spectrogram[:limit]
+                call.running -= 1
+        stopped = {row for rows in finished.values() for row in rows}
+        self._keep([row for row in range(len(self.rows)) if row not in stopped])
+        complete = [call for call in finished if call.running == 0]
+        self._vocode(complete)
+        done = []
+        for call in complete:
+            result = self._complete(call)
+            if result is not None:
+                done.append((call.job.work, result))
+        return done
+
+    def leave(self, work: Work) -> None:
+        job = self.jobs.pop(work, None)
+        if job is not None:
+            self._keep([row for row, (call, _) in enumerate(self.rows) if call.job is not job])
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def _prepare_call(self, job: _Job) -> tuple[_Call, _Rows]:
+        """Encode the job's next call and compute its cross-attention keys and values (not yet running)."""
+        runner, model, settings = self.runner, self.model, self.runner.settings
+        sentences = job.calls[job.next_call]
+        token_ids = [job.job.sentences[i].token_ids for i in sentences]
+        inputs = runner.tokenizer.pad([{"input_ids": list(ids)} for ids in token_ids], return_tensors="pt")
+        # As `synthesize` and `generate_speech`: the call's bounds follow its longest sentence, and each
+        # sentence is then cut to its own limit.
+        encoder_length = inputs["input_ids"].shape[1]
+        min_ratio, max_ratio = runner._length_ratios(
+            model, encoder_length, settings.min_len_ratio, settings.max_len_ratio
+        )
+        call = _Call(
+            job,
+            sentences,
+            min_steps=int(encoder_length * min_ratio / self.reduction),
+            max_steps=int(encoder_length * max_ratio / self.reduction),
+            frame_limits=[runner._max_frames(model, len(ids), max_ratio) for ids in token_ids],
+            running=len(sentences),
+        )
+        mask = inputs["attention_mask"].to(self.device)
+        encoded = model.speecht5.encoder(
+            input_values=inputs["input_ids"].to(self.device), attention_mask=mask, return_dict=True
+        ).last_hidden_state
+        rows, length = encoded.shape[:2]
+        cross_kv = torch.stack(
+            [
+                torch.stack([projection(encoded) for projection in (attn.k_proj, attn.v_proj)])
+                for attn in (layer.encoder_attn for layer in model.speecht5.decoder.wrapped_decoder.layers)
+            ]
+        )
+        cross_kv = cross_kv.view(*cross_kv.shape[:2], rows, length, self.heads, self.head_dim).transpose(3, 4)
+        speaker = F.normalize(runner._speakers([job.job.speaker]))
+        state = self.state
+        positions = state.self_kv.shape[4]
+        return call, _Rows(
+            self_kv=state.self_kv.new_zeros(*state.self_kv.shape[:2], rows, *state.self_kv.shape[3:]),
+            cross_kv=cross_kv,
+            cross_mask=mask.bool(),
+            speakers=speaker.expand(rows, -1),
+            frames=state.frames.new_zeros(rows, positions, state.frames.shape[2]),
+            last_frame=state.last_frame.new_zeros(rows, self.mel_bins),
+            positions=state.positions.new_zeros(rows),
+        )
+
+    def _add(self, call: _Call, rows: _Rows) -> None:
+        ROWS_PER_CALL.labels("synthesis").observe(len(call.sentences))
+        state = self.state
+        length = max(state.cross_kv.shape[4], rows.cross_kv.shape[4])
+        self.state = _Rows(
+            self_kv=torch.cat([state.self_kv, rows.self_kv], dim=2),
+            cross_kv=torch.cat(
+                [_pad_dim(state.cross_kv, 4, length), _pad_dim(rows.cross_kv, 4, length)], dim=2
+            ),
+            cross_mask=torch.cat(
+                [_pad_dim(state.cross_mask, 1, length), _pad_dim(rows.cross_mask, 1, length)], dim=0
+            ),
+            speakers=torch.cat([state.speakers, rows.speakers]),
+            frames=torch.cat([state.frames, rows.frames]),
+            last_frame=torch.cat([state.last_frame, rows.last_frame]),
+            positions=torch.cat([state.positions, rows.positions]),
+        )
+        self.rows.extend((call, sentence) for sentence in call.sentences)
+
+    def _keep(self, rows: list[int]) -> None:
+        if len(rows) == len(self.rows):
+            return
+        self.state = self.state.select(torch.tensor(rows, dtype=torch.long, device=self.device))
+        self.rows = [self.rows[row] for row in rows]
+
+    def _vocode(self, calls: list[_Call]) -> None:
+        """Waveforms of the calls' sentences into their jobs' `ready`. The vocoder pads a call's spectrograms
+        to its longest, which changes the last samples of the shorter ones a little, so calls share a vocoder
+        batch only when they pad to the same length: each sentence then sounds exactly as in its own call."""
+        by_length: dict[int, list[tuple[_Job, int, torch.Tensor]]] = {}
+        for call in calls:
+            stretched = [
+                (call.job, sentence, self.runner._stretch(call.spectrograms[sentence], call.job.job.speed))
+                for sentence in call.sentences
+            ]
+            by_length.setdefault(max(frames.shape[0] for *_, frames in stretched), []).extend(stretched)
+        for rows in by_length.values():
+            waveforms = self.runner._vocode([frames for *_, frames in rows], [1.0] * len(rows))
+            for (job, sentence, _), waveform in zip(rows, waveforms, strict=True):
+                job.ready[sentence] = waveform
+
+    def _complete(self, call: _Call) -> AudioResult | Exception | None:
+        """Emit what is ready of a vocoded call in order and start the job's next call; the job's result
+        once it has no call left."""
+        job, runner = call.job, self.runner
+        runner._emit_in_order(job.work, job.ready, job.parts)
+        job.next_call += 1
+        if job.next_call < len(job.calls):
+            try:
+                self._add(*self._prepare_call(job))
+            except Exception as error:  # this job fails; the others decode on
+                del self.jobs[job.work]
+                return error
+            return None
+        del self.jobs[job.work]
+        result = AudioResult(np.concatenate(job.parts), runner.sample_rate, time.perf_counter() - job.started)
+        runner._observe("synthesis", result)
+        return result
+
+    # -- the decoder step -----------------------------------------------------------------------
+
+    def _grow(self, positions: int) -> None:
+        state = self.state
+        if positions <= state.self_kv.shape[4]:
+            return
+        size = max(positions, 2 * state.self_kv.shape[4])
+        state.self_kv = _pad_dim(state.self_kv, 4, size)
+        state.frames = _pad_dim(state.frames, 1, size)
+
+    def _dropout_masks(self) -> list[torch.Tensor]:
+        """Each pre-net layer's dropout mask for every row, one mask per call.
+
+        A seeded call takes the last row of the masks `generate_speech` would draw over the whole sequence
+        at this step, from its job's generator: exact, but the draws grow with the step (on a CPU core about
+        3 ms per layer and step at 500 steps of the real model's 256 units). Unseeded calls have nothing to
+        reproduce, so they draw only the newest frame's mask, from the global generator, all at once: the
+        same distribution at a constant cost."""
+        layers = len(self.model.speecht5.decoder.prenet.layers)
+        calls = list(dict.fromkeys(call for call, _ in self.rows))
+        masks: dict[_Call, list[torch.Tensor]] = {}
+        unseeded = [call for call in calls if call.job.generator is None]
+        if unseeded:
+            shape = torch.empty(
+                layers, len(unseeded), self.prenet_units, device=self.device, dtype=self.dtype
+            )
+            drawn = torch.bernoulli(shape, self.dropout)
+            masks.update((call, list(drawn[:, index])) for index, call in enumerate(unseeded))
+        for call in calls:
+            call.steps += 1
+            if call.job.generator is not None:
+                shape = torch.empty(call.steps, self.prenet_units, device=self.device, dtype=self.dtype)
+                masks[call] = [
+                    torch.bernoulli(shape, self.dropout, generator=call.job.generator)[-1]
+                    for _ in range(layers)
+                ]
+        return [
+            torch.cat([masks[call][layer].expand(call.running, -1) for call in calls])
+            for layer in range(layers)
+        ]
+
+    def _decode(self) -> list[bool]:
+        """One step of every row; whether each row's stop probability reached the threshold."""
+        model, state = self.model, self.state
+        prenet = model.speecht5.decoder.prenet
+        masks = self._dropout_masks()
+        length = 1 + max(call.steps - 1 for call, _ in self.rows)  # positions in use after this step
+        self._grow(length)
+        rows = len(self.rows)
+        positions = state.positions
+
+        hidden = state.last_frame
+        for layer, mask in zip(prenet.layers, masks, strict=True):
+            hidden = F.relu(layer(hidden))
+            hidden = torch.where(mask == 1, hidden, 0) * 1 / (1 - self.dropout)
+        hidden = prenet.final_layer(hidden)
+        hidden = hidden + prenet.encode_positions.alpha * prenet.encode_positions.pe[0, positions]
+        hidden = F.relu(prenet.speaker_embeds_layer(torch.cat([hidden, state.speakers], dim=-1)))
+        hidden = hidden[:, None]  # [rows, 1, hidden]
+
+        row_index = torch.arange(rows, device=self.device)
+        self_mask = (torch.arange(length, device=self.device)[None] <= positions[:, None])[:, None, None]
+        cross_mask = state.cross_mask[:, None, None]
+        for index, layer in enumerate(model.speecht5.decoder.wrapped_decoder.layers):
+            attn = layer.self_attn
+            keys, values = state.self_kv[index, 0], state.self_kv[index, 1]
+            keys[row_index, :, positions] = attn.k_proj(hidden).view(rows, self.heads, self.head_dim)
+            values[row_index, :, positions] = attn.v_proj(hidden).view(rows, self.heads, self.head_dim)
+            attended = self._attend(attn, hidden, keys[:, :, :length], values[:, :, :length], self_mask)
+            hidden = layer.self_attn_layer_norm(hidden + attended)
+            cross = layer.encoder_attn
+            attended = self._attend(
+                cross, hidden, state.cross_kv[index, 0], state.cross_kv[index, 1], cross_mask
+            )
+            hidden = layer.encoder_attn_layer_norm(hidden + attended)
+            hidden = layer.final_layer_norm(hidden + layer.feed_forward(hidden))
+
+        output = hidden[:, 0]
+        postnet = model.speech_decoder_postnet
+        spectrum = postnet.feat_out(output)  # [rows, reduction * mel bins]
+        state.frames[row_index, positions] = spectrum
+        state.last_frame = spectrum[:, -self.mel_bins :]
+        state.positions = positions + 1
+        stop = torch.sigmoid(postnet.prob_out(output)).sum(dim=-1) >= self.runner.settings.stop_threshold
+        return stop.tolist()
+
+    def _attend(self, attn, hidden, keys, values, mask) -> torch.Tensor:
+        rows = hidden.shape[0]
+        query = (attn.q_proj(hidden) * attn.scaling).view(rows, 1, self.heads, self.head_dim).transpose(1, 2)
+        attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=1.0)
+        return attn.out_proj(attended.transpose(1, 2).reshape(rows, 1, -1))
