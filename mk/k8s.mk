@@ -29,10 +29,10 @@ export DOCKER_HOST := unix:///run/modelserve-docker/docker.sock
 endif
 endif
 
-.PHONY: images image-base $(addprefix image-,$(TORCH_SERVICES)) image-vit \
+.PHONY: images image-base $(addprefix image-,$(TORCH_SERVICES)) image-vit image-vit-server \
         deploy undeploy k8s-status k8s-validate checkov-venv image-test dockerd
 
-images: $(addprefix image-,$(TORCH_SERVICES)) image-vit ## build every service's image
+images: $(addprefix image-,$(TORCH_SERVICES)) image-vit image-vit-server ## build every service's image
 
 image-base: ## build the local Debian base image (IMAGE_BASE=local)
 ifeq ($(IMAGE_BASE),local)
@@ -55,6 +55,15 @@ image-vit: ## build the ViT image on tensorflow/serving (skipped when that image
 	else \
 	  DOCKER_BUILDKIT=1 $(DOCKER) build --network host -f docker/vit.Dockerfile -t modelserve/vit:$(IMAGE_TAG) .; \
 	fi
+
+# services/vit's own server (TF Serving's protocol and v2) for KServe's v2 runtime: Python and the `vit` extra,
+# no torch, on IMAGE_BASE (empty: the Dockerfile's debian:bookworm-slim; `local`: LOCAL_BASE).
+image-vit-server: image-base ## build the ViT image on services/vit's server (OIP v2, for k8s/kserve)
+	@test -d models/vit-serving/hf-vit || { \
+	  echo "image-vit-server: export the SavedModel first (make models, or python -m services.vit.export ...)"; exit 1; }
+	DOCKER_BUILDKIT=1 $(DOCKER) build --network host -f docker/vit-server.Dockerfile \
+	  $(if $(IMAGE_BASE),--build-arg BASE=$(if $(filter local,$(IMAGE_BASE)),$(LOCAL_BASE),$(IMAGE_BASE))) \
+	  -t modelserve/vit-server:$(IMAGE_TAG) .
 
 deploy: ## apply the kustomization (K8S_PATH) to the current kubectl context
 	$(VENV)/bin/python -m tools.deploy --path $(K8S_PATH) apply
@@ -101,9 +110,10 @@ k8s-validate: checkov-venv ## render, schema-validate, checkov and lint every ma
 	$(VENV)/bin/hadolint docker/*.Dockerfile
 	@echo "k8s-validate: ok"
 
-# Start (or find) the Docker engine, then the real build + run test of the translation image.
+# Start (or find) the Docker engine, then the real build + run tests of the translation and vit-server images.
 dockerd: ## start (or find) the local Docker engine
 	@docker/start-dockerd.sh
 
-image-test: ## build the translation image and test it running
-	eval "$$(docker/start-dockerd.sh)" && PYTHON=$(VENV)/bin/python docker/ci-image-test.sh
+image-test: ## build the translation and vit-server images and test them running
+	eval "$$(docker/start-dockerd.sh)" && PYTHON=$(VENV)/bin/python docker/ci-image-test.sh \
+	  && PYTHON=$(VENV)/bin/python docker/ci-vit-server-image-test.sh

@@ -146,21 +146,39 @@ class OipModel:
         return JSON_OVERHEAD_ELEMENTS + sum(2 * tensor.max_elements for tensor in self.inputs)
 
 
+# A model, or a function answering the models served at the moment it is called: for a service whose models come
+# and go while it serves (a model config reloaded).
+ModelSource = OipModel | Callable[[], list[OipModel]]
+
+
 class Registry:
     """Every OIP model of a process, by name."""
 
-    def __init__(self, models: list[OipModel], state: ServerState):
+    def __init__(self, models: list[ModelSource], state: ServerState):
         self.state = state
-        self.models: dict[str, OipModel] = {}
+        self.fixed: dict[str, OipModel] = {}
+        self.sources: list[Callable[[], list[OipModel]]] = []
         for model in models:
-            if model.name in self.models:
+            if not isinstance(model, OipModel):
+                self.sources.append(model)
+            elif model.name in self.fixed:
                 raise ValueError(f"two services declare the OIP model {model.name!r}")
-            self.models[model.name] = model
+            else:
+                self.fixed[model.name] = model
+
+    def models(self) -> dict[str, OipModel]:
+        """The models served now; a fixed model keeps its name against a source's model of the same name."""
+        models = dict(self.fixed)
+        for source in self.sources:
+            for model in source():
+                models.setdefault(model.name, model)
+        return models
 
     def model(self, name: str, version: str = "") -> tuple[OipModel, str]:
-        model = self.models.get(name)
+        models = self.models()
+        model = models.get(name)
         if model is None:
-            known = ", ".join(sorted(self.models)) or "none"
+            known = ", ".join(sorted(models)) or "none"
             raise NotFound(f"unknown model '{name}'; this server serves: {known}")
         versions = model.versions()
         if not versions:

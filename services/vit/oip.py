@@ -1,15 +1,17 @@
 """The served TF Serving models over the Open Inference Protocol (v2), which the kit serves on the same ports.
 
-One OIP model per configured model name, platform ``tensorflow_savedmodel``: input ``image``, BYTES ``[-1]``, a
-batch of encoded images (raw bytes or base64 text, as the signature's string input takes them); outputs are
-those of the version's ``serving_default`` signature under the signature's own names (the ViT export's
-``label`` and ``confidence``). A request runs exactly what ``:predict`` runs: the same servable lookup, budget,
-image-header checks and batcher, so both answer alike and share model calls.
+One OIP model per model of the config in force (a reload adds and removes them), platform
+``tensorflow_savedmodel``: input ``image``, BYTES ``[-1]``, a batch of encoded images (raw bytes or base64
+text, as the signature's string input takes them); outputs are those of the version's ``serving_default``
+signature under the signature's own names (the ViT export's ``label`` and ``confidence``). A request runs
+exactly what ``:predict`` runs: the same servable lookup, budget, image-header checks and batcher, so both
+answer alike and share model calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
 
@@ -20,17 +22,14 @@ from services.kit.errors import InvalidArgument, ServiceError
 from services.kit.oip import InferRequest, OipModel, Outputs, Tensor
 
 from .limits import RequestLimits, TensorBudget, check_string_inputs
-from .model_config import model_entries, read_config_file
 from .runner import (
     DEFAULT_SIGNATURE,
-    MAX_CONFIG_FILE_BYTES,
     PredictJob,
     Signature,
     ViTRunner,
     validate_inputs,
     validate_output_filter,
 )
-from .settings import ViTSettings
 
 IMAGE = "image"
 PLATFORM = "tensorflow_savedmodel"
@@ -49,14 +48,6 @@ DATATYPES = {
     tf.float32: "FP32",
     tf.float64: "FP64",
 }
-
-
-def configured_model_names(settings: ViTSettings) -> list[str]:
-    """The model names the server is configured with (the kit registers OIP models before anything loads)."""
-    if settings.model_config_file is None:
-        return [settings.model_name]
-    config = read_config_file(settings.model_config_file, MAX_CONFIG_FILE_BYTES)
-    return [entry.name for entry in model_entries(config, settings.max_models)]
 
 
 def _tensor(name: str, spec: tf.TensorSpec) -> Tensor | None:
@@ -101,12 +92,13 @@ def _image_input(model: str, signature: Signature) -> str:
 
 
 def oip_models(
-    settings: ViTSettings,
     runner: ViTRunner,
     batcher: DynamicBatcher,
     limits: RequestLimits,
     decoder: Executor,
-) -> list[OipModel]:
+) -> Callable[[], list[OipModel]]:
+    """The kit's source of this server's OIP models: those of the config in force whenever it asks, so that a
+    reload (the polled config file, HandleReloadConfigRequest) adds and removes them as it does for :predict."""
     # A request holds at most as many images as :predict admits, in elements and in rows.
     max_images = (
         limits.max_elements if limits.max_rows is None else min(limits.max_elements, int(limits.max_rows))
@@ -161,4 +153,14 @@ def oip_models(
             ready=lambda version: version in versions(),
         )
 
-    return [model(name) for name in configured_model_names(settings)]
+    built: dict[str, OipModel] = {}
+
+    def served() -> list[OipModel]:
+        nonlocal built
+        names = runner.available_versions().keys()
+        if names != built.keys():
+            # Rebuilt and swapped whole, never mutated: request threads read it concurrently.
+            built = {name: built.get(name) or model(name) for name in names}
+        return list(built.values())
+
+    return served

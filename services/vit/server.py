@@ -23,7 +23,11 @@ def create_service(settings: ViTSettings | None = None) -> Service:
     settings = settings or ViTSettings()
     runner = ViTRunner(settings)
     service = Service(
-        name="vit", settings=settings, runner=runner, error_body=schemas.error_body, metrics_paths=(MONITORING_PATH,)
+        name="vit",
+        settings=settings,
+        runner=runner,
+        error_body=schemas.error_body,
+        metrics_paths=(MONITORING_PATH,),
     )
     # One batcher for every model version and signature: the batch key keeps them apart.
     batcher = service.batcher("predict", runner.predict_batch)
@@ -45,5 +49,5 @@ def create_service(settings: ViTSettings | None = None) -> Service:
         {"id": name, "versions": versions, "protocol": "tensorflow-serving"}
         for name, versions in sorted(runner.available_versions().items())
     ]
-    service.oip += oip_models(settings, runner, batcher, limits, decoder)
+    service.oip.append(oip_models(runner, batcher, limits, decoder))
     return service

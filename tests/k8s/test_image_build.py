@@ -1,4 +1,5 @@
-"""Real image build and run (docker/ci-image-test.sh: translation from docker/torch.Dockerfile with CPU torch):
+"""Real image builds and runs (docker/ci-image-test.sh: translation from docker/torch.Dockerfile with CPU torch;
+docker/ci-vit-server-image-test.sh: modelserve/vit-server from docker/vit-server.Dockerfile):
 needs a Docker engine, skipped without one.
 
 .ci/run starts one with docker/start-dockerd.sh; locally: eval "$(docker/start-dockerd.sh)".
@@ -55,3 +56,19 @@ def test_translation_image_builds_serves_and_drains():
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-8000:]}"
     assert "ok: built, ready, translated, drained, exit 0" in proc.stderr
+
+
+@pytest.mark.skipif(HOST is None, reason="no reachable Docker engine (docker/start-dockerd.sh starts one)")
+@pytest.mark.timeout(1500)
+def test_vit_server_image_builds_serves_v2_and_drains():
+    """modelserve/vit-server, the image of KServe's ViT runtime (docker/ci-vit-server-image-test.sh)."""
+    proc = subprocess.run(
+        ["bash", str(REPO / "docker/ci-vit-server-image-test.sh")],
+        cwd=REPO,
+        env={**os.environ, "DOCKER_HOST": HOST, "DOCKER": DOCKER},
+        capture_output=True,
+        text=True,
+        timeout=1450,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-8000:]}"
+    assert "ok: built, ready, classified over v2 and :predict, drained, exit 0" in proc.stderr

@@ -3,26 +3,31 @@
 Run as a script it serves on ECHO_REST_PORT / ECHO_GRPC_PORT, like `python -m services.<name>`.
 """
 
+import json
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from services.kit.batcher import Done  # noqa: E402
 from services.kit.config import ServiceSettings  # noqa: E402
 from services.kit.errors import InvalidArgument  # noqa: E402
-from services.kit.grpc_server import time_remaining  # noqa: E402
 from services.kit.oip import Tensor  # noqa: E402
-from services.kit.operations import Operation  # noqa: E402
+from services.kit.operations import Call, Operation, Upload  # noqa: E402
 from services.kit.service import GrpcServicer, Service  # noqa: E402
+from services.kit.streaming import SSE_MEDIA_TYPE, rest_stream, sse_event  # noqa: E402
 
 GRPC_METHOD = "/echo.v1.Echo/Say"
+GRPC_STREAM_METHOD = "/echo.v1.Echo/SayInParts"
 
 
 class EchoSettings(ServiceSettings):
@@ -36,10 +41,27 @@ class EchoRequest(BaseModel):
     # Sleep in slices that check Work.cancelled (as a decoding loop checks between steps) instead of at once.
     stepwise: bool = False
     fail: str | None = None
+    # Events the runner emits before its result (the echo's words, one each), for the streaming operation.
+    parts: int = Field(0, ge=0, le=16)
+
+
+class EchoFileRequest(BaseModel):
+    """A multipart form: the text to echo as an uploaded file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: Upload
+    delay: float = Field(0.0, ge=0, le=30)
 
 
 class EchoResponse(BaseModel):
     echo: str
+
+
+@dataclass(frozen=True)
+class Part:
+    index: int
+    text: str
 
 
 class EchoRunner:
@@ -72,6 +94,8 @@ class EchoRunner:
             else:
                 time.sleep(request.delay)
             self.computed.append(request.text)
+            for index in range(request.parts):
+                work.emit(Part(index, request.text))
             if request.fail == "invalid":
                 results.append(InvalidArgument("text: refused on request", field="text"))
             elif request.fail == "crash":
@@ -82,26 +106,89 @@ class EchoRunner:
 
 
 def create_service(settings: EchoSettings | None = None) -> Service:
-    """The whole of a service's protocol glue: one operation, bound to REST, gRPC and the OIP."""
+    """The whole of a service's protocol glue: a unary and a streaming operation, bound to REST, gRPC and the OIP."""
     settings = settings or EchoSettings()
     runner = EchoRunner(settings)
     service = Service(name="echo", settings=settings, runner=runner, models=lambda: [{"id": "echo-1"}])
+    batcher = service.batcher("echo", runner.predict_batch)
     echo = Operation(
-        "echo", EchoRequest, EchoResponse, service.batcher("echo", runner.predict_batch),
-        prepare=lambda body: body, respond=lambda result, body: EchoResponse(**result),
+        "echo",
+        EchoRequest,
+        EchoResponse,
+        batcher,
+        prepare=lambda body: body,
+        respond=lambda result, body: EchoResponse(**result),
     )
+    echo_file = Operation(
+        "echo_file",
+        EchoFileRequest,
+        EchoResponse,
+        batcher,
+        prepare=lambda body: EchoRequest(text=body.file.data.decode(errors="replace"), delay=body.delay),
+        respond=lambda result, body: EchoResponse(**result),
+    )
+    # The same request answered part by part: each event the runner emits, then the echo.
+    echo_in_parts = Operation("echo_in_parts", EchoRequest, None, batcher, prepare=lambda body: body)
+
+    async def parts(call: Call) -> AsyncIterator[tuple[str, dict]]:
+        async for event in call.events():
+            if isinstance(event, Part):
+                yield "echo.part", {"index": event.index, "text": event.text}
+            elif isinstance(event, Done):
+                yield "echo.done", event.result
+
+    async def sse(call: Call):
+        events = (sse_event({"type": kind, **data}, event=kind) async for kind, data in parts(call))
+        return await rest_stream(events, SSE_MEDIA_TYPE)
+
+    async def oip_parts(call: Call):
+        async for _, data in parts(call):
+            # The echo itself comes last, as part -1.
+            yield {"echo": [data.get("text", data.get("echo"))], "part": [data.get("index", -1)]}
+
+    async def oip_whole(call: Call):
+        return {"echo": [(await call.result())["echo"]], "part": [-1]}
+
     service.router = APIRouter()
     echo.add_route(service.router, "/v1/echo")
-    service.oip.append(echo.oip_model("echo", [Tensor("text", "BYTES", (1,))], [Tensor("echo", "BYTES", (1,))],
-                                      to_outputs=lambda response: {"echo": [response.echo]}))
+    echo_in_parts.add_route(service.router, "/v1/echo/parts", answer=sse)
+    echo_file.add_route(service.router, "/v1/echo/file", form=True)
+    service.oip.append(
+        echo.oip_model(
+            "echo",
+            [Tensor("text", "BYTES", (1,))],
+            [Tensor("echo", "BYTES", (1,))],
+            to_outputs=lambda response: {"echo": [response.echo]},
+        )
+    )
+    service.oip.append(
+        echo_in_parts.oip_model(
+            "echo-parts",
+            [Tensor("text", "BYTES", (1,))],
+            [Tensor("echo", "BYTES", (1,)), Tensor("part", "INT32", (1,))],
+            answer=oip_whole,
+            stream=oip_parts,
+        )
+    )
 
-    # Without a proto: JSON bytes in, the echoed text's bytes out.
-    async def say(request: bytes, context) -> bytes:
-        response = await echo(EchoRequest.model_validate_json(request), timeout=time_remaining(context))
-        return response.echo.encode()
+    # Without a proto: JSON bytes in; the echoed text's bytes out, or one JSON message per part.
+    say = echo.grpc_method(lambda response: response.echo.encode(), to_fields=json.loads)
 
-    handler = grpc.method_handlers_generic_handler("echo.v1.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})
-    service.grpc.append(GrpcServicer(lambda _, server: server.add_generic_rpc_handlers((handler,)), None, "echo.v1.Echo"))
+    async def json_parts(call: Call):
+        async for kind, data in parts(call):
+            yield json.dumps({"type": kind, **data}).encode()
+
+    say_in_parts = echo_in_parts.grpc_stream(json_parts, to_fields=json.loads)
+    handler = grpc.method_handlers_generic_handler(
+        "echo.v1.Echo",
+        {
+            "Say": grpc.unary_unary_rpc_method_handler(say),
+            "SayInParts": grpc.unary_stream_rpc_method_handler(say_in_parts),
+        },
+    )
+    service.grpc.append(
+        GrpcServicer(lambda _, server: server.add_generic_rpc_handlers((handler,)), None, "echo.v1.Echo")
+    )
     return service
 
 

@@ -103,6 +103,28 @@ def test_a_label_in_the_first_config_needs_the_flag_as_in_tf_serving(tmp_path, b
     assert runner.servable(MODEL, label="stable").version == 2
 
 
+def test_start_up_reads_the_config_file_once(tmp_path, base_path, monkeypatch):
+    """Building the server and loading it read the file once: a file replaced in between cannot leave the
+    protocols disagreeing about which models exist."""
+    config_file = tmp_path / "models.config"
+    config_file.write_text(config_text(base_path))
+    reads = []
+    read_text = Path.read_text
+
+    def counting_read_text(path, *args, **kwargs):
+        if path == config_file:
+            reads.append(path)
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting_read_text)
+    service = create_service(
+        ViTSettings(model_config_file=config_file, poll_interval_s=0, checkpoint=None, threads=1)
+    )
+    service.runner.load()
+    assert service.runner.available_versions() == {MODEL: [2]}
+    assert len(reads) == 1
+
+
 def test_an_empty_config_serves_no_model(tmp_path):
     config_file = tmp_path / "models.config"
     config_file.write_text("# nothing to serve yet\n")

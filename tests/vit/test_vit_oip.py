@@ -1,15 +1,21 @@
 """The ViT server's models over the Open Inference Protocol, driven by Triton's own clients (HTTP and gRPC):
-one OIP model per configured TF Serving model, its loaded versions, and :predict's limits and answers."""
+one OIP model per TF Serving model of the config in force (a reload changes them), its loaded versions, and
+:predict's limits and answers."""
 
 import base64
 import shutil
+import time
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tensorflow as tf
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from google.protobuf import text_format
+from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+from tensorflow_serving.config import model_server_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from services.kit.testing import ServerThread
@@ -204,3 +210,72 @@ def test_a_model_whose_signature_takes_no_images_says_so(server, images):
         "400",
         "not one batch",
     )
+
+
+def model_list(base, *names: str) -> model_server_config_pb2.ModelServerConfig:
+    config = model_server_config_pb2.ModelServerConfig()
+    for name in names:
+        config.model_config_list.config.add(name=name, base_path=str(base), model_platform="tensorflow")
+    return config
+
+
+def assert_unknown(server, module, name: str, images: list[bytes]) -> None:
+    """Metadata and infer for `name` answer 404 (NOT_FOUND over gRPC), naming the model."""
+    client = client_for(server, module)
+    refused(module, lambda: metadata(client, module, name), "404", f"unknown model '{name}'")
+    refused(
+        module,
+        lambda: client.infer(name, [image_input(module, images[:1])]),
+        "404",
+        f"unknown model '{name}'",
+    )
+
+
+@pytest.mark.parametrize("reload", ["grpc", "file"])
+def test_a_config_reload_adds_and_removes_oip_models(vit_server, tmp_path, images, reload):
+    """After a reload that swaps model `before` for `after` (HandleReloadConfigRequest, or the polled config file),
+    the OIP answers for `after` and no longer knows `before`, over REST and gRPC, as :predict does."""
+    before, after = "vit-before", "vit-after"
+    base = tmp_path / "vit"
+    shutil.copytree(vit_server.settings.model_base / MODEL / "1", base / "1")
+    config_file = tmp_path / "models.config"
+    config_file.write_text(text_format.MessageToString(model_list(base, before)))
+    settings = ViTSettings(
+        model_config_file=config_file,
+        model_config_file_poll_wait_seconds=0.2 if reload == "file" else 0,
+        checkpoint=None,
+        poll_interval_s=0,
+        threads=1,
+        log_level="warning",
+    )
+    with ServerThread(lambda: [create_service(settings)], settings) as running:
+        for module in CLIENTS:
+            assert client_for(running, module).is_model_ready(before)
+            assert_unknown(running, module, after, images)
+
+        if reload == "grpc":
+            with grpc.insecure_channel(running.grpc_target) as channel:
+                response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+                    model_management_pb2.ReloadConfigRequest(config=model_list(base, after)), 60
+                )
+            assert response.status.error_code == 0, response.status.error_message
+        else:
+            config_file.write_text(text_format.MessageToString(model_list(base, after)))
+            deadline = time.monotonic() + 60
+            while httpx.get(f"{running.rest_url}/v2/models/{after}/ready", timeout=10).status_code != 200:
+                assert time.monotonic() < deadline, "the polled config file never reached the OIP models"
+                time.sleep(0.1)
+
+        assert httpx.get(f"{running.rest_url}/v2/models/{after}/ready", timeout=10).status_code == 200
+        gone = httpx.get(f"{running.rest_url}/v2/models/{before}", timeout=10)
+        assert gone.status_code == 404 and f"unknown model '{before}'" in gone.json()["error"]
+        assert httpx.get(f"{running.rest_url}/v2/models/{before}/ready", timeout=10).status_code == 404
+        expected = [prediction["label"] for prediction in rest_predict(running, after, images[:2])]
+        for module in CLIENTS:
+            client = client_for(running, module)
+            assert client.is_model_ready(after)
+            assert metadata(client, module, after)["name"] == after
+            result = client.infer(after, [image_input(module, images[:2])])
+            assert [label.decode() for label in result.as_numpy("label")] == expected
+            assert_unknown(running, module, before, images)
+    running.services[0].runner.close()

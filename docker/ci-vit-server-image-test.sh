@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Real image test of modelserve/vit-server (docker/vit-server.Dockerfile, `make image-vit-server`), the image
+# KServe's v2 runtime runs (k8s/kserve/base/vit.yaml): build it on the locally built Debian base, check it holds
+# no torch, no compiler and runs as uid 10001, run it the way the runtime does (read-only root, /tmp tmpfs, no
+# capabilities, vit-config's settings), wait for /v2/health/ready, classify one image over v2 REST and over TF
+# Serving's :predict, check gRPC health and the image's HEALTHCHECK, then SIGTERM and expect exit code 0.
+#   DOCKER_HOST=unix:///... docker/ci-vit-server-image-test.sh      (docker/start-dockerd.sh prints it)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+DOCKER="${DOCKER:-/usr/bin/docker}"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+TAG="${IMAGE_TAG:-ci}"
+IMAGE="modelserve/vit-server:$TAG"
+NAME="modelserve-ci-vit-server-$$"
+READY_TIMEOUT_S="${READY_TIMEOUT_S:-120}"
+log() { echo "[ci-vit-server-image-test] $*" >&2; }
+
+cleanup() {
+  if "$DOCKER" inspect "$NAME" >/dev/null 2>&1; then
+    "$DOCKER" logs --tail 50 "$NAME" >&2 || true
+    "$DOCKER" rm -f "$NAME" >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
+if [ ! -f models/vit-serving/hf-vit/1/saved_model.pb ]; then
+  log "exporting the tiny ViT SavedModel"
+  [ -f models/vit/hf-vit/model.safetensors ] || "$PY" -m tools.tiny_models --only vit
+  "$PY" -m services.vit.export --checkpoint models/vit/hf-vit --model-base models/vit-serving --version 1
+fi
+
+log "build $IMAGE"
+start=$(date +%s)
+make --no-print-directory image-vit-server IMAGE_BASE=local IMAGE_TAG="$TAG" DOCKER="$DOCKER" \
+  >"${TMPDIR:-/tmp}/ci-vit-server-build.log" 2>&1 || {
+    tail -40 "${TMPDIR:-/tmp}/ci-vit-server-build.log" >&2; exit 1; }
+log "built in $(( $(date +%s) - start )) s"
+
+"$DOCKER" run --rm --network host --entrypoint sh "$IMAGE" -c \
+  '! command -v gcc && ! command -v cc && [ ! -e /root/.cache/pip ] && [ "$(id -u)" = 10001 ] \
+   && ! python -c "import torch" 2>/dev/null && python -c "import tensorflow" 2>/dev/null' \
+  || { log "the image holds torch or a compiler, lacks TensorFlow, or runs as root"; exit 1; }
+"$DOCKER" run --rm --network host --entrypoint sh "$IMAGE" -c \
+  '[ -f /app/services/vit/__main__.py ] && [ -d /app/services/kit ] && [ -d /app/protos ] \
+   && for s in translation asr tts imagegen; do [ ! -e "/app/services/$s" ] || exit 1; done' \
+  || { log "the image holds other services than vit, or lacks kit/protos"; exit 1; }
+
+read -r REST_PORT GRPC_PORT < <("$PY" - <<'EOF_PY'
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))
+EOF_PY
+)
+
+# k8s/kserve's vit-config, but on free ports (the engine runs containers on the host network).
+log "run on ports $REST_PORT/$GRPC_PORT"
+"$DOCKER" run -d --name "$NAME" --network host --read-only --tmpfs /tmp --cap-drop ALL \
+  --security-opt no-new-privileges --user 10001:10001 \
+  -e VIT_MODEL_BASE=/models -e VIT_MODEL_NAME=hf-vit -e VIT_POLL_INTERVAL_S=0 -e VIT_THREADS=2 \
+  -e VIT_REQUEST_TIMEOUT_S=30 -e VIT_DOCS=false -e VIT_GRPC_REFLECTION=false -e VIT_SHUTDOWN_GRACE_S=10 \
+  -e "VIT_REST_PORT=$REST_PORT" -e "VIT_GRPC_PORT=$GRPC_PORT" "$IMAGE" >/dev/null
+
+"$PY" - "$REST_PORT" "$GRPC_PORT" "$READY_TIMEOUT_S" "$DOCKER" "$NAME" <<'EOF_PY'
+import base64, io, json, subprocess, sys, time, urllib.error, urllib.request
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+rest, grpc_port, timeout, docker, name = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5]
+base = f"http://127.0.0.1:{rest}"
+deadline = time.monotonic() + timeout
+while True:
+    state = subprocess.run([docker, "inspect", "-f", "{{.State.Running}}", name], capture_output=True, text=True)
+    if state.stdout.strip() != "true":
+        sys.exit(f"container stopped before becoming ready: {state.stdout.strip()} {state.stderr.strip()}")
+    try:
+        # KServe's readinessProbe.
+        with urllib.request.urlopen(base + "/v2/health/ready", timeout=2) as r:
+            if r.status == 200:
+                break
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        pass
+    if time.monotonic() > deadline:
+        sys.exit(f"/v2/health/ready not 200 within {timeout:.0f} s")
+    time.sleep(1)
+print(f"ready after {timeout - (deadline - time.monotonic()):.1f} s", file=sys.stderr)
+
+
+def post(path: str, document: dict) -> dict:
+    request = urllib.request.Request(
+        base + path, data=json.dumps(document).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as r:
+        assert r.status == 200, r.status
+        return json.load(r)
+
+
+buffer = io.BytesIO()
+Image.new("RGB", (64, 48), (200, 30, 90)).save(buffer, "PNG")
+image = base64.b64encode(buffer.getvalue()).decode()
+with urllib.request.urlopen(base + "/v2/models/hf-vit/ready", timeout=5) as r:
+    assert r.status == 200, r.status
+v2 = post("/v2/models/hf-vit/infer", {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [image]}]})
+outputs = {output["name"]: output for output in v2["outputs"]}
+assert v2["model_name"] == "hf-vit" and outputs["label"]["shape"] == [1], v2
+tfs = post("/v1/models/hf-vit:predict", {"instances": [{"b64": image}]})
+assert tfs["predictions"][0]["label"] == outputs["label"]["data"][0], (tfs, v2)
+print(f"v2 infer -> {outputs['label']['data']}, :predict agrees", file=sys.stderr)
+
+with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+assert status == health_pb2.HealthCheckResponse.SERVING, status
+
+# Run the image's HEALTHCHECK command exactly as Docker would.
+test = json.loads(subprocess.run([docker, "inspect", "-f", "{{json .Config.Healthcheck.Test}}", name],
+                                 capture_output=True, text=True, check=True).stdout)
+assert test[0] == "CMD", test
+subprocess.run([docker, "exec", name, *test[1:]], check=True, timeout=10)
+print("healthcheck ok", file=sys.stderr)
+EOF_PY
+
+log "SIGTERM"
+"$DOCKER" stop --time 30 "$NAME" >/dev/null
+code="$("$DOCKER" inspect -f '{{.State.ExitCode}}' "$NAME")"
+if [ "$code" != 0 ]; then
+  log "exit code after SIGTERM: $code (want 0)"
+  exit 1
+fi
+# Read whole before grep: under pipefail, grep -q leaving early would fail the pipe with SIGPIPE.
+logs="$("$DOCKER" logs "$NAME" 2>&1)"
+grep -q "shutting down: draining" <<<"$logs" || { log "no drain in the logs after SIGTERM"; exit 1; }
+"$DOCKER" rm "$NAME" >/dev/null
+log "ok: built, ready, classified over v2 and :predict, drained, exit 0"
