@@ -1,12 +1,15 @@
 """Iteration-level (continuous) batching of SpeechT5 text-to-speech: sentences join a running decode at the
 next step and leave it when they stop, each with its own slot in the self-attention cache.
 
-A speech job decodes its sentences in exactly the generate calls `predict_speech` would make for it alone
-(`SpeechRunner.solo_calls`), one call after the other; a seeded job draws all their pre-net dropout masks
-from a random generator of its own, seeded with its `seed`, as `predict_speech` draws them from the seeded
-global one. Within a call every sentence shares the step count, the dropout mask of each step and the length
-bounds, as in `generate_speech`; calls of different jobs, at different steps, share the decoder's matrix
-products. So a seeded job's audio equals what `predict_speech` makes for it, whatever else is decoding.
+Only unseeded speech jobs decode here (`SpeechRunner.open_loop` declines seeded ones, which run
+whole-request so that their bytes depend on nothing but the request). A job decodes its sentences in the
+generate calls `predict_speech` would make for it alone (`SpeechRunner.solo_calls`), one call after the
+other. Within a call every sentence shares the step count, the pre-net dropout mask of each step and the
+length bounds, as in `generate_speech`; calls of different jobs, at different steps, share the decoder's
+matrix products, and each call draws its own masks from the global generator. So a job's audio is what
+`predict_speech` makes for it alone but for the random dropout draws: the same calls and length bounds,
+and where the masks are deterministic (dropout probability 0) the same frames and the same samples up to
+the rounding of batched matrix products (about 1e-5).
 
 The decoder step is plain tensor code over the model's own modules: only the newest frame goes through the
 pre-net (see `_dropout_masks` for its mask), each row attends to its own cached positions, and a
@@ -34,7 +37,6 @@ INITIAL_POSITIONS = 64  # self-attention cache length at first; doubles when a s
 class _Job:
     work: Work
     calls: list[list[int]]  # sentence indices per generate call, in decoding order
-    generator: torch.Generator | None  # a seeded job's own; None: the global one
     started: float
     next_call: int = 0
     ready: dict[int, np.ndarray] = field(default_factory=dict)  # sentence index -> waveform
@@ -129,11 +131,9 @@ class SpeechLoop:
             job: SpeechJob = work.payload
             if not isinstance(job, SpeechJob):
                 raise TypeError(f"the speech loop decodes speech jobs, not {type(job).__name__}")
-            generator = None
             if job.seed is not None:
-                generator = torch.Generator(device=self.device)
-                generator.manual_seed(job.seed)
-            state = _Job(work, self.runner.solo_calls(job), generator, time.perf_counter())
+                raise ValueError("seeded speech jobs run whole-request, not in the decode loop")
+            state = _Job(work, self.runner.solo_calls(job), time.perf_counter())
             prepared.append((state, self._prepare_call(state)))
         for state, (call, rows) in prepared:
             self.jobs[state.work] = state
@@ -296,33 +296,18 @@ class SpeechLoop:
         state.frames = _pad_dim(state.frames, 1, size)
 
     def _dropout_masks(self) -> list[torch.Tensor]:
-        """Each pre-net layer's dropout mask for every row, one mask per call.
-
-        A seeded call takes the last row of the masks `generate_speech` would draw over the whole sequence
-        at this step, from its job's generator: exact, but the draws grow with the step (on a CPU core about
-        3 ms per layer and step at 500 steps of the real model's 256 units). Unseeded calls have nothing to
-        reproduce, so they draw only the newest frame's mask, from the global generator, all at once: the
-        same distribution at a constant cost."""
+        """Each pre-net layer's dropout mask for every row, one mask per call, as `generate_speech` shares
+        one mask among a call's rows. It draws only the newest frame's mask (`generate_speech` redraws one
+        for every frame so far and uses the last): the same distribution at a constant cost per step. As in
+        SpeechT5's pre-net, a unit is kept where the mask is 1, which it is with the dropout probability."""
         layers = len(self.model.speecht5.decoder.prenet.layers)
         calls = list(dict.fromkeys(call for call, _ in self.rows))
-        masks: dict[_Call, list[torch.Tensor]] = {}
-        unseeded = [call for call in calls if call.job.generator is None]
-        if unseeded:
-            shape = torch.empty(
-                layers, len(unseeded), self.prenet_units, device=self.device, dtype=self.dtype
-            )
-            drawn = torch.bernoulli(shape, self.dropout)
-            masks.update((call, list(drawn[:, index])) for index, call in enumerate(unseeded))
+        shape = torch.empty(layers, len(calls), self.prenet_units, device=self.device, dtype=self.dtype)
+        drawn = torch.bernoulli(shape, self.dropout)
         for call in calls:
             call.steps += 1
-            if call.job.generator is not None:
-                shape = torch.empty(call.steps, self.prenet_units, device=self.device, dtype=self.dtype)
-                masks[call] = [
-                    torch.bernoulli(shape, self.dropout, generator=call.job.generator)[-1]
-                    for _ in range(layers)
-                ]
         return [
-            torch.cat([masks[call][layer].expand(call.running, -1) for call in calls])
+            torch.cat([drawn[layer, index].expand(call.running, -1) for index, call in enumerate(calls)])
             for layer in range(layers)
         ]
 

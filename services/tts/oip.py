@@ -1,5 +1,5 @@
 """Speech over the Open Inference Protocol (v2): model "tts" (text to speech) and "tts-conversion" (speech to
-speech), through the REST routes' schema builders, batchers, budgets and encoders.
+speech), the service's two operations with the REST routes' checks, batchers, budgets and encoders.
 
 Inputs: "tts" takes "text" (BYTES [1], UTF-8); "tts-conversion" takes "audio" (BYTES [1], an encoded wav, flac,
 ogg or mp3 file). Both take an optional "speaker_embedding" (FP32, the model's x-vector size) that speaks instead
@@ -20,28 +20,19 @@ it included), "sentence_index" and "sentence" say which; with response_format (w
 "audio_file" holds the stream's next piece, and the pieces together are REST's streamed bytes.
 """
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
 import numpy as np
 
-from services.kit.batcher import Done, DynamicBatcher
 from services.kit.oip import InferRequest, OipModel, Outputs, Parameter, Tensor
-from services.kit.validation import parse
+from services.kit.operations import Call, Operation, Upload
 
-from .encoding import StreamEncoder, encode
+from .encoding import EncodedAudio, StreamEncoder
 from .metrics import TIME_TO_FIRST_AUDIO
-from .runner import AudioResult, SentenceAudio, SpeechRunner
-from .schemas import (
-    EMBEDDING_JSON_ELEMENTS,
-    ConversionRequest,
-    SpeechPlan,
-    SpeechRequest,
-    build_conversion_job,
-    build_speech_job,
-)
-from .settings import TTSSettings
+from .rest import encoded, sentences
+from .runner import AudioResult, SpeechRunner
+from .schemas import EMBEDDING_JSON_ELEMENTS, ConversionPlan, SpeechPlan
 
 SPEECH_MODEL = "tts"
 CONVERSION_MODEL = "tts-conversion"
@@ -57,88 +48,33 @@ AUDIO_OUTPUTS = [
 COMMON_PARAMETERS = [Parameter("voice", str), Parameter("response_format", str), Parameter("seed", int)]
 
 
-def oip_models(
-    runner: SpeechRunner, speech: DynamicBatcher, conversion: DynamicBatcher, settings: TTSSettings
-) -> list[OipModel]:
-    def speech_plan(request: InferRequest, stream: bool) -> SpeechPlan:
-        (text,) = request.text_input("text")
-        body = parse(SpeechRequest, {**_fields(request), "input": text, "stream": stream})
-        plan = build_speech_job(body, runner, settings)
-        if plan.voice:
-            request.response_parameters["voice"] = plan.voice
-        if plan.ignored:
-            request.response_parameters["ignored"] = ", ".join(plan.ignored)
-        return plan
+def oip_models(speech: Operation, conversion: Operation, runner: SpeechRunner) -> list[OipModel]:
+    async def speak(call: Call[SpeechPlan]) -> Outputs:
+        _report(call)
+        result, audio = await encoded(call, _requested_format(call))
+        TIME_TO_FIRST_AUDIO.labels("oip", "whole").observe(time.perf_counter() - call.received)
+        return _audio_outputs(result, audio)
 
-    async def speak(request: InferRequest) -> Outputs:
-        received = time.perf_counter()
-        # A whole answer has nothing to gain from the streaming plan (first sentence alone, then the rest).
-        plan = speech_plan(request, stream=False)
-        job = plan.job
-        result = await speech.submit(
-            job,
-            key=job.batch_key,
-            timeout=request.timeout,
-            disconnected=request.disconnected,
-            cost=runner.cost(job),
-        )
-        outputs = await _audio_outputs(result, plan.fmt if "response_format" in request.parameters else None)
-        TIME_TO_FIRST_AUDIO.labels("oip", "whole").observe(time.perf_counter() - received)
-        return outputs
+    async def speak_by_sentence(call: Call[SpeechPlan]) -> AsyncIterator[Outputs]:
+        _report(call)
+        fmt = _requested_format(call)
+        encoder = StreamEncoder(fmt, runner.sample_rate) if fmt else None
+        async for sentence, piece in sentences(call, encoder, "oip"):
+            outputs: Outputs = {
+                "audio": sentence.samples,
+                "sample_rate": np.array([runner.sample_rate], dtype=np.int32),
+                "sentence_index": np.array([sentence.index], dtype=np.int32),
+                "sentence": [sentence.text],
+            }
+            if encoder is not None:
+                outputs["audio_file"] = [piece]
+            yield outputs
 
-    async def speak_by_sentence(request: InferRequest) -> AsyncIterator[Outputs]:
-        received = time.perf_counter()
-        plan = speech_plan(request, stream=True)
-        job = plan.job
-        encoder = (
-            StreamEncoder(plan.fmt, runner.sample_rate) if "response_format" in request.parameters else None
-        )
-        events = speech.stream(
-            job,
-            key=job.batch_key,
-            timeout=request.timeout,
-            disconnected=request.disconnected,
-            cost=runner.cost(job),
-        )
-        try:
-            async for event in events:
-                if isinstance(event, Done):
-                    return
-                if not isinstance(event, SentenceAudio):
-                    continue
-                if event.index == 0:
-                    TIME_TO_FIRST_AUDIO.labels("oip", "stream").observe(time.perf_counter() - received)
-                outputs: Outputs = {
-                    "audio": event.samples,
-                    "sample_rate": np.array([runner.sample_rate], dtype=np.int32),
-                    "sentence_index": np.array([event.index], dtype=np.int32),
-                    "sentence": [event.text],
-                }
-                if encoder is not None:
-                    outputs["audio_file"] = [
-                        encoder.piece(event.samples, last=event.index == len(job.sentences) - 1)
-                    ]
-                yield outputs
-        finally:
-            await events.aclose()
-
-    async def convert(request: InferRequest) -> Outputs:
-        options = parse(ConversionRequest, _fields(request))
-        job, fmt = await asyncio.to_thread(
-            build_conversion_job, options, request.bytes_input("audio"), None, runner, settings
-        )
-        result = await conversion.submit(
-            job,
-            key=job.batch_key,
-            timeout=request.timeout,
-            disconnected=request.disconnected,
-            cost=runner.cost(job),
-            nbytes=job.samples.nbytes,
-        )
-        return await _audio_outputs(result, fmt if "response_format" in request.parameters else None)
+    async def convert(call: Call[ConversionPlan]) -> Outputs:
+        return _audio_outputs(*await encoded(call, _requested_format(call)))
 
     return [
-        OipModel(
+        speech.oip_model(
             SPEECH_MODEL,
             inputs=[Tensor("text", "BYTES", (1,)), SPEAKER_EMBEDDING],
             outputs=[
@@ -146,16 +82,26 @@ def oip_models(
                 Tensor("sentence_index", "INT32", (1,)),
                 Tensor("sentence", "BYTES", (1,)),
             ],
-            infer=speak,
+            # A whole answer has nothing to gain from the streaming plan (first sentence alone, then the rest).
+            to_fields=lambda request, streamed: {
+                **_fields(request),
+                "input": request.text_input("text")[0],
+                "stream": streamed,
+            },
             parameters=[*COMMON_PARAMETERS, Parameter("speed", float)],
+            answer=speak,
             stream=speak_by_sentence,
         ),
-        OipModel(
+        conversion.oip_model(
             CONVERSION_MODEL,
             inputs=[Tensor("audio", "BYTES", (1,)), SPEAKER_EMBEDDING],
             outputs=AUDIO_OUTPUTS,
-            infer=convert,
+            to_fields=lambda request, streamed: {
+                **_fields(request),
+                "file": Upload(data=request.bytes_input("audio")),
+            },
             parameters=COMMON_PARAMETERS,
+            answer=convert,
         ),
     ]
 
@@ -169,12 +115,25 @@ def _fields(request: InferRequest) -> dict:
     return fields
 
 
-async def _audio_outputs(result: AudioResult, fmt: str | None) -> Outputs:
+def _requested_format(call: Call) -> str | None:
+    """Files only for requests that ask for a response_format; samples always."""
+    return call.job.fmt if "response_format" in call.origin.parameters else None
+
+
+def _report(call: Call[SpeechPlan]) -> None:
+    """The voice that spoke and what was not applied, as REST's x-modelserve-voice and -ignored headers say."""
+    plan, parameters = call.job, call.origin.response_parameters
+    if plan.voice:
+        parameters["voice"] = plan.voice
+    if plan.ignored:
+        parameters["ignored"] = ", ".join(plan.ignored)
+
+
+def _audio_outputs(result: AudioResult, audio: EncodedAudio | None) -> Outputs:
     outputs: Outputs = {
         "audio": result.samples,
         "sample_rate": np.array([result.sample_rate], dtype=np.int32),
     }
-    if fmt is not None:
-        audio = await asyncio.to_thread(encode, result.samples, result.sample_rate, fmt)
+    if audio is not None:
         outputs["audio_file"] = [audio.data]
     return outputs

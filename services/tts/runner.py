@@ -8,9 +8,10 @@ Randomness: SpeechT5's decoder pre-net applies dropout at inference on purpose, 
 to run. Its dropout mask is drawn once per decoding step and shared by every row of a call, so a row's
 audio depends on which rows share its call. A request with a `seed` therefore makes its calls alone
 (`solo_calls`), inside a forked and seeded RNG, and they depend on nothing but the request: the same seed
-gives the same bytes whatever else the server is doing. It still shares the batch key of every other speech
-request: whole-request batches run its calls apart from the others', and the continuous decode loop
-(continuous.py) gives it a generator of its own, so it decodes among the others step by step.
+gives the same bytes whatever else the server is doing. Seeded requests have a batch key of their own
+(`SEEDED_BATCH`) and always run whole-request, never in the continuous decode loop (continuous.py): the
+loop's batched matrix products round differently from a call's own, which would change the last bits of
+the audio. Unseeded requests share `SHARED_BATCH` and decode in the loop when continuous batching is on.
 
 Streaming: a streaming request synthesizes its first sentence alone and then the rest together; each
 sentence is emitted as soon as its call finishes, so the first sound does not wait for the whole text.
@@ -49,7 +50,8 @@ from .voices import VoiceBank
 
 log = logging.getLogger(__name__)
 
-SHARED_BATCH = "shared"  # batch key of every speech request and of unseeded conversions
+SHARED_BATCH = "shared"  # batch key of unseeded speech requests and of unseeded conversions
+SEEDED_BATCH = "seeded"  # batch key of seeded speech requests: whole-request, each in calls of its own
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class SpeechJob:
 
     @property
     def batch_key(self) -> Hashable:
-        return SHARED_BATCH  # seeded jobs too: the runner keeps their calls apart (see Randomness above)
+        return SHARED_BATCH if self.seed is None else SEEDED_BATCH  # see Randomness above
 
     def rounds(self) -> list[list[int]]:
         """Sentence indices per synthesis round."""
@@ -325,8 +327,9 @@ class SpeechRunner:
         return self if self.settings.continuous_batching else None
 
     def open_loop(self, key: Hashable, payload: SpeechJob | ConversionJob):
-        """A new continuous decode loop for speech jobs; None for voice conversion (whole-request)."""
-        if not self.settings.continuous_batching or not isinstance(payload, SpeechJob):
+        """A new continuous decode loop for unseeded speech jobs; None for seeded ones (whole-request, so
+        that their bytes depend on nothing but the request) and for voice conversion."""
+        if not self.settings.continuous_batching or not isinstance(payload, SpeechJob) or payload.seed is not None:
             return None
         from .continuous import SpeechLoop  # continuous.py builds on this module
 

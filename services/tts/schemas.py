@@ -1,4 +1,4 @@
-"""Request schemas shared by REST and gRPC, and the checks that turn a request into a runner job."""
+"""Request schemas shared by REST, gRPC and the Open Inference Protocol, and the checks that turn a request into a runner job."""
 
 import json
 from dataclasses import dataclass
@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from services.kit.audio import decode_audio, supported_output_formats
 from services.kit.errors import InvalidArgument
 from services.kit.json_limits import json_shape_error
+from services.kit.operations import Upload
 
 from .encoding import STREAM_FORMATS
 from .runner import ConversionJob, SpeechJob, SpeechRunner, model_name
@@ -79,12 +80,15 @@ EMBEDDING_JSON_ELEMENTS = 8192
 
 
 class ConversionRequest(BaseModel):
-    """Voice conversion options (the audio travels next to them: multipart file or gRPC bytes)."""
+    """POST /v1/audio/conversions (a multipart form), gRPC Convert and OIP "tts-conversion" alike."""
 
     model_config = ConfigDict(extra="forbid")
 
+    file: Upload = Field(description="speech to convert: wav, flac, ogg or mp3")
     voice: str | None = None
-    speaker_embedding: list[float] | None = None
+    speaker_embedding: list[float] | None = Field(
+        None, description="JSON array of 512 numbers, instead of voice"
+    )
     response_format: str = "wav"
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
 
@@ -172,21 +176,23 @@ def build_speech_job(request: SpeechRequest, runner: SpeechRunner, settings: TTS
     )
 
 
+@dataclass(frozen=True)
+class ConversionPlan:
+    job: ConversionJob
+    fmt: str
+
+
 def build_conversion_job(
-    request: ConversionRequest,
-    audio: bytes,
-    filename: str | None,
-    runner: SpeechRunner,
-    settings: TTSSettings,
-) -> tuple[ConversionJob, str]:
+    request: ConversionRequest, runner: SpeechRunner, settings: TTSSettings
+) -> ConversionPlan:
     """Decodes the upload (blocking: call it off the event loop)."""
     fmt = output_format(request.response_format, "wav")
     speaker = speaker_for(runner, request.voice, request.speaker_embedding)
     samples = decode_audio(
-        audio,
+        request.file.data,
         sample_rate=runner.vc_features.sampling_rate,
         max_seconds=settings.max_conversion_seconds,
-        filename=filename,
+        filename=request.file.filename,
         min_rate=settings.min_sample_rate,
         max_rate=settings.max_sample_rate,
         max_channels=settings.max_channels,
@@ -199,7 +205,7 @@ def build_conversion_job(
             f"({1000 * shortest / rate:g} ms) are needed",
             field="file",
         )
-    return ConversionJob(samples, speaker, seed=request.seed), fmt
+    return ConversionPlan(ConversionJob(samples, speaker, seed=request.seed), fmt)
 
 
 def shortest_convertible(config) -> int:

@@ -9,8 +9,7 @@ from services.tts.service import create_service
 
 @pytest.fixture(scope="session")
 def tts_server(make_tts_settings):
-    # Requests wait a little for company even when the model is idle, so that the batching tests see batches.
-    settings = make_tts_settings(max_wait_ms=50.0, wait_when_idle=True)
+    settings = make_tts_settings()
     with ServerThread(lambda: [create_service(settings)], settings) as server:
         yield server
 
@@ -22,7 +21,9 @@ def runner(tts_server):
 
 @pytest.fixture
 def patch_synthesize(runner, monkeypatch):
-    """Run `hook(token_ids)` in the model thread before each generate call of the runner."""
+    """Run `hook(token_ids)` in the model thread before each generate call of the runner, and before each call
+    the continuous decode loop starts (the same sentences, grouped the same way)."""
+    from services.tts.continuous import SpeechLoop
 
     def install(hook):
         original = runner.synthesize
@@ -31,6 +32,13 @@ def patch_synthesize(runner, monkeypatch):
             hook(token_ids)
             return original(token_ids, speakers, speeds)
 
+        original_prepare = SpeechLoop._prepare_call
+
+        def prepare_call(loop, job):
+            hook([job.job.sentences[i].token_ids for i in job.calls[job.next_call]])
+            return original_prepare(loop, job)
+
         monkeypatch.setattr(runner, "synthesize", synthesize)
+        monkeypatch.setattr(SpeechLoop, "_prepare_call", prepare_call)
 
     return install

@@ -1,4 +1,5 @@
-"""How requests share SpeechT5 generate calls: pooled sentences, seeded requests alone, per-row lengths."""
+"""Whole-request batching (TTS_CONTINUOUS_BATCHING=false): how requests share SpeechT5 generate calls: pooled
+sentences, seeded requests alone, per-row lengths. (tests/tts/test_tts_continuous.py covers the default.)"""
 
 import threading
 import time
@@ -6,6 +7,39 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import pytest
+
+from services.kit.testing import ServerThread
+from services.tts.service import create_service
+
+
+@pytest.fixture(scope="module")
+def tts_server(make_tts_settings):
+    # Requests wait a little for company even when the model is idle, so that the tests see batches.
+    settings = make_tts_settings(max_wait_ms=50.0, wait_when_idle=True, continuous_batching=False)
+    with ServerThread(lambda: [create_service(settings)], settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def runner(tts_server):
+    return tts_server.services[0].runner
+
+
+@pytest.fixture
+def patch_synthesize(runner, monkeypatch):
+    """Run `hook(token_ids)` in the model thread before each generate call of the runner."""
+
+    def install(hook):
+        original = runner.synthesize
+
+        def synthesize(token_ids, speakers, speeds):
+            hook(token_ids)
+            return original(token_ids, speakers, speeds)
+
+        monkeypatch.setattr(runner, "synthesize", synthesize)
+
+    return install
 
 
 def speak(server, **body) -> httpx.Response:

@@ -200,3 +200,33 @@ def test_requests_finishing_together_share_the_vocoder_and_keep_their_solo_audio
     monkeypatch.undo()
     for job, work in zip(jobs, works, strict=True):
         assert_same_audio(results[work], alone(runner, job))
+
+
+def test_concurrent_speech_over_rest_matches_alone_and_short_requests_return_first(tts_server):
+    import concurrent.futures
+    import time
+
+    import httpx
+
+    def speak(text: str, seed: int) -> tuple[np.ndarray, float]:
+        response = httpx.post(
+            f"{tts_server.rest_url}/v1/audio/speech",
+            json={"input": text, "voice": "alloy", "response_format": "pcm", "seed": seed},
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        return np.frombuffer(response.content, dtype=np.int16).astype(np.int32), time.monotonic()
+
+    long_text = " ".join(["A long sentence with many words to speak, one after another."] * 2)
+    requests = [(long_text, 1), ("Hi.", 2), ("Short one.", 3), ("A third, a little longer.", 4)]
+    alone = [speak(text, seed)[0] for text, seed in requests]
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        first = pool.submit(speak, *requests[0])
+        time.sleep(0.02)
+        rest = [pool.submit(speak, text, seed) for text, seed in requests[1:]]
+        together = [first.result(), *(future.result() for future in rest)]
+    for (audio, _), expected in zip(together, alone, strict=True):
+        assert audio.shape == expected.shape
+        assert np.abs(audio - expected).max() <= 2  # pcm16 of audio equal within 1e-5
+    assert together[1][1] < together[0][1], "the short request did not wait for the long one"
+    assert type(tts_server.services[0].batchers[0]).__name__ == "ContinuousBatcher"
