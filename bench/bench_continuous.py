@@ -18,7 +18,6 @@ concurrency 16 with throughput >= 1x; concurrency 1 no slower).
 
 import argparse
 import asyncio
-import base64
 import io
 import random
 import sys

@@ -141,42 +141,51 @@ class GreedyLoop:
 
     @torch.inference_mode()
     def join(self, works: list[Work]) -> None:
+        # All joining texts go through the encoder in one call, padded to the longest: each text's positions
+        # and masked attention are what a one-text `generate` sees, so only the rounding of the batched
+        # matrix products differs, as in any batched decode (encoding texts one by one cost as much as the
+        # whole decode of a short text on a mid-sized model).
+        texts = [(work, index, text) for work in works for index, text in enumerate(work.payload.texts)]
+        inputs = self.tokenizer([text for _, _, text in texts], return_tensors="pt", padding=True).to(
+            self.device
+        )
+        lengths = inputs["attention_mask"].sum(1).tolist()
+        plans = [
+            self._plan(
+                work.payload.options.max_new_tokens, inputs["input_ids"][position : position + 1, :length]
+            )
+            for position, ((work, _, _), length) in enumerate(zip(texts, lengths, strict=True))
+        ]
+        if any(plan is None for plan in plans):
+            raise ValueError("the model's generation config does not decode greedily")
+        hidden = self.encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[0]
+        cross = [
+            (
+                self._split_heads(layer.encoder_attn.k_proj(hidden)),
+                self._split_heads(layer.encoder_attn.v_proj(hidden)),
+            )
+            for layer in self.layers
+        ]
+        # Everything that can fail has run: the rows go in together.
+        rows = len(self.texts) + len(texts)
+        source_length = max(lengths)
+        longest = max(work.payload.options.max_new_tokens for work in works)
+        self._ensure_room(rows, longest + 1, source_length)
         for work in works:
-            self._join(work)
-
-    def _join(self, work: Work) -> None:
-        job = work.payload
-        max_new_tokens = job.options.max_new_tokens
-        prepared = []
-        for text in job.texts:
-            # Tokenized and encoded alone, exactly as `generate` sees a one-text request.
-            inputs = self.tokenizer([text], return_tensors="pt", padding=True).to(self.device)
-            plan = self._plan(max_new_tokens, inputs["input_ids"])
-            if plan is None:
-                raise ValueError("the model's generation config does not decode greedily")
-            hidden = self.encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])[0]
-            cross = [
-                (
-                    self._split_heads(layer.encoder_attn.k_proj(hidden)),
-                    self._split_heads(layer.encoder_attn.v_proj(hidden)),
-                )
-                for layer in self.layers
-            ]
-            prepared.append((plan, cross, inputs["attention_mask"][0].bool()))
-        # Everything that can fail has run: the job's rows go in together.
-        rows = len(self.texts) + len(prepared)
-        source_length = max(mask.shape[0] for _, _, mask in prepared)
-        self._ensure_room(rows, max_new_tokens + 1, source_length)
-        self.jobs[id(work)] = _Job(results=[None] * len(prepared), running=len(prepared))
-        for index, ((processors, criteria), cross, mask) in enumerate(prepared):
+            self.jobs[id(work)] = _Job(
+                results=[None] * len(work.payload.texts), running=len(work.payload.texts)
+            )
+        for position, (work, index, _) in enumerate(texts):
+            processors, criteria = plans[position]
+            length = lengths[position]
             row = len(self.texts)
             for i, (keys, values) in enumerate(cross):
                 self.cross_keys[i][row].zero_()
                 self.cross_values[i][row].zero_()
-                self.cross_keys[i][row, :, : keys.shape[2]] = keys[0]
-                self.cross_values[i][row, :, : values.shape[2]] = values[0]
+                self.cross_keys[i][row, :, :length] = keys[position, :, :length]
+                self.cross_values[i][row, :, :length] = values[position, :, :length]
             self.source_mask[row] = False
-            self.source_mask[row, : mask.shape[0]] = mask
+            self.source_mask[row, :length] = True
             self.ids[row] = self.pad_token_id
             self.ids[row, 0] = self.start_token_id
             self.lengths[row] = 1
