@@ -329,7 +329,8 @@ class SpeechRunner:
     def open_loop(self, key: Hashable, payload: SpeechJob | ConversionJob):
         """A new continuous decode loop for unseeded speech jobs; None for seeded ones (whole-request, so
         that their bytes depend on nothing but the request) and for voice conversion."""
-        if not self.settings.continuous_batching or not isinstance(payload, SpeechJob) or payload.seed is not None:
+        step_decodable = isinstance(payload, SpeechJob) and payload.seed is None
+        if not self.settings.continuous_batching or not step_decodable:
             return None
         from .continuous import SpeechLoop  # continuous.py builds on this module
 
