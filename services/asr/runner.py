@@ -28,15 +28,18 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     LogitsProcessorList,
+    StoppingCriteriaList,
     SuppressTokensAtBeginLogitsProcessor,
     WhisperForConditionalGeneration,
     WhisperProcessor,
 )
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
 from transformers.utils import cached_file
 
 from services.kit import tracing
 from services.kit.batcher import Work
+from services.kit.continuous import DecodeLoop
 from services.kit.errors import Cancelled, InvalidArgument
 from services.kit.torch_models import StopWhenCancelled, TorchRuntime, resolve_source
 
@@ -225,6 +228,26 @@ def _token_logprobs(scores: tuple[torch.Tensor, ...], generated: torch.Tensor, t
     return torch.cat(columns, dim=1).cpu()
 
 
+@dataclass(frozen=True)
+class GenerationSetup:
+    """What Whisper's generate() decides before its first decoder pass for one short clip: the decoder prompt
+    (1 x n: prompt text and forced start tokens), the logits processors, the stopping criteria (end-of-text, the
+    length limit) and the first timestamp token's id. The continuous decode loop decodes with these very objects."""
+
+    prompt: torch.Tensor
+    processors: LogitsProcessorList
+    stopping: StoppingCriteriaList
+    timestamp_begin: int
+
+
+class _SetupRead(Exception):
+    """Ends a generate() call that was only made to read its `GenerationSetup`."""
+
+    def __init__(self, prompt: torch.Tensor, processors: LogitsProcessorList, stopping: StoppingCriteriaList):
+        super().__init__("generation setup read")
+        self.prompt, self.processors, self.stopping = prompt, processors, stopping
+
+
 class WindowCapturingWhisper(WhisperWithDraftLoop):
     """Whisper (with the cheap draft loop of `drafting.py` once `drafter` is set) that decodes each window under
     one length limit and describes each decoded window into `capture` while one is set.
@@ -237,6 +260,14 @@ class WindowCapturingWhisper(WhisperWithDraftLoop):
     """
 
     capture: DecodeCapture | None = None
+    # Set while `ASRRunner.generation_setup` reads what generate() prepared: the greedy loop stops before its
+    # first pass.
+    reading_setup: bool = False
+
+    def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, **kwargs):
+        if self.reading_setup:
+            raise _SetupRead(input_ids, logits_processor, stopping_criteria)
+        return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config, **kwargs)
 
     def _set_max_new_tokens_and_length(self, config, decoder_input_ids, generation_config):
         # Whisper sets each window's length limit here. Given max_new_tokens, the max_length its config preparation
@@ -601,6 +632,52 @@ class ASRRunner:
         waiting = len(jobs) + queued
         return "assisted" if waiting <= self.settings.adaptive_threshold else "plain"
 
+    # -- continuous batching (continuous.py) -------------------------------------------------------------------
+
+    def step_decodable(self, job: ASRJob, waiting: int = 1) -> bool:
+        """Whether the job decodes exactly in a continuous decode loop: one 30 s window, greedy with no
+        temperature fallback (a re-decode would sample), on the plain path. An `auto` request keeps the
+        assistant when one is loaded and at most `adaptive_threshold` requests wait (`waiting`, this one
+        included), as `choose_path` decides: alone the assistant is faster; under load the plain path's
+        batches are."""
+        if not self.settings.continuous_batching or job.long_form or job.chunking is not None:
+            return False
+        if self.temperatures(job.options) != (0.0,):
+            return False
+        if job.decoding == "auto" and self.assistant is not None:
+            return waiting > self.settings.adaptive_threshold
+        return job.decoding in ("plain", "auto")
+
+    def open_loop(self, key: Hashable, payload: ASRJob, waiting: int = 1) -> DecodeLoop | None:
+        """A continuous decode loop for the batch key of `payload`, or None: whole-request decoding."""
+        if not self.step_decodable(payload, waiting):
+            return None
+        from .continuous import PlainDecodeLoop  # the loop builds on this module
+
+        return PlainDecodeLoop(self)
+
+    def rows(self, payload: ASRJob) -> int:
+        return 1
+
+    def generation_setup(
+        self, job: ASRJob, language: str, features: torch.Tensor, encoder_outputs: BaseModelOutput
+    ) -> GenerationSetup:
+        """What Whisper's generate() makes of a short clip given the arguments `transcribe([job], "plain")` passes
+        it, read just before its first decoder pass (given the encoder's outputs, it computes nothing)."""
+        kwargs = self._generate_kwargs([job], "plain", None)
+        if self.multilingual:
+            kwargs.update(task=job.options.task, language=language)
+        self.model.reading_setup = True
+        try:
+            self.model.generate(features, encoder_outputs=encoder_outputs, **kwargs)
+        except _SetupRead as read:
+            config = self.model.generation_config
+            timestamp_begin = getattr(config, "no_timestamps_token_id", self.model.config.vocab_size) + 1
+            return GenerationSetup(read.prompt, read.processors, read.stopping, timestamp_begin)
+        finally:
+            self.model.reading_setup = False
+        raise RuntimeError("generate() returned without reaching its greedy loop")
+
     def _transcribe_chunked(self, work: Work) -> Transcript | Exception:
         from .chunking import transcribe_chunked  # chunking builds on this module
 
@@ -692,15 +769,22 @@ class ASRRunner:
         features = extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         return _Features(features.to(self.runtime.device, self.runtime.dtype), None)
 
-    def _detect_languages(self, jobs: list[ASRJob], features: torch.Tensor) -> list[str]:
-        """Given languages as they are; the rest detected from the first 30 s, as Whisper's generate would."""
+    def _detect_languages(
+        self, jobs: list[ASRJob], features: torch.Tensor, encoder_outputs: BaseModelOutput | None = None
+    ) -> list[str]:
+        """Given languages as they are; the rest detected from the first 30 s, as Whisper's generate would (from
+        `encoder_outputs` when the features were encoded already: the same encoder pass)."""
         if not self.multilingual:
             return ["en"] * len(jobs)
         missing = [i for i, job in enumerate(jobs) if job.language is None]
         languages = [job.language for job in jobs]
         if missing:
             id_to_code = {i: tok[2:-2] for tok, i in self.model.generation_config.lang_to_id.items()}
-            detected = self.model.detect_language(input_features=features[missing])
+            if encoder_outputs is not None:
+                encoded = BaseModelOutput(last_hidden_state=encoder_outputs.last_hidden_state[missing])
+                detected = self.model.detect_language(encoder_outputs=encoded)
+            else:
+                detected = self.model.detect_language(input_features=features[missing])
             for i, lang_id in zip(missing, detected.tolist(), strict=True):
                 languages[i] = id_to_code[lang_id]
         return languages

@@ -61,6 +61,11 @@ class ASRSettings(ServiceSettings):
     compression_ratio_threshold: float | None = Field(2.4, gt=0, description="with fallback temperatures set")
     logprob_threshold: float | None = Field(-1.0, le=0, description="with fallback temperatures set")
     no_speech_threshold: float | None = Field(0.6, ge=0, le=1, description="with fallback temperatures set")
+    continuous_batching: bool = Field(
+        True,
+        description="short, greedy, plain-path requests join a running decode at the next token and leave when "
+        "they finish (iteration-level batching); false decodes every batch whole-request",
+    )
     # Dynamic batching is the signal the adaptive path reads, so allow batches beyond the threshold.
     max_batch_size: int = Field(16, ge=1)
     # OpenAI's upload limit for audio files.

@@ -45,9 +45,10 @@ class DecodeLoop(Protocol):
 class StepDecoder(Protocol):
     """What a runner offers the batcher for continuous batching."""
 
-    def open_loop(self, key: Hashable, payload: Any) -> DecodeLoop | None:
+    def open_loop(self, key: Hashable, payload: Any, waiting: int = 1) -> DecodeLoop | None:
         """A new, empty decode loop for requests with this batch key, or None when such requests are not
-        decoded step by step: they then run whole-request through predict_batch."""
+        decoded step by step: they then run whole-request through predict_batch. `waiting` counts the queued
+        requests, this one included (a runner with a faster path for a lone request may keep it for that)."""
 
     def rows(self, payload: Any) -> int:
         """Sequences the job decodes at once: the batcher keeps at most max_batch_size rows running (a lone
@@ -91,7 +92,7 @@ class ContinuousBatcher(DynamicBatcher):
         head = self._queue[0]
         try:
             decode = await asyncio.wrap_future(
-                self._executor.run(self.owner, self.decoder.open_loop, head.key, head.payload)
+                self._executor.run(self.owner, self.decoder.open_loop, head.key, head.payload, len(self._queue))
             )
         except Exception as exc:  # the request that cannot be decoded gets the error, the queue goes on
             log.exception("%s: opening a decode loop failed", self.name)

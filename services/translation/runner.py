@@ -138,7 +138,7 @@ class TranslationRunner:
         return results
 
     # Continuous batching (services.kit.continuous.StepDecoder): greedy requests decode step by step.
-    def open_loop(self, key: Hashable, payload: TranslationJob) -> GreedyLoop | None:
+    def open_loop(self, key: Hashable, payload: TranslationJob, waiting: int = 1) -> GreedyLoop | None:
         """A decode loop for greedy requests of the payload's pair; None for beam search (and when continuous
         batching is off or the model's generation config samples): those run whole-request."""
         if not self.settings.continuous_batching:

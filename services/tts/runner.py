@@ -326,7 +326,7 @@ class SpeechRunner:
         """This runner as the speech batcher's step decoder, or None when continuous batching is off."""
         return self if self.settings.continuous_batching else None
 
-    def open_loop(self, key: Hashable, payload: SpeechJob | ConversionJob):
+    def open_loop(self, key: Hashable, payload: SpeechJob | ConversionJob, waiting: int = 1):
         """A new continuous decode loop for unseeded speech jobs; None for seeded ones (whole-request, so
         that their bytes depend on nothing but the request) and for voice conversion."""
         step_decodable = isinstance(payload, SpeechJob) and payload.seed is None

@@ -34,7 +34,7 @@ class CountingDecoder:
         self.fail_step = False
         self.thread_names: set[str] = set()
 
-    def open_loop(self, key, payload):
+    def open_loop(self, key, payload, waiting=1):
         if str(key).startswith("beam"):
             return None
         self.loops += 1
