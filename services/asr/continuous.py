@@ -103,12 +103,17 @@ class PlainDecodeLoop:
 
     @torch.inference_mode()
     def join(self, works: list[Work]) -> None:
-        # One at a time, as each would be decoded alone: the encoder and the prompt's pass see the same shapes.
+        # The joiners' 30 s windows go through the encoder together (each padded to 30 s, as alone: only the
+        # rounding of the batched products differs); prompts differ in length, so each gets its own pass.
         # All or none: when one cannot join, the batcher joins the others again one by one.
         before = len(self.running)
         try:
-            for work in works:
-                self._join(work)
+            started = time.perf_counter()
+            features = self.runner._features([work.payload for work in works]).input_features
+            encoder_hidden = self.encoder(features)[0]
+            share = (time.perf_counter() - started) / len(works)
+            for index, work in enumerate(works):
+                self._join(work, features[index : index + 1], encoder_hidden[index : index + 1], share)
         except BaseException:
             while len(self.running) > before:
                 self._release(len(self.running) - 1)
@@ -142,11 +147,11 @@ class PlainDecodeLoop:
 
     # -- joining ----------------------------------------------------------------------------------------------
 
-    def _join(self, work: Work) -> None:
+    def _join(
+        self, work: Work, features: torch.Tensor, encoder_hidden: torch.Tensor, encode_s: float
+    ) -> None:
         runner, job = self.runner, work.payload
         started = time.perf_counter()
-        features = runner._features([job]).input_features
-        encoder_hidden = self.encoder(features)[0]
         encoded = BaseModelOutput(last_hidden_state=encoder_hidden)
         language = runner._detect_languages([job], features, encoder_outputs=encoded)[0]
         work.span.set_attribute("asr.path", "plain")
@@ -169,7 +174,7 @@ class PlainDecodeLoop:
         # The head over every prompt position, as generate() computes the logits of its first pass.
         self._choose([sequence], self.head(hidden)[:, -1])
         self.running.append(sequence)
-        sequence.passes, sequence.compute = 1.0, time.perf_counter() - started
+        sequence.passes, sequence.compute = 1.0, encode_s + time.perf_counter() - started
 
     def _no_speech(self, prompt: torch.Tensor, hidden: torch.Tensor) -> float | None:
         """OpenAI's no_speech_prob as `WindowCapturingWhisper.note_prefill` takes it: `<|nospeech|>` after
