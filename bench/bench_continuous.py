@@ -10,15 +10,14 @@ load on the machine hits both alike. Output lengths are mixed:
   where the model's time dominates as with real checkpoints; random weights decode to max_new_tokens);
 - tts: texts of 1 to 12 words (random weights decode every sentence to the maximum length ratio, so
   spectrogram frames follow the text's length);
-- asr: real whisper-base (models/real, `make real-asr`) on the evaluation clips of mixed lengths, plain
-  path (no assistant): transcripts of a few to ~60 tokens.
+- asr: real whisper-base (models/real, `make real-asr`) on its English evaluation clips (mixed lengths),
+  plain path (no assistant loaded).
 The table: throughput and p50/p95 latency per mode, and continuous/whole-request ratios (p95 target <= 0.6x at
 concurrency 16 with throughput >= 1x; concurrency 1 no slower).
 """
 
 import argparse
 import asyncio
-import io
 import random
 import sys
 import tempfile
@@ -105,24 +104,17 @@ def tts(work: Path, requests: int, rng: random.Random):
 
 
 def asr(work: Path, requests: int, rng: random.Random):
-    import soundfile
-
     from services.asr.service import create_service
     from services.asr.settings import ASRSettings
 
     real = REPO / "models" / "real"
-    speech = sorted((REPO.parent / "shared" / "realmodels").glob("**/*.wav"))
+    speech = sorted((real / "speech").glob("en*.wav"))
     if not (real / "whisper-base").is_dir() or not speech:
-        raise SystemExit("asr needs models/real/whisper-base (make real-asr) and the evaluation speech")
-    clips = []
-    for path in speech[:24]:
-        buffer = io.BytesIO()
-        samples, rate = soundfile.read(path)
-        soundfile.write(buffer, samples, rate, format="WAV")
-        clips.append(buffer.getvalue())
+        raise SystemExit("asr needs models/real (make real-asr): whisper-base and its evaluation speech")
+    clips = [path.read_bytes() for path in speech]
 
     def settings(continuous: bool):
-        return ASRSettings(model=str(real / "whisper-base"), assistant_model=None, log_level="warning",
+        return ASRSettings(model=str(real / "whisper-base"), assistant_model="", log_level="warning",
                            max_queue=1024, max_batch_size=16, continuous_batching=continuous)
 
     bodies = [rng.choice(clips) for _ in range(requests)]

@@ -23,16 +23,14 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import numpy as np
-from PIL import Image
 
-from services.kit.batcher import Done, DynamicBatcher
-from services.kit.errors import InvalidArgument
+from services.kit.batcher import Done
 from services.kit.oip import InferRequest, OipModel, Outputs, Parameter, Tensor
-from services.kit.validation import parse
+from services.kit.operations import Call, Operation, Upload
 
-from .images import decode_image, encode_image, mask_from
-from .runner import GeneratedImage, ImageGenRunner, ImageJob, Preview, Progress
-from .schemas import GenerateFields, build_job
+from .images import encode_image
+from .runner import GeneratedImage, ImageGenRunner, Preview, Progress
+from .schemas import Generation
 from .settings import ImageGenSettings
 
 MODEL_NAME = "imagegen"
@@ -50,7 +48,7 @@ PARAMETERS = [
 ]
 
 
-def create_oip_model(runner: ImageGenRunner, batcher: DynamicBatcher, settings: ImageGenSettings) -> OipModel:
+def oip_model(generate: Operation, runner: ImageGenRunner, settings: ImageGenSettings) -> OipModel:
     limit = settings.max_input_pixels
     inputs = [
         Tensor("prompt", "BYTES", (1,)),
@@ -70,55 +68,24 @@ def create_oip_model(runner: ImageGenRunner, batcher: DynamicBatcher, settings: 
         Tensor("partial_images", "UINT8", (-1, -1, -1, 3)),
     ]
 
-    async def prepare(request: InferRequest, streaming: bool) -> tuple[ImageJob, int]:
-        fields = {**request.parameters, "prompt": request.text_input("prompt")[0]}
-        body = parse(GenerateFields, fields)
-        size = body.size
+    def to_fields(request: InferRequest, streamed: bool) -> dict:
+        fields = {**request.parameters, "prompt": request.text_input("prompt")[0], "stream": streamed}
+        for name in ("image", "mask"):
+            encoded = request.bytes_input(name)
+            if encoded is not None:
+                fields[name] = Upload(data=encoded)
+            pixels = request.inputs.get(f"{name}_pixels")
+            if pixels is not None:
+                fields[f"{name}_pixels"] = pixels
+        return fields
 
-        def build() -> ImageJob:
-            image = source(request, "image", "image_pixels", limit)
-            mask = source(request, "mask", "mask_pixels", limit)
-            return build_job(
-                body,
-                runner,
-                size=size,
-                size_field="width",
-                streaming=streaming,
-                strength=body.strength,
-                image=image,
-                mask=None if mask is None else mask_from(mask),
-            )
+    async def generated(call: Call[Generation]) -> Outputs:
+        report_task(call)
+        return await asyncio.to_thread(results, await call.result())
 
-        job = await asyncio.to_thread(build)
-        request.response_parameters["task"] = job.task
-        nbytes = sum(
-            len(array.reshape(-1)[0]) if array.dtype == object else array.nbytes
-            for array in request.inputs.values()
-        )
-        return job, nbytes
-
-    async def infer(request: InferRequest) -> Outputs:
-        job, nbytes = await prepare(request, streaming=False)
-        images = await batcher.submit(
-            job,
-            key=job.batch_key,
-            timeout=request.timeout,
-            disconnected=request.disconnected,
-            cost=job.cost,
-            nbytes=nbytes,
-        )
-        return await asyncio.to_thread(results, images)
-
-    async def stream(request: InferRequest) -> AsyncIterator[Outputs]:
-        job, nbytes = await prepare(request, streaming=True)
-        async for event in batcher.stream(
-            job,
-            key=job.batch_key,
-            timeout=request.timeout,
-            disconnected=request.disconnected,
-            cost=job.cost,
-            nbytes=nbytes,
-        ):
+    async def generated_by_step(call: Call[Generation]) -> AsyncIterator[Outputs]:
+        report_task(call)
+        async for event in call.events():
             if isinstance(event, Progress):
                 yield {"step": [event.step], "total_steps": [event.total_steps]}
             elif isinstance(event, Preview):
@@ -130,24 +97,19 @@ def create_oip_model(runner: ImageGenRunner, batcher: DynamicBatcher, settings: 
             elif isinstance(event, Done):
                 yield await asyncio.to_thread(results, event.result)
 
-    return OipModel(MODEL_NAME, inputs, outputs, infer, parameters=PARAMETERS, stream=stream)
+    return generate.oip_model(
+        MODEL_NAME,
+        inputs,
+        outputs,
+        to_fields=to_fields,
+        parameters=PARAMETERS,
+        answer=generated,
+        stream=generated_by_step,
+    )
 
 
-def source(request: InferRequest, encoded_name: str, pixels_name: str, max_pixels: int) -> Image.Image | None:
-    """An image (or mask) from its encoded input or its pixels input, whichever was sent."""
-    encoded = request.bytes_input(encoded_name)
-    pixels = request.inputs.get(pixels_name)
-    if encoded is not None and pixels is not None:
-        raise InvalidArgument(
-            f"{pixels_name}: send {encoded_name} or {pixels_name}, not both", field=pixels_name
-        )
-    if encoded is not None:
-        return decode_image(encoded, field=encoded_name, max_pixels=max_pixels)
-    if pixels is None:
-        return None
-    if 0 in pixels.shape:
-        raise InvalidArgument(f"{pixels_name}: shape {list(pixels.shape)} holds no pixels", field=pixels_name)
-    return Image.fromarray(np.ascontiguousarray(pixels))
+def report_task(call: Call[Generation]) -> None:
+    call.origin.response_parameters["task"] = call.job.job.task
 
 
 def stacked(images) -> np.ndarray:

@@ -12,20 +12,22 @@ import asyncio
 import base64
 import copy
 import json
-import logging
 import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Path, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from PIL import Image
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from services.kit.batcher import Done, DynamicBatcher
-from services.kit.errors import InvalidArgument, NotFound, ServiceError, UnsupportedMediaType
+from services.kit.errors import InvalidArgument, NotFound, UnsupportedMediaType
 from services.kit.json_limits import parses_as_json
+from services.kit.operations import Call, Operation
+from services.kit.streaming import SSE_MEDIA_TYPE, rest_stream, sse_event
 from services.kit.validation import parse
 
 from .files import ImageStore
@@ -45,24 +47,36 @@ from .schemas import (
 )
 from .settings import ImageGenSettings
 
-log = logging.getLogger(__name__)
-
 FILES_PATH = "/v1/images/files"
 TRUNCATED_HEADER = "x-modelserve-truncated"
 # Variations follow dall-e-2, the only OpenAI model that made them: links unless b64_json is asked for.
 VARIATION_DEFAULT_MODEL = ModelProfile("dall-e-2", legacy=True)
 
 
-@dataclass(frozen=True)
-class Upload:
-    """The images of an edit or variation, as bytes (not decoded yet), each with the field errors name."""
+class EditInput(BaseModel):
+    """An edit or variation as its body was read: the fields, and the images (each with the field errors name)
+    and mask as bytes, not decoded yet."""
 
-    images: tuple[tuple[str, bytes], ...]
+    fields: ImageEditRequest
+    images: list[tuple[str, bytes]]
     mask: bytes | None = None
 
     @property
     def nbytes(self) -> int:
         return sum(len(data) for _, data in self.images) + len(self.mask or b"")
+
+
+@dataclass(frozen=True)
+class OpenAIGeneration:
+    """A request of one of OpenAI's routes, checked: the runner's job and how to answer it."""
+
+    job: ImageJob
+    body: ImageGenerationRequest
+    plan: OpenAIPlan
+    kind: str  # the event prefix of its stream: image_generation, image_edit, image_variation
+    prompt_tokens: int
+    headers: dict[str, str]
+    nbytes: int = 0
 
 
 class PromptTokens:
@@ -85,9 +99,8 @@ class PromptTokens:
         return self.runner.pipelines[TEXT_TO_IMAGE].tokenizer.model_max_length
 
 
-def sse(event_type: str, **data) -> str:
-    payload = json.dumps({"type": event_type, **data}, separators=(",", ":"))
-    return f"event: {event_type}\ndata: {payload}\n\n"
+def sse(event_type: str, **data) -> bytes:
+    return sse_event({"type": event_type, **data}, event=event_type)
 
 
 def usage(prompt_tokens: int) -> dict:
@@ -115,14 +128,8 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
     def b64(image: Image.Image, body: GenerationOptions) -> str:
         return base64.b64encode(encoded(image, body)).decode("ascii")
 
-    def build_response(
-        images: list[GeneratedImage],
-        body: ImageGenerationRequest,
-        plan: OpenAIPlan,
-        job: ImageJob,
-        base_url: str,
-        prompt_tokens: int,
-    ) -> dict:
+    def build_response(images: list[GeneratedImage], generation: OpenAIGeneration, base_url: str) -> dict:
+        body, plan, job = generation.body, generation.plan, generation.job
         data = []
         for generated in images:
             item = {"seed": generated.seed}
@@ -140,7 +147,7 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
                 output_format=body.output_format,
                 size=f"{job.width}x{job.height}",
                 background="opaque",
-                usage=usage(prompt_tokens),
+                usage=usage(generation.prompt_tokens),
             )
             if plan.quality:
                 response["quality"] = plan.quality
@@ -158,113 +165,80 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
             fields["safety_identifier"] = plan.safety_identifier
         return fields
 
-    async def answer(
-        prepare, body: ImageGenerationRequest, plan: OpenAIPlan, request: Request, kind: str, nbytes: int = 0
-    ) -> Response:
-        """`prepare` builds the job in a worker thread (it may decode images); then run or stream it."""
-
-        def prepared() -> tuple[ImageJob, int, dict]:
-            job = prepare()
-            counts = {"prompt": tokens.count(body.prompt)}
-            if body.negative_prompt:
-                counts["negative_prompt"] = tokens.count(body.negative_prompt)
-            headers = plan.headers(job.width, job.height)
-            truncated = [name for name, count in counts.items() if count > tokens.limit]
-            if truncated:  # the text encoder reads the first `limit` tokens only
-                headers[TRUNCATED_HEADER] = ", ".join(
-                    f"{name} (beyond {tokens.limit} tokens)" for name in truncated
-                )
-            return job, counts["prompt"], headers
-
-        job, prompt_tokens, headers = await asyncio.to_thread(prepared)
-        if body.stream:
-            # Refuse here while a proper status code is still possible; the stream reports later errors.
-            batcher.admit(job.cost, nbytes)
-            return StreamingResponse(
-                stream_events(job, body, plan, request, kind, prompt_tokens),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
+    def planned(body: ImageGenerationRequest, plan: OpenAIPlan, kind: str, make_job, nbytes: int = 0):
+        """The job (`make_job` may decode images: this runs in a worker thread), its prompt's tokens and the
+        answer's headers."""
+        job = make_job()
+        counts = {"prompt": tokens.count(body.prompt)}
+        if body.negative_prompt:
+            counts["negative_prompt"] = tokens.count(body.negative_prompt)
+        headers = plan.headers(job.width, job.height)
+        truncated = [name for name, count in counts.items() if count > tokens.limit]
+        if truncated:  # the text encoder reads the first `limit` tokens only
+            headers[TRUNCATED_HEADER] = ", ".join(
+                f"{name} (beyond {tokens.limit} tokens)" for name in truncated
             )
-        images = await batcher.submit(
-            job, key=job.batch_key, disconnected=request.is_disconnected, cost=job.cost, nbytes=nbytes
-        )
-        base_url = (settings.public_base_url or str(request.base_url)).rstrip("/")
-        payload = await asyncio.to_thread(build_response, images, body, plan, job, base_url, prompt_tokens)
-        return JSONResponse(payload, headers=headers)
+        return OpenAIGeneration(job, body, plan, kind, counts["prompt"], headers, nbytes)
 
-    async def stream_events(
-        job: ImageJob,
-        body: ImageGenerationRequest,
-        plan: OpenAIPlan,
-        request: Request,
-        kind: str,
-        prompt_tokens: int,
-    ) -> AsyncIterator[str]:
-        fields = image_fields(body, plan)
-        try:
-            async for event in batcher.stream(
-                job, key=job.batch_key, disconnected=request.is_disconnected, cost=job.cost
-            ):
-                now = int(time.time())
-                if isinstance(event, Progress):
+    async def answer(call: Call[OpenAIGeneration]) -> Response:
+        generation = call.job
+        if generation.body.stream:
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **generation.headers}
+            return await rest_stream(stream_events(call), SSE_MEDIA_TYPE, headers)
+        images = await call.result()
+        base_url = (settings.public_base_url or str(call.origin.base_url)).rstrip("/")
+        payload = await asyncio.to_thread(build_response, images, generation, base_url)
+        return JSONResponse(payload, headers=generation.headers)
+
+    async def stream_events(call: Call[OpenAIGeneration]) -> AsyncIterator[bytes]:
+        generation = call.job
+        body, job, kind = generation.body, generation.job, generation.kind
+        fields = image_fields(body, generation.plan)
+        async for event in call.events():
+            now = int(time.time())
+            if isinstance(event, Progress):
+                yield sse(f"{kind}.progress", step=event.step, total_steps=event.total_steps, created_at=now)
+            elif isinstance(event, Preview):
+                for index, preview in enumerate(event.images):
                     yield sse(
-                        f"{kind}.progress", step=event.step, total_steps=event.total_steps, created_at=now
+                        f"{kind}.partial_image",
+                        b64_json=b64(preview, body),
+                        partial_image_index=event.index,
+                        image_index=index,
+                        step=event.step,
+                        total_steps=event.total_steps,
+                        size=f"{preview.width}x{preview.height}",
+                        created_at=now,
+                        **fields,
                     )
-                elif isinstance(event, Preview):
-                    for index, preview in enumerate(event.images):
-                        yield sse(
-                            f"{kind}.partial_image",
-                            b64_json=b64(preview, body),
-                            partial_image_index=event.index,
-                            image_index=index,
-                            step=event.step,
-                            total_steps=event.total_steps,
-                            size=f"{preview.width}x{preview.height}",
-                            created_at=now,
-                            **fields,
-                        )
-                elif isinstance(event, Done):
-                    for index, image in enumerate(event.result):
-                        yield sse(
-                            f"{kind}.completed",
-                            b64_json=await asyncio.to_thread(b64, image.image, body),
-                            image_index=index,
-                            seed=image.seed,
-                            nsfw_content_detected=image.nsfw,
-                            size=f"{job.width}x{job.height}",
-                            created_at=now,
-                            usage=usage(prompt_tokens),
-                            **fields,
-                        )
-        except ServiceError as exc:
-            yield sse("error", **exc.body())
-        except Exception as exc:
-            log.exception("image stream failed")
-            error = {
-                "code": "internal",
-                "message": f"internal error: {type(exc).__name__}",
-                "type": "internal",
-            }
-            yield sse("error", error=error)
+            elif isinstance(event, Done):
+                for index, image in enumerate(event.result):
+                    yield sse(
+                        f"{kind}.completed",
+                        b64_json=await asyncio.to_thread(b64, image.image, body),
+                        image_index=index,
+                        seed=image.seed,
+                        nsfw_content_detected=image.nsfw,
+                        size=f"{job.width}x{job.height}",
+                        created_at=now,
+                        usage=usage(generation.prompt_tokens),
+                        **fields,
+                    )
 
-    def edit_job(
-        body: ImageEditRequest,
-        plan: OpenAIPlan,
-        upload: Upload,
-        strength: float | None,
-        prompt_required: bool = True,
-    ):
-        def prepare() -> ImageJob:
+    def edit_job(edit: EditInput, plan: OpenAIPlan, strength: float | None, prompt_required: bool):
+        body = edit.fields
+
+        def make_job() -> ImageJob:
             limit = settings.max_input_pixels
-            if len(upload.images) == 1:
-                field, data = upload.images[0]
+            if len(edit.images) == 1:
+                field, data = edit.images[0]
                 image = decode_image(data, field=field, max_pixels=limit)
             else:
-                image = reference_sheet(upload.images, max_pixels=limit)
+                image = reference_sheet(edit.images, max_pixels=limit)
             mask = (
                 None
-                if upload.mask is None
-                else mask_from(decode_image(upload.mask, field="mask", max_pixels=limit))
+                if edit.mask is None
+                else mask_from(decode_image(edit.mask, field="mask", max_pixels=limit))
             )
             return build_job(
                 body.model_copy(update=plan.option_updates()),
@@ -278,72 +252,63 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
                 prompt_required=prompt_required,
             )
 
-        return prepare
+        return make_job
 
-    @router.post("/v1/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
-    async def generations(body: ImageGenerationRequest, request: Request):
+    async def plan_generations(body: ImageGenerationRequest) -> OpenAIGeneration:
         plan = plan_request(body, runner)
 
-        def prepare() -> ImageJob:
+        def make_job() -> ImageJob:
             options = body.model_copy(update=plan.option_updates())
             return build_job(options, runner, size=plan.size, size_field="size", streaming=body.stream)
 
-        return await answer(prepare, body, plan, request, "image_generation")
+        return await asyncio.to_thread(planned, body, plan, "image_generation", make_job)
 
-    @router.post("/v1/images/edits", response_model=ImagesResponse, response_model_exclude_none=True)
-    async def edits(request: Request):
-        """multipart/form-data: `image` (PNG/JPEG/WebP; up to 16 as `image[]`), optional `mask`, and the
-        generation fields; or JSON with `images: [{"image_url": "data:image/png;base64,..."}]` and optional
-        `mask: {"image_url": ...}`. Several images are redrawn together, side by side on one sheet.
+    async def plan_edits(edit: EditInput) -> OpenAIGeneration:
+        plan = plan_request(edit.fields, runner, not_applicable=("input_fidelity",))
+        make_job = edit_job(edit, plan, edit.fields.strength, prompt_required=True)
+        return await asyncio.to_thread(planned, edit.fields, plan, "image_edit", make_job, edit.nbytes)
 
-        With a mask it inpaints (transparent mask pixels, or white ones in an opaque mask, are
-        redrawn); without one it runs image-to-image. `size` resizes the source; by default the
-        output keeps the source's size, scaled down into the pixel limit and to multiples of 8.
-        """
-        content_type = request.headers.get("content-type", "")
-        if content_type.startswith("multipart/form-data"):
-            fields, upload = await read_form(request, with_mask=True)
-            body = parse(ImageEditRequest, fields)
-        elif parses_as_json(content_type.encode("latin-1")):
-            body, upload = await read_json_edit(request)
-        else:
-            raise UnsupportedMediaType(
-                "send multipart/form-data with an image file (and optionally a mask), or JSON with "
-                'images: [{"image_url": "data:image/png;base64,..."}]'
-            )
-        plan = plan_request(body, runner, not_applicable=("input_fidelity",))
-        prepare = edit_job(body, plan, upload, body.strength)
-        return await answer(prepare, body, plan, request, "image_edit", nbytes=upload.nbytes)
-
-    @router.post("/v1/images/variations", response_model=ImagesResponse, response_model_exclude_none=True)
-    async def variations(request: Request):
-        """multipart/form-data: `image` plus OpenAI's n, size, response_format, model, user (and the extension
-        fields): image-to-image with no prompt, redrawing IMAGEGEN_VARIATION_STRENGTH of it by default.
-        Without a model it answers as dall-e-2 did: links unless b64_json is asked for."""
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise UnsupportedMediaType("send multipart/form-data with the image as a file field named image")
-        fields, upload = await read_form(request, with_mask=False)
-        body = parse(ImageVariationRequest, fields)
+    async def plan_variations(edit: EditInput) -> OpenAIGeneration:
+        body = edit.fields
         plan = plan_request(
             body, runner, default_model=VARIATION_DEFAULT_MODEL, not_applicable=("input_fidelity",)
         )
         strength = settings.variation_strength if body.strength is None else body.strength
-        prepare = edit_job(body, plan, upload, strength, prompt_required=False)
-        return await answer(prepare, body, plan, request, "image_variation", nbytes=upload.nbytes)
+        make_job = edit_job(edit, plan, strength, prompt_required=False)
+        return await asyncio.to_thread(planned, body, plan, "image_variation", make_job, edit.nbytes)
 
-    @router.get(
-        FILES_PATH + "/{image_id}", response_class=Response, responses={200: {"content": {"image/png": {}}}}
-    )
-    async def image_file(image_id: str = Path(max_length=64)):
-        """An image made with `response_format="url"`, until IMAGEGEN_URL_TTL_S has passed (or newer images
-        have pushed it out of the bounded store)."""
-        stored = store.get(image_id)
-        if stored is None:
-            raise NotFound("image not found: unknown id, expired, or evicted", field="image_id")
-        cache = f"private, max-age={int(store.remaining_s(stored))}"
-        return Response(stored.data, media_type=stored.media_type, headers={"Cache-Control": cache})
+    def operation(name: str, request: type[BaseModel], prepare) -> Operation:
+        return Operation(
+            name,
+            request,
+            None,
+            batcher,
+            prepare=prepare,
+            payload=lambda generation: generation.job,
+            key=lambda generation: generation.job.batch_key,
+            cost=lambda generation: generation.job.cost,
+            nbytes=lambda generation: generation.nbytes,
+        )
 
-    async def read_json_edit(request: Request) -> tuple[ImageEditJsonRequest, Upload]:
+    async def read_edit(request: Request) -> EditInput:
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            fields, images, mask = await read_form(request, with_mask=True)
+            return EditInput(fields=parse(ImageEditRequest, fields), images=images, mask=mask)
+        if parses_as_json(content_type.encode("latin-1")):
+            return await read_json_edit(request)
+        raise UnsupportedMediaType(
+            "send multipart/form-data with an image file (and optionally a mask), or JSON with "
+            'images: [{"image_url": "data:image/png;base64,..."}]'
+        )
+
+    async def read_variation(request: Request) -> EditInput:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise UnsupportedMediaType("send multipart/form-data with the image as a file field named image")
+        fields, images, _ = await read_form(request, with_mask=False)
+        return EditInput(fields=parse(ImageVariationRequest, fields), images=images)
+
+    async def read_json_edit(request: Request) -> EditInput:
         raw = await request.body()
         try:
             data = await asyncio.to_thread(json.loads, raw)  # megabytes of data: URLs
@@ -361,11 +326,13 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
             name = f"images[{index}]"
             images.append((name, await load_reference(reference, name, **limits)))
         mask = None if body.mask is None else await load_reference(body.mask, "mask", **limits)
-        return body, Upload(tuple(images), mask)
+        return EditInput(fields=body, images=images, mask=mask)
 
-    async def read_form(request: Request, *, with_mask: bool) -> tuple[dict, Upload]:
-        """The form's fields and its image (and mask) bytes; OpenAI's `image[]` and `svg[model]` spellings
-        are read as `image` and `svg`."""
+    async def read_form(
+        request: Request, *, with_mask: bool
+    ) -> tuple[dict, list[tuple[str, bytes]], bytes | None]:
+        """The form's fields, its images (each with the field errors name) and mask; OpenAI's `image[]` and
+        `svg[model]` spellings are read as `image` and `svg`."""
         file_fields = ("image", "mask") if with_mask else ("image",)
         async with request.form(max_files=MAX_OPENAI_EDIT_IMAGES + 2, max_fields=64) as form:
             fields, images, masks = {}, [], []
@@ -392,9 +359,48 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
             if len(masks) > 1:
                 raise InvalidArgument("mask: send exactly one mask", field="mask")
             names = ["image"] if len(images) == 1 else [f"image[{index}]" for index in range(len(images))]
-            data = tuple([(name, await image.read()) for name, image in zip(names, images, strict=True)])
+            data = [(name, await image.read()) for name, image in zip(names, images, strict=True)]
             mask = await masks[0].read() if masks else None
-        return fields, Upload(data, mask)
+        return fields, data, mask
+
+    answered = dict(answer=answer, response_model=ImagesResponse, response_model_exclude_none=True)
+    operation("generations", ImageGenerationRequest, plan_generations).add_route(
+        router, "/v1/images/generations", **answered
+    )
+    operation("edits", EditInput, plan_edits).add_route(
+        router,
+        "/v1/images/edits",
+        read=read_edit,
+        description="""multipart/form-data: `image` (PNG/JPEG/WebP; up to 16 as `image[]`), optional `mask`, and the
+generation fields; or JSON with `images: [{"image_url": "data:image/png;base64,..."}]` and optional
+`mask: {"image_url": ...}`. Several images are redrawn together, side by side on one sheet.
+
+With a mask it inpaints (transparent mask pixels, or white ones in an opaque mask, are
+redrawn); without one it runs image-to-image. `size` resizes the source; by default the
+output keeps the source's size, scaled down into the pixel limit and to multiples of 8.""",
+        **answered,
+    )
+    operation("variations", EditInput, plan_variations).add_route(
+        router,
+        "/v1/images/variations",
+        read=read_variation,
+        description="""multipart/form-data: `image` plus OpenAI's n, size, response_format, model, user (and the extension
+fields): image-to-image with no prompt, redrawing IMAGEGEN_VARIATION_STRENGTH of it by default.
+Without a model it answers as dall-e-2 did: links unless b64_json is asked for.""",
+        **answered,
+    )
+
+    @router.get(
+        FILES_PATH + "/{image_id}", response_class=Response, responses={200: {"content": {"image/png": {}}}}
+    )
+    async def image_file(image_id: str = Path(max_length=64)):
+        """An image made with `response_format="url"`, until IMAGEGEN_URL_TTL_S has passed (or newer images
+        have pushed it out of the bounded store)."""
+        stored = store.get(image_id)
+        if stored is None:
+            raise NotFound("image not found: unknown id, expired, or evicted", field="image_id")
+        cache = f"private, max-age={int(store.remaining_s(stored))}"
+        return Response(stored.data, media_type=stored.media_type, headers={"Cache-Control": cache})
 
     return router
 

@@ -6,14 +6,17 @@ OpenAI field applies is in openai_params.
 """
 
 import random
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.kit.errors import InvalidArgument
+from services.kit.operations import Upload
 
-from .images import MIN_SIDE, SIZE_MULTIPLE, fit_size
+from .images import MIN_SIDE, SIZE_MULTIPLE, decode_image, fit_size, mask_from
 from .inputs import ImageReference
 from .runner import (
     DEFAULT_STRENGTH,
@@ -139,6 +142,71 @@ class GenerateFields(GenerationOptions):
             missing = "height" if self.height is None else "width"
             raise InvalidArgument(f"{missing}: give width and height together (or neither)", field=missing)
         return None if self.width is None else (self.width, self.height)
+
+
+class GenerateInput(GenerateFields):
+    """gRPC GenerateRequest and the OIP model's request: the fields above with the source image and mask, each an
+    encoded file or (OIP only) pixels."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    image: Upload | None = None
+    mask: Upload | None = None
+    image_pixels: np.ndarray | None = None  # H x W x 3, uint8
+    mask_pixels: np.ndarray | None = None  # H x W, uint8: 255 redraws, 0 keeps
+    stream: bool = False  # set by the transport: previews are only made for streams
+
+    @property
+    def nbytes(self) -> int:
+        files = sum(len(upload.data) for upload in (self.image, self.mask) if upload is not None)
+        pixels = sum(array.nbytes for array in (self.image_pixels, self.mask_pixels) if array is not None)
+        return files + pixels + len(self.prompt.encode())
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A GenerateInput checked: the runner's job and how to encode its images."""
+
+    job: ImageJob
+    output_format: str
+    output_compression: int | None
+    nbytes: int
+
+
+def plan_generation(body: GenerateInput, runner: ImageGenRunner) -> Generation:
+    """Decodes the sources (call it off the event loop) and checks the request against the limits."""
+    size = body.size
+    limit = runner.settings.max_input_pixels
+    image = source(body.image, body.image_pixels, "image", "image_pixels", limit)
+    mask = source(body.mask, body.mask_pixels, "mask", "mask_pixels", limit)
+    job = build_job(
+        body,
+        runner,
+        size=size,
+        size_field="width",
+        streaming=body.stream,
+        strength=body.strength,
+        image=image,
+        mask=None if mask is None else mask_from(mask),
+    )
+    return Generation(job, body.output_format, body.output_compression, body.nbytes)
+
+
+def source(
+    encoded: Upload | None, pixels: np.ndarray | None, encoded_name: str, pixels_name: str, max_pixels: int
+) -> Image.Image | None:
+    """An image (or mask) from its encoded file or its pixels, whichever was sent."""
+    if encoded is not None and pixels is not None:
+        raise InvalidArgument(
+            f"{pixels_name}: send {encoded_name} or {pixels_name}, not both", field=pixels_name
+        )
+    if encoded is not None:
+        return decode_image(encoded.data, field=encoded_name, max_pixels=max_pixels)
+    if pixels is None:
+        return None
+    if 0 in pixels.shape:
+        raise InvalidArgument(f"{pixels_name}: shape {list(pixels.shape)} holds no pixels", field=pixels_name)
+    return Image.fromarray(np.ascontiguousarray(pixels))
 
 
 class ImageData(BaseModel):

@@ -1,14 +1,23 @@
-"""Assembles the image generation service for the kit: runner, batcher, routes, servicer, OIP model."""
+"""Assembles the image generation service for the kit: runner, batcher, and its operations bound to REST
+(OpenAI's images API, in rest), gRPC (imagegen.v1.ImageGeneration) and the Open Inference Protocol (in oip)."""
 
+import asyncio
+
+from protos import imagegen_pb2 as pb
 from protos import imagegen_pb2_grpc as pb_grpc
+from services.kit.batcher import Done
+from services.kit.operations import Call, Operation, Upload, message_fields
 from services.kit.service import GrpcServicer, Service
 
-from .grpc_servicer import SERVICE_NAME, ImageGenerationServicer
-from .oip import create_oip_model
+from .images import encode_image, media_type
+from .oip import oip_model
 from .openai_params import DALL_E_MODELS, GPT_IMAGE_MODELS
 from .rest import create_router
-from .runner import PIPELINES, ImageGenRunner, scheduler_names
+from .runner import PIPELINES, GeneratedImage, ImageGenRunner, Preview, Progress, scheduler_names
+from .schemas import GenerateInput, Generation, plan_generation
 from .settings import ImageGenSettings
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageGeneration"].full_name
 
 
 def create_service(settings: ImageGenSettings | None = None) -> Service:
@@ -17,14 +26,20 @@ def create_service(settings: ImageGenSettings | None = None) -> Service:
     service = Service(name="imagegen", settings=settings, runner=runner)
     batcher = service.batcher("generate", runner.predict_batch)
     service.router = create_router(runner, batcher, settings)
-    service.grpc.append(
-        GrpcServicer(
-            pb_grpc.add_ImageGenerationServicer_to_server,
-            ImageGenerationServicer(runner, batcher, settings),
-            SERVICE_NAME,
-        )
+    generate = Operation(
+        "generate",
+        GenerateInput,
+        None,
+        batcher,
+        # Decodes the source image: off the event loop.
+        prepare=lambda body: asyncio.to_thread(plan_generation, body, runner),
+        payload=lambda generation: generation.job,
+        key=lambda generation: generation.job.batch_key,
+        cost=lambda generation: generation.job.cost,
+        nbytes=lambda generation: generation.nbytes,
     )
-    service.oip.append(create_oip_model(runner, batcher, settings))
+    service.grpc.append(grpc_servicer(generate, runner))
+    service.oip.append(oip_model(generate, runner, settings))
     service.models = lambda: [
         {
             "id": runner.model_name,
@@ -37,3 +52,62 @@ def create_service(settings: ImageGenSettings | None = None) -> Service:
         }
     ]
     return service
+
+
+def grpc_servicer(generate: Operation, runner: ImageGenRunner) -> GrpcServicer:
+    def image(generated: GeneratedImage, generation: Generation) -> pb.Image:
+        return pb.Image(
+            data=encode_image(generated.image, generation.output_format, generation.output_compression),
+            media_type=media_type(generation.output_format),
+            seed=generated.seed,
+            nsfw_content_detected=generated.nsfw,
+        )
+
+    def response(images: list[GeneratedImage], generation: Generation) -> pb.GenerateResponse:
+        job = generation.job
+        return pb.GenerateResponse(
+            images=[image(generated, generation) for generated in images],
+            model=runner.model_name,
+            width=job.width,
+            height=job.height,
+            task=job.task,
+        )
+
+    async def generated(call: Call[Generation]) -> pb.GenerateResponse:
+        return await asyncio.to_thread(response, await call.result(), call.job)
+
+    async def generated_by_step(call: Call[Generation]):
+        generation = call.job
+        async for event in call.events():
+            if isinstance(event, Progress):
+                yield pb.GenerateEvent(progress=pb.Progress(step=event.step, total_steps=event.total_steps))
+            elif isinstance(event, Preview):
+                previews = [image(GeneratedImage(preview, 0, None), generation) for preview in event.images]
+                yield pb.GenerateEvent(
+                    partial_image=pb.PartialImage(
+                        partial_image_index=event.index,
+                        step=event.step,
+                        total_steps=event.total_steps,
+                        previews=previews,
+                    )
+                )
+            elif isinstance(event, Done):
+                yield pb.GenerateEvent(result=await asyncio.to_thread(response, event.result, generation))
+
+    def fields(streamed: bool):
+        """The message's set fields; proto3's empty bytes mean no image (or mask)."""
+
+        def to_fields(message: pb.GenerateRequest) -> dict:
+            sources = {
+                name: Upload(data=getattr(message, name))
+                for name in ("image", "mask")
+                if getattr(message, name)
+            }
+            return {**message_fields(message), **sources, "stream": streamed}
+
+        return to_fields
+
+    servicer = pb_grpc.ImageGenerationServicer()
+    servicer.Generate = generate.grpc_method(answer=generated, to_fields=fields(False))
+    servicer.GenerateStream = generate.grpc_stream(generated_by_step, to_fields=fields(True))
+    return GrpcServicer(pb_grpc.add_ImageGenerationServicer_to_server, servicer, SERVICE_NAME)

@@ -91,12 +91,14 @@ class Operation(Generic[RequestModel, Job, ResponseModel]):
         *,
         answer: Callable[["Call"], Awaitable[Any]] | None = None,
         form: bool = False,
+        read: Callable[[Request], Awaitable[RequestModel]] | None = None,
         **route_options,
     ) -> None:
         """POST `path`. The body is the request model as JSON, or with `form` a multipart form: its text fields
-        the model's fields, its files the model's `Upload` fields, any other part refused by name. `answer(call)`
-        makes the response (a streamed one through `streaming.rest_stream`); without it, the response model as
-        JSON."""
+        the model's fields, its files the model's `Upload` fields, any other part refused by name. `read(request)`
+        replaces both for a body neither describes (JSON or a form on one route, a file part repeated): it returns
+        the request. `answer(call)` makes the response (a streamed one through `streaming.rest_stream`); without
+        it, the response model as JSON."""
         if answer is None:
             answer = Call.response
             route_options = dict(
@@ -104,7 +106,14 @@ class Operation(Generic[RequestModel, Job, ResponseModel]):
             )
         request_model = self.request
 
-        if form:
+        if read is not None:
+
+            async def endpoint(request: Request):
+                body = await read(request)
+                return await answer(
+                    await self.start(body, disconnected=request.is_disconnected, origin=request)
+                )
+        elif form:
             route_options.setdefault("openapi_extra", form_schema(request_model))
 
             async def endpoint(request: Request):
@@ -133,8 +142,9 @@ class Operation(Generic[RequestModel, Job, ResponseModel]):
     ):
         """A unary method for the service's generated servicer: message -> request model -> ... -> message.
 
-        `to_fields` turns the request message into the request model's fields (default: `message_fields`); the
-        client's deadline bounds the wait. The reply is `to_message(response)`, or `answer(call)`'s message.
+        `to_fields` turns the request message into the request model's fields (default: `message_fields`); it
+        may be a coroutine function (a client stream's is read there: `message` is then the request iterator).
+        The client's deadline bounds the wait. The reply is `to_message(response)`, or `answer(call)`'s message.
         """
         if answer is None:
 
@@ -162,7 +172,7 @@ class Operation(Generic[RequestModel, Job, ResponseModel]):
         return method
 
     async def _grpc_call(self, message, context, to_fields) -> "Call[Job]":
-        body = parse(self.request, (to_fields or message_fields)(message))
+        body = parse(self.request, await _resolved((to_fields or message_fields)(message)))
         return await self.start(body, timeout=time_remaining(context), origin=message)
 
     # -- Open Inference Protocol -------------------------------------------------------------------------------
