@@ -1,33 +1,25 @@
 """The ASR service as an Open Inference Protocol (v2) model, "asr": an encoded audio file (BYTES "audio") or raw
 samples (FP32 "audio_samples" with the `sample_rate` parameter) in, the transcript out.
 
-Requests go through the REST route's checks (`check_request`, the same audio limits) and the same batcher, with
-the same cost, so a transcript over the OIP is the one REST gives for the same audio and options. gRPC
+The model is the transcription operation, as REST's routes are (the same checks, audio limits, batcher and cost),
+so a transcript over the OIP is the one REST gives for the same audio and options. gRPC
 ModelStreamInfer answers a "delta" as each 30 s window is decoded (what REST's `transcript.text.delta` events
 carry), then the whole result.
 """
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 
-from services.kit.audio import check_sample_rate, decode_audio, resample
-from services.kit.batcher import Done, DynamicBatcher
-from services.kit.errors import InvalidArgument, PayloadTooLarge
+from services.kit.batcher import Done
+from services.kit.errors import InvalidArgument
 from services.kit.oip import InferRequest, OipModel, Outputs, Parameter, Tensor
+from services.kit.operations import Call, Operation, Upload
 
-from .runner import SAMPLE_RATE, ASRJob, ASRRunner, Partial, Transcript
-from .schemas import (
-    TranscriptionRequest,
-    build_job,
-    check_request,
-    logprobs_body,
-    options_request,
-    verbose_json_body,
-)
+from .runner import ASRRunner, Partial, Transcript
+from .schemas import Samples, TranscriptionPlan, flag_fields, logprobs_body, verbose_json_body
 from .settings import ASRSettings
 
 MODEL_NAME = "asr"
@@ -59,7 +51,7 @@ OUTPUTS = [
 ]
 
 
-def create_oip_model(runner: ASRRunner, batcher: DynamicBatcher, settings: ASRSettings) -> OipModel:
+def create_oip_model(transcription: Operation, runner: ASRRunner, settings: ASRSettings) -> OipModel:
     inputs = [
         Tensor("audio", "BYTES", (1,), optional=True),
         # The longest audio accepted at the highest rate accepted; the rate actually sent is checked once known.
@@ -72,48 +64,34 @@ def create_oip_model(runner: ASRRunner, batcher: DynamicBatcher, settings: ASRSe
         ),
     ]
 
-    async def prepare(request: InferRequest, stream: bool) -> tuple[str, TranscriptionRequest, ASRJob]:
-        task, body = request_options(request.parameters, stream)
-        options, language = check_request(body, task, runner, settings)
-        audio = await asyncio.to_thread(request_audio, request, settings)
-        return task, body, build_job(body, options, language, audio)
+    async def infer(call: Call[TranscriptionPlan]) -> Outputs:
+        return outputs(await call.result(), call.job, runner)
 
-    async def infer(request: InferRequest) -> Outputs:
-        task, body, job = await prepare(request, stream=False)
-        transcript = await batcher.submit(
-            job,
-            key=job.batch_key,
-            timeout=request.timeout,
-            disconnected=request.disconnected,
-            cost=runner.cost(job),
-            nbytes=job.nbytes,
-        )
-        return outputs(transcript, task, body, runner)
-
-    async def stream(request: InferRequest) -> AsyncIterator[Outputs]:
-        task, body, job = await prepare(request, stream=True)
-        async for event in batcher.stream(
-            job,
-            key=job.batch_key,
-            timeout=request.timeout,
-            disconnected=request.disconnected,
-            cost=runner.cost(job),
-            nbytes=job.nbytes,
-        ):
+    async def by_window(call: Call[TranscriptionPlan]) -> AsyncIterator[Outputs]:
+        async for event in call.events():
             if isinstance(event, Partial):
                 part: Outputs = {"delta": [event.delta]}
                 if event.logprobs is not None:
                     part["logprobs"] = [json.dumps(logprobs_body(event.logprobs))]
                 yield part
             elif isinstance(event, Done):
-                yield outputs(event.result, task, body, runner)
+                yield outputs(event.result, call.job, runner)
 
-    return OipModel(MODEL_NAME, inputs, OUTPUTS, infer, parameters=PARAMETERS, stream=stream)
+    return transcription.oip_model(
+        MODEL_NAME,
+        inputs,
+        OUTPUTS,
+        to_fields=request_fields,
+        parameters=PARAMETERS,
+        answer=infer,
+        stream=by_window,
+    )
 
 
-def request_options(parameters: dict[str, Any], stream: bool) -> tuple[str, TranscriptionRequest]:
-    """The request parameters as the REST route's request model, mapped as gRPC Transcribe maps its options."""
-    return options_request(
+def request_fields(request: InferRequest, stream: bool) -> dict[str, Any]:
+    """The request's parameters and audio as the operation's fields, its options mapped as gRPC maps them."""
+    parameters = request.parameters
+    return flag_fields(
         parameters.get("task", "transcribe"),
         timestamps=parameters.get("timestamps", False),
         word_timestamps=parameters.get("word_timestamps", False),
@@ -124,11 +102,12 @@ def request_options(parameters: dict[str, Any], stream: bool) -> tuple[str, Tran
         decoding=parameters.get("decoding", "auto"),
         chunking_strategy=parameters.get("chunking_strategy"),
         stream=stream,
+        **request_audio(request),
     )
 
 
-def request_audio(request: InferRequest, settings: ASRSettings) -> np.ndarray:
-    """Mono float32 samples at 16 kHz from whichever audio input was sent, under REST's limits."""
+def request_audio(request: InferRequest) -> dict[str, Any]:
+    """Whichever audio input was sent: the file, or the samples at the `sample_rate` parameter's rate."""
     data = request.bytes_input("audio")
     samples = request.inputs.get("audio_samples")
     rate = request.parameters.get("sample_rate")
@@ -138,52 +117,26 @@ def request_audio(request: InferRequest, settings: ASRSettings) -> np.ndarray:
             "mono samples, with the 'sample_rate' parameter)",
             field="audio",
         )
-    if data is not None:
-        if rate is not None:
-            raise InvalidArgument(
-                "parameter 'sample_rate': applies to 'audio_samples' only; an audio file's header gives its rate",
-                field="sample_rate",
-            )
-        return decode_audio(
-            data,
-            max_seconds=settings.max_audio_seconds,
-            min_rate=settings.min_sample_rate,
-            max_rate=settings.max_sample_rate,
-            max_channels=settings.max_channels,
+    if data is None:
+        return {"samples": Samples(data=samples, rate=rate)}
+    if rate is not None:
+        raise InvalidArgument(
+            "parameter 'sample_rate': applies to 'audio_samples' only; an audio file's header gives its rate",
+            field="sample_rate",
         )
-    return samples_audio(samples, rate, settings)
+    return {"file": Upload(data=data)}
 
 
-def samples_audio(samples: np.ndarray, rate: int | None, settings: ASRSettings) -> np.ndarray:
-    if rate is None:
-        raise InvalidArgument("parameter 'sample_rate': required with 'audio_samples'", field="sample_rate")
-    check_sample_rate(
-        rate, settings.min_sample_rate, settings.max_sample_rate, "audio_samples", field="sample_rate"
-    )
-    if samples.size == 0:
-        raise InvalidArgument("input 'audio_samples' is empty", field="audio_samples")
-    if samples.size > settings.max_audio_seconds * rate:
-        raise PayloadTooLarge(
-            f"input 'audio_samples' is {samples.size / rate:.1f} s long at {rate} Hz; the limit is "
-            f"{settings.max_audio_seconds:g} s",
-            field="audio_samples",
-        )
-    if not np.isfinite(samples).all():
-        raise InvalidArgument("input 'audio_samples' contains NaN or infinite samples", field="audio_samples")
-    mono = resample(samples.astype(np.float32, copy=False), rate, SAMPLE_RATE)
-    # The resampling filter may ring past full scale, as audio files' samples may exceed it.
-    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
-
-
-def outputs(transcript: Transcript, task: str, body: TranscriptionRequest, runner: ASRRunner) -> Outputs:
+def outputs(transcript: Transcript, plan: TranscriptionPlan, runner: ASRRunner) -> Outputs:
+    request = plan.request
     result: Outputs = {
         "text": [transcript.text],
         "language": [transcript.language],
         "duration": np.array([transcript.duration], dtype=np.float32),
         "decoding": [transcript.path],
     }
-    if body.response_format == "verbose_json":
-        verbose = verbose_json_body(transcript, task, body, runner)
+    if request.response_format == "verbose_json":
+        verbose = verbose_json_body(transcript, request.task, request, runner)
         result["segments"] = [json.dumps(verbose.get("segments", []), ensure_ascii=False)]
         if "words" in verbose:
             result["words"] = [json.dumps(verbose["words"], ensure_ascii=False)]

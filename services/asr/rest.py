@@ -1,4 +1,4 @@
-"""REST routes, OpenAI's audio API: POST /v1/audio/transcriptions and /v1/audio/translations (multipart).
+"""REST answers, OpenAI's audio API: POST /v1/audio/transcriptions and /v1/audio/translations (multipart).
 
 The form is read as sent, field by field: every field is either honoured or refused with a 400 that names it,
 OpenAI's own fields this server does not offer (speaker references, keywords, voice-activity chunking) included.
@@ -6,45 +6,49 @@ With `stream=true` the transcript comes as server-sent events, `transcript.text.
 decoded, then `transcript.text.done`, shaped as the openai SDK's TranscriptionStreamEvent.
 """
 
-import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
 
-from services.kit.audio import decode_audio
-from services.kit.batcher import Done, DynamicBatcher
-from services.kit.errors import InvalidArgument, ServiceError
+from services.kit.batcher import Done
+from services.kit.errors import InvalidArgument
+from services.kit.operations import Call, Operation, Upload
+from services.kit.streaming import SSE_MEDIA_TYPE, rest_stream, sse_event
 from services.kit.validation import parse
 
-from .runner import ASRJob, ASRRunner, Partial, Transcript
+from .runner import ASRRunner, Partial, Transcript
 from .schemas import (
+    Transcription,
+    TranscriptionPlan,
     TranscriptionRequest,
-    build_job,
     check_openai_combinations,
-    check_request,
     json_body,
     logprobs_body,
     srt,
     verbose_json_body,
     vtt,
 )
-from .settings import ASRSettings
-
-log = logging.getLogger(__name__)
 
 Task = Literal["transcribe", "translate"]
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 # The form fields each route takes, besides `file` (decoding is this server's extension; so are language and
 # stream on translations).
 FIELDS: dict[Task, tuple[str, ...]] = {
     "transcribe": (
-        "model", "language", "prompt", "response_format", "temperature", "timestamp_granularities", "include",
-        "stream", "decoding", "chunking_strategy",
+        "model",
+        "language",
+        "prompt",
+        "response_format",
+        "temperature",
+        "timestamp_granularities",
+        "include",
+        "stream",
+        "decoding",
+        "chunking_strategy",
     ),
     "translate": ("model", "language", "prompt", "response_format", "temperature", "stream", "decoding"),
 }
@@ -72,22 +76,29 @@ def form_schema(task: Task) -> dict:
             "content": {
                 "multipart/form-data": {
                     "schema": {"type": "object", "properties": properties, "required": ["file"]},
-                    "encoding": {f"{name}[]": {"explode": True} for name in LIST_FIELDS if name in FIELDS[task]},
+                    "encoding": {
+                        f"{name}[]": {"explode": True} for name in LIST_FIELDS if name in FIELDS[task]
+                    },
                 }
             },
         },
         "responses": {
             "200": {
                 "description": "json / verbose_json, text / srt / vtt, or server-sent events with stream=true",
-                "content": {"application/json": {}, "text/plain": {}, "text/vtt": {}, "text/event-stream": {}},
+                "content": {
+                    "application/json": {},
+                    "text/plain": {},
+                    "text/vtt": {},
+                    "text/event-stream": {},
+                },
             }
         },
     }
 
 
-async def read_form(request: Request, task: Task) -> tuple[dict, bytes, str | None]:
-    """The text fields (list fields as lists) and the uploaded file; anything this route does not take is
-    refused with a 400 naming it."""
+async def read_form(request: Request, task: Task) -> Transcription:
+    """The text fields (list fields as lists) and the uploaded file as the request; anything this route does not
+    take, or a field that the chosen response format has no room for, is refused with a 400 naming it."""
     allowed = FIELDS[task]
     route = request.url.path
     fields: dict[str, object] = {}
@@ -102,7 +113,9 @@ async def read_form(request: Request, task: Task) -> tuple[dict, bytes, str | No
                     raise InvalidArgument("file: send exactly one audio file", field="file")
                 data, filename = await value.read(), value.filename
             elif name == "file":
-                raise InvalidArgument("file: upload the audio as a file (multipart/form-data), not as text", field="file")
+                raise InvalidArgument(
+                    "file: upload the audio as a file (multipart/form-data), not as text", field="file"
+                )
             elif name in NOT_OFFERED and task == "transcribe":
                 raise InvalidArgument(f"{key}: {NOT_OFFERED[name]}", field=key)
             elif name not in allowed:
@@ -111,7 +124,7 @@ async def read_form(request: Request, task: Task) -> tuple[dict, bytes, str | No
                 )
             elif name == "chunking_strategy" and key != name:
                 # The SDK sends the server_vad object as chunking_strategy[type]=server_vad&chunking_strategy[...]=...
-                member = key[len(name):]
+                member = key[len(name) :]
                 if not (member.startswith("[") and member.endswith("]") and "[" not in member[1:]):
                     raise InvalidArgument(f"{key}: send chunking_strategy[field]=value", field=key)
                 strategy = fields.setdefault(name, {})
@@ -120,7 +133,9 @@ async def read_form(request: Request, task: Task) -> tuple[dict, bytes, str | No
                 strategy[member[1:-1]] = value
             elif name in LIST_FIELDS:
                 if key not in (name, f"{name}[]"):
-                    raise InvalidArgument(f"{key}: send the list as {name}[]=value, once per value", field=key)
+                    raise InvalidArgument(
+                        f"{key}: send the list as {name}[]=value, once per value", field=key
+                    )
                 fields.setdefault(name, []).append(value)
             elif key != name:
                 raise InvalidArgument(f"{key}: {name} takes one value, not a list or object", field=key)
@@ -130,17 +145,20 @@ async def read_form(request: Request, task: Task) -> tuple[dict, bytes, str | No
                 fields[name] = value
     if data is None:
         raise InvalidArgument("file: upload the audio as a file field named file", field="file")
-    return fields, data, filename
+    request = parse(Transcription, {**fields, "task": task, "file": Upload(data=data, filename=filename)})
+    check_openai_combinations(request)
+    return request
 
 
-def render(transcript: Transcript, body: TranscriptionRequest, task: str, runner: ASRRunner) -> Response:
+def render(transcript: Transcript, plan: TranscriptionPlan, runner: ASRRunner) -> Response:
     # Text formats have no room for the path that decoded the request, so every format also says it in headers.
     headers = {"x-asr-decoding": transcript.path, "x-asr-language": transcript.language}
-    match body.response_format:
+    request = plan.request
+    match request.response_format:
         case "json":
             return JSONResponse(json_body(transcript), headers=headers)
         case "verbose_json":
-            return JSONResponse(verbose_json_body(transcript, task, body, runner), headers=headers)
+            return JSONResponse(verbose_json_body(transcript, request.task, request, runner), headers=headers)
         case "text":
             return PlainTextResponse(transcript.text, headers=headers)
         case "srt":
@@ -149,73 +167,50 @@ def render(transcript: Transcript, body: TranscriptionRequest, task: str, runner
             return PlainTextResponse(vtt(transcript), media_type="text/vtt", headers=headers)
 
 
-def sse(event: dict) -> str:
-    return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
+async def answer(call: Call[TranscriptionPlan], runner: ASRRunner) -> Response:
+    if call.job.request.stream:
+        return await rest_stream(stream_events(call), SSE_MEDIA_TYPE, STREAM_HEADERS)
+    return render(await call.result(), call.job, runner)
 
 
-def create_router(runner: ASRRunner, batcher: DynamicBatcher, settings: ASRSettings) -> APIRouter:
+async def stream_events(call: Call[TranscriptionPlan]) -> AsyncIterator[bytes]:
+    async for event in call.events():
+        if isinstance(event, Partial):
+            delta = {"type": "transcript.text.delta", "delta": event.delta}
+            if event.logprobs is not None:
+                delta["logprobs"] = logprobs_body(event.logprobs)
+            yield sse_event(delta, event=delta["type"])
+        elif isinstance(event, Done):
+            transcript: Transcript = event.result
+            done = {"type": "transcript.text.done", "text": transcript.text, "decoding": transcript.path}
+            if transcript.logprobs is not None:
+                done["logprobs"] = logprobs_body(transcript.logprobs)
+            yield sse_event(done, event=done["type"])
+
+
+def create_router(transcription: Operation, runner: ASRRunner) -> APIRouter:
     router = APIRouter(tags=["asr"])
-
-    async def transcribe(request: Request, task: Task) -> Response:
-        fields, data, filename = await read_form(request, task)
-        body = parse(TranscriptionRequest, fields)
-        check_openai_combinations(body)
-        options, language = check_request(body, task, runner, settings)
-        audio = await run_in_threadpool(
-            decode_audio,
-            data,
-            max_seconds=settings.max_audio_seconds,
-            filename=filename,
-            min_rate=settings.min_sample_rate,
-            max_rate=settings.max_sample_rate,
-            max_channels=settings.max_channels,
+    routes = {
+        "transcribe": (
+            "/v1/audio/transcriptions",
+            "transcriptions",
+            "multipart/form-data: `file` and OpenAI's transcription fields. `model` may be the served model's id, "
+            "whisper-1, gpt-4o-transcribe or gpt-4o-mini-transcribe.",
+        ),
+        "translate": (
+            "/v1/audio/translations",
+            "translations",
+            "multipart/form-data: `file` and OpenAI's translation fields (English text from any spoken language).",
+        ),
+    }
+    for task, (path, name, description) in routes.items():
+        transcription.add_route(
+            router,
+            path,
+            answer=lambda call: answer(call, runner),
+            read=lambda request, task=task: read_form(request, task),
+            name=name,
+            description=description,
+            openapi_extra=form_schema(task),
         )
-        job = build_job(body, options, language, audio)
-        if body.stream:
-            # Refused here while a status code can still say so; later errors become an error event.
-            batcher.admit(runner.cost(job), job.nbytes)
-            return StreamingResponse(
-                stream_events(request, job),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        transcript = await batcher.submit(
-            job, key=job.batch_key, disconnected=request.is_disconnected, cost=runner.cost(job), nbytes=job.nbytes
-        )
-        return render(transcript, body, task, runner)
-
-    async def stream_events(request: Request, job: ASRJob) -> AsyncIterator[str]:
-        try:
-            async for event in batcher.stream(
-                job, key=job.batch_key, disconnected=request.is_disconnected, cost=runner.cost(job), nbytes=job.nbytes
-            ):
-                if isinstance(event, Partial):
-                    delta = {"type": "transcript.text.delta", "delta": event.delta}
-                    if event.logprobs is not None:
-                        delta["logprobs"] = logprobs_body(event.logprobs)
-                    yield sse(delta)
-                elif isinstance(event, Done):
-                    transcript: Transcript = event.result
-                    done = {"type": "transcript.text.done", "text": transcript.text, "decoding": transcript.path}
-                    if transcript.logprobs is not None:
-                        done["logprobs"] = logprobs_body(transcript.logprobs)
-                    yield sse(done)
-        except ServiceError as exc:
-            yield f"event: error\ndata: {json.dumps(exc.body())}\n\n"
-        except Exception as exc:
-            log.exception("transcription stream failed")
-            error = {"code": "internal", "message": f"internal error: {type(exc).__name__}", "type": "internal"}
-            yield f"event: error\ndata: {json.dumps({'error': error})}\n\n"
-
-    @router.post("/v1/audio/transcriptions", openapi_extra=form_schema("transcribe"))
-    async def transcriptions(request: Request) -> Response:
-        """multipart/form-data: `file` and OpenAI's transcription fields. `model` may be the served model's id,
-        whisper-1, gpt-4o-transcribe or gpt-4o-mini-transcribe."""
-        return await transcribe(request, "transcribe")
-
-    @router.post("/v1/audio/translations", openapi_extra=form_schema("translate"))
-    async def translations(request: Request) -> Response:
-        """multipart/form-data: `file` and OpenAI's translation fields (English text from any spoken language)."""
-        return await transcribe(request, "translate")
-
     return router

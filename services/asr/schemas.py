@@ -1,16 +1,21 @@
-"""Request options shared by REST and gRPC, their checks against the service limits, and the response formats
-of OpenAI's audio API (json, text, verbose_json, srt, vtt, and the transcript.text.* stream events)."""
+"""The transcription operation's request (shared by REST, gRPC and the OIP), its checks against the service
+limits, the audio it carries as the runner's samples, and the response formats of OpenAI's audio API (json,
+text, verbose_json, srt, vtt, and the transcript.text.* stream events)."""
 
+import asyncio
+from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.kit.errors import InvalidArgument, NotFound
-from services.kit.validation import parse
+from services.kit.audio import check_sample_rate, decode_audio, decode_pcm16, resample
+from services.kit.errors import InvalidArgument, NotFound, PayloadTooLarge
+from services.kit.operations import Upload
 
 from . import vad
 from .chunking import chunking_options
-from .runner import ASRJob, ASRRunner, DecodeOptions, TokenLogprob, Transcript
+from .runner import SAMPLE_RATE, ASRJob, ASRRunner, DecodeOptions, TokenLogprob, Transcript
 from .settings import ASRSettings
 
 # Names OpenAI clients send; each means "the speech model this server runs".
@@ -43,7 +48,9 @@ class TranscriptionRequest(BaseModel):
     include: list[Literal["logprobs"]] | None = Field(
         None, max_length=1, description="logprobs: the log-probability of every token (json and streams)"
     )
-    stream: bool = Field(False, description="server-sent transcript.text.delta events, then transcript.text.done")
+    stream: bool = Field(
+        False, description="server-sent transcript.text.delta events, then transcript.text.done"
+    )
     chunking_strategy: str | dict[str, str | float | int] | None = Field(
         None,
         description='"auto" or {"type": "server_vad", "threshold", "prefix_padding_ms", "silence_duration_ms"}: '
@@ -60,25 +67,106 @@ class TranscriptionRequest(BaseModel):
         return "logprobs" in (self.include or ())
 
 
-def options_request(
+class Samples(BaseModel):
+    """Audio sent as samples rather than a file, at `rate` Hz: mono float32 (the OIP's "audio_samples") or 16-bit
+    little-endian PCM bytes (a gRPC stream's)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    data: np.ndarray | bytes
+    rate: int | None = None
+
+
+class Transcription(TranscriptionRequest):
+    """What every transport asks of the operation: the options, the task, and the audio (a file or samples)."""
+
+    task: Literal["transcribe", "translate"] = "transcribe"
+    file: Upload | None = None
+    samples: Samples | None = None
+
+
+@dataclass(frozen=True)
+class TranscriptionPlan:
+    """A checked request (its audio dropped once decoded) and the runner's job for it."""
+
+    request: Transcription
+    job: ASRJob
+
+
+def flag_fields(
     task: str,
     *,
     timestamps: bool = False,
     word_timestamps: bool = False,
     logprobs: bool = False,
     **fields,
-) -> tuple[str, TranscriptionRequest]:
-    """The task and the request model for the flag-style options of gRPC and the OIP (timestamps, word
-    timestamps, logprobs) in place of REST's response_format, timestamp_granularities and include."""
+) -> dict:
+    """The request's fields for the flag-style options of gRPC and the OIP (timestamps, word timestamps,
+    logprobs) in place of REST's response_format, timestamp_granularities and include."""
     if task not in ("transcribe", "translate"):
         raise InvalidArgument(f"task: must be 'transcribe' or 'translate', got {task!r}", field="task")
-    request = {
+    return {
         **fields,
+        "task": task,
         "response_format": "verbose_json" if timestamps or word_timestamps else "json",
         "timestamp_granularities": ["segment", "word"] if word_timestamps else None,
         "include": ["logprobs"] if logprobs else None,
     }
-    return task, parse(TranscriptionRequest, request)
+
+
+async def plan_transcription(
+    request: Transcription, runner: ASRRunner, settings: ASRSettings
+) -> TranscriptionPlan:
+    """The request checked (before any audio is decoded), then its audio decoded off the event loop."""
+    options, language = check_request(request, request.task, runner, settings)
+    audio = await asyncio.to_thread(decode_input, request, settings)
+    request = request.model_copy(update={"file": None, "samples": None})
+    return TranscriptionPlan(request, build_job(request, options, language, audio))
+
+
+def decode_input(request: Transcription, settings: ASRSettings) -> np.ndarray:
+    """Mono float32 samples at 16 kHz from the request's file or samples, under the service's audio limits."""
+    if request.file is not None:
+        return decode_audio(
+            request.file.data,
+            max_seconds=settings.max_audio_seconds,
+            filename=request.file.filename,
+            min_rate=settings.min_sample_rate,
+            max_rate=settings.max_sample_rate,
+            max_channels=settings.max_channels,
+        )
+    if request.samples is None:
+        raise InvalidArgument("file: send the audio", field="file")
+    if isinstance(request.samples.data, bytes):
+        return decode_pcm16(
+            request.samples.data,
+            request.samples.rate,
+            max_seconds=settings.max_audio_seconds,
+            min_rate=settings.min_sample_rate,
+            max_rate=settings.max_sample_rate,
+        )
+    return float_samples(request.samples.data, request.samples.rate, settings)
+
+
+def float_samples(samples: np.ndarray, rate: int | None, settings: ASRSettings) -> np.ndarray:
+    if rate is None:
+        raise InvalidArgument("parameter 'sample_rate': required with 'audio_samples'", field="sample_rate")
+    check_sample_rate(
+        rate, settings.min_sample_rate, settings.max_sample_rate, "audio_samples", field="sample_rate"
+    )
+    if samples.size == 0:
+        raise InvalidArgument("input 'audio_samples' is empty", field="audio_samples")
+    if samples.size > settings.max_audio_seconds * rate:
+        raise PayloadTooLarge(
+            f"input 'audio_samples' is {samples.size / rate:.1f} s long at {rate} Hz; the limit is "
+            f"{settings.max_audio_seconds:g} s",
+            field="audio_samples",
+        )
+    if not np.isfinite(samples).all():
+        raise InvalidArgument("input 'audio_samples' contains NaN or infinite samples", field="audio_samples")
+    mono = resample(samples.astype(np.float32, copy=False), rate, SAMPLE_RATE)
+    # The resampling filter may ring past full scale, as audio files' samples may exceed it.
+    return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
 
 
 def check_model(model: str | None, runner: ASRRunner) -> None:

@@ -1,12 +1,14 @@
-"""Assembles the ASR service for the kit: runner, batcher, routes, servicer, Open Inference Protocol model."""
+"""The ASR service for the kit: transcription (and translation, its other task), one operation bound to REST
+(OpenAI's audio routes), gRPC (asr.v1.SpeechRecognition) and the Open Inference Protocol model "asr"."""
 
-from protos import asr_pb2_grpc as pb_grpc
-from services.kit.service import GrpcServicer, Service
+from services.kit.operations import Operation
+from services.kit.service import Service
 
-from .grpc_servicer import SERVICE_NAME, SpeechRecognitionServicer
+from . import rest
+from .grpc_servicer import create_servicer
 from .oip import create_oip_model
-from .rest import create_router
 from .runner import ASRRunner
+from .schemas import Transcription, TranscriptionPlan, plan_transcription
 from .settings import ASRSettings
 
 
@@ -14,16 +16,6 @@ def create_service(settings: ASRSettings | None = None) -> Service:
     settings = settings or ASRSettings()
     runner = ASRRunner(settings)
     service = Service(name="asr", settings=settings, runner=runner)
-    batcher = service.batcher("transcribe", runner.predict_batch)
-    service.router = create_router(runner, batcher, settings)
-    service.grpc.append(
-        GrpcServicer(
-            pb_grpc.add_SpeechRecognitionServicer_to_server,
-            SpeechRecognitionServicer(runner, batcher, settings),
-            SERVICE_NAME,
-        )
-    )
-    service.oip.append(create_oip_model(runner, batcher, settings))
     service.models = lambda: [
         {
             "id": runner.model_id,
@@ -31,4 +23,18 @@ def create_service(settings: ASRSettings | None = None) -> Service:
             "assistant": settings.assistant_model or None,
         }
     ]
+    transcription: Operation[Transcription, TranscriptionPlan, None] = Operation(
+        "transcribe",
+        Transcription,
+        None,
+        service.batcher("transcribe", runner.predict_batch, decoder=runner),
+        prepare=lambda request: plan_transcription(request, runner, settings),
+        payload=lambda plan: plan.job,
+        key=lambda plan: plan.job.batch_key,
+        cost=lambda plan: runner.cost(plan.job),
+        nbytes=lambda plan: plan.job.nbytes,
+    )
+    service.router = rest.create_router(transcription, runner)
+    service.grpc.append(create_servicer(transcription, runner, settings))
+    service.oip.append(create_oip_model(transcription, runner, settings))
     return service

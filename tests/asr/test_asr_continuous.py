@@ -211,7 +211,9 @@ def test_auto_requests_keep_the_assistant_until_the_queue_is_deep(make_asr_setti
     threshold = with_assistant.settings.adaptive_threshold
     assert not with_assistant.step_decodable(auto)  # alone: assisted, whole-request
     assert not with_assistant.step_decodable(auto, waiting=threshold)
-    assert with_assistant.step_decodable(auto, waiting=threshold + 1)  # under load: the plain path, step by step
+    assert with_assistant.step_decodable(
+        auto, waiting=threshold + 1
+    )  # under load: the plain path, step by step
     assert with_assistant.step_decodable(plain)
 
 
@@ -255,3 +257,44 @@ def test_real_whisper_base_joining_works_match_their_lone_transcripts(event_loop
     for work, expected in zip(works, alone, strict=True):
         same_transcript(results[id(work)], expected)
         assert expected.segments
+
+
+def test_concurrent_requests_over_rest_join_one_decode_and_get_their_alone_transcripts(
+    make_asr_settings, audio_file, monkeypatch
+):
+    import concurrent.futures
+
+    import httpx
+
+    from services.asr.continuous import PlainDecodeLoop
+    from services.asr.service import create_service
+    from services.kit.testing import ServerThread
+
+    joined = []
+    original_join = PlainDecodeLoop.join
+
+    def counting_join(loop, works):
+        joined.append(len(works))
+        return original_join(loop, works)
+
+    monkeypatch.setattr(PlainDecodeLoop, "join", counting_join)
+    settings = make_asr_settings(assistant_model="", log_level="warning")
+    with ServerThread(lambda: [create_service(settings)], settings) as server:
+        url = f"{server.rest_url}/v1/audio/transcriptions"
+
+        def transcribe(seconds: float, seed: int) -> str:
+            files = {"file": ("clip.wav", audio_file(seconds, seed=seed), "audio/wav")}
+            response = httpx.post(
+                url, files=files, data={"model": "whisper-1", "language": "en"}, timeout=120
+            )
+            assert response.status_code == 200, response.text
+            return response.json()["text"]
+
+        clips = [(1.0 + i, 60 + i) for i in range(6)]
+        alone = [transcribe(*clip) for clip in clips]
+        joined.clear()
+        with concurrent.futures.ThreadPoolExecutor(len(clips)) as pool:
+            together = list(pool.map(lambda clip: transcribe(*clip), clips))
+    assert together == alone
+    assert sum(joined) == len(clips)
+    assert len(joined) < len(clips), "requests that arrived while one decoded joined its loop together"
