@@ -63,7 +63,8 @@ class _Call:
 
 @dataclass(eq=False)
 class _Rows:
-    """Per-row decoder state; dimension 0 (2 for the caches) is the row, in `SpeechLoop.rows` order."""
+    """Per-row decoder state; dimension 0 (2 for the caches) is the row, in `SpeechLoop.rows` order. The loop
+    keeps it in slots: room for more rows than run, the running ones first."""
 
     self_kv: torch.Tensor  # [layers, 2, rows, heads, positions, head_dim]
     cross_kv: torch.Tensor  # [layers, 2, rows, heads, encoder positions, head_dim]
@@ -73,25 +74,46 @@ class _Rows:
     last_frame: torch.Tensor  # [rows, mel bins]: the pre-net's next input
     positions: torch.Tensor  # [rows]: the position each row decodes next
 
-    def select(self, keep: torch.Tensor) -> "_Rows":
-        return _Rows(
-            self.self_kv.index_select(2, keep),
-            self.cross_kv.index_select(2, keep),
-            self.cross_mask.index_select(0, keep),
-            self.speakers.index_select(0, keep),
-            self.frames.index_select(0, keep),
-            self.last_frame.index_select(0, keep),
-            self.positions.index_select(0, keep),
-        )
+    def first(self, rows: int) -> "_Rows":
+        """Views of the first `rows` rows (writes to them land in these tensors)."""
+        return _Rows(**{name: _row_slice(name, tensor, slice(rows)) for name, tensor in vars(self).items()})
+
+    def move(self, targets: list[int], sources: list[int]) -> None:
+        """Copy the rows at `sources` into the rows at `targets`, every tensor at once."""
+        for name, tensor in vars(self).items():
+            index = (slice(None),) * _ROW_DIM.get(name, 0)
+            tensor[(*index, targets)] = tensor[(*index, sources)]
+
+    def resized(self, rows: int, **sizes: tuple[int, int]) -> "_Rows":
+        """A copy with room for `rows` rows and, for each `name=(dim, size)`, that size in that dimension; the
+        rows so far keep their values, new room is zero."""
+        grown = {}
+        for name, tensor in vars(self).items():
+            shape = list(tensor.shape)
+            shape[_ROW_DIM.get(name, 0)] = rows
+            if name in sizes:
+                dim, size = sizes[name]
+                shape[dim] = size
+            room = tensor.new_zeros(shape)
+            room[tuple(slice(0, size) for size in tensor.shape)] = tensor
+            grown[name] = room
+        return _Rows(**grown)
 
 
-def _pad_dim(tensor: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    missing = size - tensor.shape[dim]
-    if missing <= 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor, tensor.new_zeros(shape)], dim=dim)
+_ROW_DIM = {"self_kv": 2, "cross_kv": 2}  # the row dimension of each _Rows tensor; 0 when not named here
+
+
+@dataclass(eq=False)
+class _Prefill:
+    """A prepared call's rows, before they run."""
+
+    cross_kv: torch.Tensor  # [layers, 2, rows, heads, encoder positions, head_dim]
+    cross_mask: torch.Tensor  # [rows, encoder positions]
+    speakers: torch.Tensor  # [rows, speaker dim]
+
+
+def _row_slice(name: str, tensor: torch.Tensor, rows: slice) -> torch.Tensor:
+    return tensor[(slice(None),) * _ROW_DIM.get(name, 0) + (rows,)]
 
 
 class SpeechLoop:
@@ -108,18 +130,25 @@ class SpeechLoop:
         self.prenet_units = config.speech_decoder_prenet_units
         self.dropout = config.speech_decoder_prenet_dropout
         self.jobs: dict[Work, _Job] = {}
-        self.rows: list[tuple[_Call, int]] = []  # (call, sentence index) per decoder row
+        self.rows: list[tuple[_Call, int]] = []  # (call, sentence index) per running decoder row
         layers = config.decoder_layers
         empty = dict(device=self.device, dtype=self.dtype)
-        self.state = _Rows(
-            self_kv=torch.zeros(layers, 2, 0, self.heads, INITIAL_POSITIONS, self.head_dim, **empty),
-            cross_kv=torch.zeros(layers, 2, 0, self.heads, 1, self.head_dim, **empty),
-            cross_mask=torch.zeros(0, 1, dtype=torch.bool, device=self.device),
-            speakers=torch.zeros(0, config.speaker_embedding_dim, **empty),
-            frames=torch.zeros(0, INITIAL_POSITIONS, self.reduction * self.mel_bins, **empty),
-            last_frame=torch.zeros(0, self.mel_bins, **empty),
-            positions=torch.zeros(0, dtype=torch.long, device=self.device),
+        slots = runner.settings.max_rows_per_call
+        # Room for `slots` rows; the running ones are the first len(self.rows) (see `state`).
+        self.slots = _Rows(
+            self_kv=torch.zeros(layers, 2, slots, self.heads, INITIAL_POSITIONS, self.head_dim, **empty),
+            cross_kv=torch.zeros(layers, 2, slots, self.heads, 1, self.head_dim, **empty),
+            cross_mask=torch.zeros(slots, 1, dtype=torch.bool, device=self.device),
+            speakers=torch.zeros(slots, config.speaker_embedding_dim, **empty),
+            frames=torch.zeros(slots, INITIAL_POSITIONS, self.reduction * self.mel_bins, **empty),
+            last_frame=torch.zeros(slots, self.mel_bins, **empty),
+            positions=torch.zeros(slots, dtype=torch.long, device=self.device),
         )
+
+    @property
+    def state(self) -> _Rows:
+        """The running rows' state: views into the slots."""
+        return self.slots.first(len(self.rows))
 
     # -- DecodeLoop -----------------------------------------------------------------------------
 
@@ -163,8 +192,7 @@ class SpeechLoop:
                 limit = call.frame_limits[call.sentences.index(sentence)]
                 call.spectrograms[sentence] = spectrogram[:limit]
                 call.running -= 1
-        stopped = {row for rows in finished.values() for row in rows}
-        self._keep([row for row in range(len(self.rows)) if row not in stopped])
+        self._free([row for rows in finished.values() for row in rows])
         complete = [call for call in finished if call.running == 0]
         self._vocode(complete)
         done = []
@@ -174,14 +202,15 @@ class SpeechLoop:
                 done.append((call.job.work, result))
         return done
 
+    @torch.inference_mode()
     def leave(self, work: Work) -> None:
         job = self.jobs.pop(work, None)
         if job is not None:
-            self._keep([row for row, (call, _) in enumerate(self.rows) if call.job is not job])
+            self._free([row for row, (call, _) in enumerate(self.rows) if call.job is job])
 
     # -- calls ----------------------------------------------------------------------------------
 
-    def _prepare_call(self, job: _Job) -> tuple[_Call, _Rows]:
+    def _prepare_call(self, job: _Job) -> tuple[_Call, _Prefill]:
         """Encode the job's next call and compute its cross-attention keys and values (not yet running)."""
         runner, model, settings = self.runner, self.model, self.runner.settings
         sentences = job.calls[job.next_call]
@@ -214,42 +243,43 @@ class SpeechLoop:
         )
         cross_kv = cross_kv.view(*cross_kv.shape[:2], rows, length, self.heads, self.head_dim).transpose(3, 4)
         speaker = F.normalize(runner._speakers([job.job.speaker]))
-        state = self.state
-        positions = state.self_kv.shape[4]
-        return call, _Rows(
-            self_kv=state.self_kv.new_zeros(*state.self_kv.shape[:2], rows, *state.self_kv.shape[3:]),
-            cross_kv=cross_kv,
-            cross_mask=mask.bool(),
-            speakers=speaker.expand(rows, -1),
-            frames=state.frames.new_zeros(rows, positions, state.frames.shape[2]),
-            last_frame=state.last_frame.new_zeros(rows, self.mel_bins),
-            positions=state.positions.new_zeros(rows),
-        )
+        return call, _Prefill(cross_kv, mask.bool(), speaker.expand(rows, -1))
 
-    def _add(self, call: _Call, rows: _Rows) -> None:
+    def _add(self, call: _Call, prefill: _Prefill) -> None:
+        """Start the prepared call in the first free slots (more room when there is none)."""
         ROWS_PER_CALL.labels("synthesis").observe(len(call.sentences))
-        state = self.state
-        length = max(state.cross_kv.shape[4], rows.cross_kv.shape[4])
-        self.state = _Rows(
-            self_kv=torch.cat([state.self_kv, rows.self_kv], dim=2),
-            cross_kv=torch.cat(
-                [_pad_dim(state.cross_kv, 4, length), _pad_dim(rows.cross_kv, 4, length)], dim=2
-            ),
-            cross_mask=torch.cat(
-                [_pad_dim(state.cross_mask, 1, length), _pad_dim(rows.cross_mask, 1, length)], dim=0
-            ),
-            speakers=torch.cat([state.speakers, rows.speakers]),
-            frames=torch.cat([state.frames, rows.frames]),
-            last_frame=torch.cat([state.last_frame, rows.last_frame]),
-            positions=torch.cat([state.positions, rows.positions]),
-        )
+        start, end = len(self.rows), len(self.rows) + len(call.sentences)
+        slots, length = self.slots, prefill.cross_mask.shape[1]
+        have_rows, have_length = slots.speakers.shape[0], slots.cross_mask.shape[1]
+        if end > have_rows or length > have_length:
+            self.slots = slots = slots.resized(
+                max(end, 2 * have_rows) if end > have_rows else have_rows,
+                cross_kv=(4, max(length, have_length)),
+                cross_mask=(1, max(length, have_length)),
+            )
+        rows = slice(start, end)
+        # Left-over values of earlier rows stay in the caches and frames: the self-attention mask hides
+        # positions a row has not written, and the cross-attention mask the text positions it does not have.
+        slots.cross_kv[:, :, rows, :, :length] = prefill.cross_kv
+        slots.cross_mask[rows] = False
+        slots.cross_mask[rows, :length] = prefill.cross_mask
+        slots.speakers[rows] = prefill.speakers
+        slots.last_frame[rows] = 0
+        slots.positions[rows] = 0
         self.rows.extend((call, sentence) for sentence in call.sentences)
 
-    def _keep(self, rows: list[int]) -> None:
-        if len(rows) == len(self.rows):
+    def _free(self, rows: list[int]) -> None:
+        """Stop these rows: the last running rows move into the freed slots, so the running ones stay first."""
+        if not rows:
             return
-        self.state = self.state.select(torch.tensor(rows, dtype=torch.long, device=self.device))
-        self.rows = [self.rows[row] for row in rows]
+        freed, running = set(rows), len(self.rows) - len(set(rows))
+        targets = sorted(row for row in freed if row < running)
+        sources = [row for row in range(running, len(self.rows)) if row not in freed]
+        if targets:
+            self.slots.move(targets, sources)
+            for target, source in zip(targets, sources, strict=True):
+                self.rows[target] = self.rows[source]
+        del self.rows[running:]
 
     def _vocode(self, calls: list[_Call]) -> None:
         """Waveforms of the calls' sentences into their jobs' `ready`. The vocoder pads a call's spectrograms
@@ -288,12 +318,10 @@ class SpeechLoop:
     # -- the decoder step -----------------------------------------------------------------------
 
     def _grow(self, positions: int) -> None:
-        state = self.state
-        if positions <= state.self_kv.shape[4]:
-            return
-        size = max(positions, 2 * state.self_kv.shape[4])
-        state.self_kv = _pad_dim(state.self_kv, 4, size)
-        state.frames = _pad_dim(state.frames, 1, size)
+        have = self.slots.self_kv.shape[4]
+        if positions > have:
+            size = max(positions, 2 * have)
+            self.slots = self.slots.resized(self.slots.speakers.shape[0], self_kv=(4, size), frames=(1, size))
 
     def _dropout_masks(self) -> list[torch.Tensor]:
         """Each pre-net layer's dropout mask for every row, one mask per call, as `generate_speech` shares
@@ -301,24 +329,22 @@ class SpeechLoop:
         for every frame so far and uses the last): the same distribution at a constant cost per step. As in
         SpeechT5's pre-net, a unit is kept where the mask is 1, which it is with the dropout probability."""
         layers = len(self.model.speecht5.decoder.prenet.layers)
-        calls = list(dict.fromkeys(call for call, _ in self.rows))
+        calls = {call: index for index, call in enumerate(dict.fromkeys(call for call, _ in self.rows))}
         shape = torch.empty(layers, len(calls), self.prenet_units, device=self.device, dtype=self.dtype)
         drawn = torch.bernoulli(shape, self.dropout)
         for call in calls:
             call.steps += 1
-        return [
-            torch.cat([drawn[layer, index].expand(call.running, -1) for index, call in enumerate(calls)])
-            for layer in range(layers)
-        ]
+        row_calls = torch.tensor([calls[call] for call, _ in self.rows], device=self.device)
+        return list(drawn[:, row_calls])
 
     def _decode(self) -> list[bool]:
         """One step of every row; whether each row's stop probability reached the threshold."""
-        model, state = self.model, self.state
+        model = self.model
         prenet = model.speecht5.decoder.prenet
         masks = self._dropout_masks()
         length = 1 + max(call.steps - 1 for call, _ in self.rows)  # positions in use after this step
         self._grow(length)
-        rows = len(self.rows)
+        state, rows = self.state, len(self.rows)
         positions = state.positions
 
         hidden = state.last_frame
@@ -351,8 +377,8 @@ class SpeechLoop:
         postnet = model.speech_decoder_postnet
         spectrum = postnet.feat_out(output)  # [rows, reduction * mel bins]
         state.frames[row_index, positions] = spectrum
-        state.last_frame = spectrum[:, -self.mel_bins :]
-        state.positions = positions + 1
+        state.last_frame.copy_(spectrum[:, -self.mel_bins :])
+        state.positions.add_(1)
         stop = torch.sigmoid(postnet.prob_out(output)).sum(dim=-1) >= self.runner.settings.stop_threshold
         return stop.tolist()
 
