@@ -137,6 +137,11 @@ class TranslationRunner:
                 offset += count
         return results
 
+    def batch_key(self, job: TranslationJob) -> tuple:
+        """The job's batch key; with continuous batching off, greedy requests batch only with identical options
+        too, so that a whole-request batch is one generate call and no request waits for another's length."""
+        return job.batch_key if self.settings.continuous_batching else (job.pair, job.options)
+
     # Continuous batching (services.kit.continuous.StepDecoder): greedy requests decode step by step.
     def open_loop(self, key: Hashable, payload: TranslationJob, waiting: int = 1) -> GreedyLoop | None:
         """A decode loop for greedy requests of the payload's pair; None for beam search (and when continuous

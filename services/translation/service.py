@@ -32,7 +32,7 @@ def create_service(settings: TranslationSettings | None = None) -> Service:
         prepare=prepare,
         respond=lambda hypotheses, job: build_response(hypotheses, runner.model_name(job.pair)),
         cost=runner.cost,
-        key=lambda job: job.batch_key,
+        key=runner.batch_key,
     )
 
     service.router = APIRouter(tags=["translation"])

@@ -148,6 +148,9 @@ def test_switched_off_greedy_requests_of_mixed_lengths_batch_whole_request(sharp
     runner.load()
     jobs = [greedy([TEXTS[0]], 5), greedy([TEXTS[5], TEXTS[2]], 30)]
     assert runner.open_loop(jobs[0].batch_key, jobs[0]) is None
+    # Whole-request batches share one generate call: only identical options batch together.
+    assert runner.batch_key(jobs[0]) != runner.batch_key(jobs[1])
+    assert runner.batch_key(jobs[0]) == runner.batch_key(greedy([TEXTS[1]], 5))
     results = runner.predict_batch([standalone_work(job) for job in jobs])
     assert results[0] == [alone(runner, TEXTS[0], 5)]
     assert [len(hypotheses) for hypotheses in results[1]] == [1, 1]
