@@ -75,6 +75,15 @@ class Work:
             return True
         return self.deadline is not None and time.monotonic() > self.deadline
 
+    def resolve(self, result: Any) -> None:
+        """Hand the caller its result (an exception is raised to it), unless nobody waits any more."""
+        if self._future.done():
+            return
+        if isinstance(result, BaseException):
+            self._future.set_exception(result)
+        else:
+            self._future.set_result(result)
+
     def emit(self, event: Any) -> None:
         """Send a progress event to a streaming caller (no-op for unary callers). Thread-safe."""
         if self._events is not None:
@@ -500,12 +509,7 @@ class DynamicBatcher:
             self._batch_ended(batch, results, elapsed)
         for work, result in zip(batch, results, strict=True):
             metrics.COMPUTE_TIME.labels(batcher=self.name).observe(elapsed)
-            if work._future.done():
-                continue
-            if isinstance(result, BaseException):
-                work._future.set_exception(result)
-            else:
-                work._future.set_result(result)
+            work.resolve(result)
 
     def _batch_ended(self, batch: list[Work], results: Sequence[Any] | None, elapsed: float) -> None:
         """Compute time for the access log; the batch spans end, also when the loop stops mid-batch."""

@@ -248,12 +248,7 @@ class ContinuousBatcher(DynamicBatcher):
             work.spans.end_model(result)
             if work.spans.batch is not None:
                 work.spans.end_batch(result)
-        if work._future.done():
-            return
-        if isinstance(result, BaseException):
-            work._future.set_exception(result)
-        else:
-            work._future.set_result(result)
+        work.resolve(result)
 
     def _finish_all(self, running: dict[Work, int], error: Exception, elapsed: float) -> None:
         for work in running:

@@ -21,27 +21,6 @@ def tts_server(make_tts_settings):
         yield server
 
 
-@pytest.fixture(scope="module")
-def runner(tts_server):
-    return tts_server.services[0].runner
-
-
-@pytest.fixture
-def patch_synthesize(runner, monkeypatch):
-    """Run `hook(token_ids)` in the model thread before each generate call of the runner."""
-
-    def install(hook):
-        original = runner.synthesize
-
-        def synthesize(token_ids, speakers, speeds):
-            hook(token_ids)
-            return original(token_ids, speakers, speeds)
-
-        monkeypatch.setattr(runner, "synthesize", synthesize)
-
-    return install
-
-
 def speak(server, **body) -> httpx.Response:
     """Whole-file answers: a streamed one synthesizes its first sentence alone, which changes the calls."""
     return httpx.post(
