@@ -21,6 +21,11 @@ def tts_server(make_tts_settings):
         yield server
 
 
+@pytest.fixture(scope="module")
+def runner(tts_server):  # the conftest's runner is the session server's
+    return tts_server.services[0].runner
+
+
 def speak(server, **body) -> httpx.Response:
     """Whole-file answers: a streamed one synthesizes its first sentence alone, which changes the calls."""
     return httpx.post(
