@@ -92,14 +92,17 @@ class ContinuousBatcher(DynamicBatcher):
         head = self._queue[0]
         try:
             decode = await asyncio.wrap_future(
-                self._executor.run(self.owner, self.decoder.open_loop, head.key, head.payload, len(self._queue))
+                self._executor.run(
+                    self.owner, self.decoder.open_loop, head.key, head.payload, len(self._queue)
+                )
             )
         except Exception as exc:  # the request that cannot be decoded gets the error, the queue goes on
             log.exception("%s: opening a decode loop failed", self.name)
             self._unqueue(head)
-            if not head._future.done():
-                head._future.set_exception(exc)
+            head.resolve(exc)
             return
+        if not self._queue or self._queue[0] is not head:
+            return  # the request left (or the server stopped) while the loop opened: decide afresh
         if decode is None:
             await super()._run_next(loop)
             return
