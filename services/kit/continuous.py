@@ -21,7 +21,7 @@ from .batcher import (
     _release_accelerator_memory,
     is_out_of_memory,
 )
-from .errors import Cancelled, Overloaded, PayloadTooLarge
+from .errors import Cancelled, DeadlineExceeded, Overloaded, PayloadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class ContinuousBatcher(DynamicBatcher):
             leavers = [work for work in running if work.cancelled]
             for work in leavers:
                 del running[work]
-                self._finish(work, Cancelled("nobody waits for this request any more"))
+                self._finish(work, self._left(work))
             if not running and not joiners:
                 if leavers:
                     await asyncio.wrap_future(self._executor.run(self.owner, self._leave, decode, leavers))
@@ -215,6 +215,13 @@ class ContinuousBatcher(DynamicBatcher):
             except Exception as exc:
                 failed.append((work, self._join_error(exc)))
         return failed
+
+    def _left(self, work: Work) -> Exception:
+        """What a request that left the decode gets: its caller is gone, or its deadline passed (504)."""
+        if work._future.done():
+            return Cancelled("client disconnected")
+        metrics.REJECTED.labels(batcher=self.name, reason="deadline").inc()
+        return DeadlineExceeded(f"{self.name}: request took longer than its deadline")
 
     def _join_error(self, exc: Exception) -> Exception:
         if is_out_of_memory(exc):

@@ -9,7 +9,7 @@ import pytest
 
 from services.kit.batcher import Done
 from services.kit.continuous import ContinuousBatcher
-from services.kit.errors import Cancelled, Unavailable
+from services.kit.errors import Cancelled, DeadlineExceeded, Unavailable
 
 STEP_S = 0.004
 
@@ -286,3 +286,15 @@ async def test_stopping_while_a_loop_opens_ends_cleanly():
     await stopping
     with pytest.raises(Unavailable):
         await waiting
+
+
+async def test_a_request_past_its_deadline_leaves_the_decode_with_504_and_the_others_finish():
+    decoder = CountingDecoder()
+    batcher = make_batcher(decoder)
+    staying = asyncio.ensure_future(batcher.submit(Job("stay-", 40)))
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(Job("slow-", 10_000), timeout=15 * STEP_S)
+    await asyncio.sleep(10 * STEP_S)  # the next step's check
+    assert ("leave", "slow-") in decoder.log
+    assert await staying == expected(Job("stay-", 40))
+    await batcher.stop()
