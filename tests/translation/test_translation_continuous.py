@@ -157,7 +157,7 @@ def test_switched_off_greedy_requests_of_mixed_lengths_batch_whole_request(sharp
 
 
 def test_concurrent_greedy_requests_over_rest_get_their_alone_answers_and_short_ones_return_first(
-    sharp_model_dir,
+    sharp_model_dir, runner
 ):
     import concurrent.futures
     import time
@@ -183,7 +183,17 @@ def test_concurrent_greedy_requests_over_rest_get_their_alone_answers_and_short_
             assert response.status_code == 200, response.text
             return response.json()["translations"][0], time.monotonic()
 
-        requests = [(text, 200 if i == 0 else 3 + 7 * i) for i, text in enumerate(TEXTS)]
+        # The long request: a text the sharp model does not end early (it may stop at EOS on its own).
+        tokenizer, model = runner.tokenizers[PAIR], runner.models[PAIR]
+
+        def generated(text: str) -> int:
+            inputs = tokenizer([text], return_tensors="pt")
+            return model.generate(**inputs, num_beams=1, max_new_tokens=200).shape[1] - 1
+
+        long_text = max(TEXTS, key=generated)
+        assert generated(long_text) >= 150
+        short_texts = [text for text in TEXTS if text != long_text]
+        requests = [(long_text, 200), *((text, 3 + 7 * i) for i, text in enumerate(short_texts, start=1))]
         sequential = [translate(text, n)[0] for text, n in requests]
         with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
             long_request = pool.submit(translate, *requests[0])
