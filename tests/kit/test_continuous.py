@@ -235,51 +235,44 @@ async def test_stopping_answers_running_requests_with_503():
         await running
 
 
+class SlowOpening(CountingDecoder):
+    """Opening a loop holds the model thread until `release` is set (`opening` says it has begun)."""
+
+    def __init__(self):
+        super().__init__()
+        self.opening, self.release = threading.Event(), threading.Event()
+
+    def open_loop(self, key, payload, waiting=1):
+        self.opening.set()
+        self.release.wait(5)
+        return super().open_loop(key, payload, waiting)
+
+
 @pytest.mark.parametrize("key", [None, "beam"], ids=["step-decoded", "declined"])
 async def test_a_request_that_leaves_while_its_loop_opens_does_not_stall_the_batcher(key):
-    decoder = CountingDecoder()
-    opening, release = threading.Event(), threading.Event()
-    original_open = decoder.open_loop
-
-    def slow_open(key, payload, waiting=1):
-        opening.set()
-        release.wait(5)
-        return original_open(key, payload, waiting)
-
-    decoder.open_loop = slow_open
+    decoder = SlowOpening()
     batcher = make_batcher(decoder, max_batch_size=4)
     gone = asyncio.ensure_future(batcher.submit(Job("gone-", 3), key=key))
-    await asyncio.to_thread(opening.wait, 5)
+    await asyncio.to_thread(decoder.opening.wait, 5)
     gone.cancel()  # the client leaves while the model thread opens its loop
     await asyncio.sleep(0.01)
-    release.set()
-    decoder.open_loop = original_open
+    decoder.release.set()
     await asyncio.sleep(0.05)  # the batcher goes on with an empty queue
     assert batcher._task is not None and not batcher._task.done(), "the batcher's loop is still running"
     assert await batcher.submit(Job("next-", 2), key=key) == expected(Job("next-", 2))
     assert ("join", "gone-") not in decoder.log
     assert ["gone-"] not in decoder.whole_batches
-    assert batcher._task is not None and not batcher._task.done(), "the batcher's loop is still running"
     await batcher.stop()
 
 
 async def test_stopping_while_a_loop_opens_ends_cleanly():
-    decoder = CountingDecoder()
-    opening, release = threading.Event(), threading.Event()
-    original_open = decoder.open_loop
-
-    def slow_open(key, payload, waiting=1):
-        opening.set()
-        release.wait(5)
-        return original_open(key, payload, waiting)
-
-    decoder.open_loop = slow_open
+    decoder = SlowOpening()
     batcher = make_batcher(decoder)
     waiting = asyncio.ensure_future(batcher.submit(Job("w-", 3), key="beam"))  # declined: whole-request
-    await asyncio.to_thread(opening.wait, 5)
+    await asyncio.to_thread(decoder.opening.wait, 5)
     stopping = asyncio.ensure_future(batcher.stop())
     await asyncio.sleep(0.01)
-    release.set()
+    decoder.release.set()
     await stopping
     with pytest.raises(Unavailable):
         await waiting
