@@ -367,8 +367,7 @@ class DynamicBatcher:
     def _take_batch(self) -> list[Work]:
         """The oldest live request plus up to max_batch_size-1 queued ones with the same key, within the
         batch's cost cap."""
-        while self._queue and self._queue[0].cancelled:
-            self._drop(self._queue.popleft())
+        self._drop_expired_head()
         if not self._queue:
             return []
         key = self._queue[0].key
@@ -378,18 +377,28 @@ class DynamicBatcher:
             work = self._queue.popleft()
             if work.cancelled:
                 self._drop(work)
-            elif work.key == key and len(batch) < self.max_batch_size and self._fits(batch, batch_cost, work):
+            elif work.key == key and len(batch) < self.max_batch_size and self._fits(bool(batch), batch_cost, work):
                 batch.append(work)
                 batch_cost += work.cost
             else:
                 rest.append(work)
         self._queue = rest
-        self._queued_bytes = sum(work.nbytes for work in rest)
-        self._queue_depth.set(len(self._queue))
+        self._queue_taken()
         return batch
 
-    def _fits(self, batch: list[Work], batch_cost: float, work: Work) -> bool:
-        return not batch or self.max_batch_cost is None or batch_cost + work.cost <= self.max_batch_cost
+    def _drop_expired_head(self) -> None:
+        """Drop the requests at the head of the queue that nobody waits for any more."""
+        while self._queue and self._queue[0].cancelled:
+            self._drop(self._queue.popleft())
+
+    def _queue_taken(self) -> None:
+        """Requests left the queue for a model call: recount what waits."""
+        self._queued_bytes = sum(work.nbytes for work in self._queue)
+        self._queue_depth.set(len(self._queue))
+
+    def _fits(self, occupied: bool, batch_cost: float, work: Work) -> bool:
+        """Whether `work` fits the batch cost cap next to `batch_cost` (a lone request always fits)."""
+        return not occupied or self.max_batch_cost is None or batch_cost + work.cost <= self.max_batch_cost
 
     def _drop(self, work: Work) -> None:
         metrics.REJECTED.labels(batcher=self.name, reason="dropped_before_compute").inc()
@@ -439,8 +448,7 @@ class DynamicBatcher:
             _release_accelerator_memory()
             if len(batch) == 1:
                 log.warning("%s: a request ran out of memory on its own", self.name)
-                return [PayloadTooLarge(f"{self.name}: this request needs more memory than the server has; "
-                                        "send fewer or smaller inputs")]
+                return [self._too_large()]
             log.warning("%s: a batch of %d ran out of memory; running its requests one by one", self.name, len(batch))
             return [self._predict_alone(work) for work in batch]
         if len(results) != len(batch):
@@ -463,6 +471,12 @@ class DynamicBatcher:
             if work.spans is not None:
                 work.spans.end_model(results[position] if position < len(results) else None)
         return results
+
+    def _too_large(self) -> PayloadTooLarge:
+        """What a request gets that runs out of memory on its own."""
+        return PayloadTooLarge(
+            f"{self.name}: this request needs more memory than the server has; send fewer or smaller inputs"
+        )
 
     def _predict_alone(self, work: Work) -> Any:
         try:

@@ -21,7 +21,7 @@ from .batcher import (
     _release_accelerator_memory,
     is_out_of_memory,
 )
-from .errors import Cancelled, DeadlineExceeded, Overloaded, PayloadTooLarge
+from .errors import Cancelled, DeadlineExceeded, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ class ContinuousBatcher(DynamicBatcher):
         return work
 
     async def _run_next(self, loop: asyncio.AbstractEventLoop) -> None:
-        while self._queue and self._queue[0].cancelled:
-            self._drop(self._queue.popleft())
+        self._drop_expired_head()
         if not self._queue:
             return
         head = self._queue[0]
@@ -115,27 +114,23 @@ class ContinuousBatcher(DynamicBatcher):
 
     # -- the decode loop ---------------------------------------------------------------------------------------
 
-    def _take_joiners(self, key: Hashable, rows: int, cost: float) -> list[Work]:
-        """Waiting requests that join now: oldest first while they have the running key and fit."""
+    def _take_joiners(self, key: Hashable, rows: int, cost: float) -> dict[Work, int]:
+        """Waiting requests that join now, with their rows: oldest first while they have the running key and
+        fit."""
         self._arrived.clear()
-        joiners = []
-        while self._queue:
-            work = self._queue[0]
-            if work.cancelled:
-                self._drop(self._queue.popleft())
-                continue
-            if work.key != key:
+        joiners: dict[Work, int] = {}
+        while True:
+            self._drop_expired_head()
+            if not self._queue or self._queue[0].key != key:
                 break  # the oldest waiting request is of another key: let the loop drain for it
+            work = self._queue[0]
             work_rows = self.decoder.rows(work.payload)
-            running = rows > 0 or joiners
-            if running and rows + work_rows > self.max_batch_size:
+            occupied = rows > 0 or bool(joiners)
+            if (occupied and rows + work_rows > self.max_batch_size) or not self._fits(occupied, cost, work):
                 break
-            if running and self.max_batch_cost is not None and cost + work.cost > self.max_batch_cost:
-                break
-            joiners.append(self._queue.popleft())
+            joiners[self._queue.popleft()] = work_rows
             rows, cost = rows + work_rows, cost + work.cost
-        self._queued_bytes = sum(work.nbytes for work in self._queue)
-        self._queue_depth.set(len(self._queue))
+        self._queue_taken()
         return joiners
 
     async def _decode(self, decode: DecodeLoop, key: Hashable) -> None:
@@ -153,12 +148,14 @@ class ContinuousBatcher(DynamicBatcher):
                 return
             self._batches += 1
             started = time.monotonic()
-            for work in joiners:
-                running[work] = self.decoder.rows(work.payload)
+            for work, work_rows in joiners.items():
+                running[work] = work_rows
                 self._start(work, started, sum(running.values()))
             self._running = list(running)
             self.beat()
-            future = self._executor.run(self.owner, self._advance, decode, joiners, leavers, list(running))
+            future = self._executor.run(
+                self.owner, self._advance, decode, list(joiners), leavers, list(running)
+            )
             try:
                 failed, finished = await asyncio.wrap_future(future)
             except Exception as exc:  # a step failed: every running request gets the error, the loop ends
@@ -227,9 +224,7 @@ class ContinuousBatcher(DynamicBatcher):
         if is_out_of_memory(exc):
             _release_accelerator_memory()
             log.warning("%s: a request ran out of memory joining a decode", self.name)
-            return PayloadTooLarge(
-                f"{self.name}: this request needs more memory than the server has; send fewer or smaller inputs"
-            )
+            return self._too_large()
         log.warning("%s: a request could not join a decode: %r", self.name, exc)
         return exc
 
