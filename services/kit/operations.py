@@ -106,27 +106,22 @@ class Operation(Generic[RequestModel, Job, ResponseModel]):
             )
         request_model = self.request
 
+        async def answered(body: RequestModel, request: Request):
+            return await answer(await self.start(body, disconnected=request.is_disconnected, origin=request))
+
         if read is not None:
 
             async def endpoint(request: Request):
-                body = await read(request)
-                return await answer(
-                    await self.start(body, disconnected=request.is_disconnected, origin=request)
-                )
+                return await answered(await read(request), request)
         elif form:
             route_options.setdefault("openapi_extra", form_schema(request_model))
 
             async def endpoint(request: Request):
-                body = parse(request_model, await read_form(request, request_model))
-                return await answer(
-                    await self.start(body, disconnected=request.is_disconnected, origin=request)
-                )
+                return await answered(parse(request_model, await read_form(request, request_model)), request)
         else:
 
             async def endpoint(body: request_model, request: Request):  # type: ignore[valid-type]
-                return await answer(
-                    await self.start(body, disconnected=request.is_disconnected, origin=request)
-                )
+                return await answered(body, request)
 
         endpoint.__name__ = self.name
         router.add_api_route(path, endpoint, methods=["POST"], **route_options)
