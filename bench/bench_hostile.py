@@ -20,6 +20,7 @@ timed; its usual latency is subtracted (that row's seconds).
 
 import argparse
 import importlib
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -28,8 +29,17 @@ from pathlib import Path
 
 import grpc
 import httpx
+import numpy as np
+from hostile_platform import (
+    DEFAULT_REPO,
+    MemoryWatch,
+    Platform,
+    audio_upload,
+    http_post,
+    png_claiming,
+    speech_like,
+)
 
-from hostile_platform import DEFAULT_REPO, MemoryWatch, Platform, audio_upload, http_post, png_claiming, speech_like
 
 def vit_huge_string_tensor(platform: Platform, cap: float) -> tuple[str, str]:
     # Imported in main() already (importing TensorFlow takes seconds that are not the server's).

@@ -45,6 +45,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from services.kit.errors import InvalidArgument
+from services.kit.json_limits import json_shape_error
 from services.kit.torch_models import StopWhenCancelled
 
 from .runner import SAMPLE_RATE, ASRJob, ASRRunner, Transcript
@@ -90,6 +91,8 @@ class ChunkingOptions:
 AUTO = ChunkingOptions()
 # OpenAI's server_vad fields, with the largest value each may take.
 SERVER_VAD_LIMITS = {"threshold": 1.0, "prefix_padding_ms": 5000, "silence_duration_ms": 10000}
+# Its JSON text's elements (strings, commas, the object) with room to spare for fields refused by name.
+STRATEGY_JSON_ELEMENTS = 64
 
 
 def chunking_options(strategy: str | Mapping | None) -> ChunkingOptions | None:
@@ -106,6 +109,10 @@ def chunking_options(strategy: str | Mapping | None) -> ChunkingOptions | None:
             raise InvalidArgument(
                 f'{FIELD}: expected "auto" or a server_vad object, got {strategy[:50]!r}', field=FIELD
             )
+        # A server_vad object is flat and small: bounded before parsing, so deep nesting is a 400, not a
+        # RecursionError.
+        if problem := json_shape_error(text.encode(), max_depth=1, max_elements=STRATEGY_JSON_ELEMENTS):
+            raise InvalidArgument(f"{FIELD}: {problem}", field=FIELD)
         try:
             strategy = json.loads(text)
         except json.JSONDecodeError as exc:

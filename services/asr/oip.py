@@ -54,13 +54,17 @@ OUTPUTS = [
 def create_oip_model(transcription: Operation, runner: ASRRunner, settings: ASRSettings) -> OipModel:
     inputs = [
         Tensor("audio", "BYTES", (1,), optional=True),
-        # The longest audio accepted at the highest rate accepted; the rate actually sent is checked once known.
+        # The longest audio accepted at the highest rate accepted, and no more FP32 values than a request may
+        # carry (4 bytes each, the most compact encoding); the rate actually sent is checked once known.
         Tensor(
             "audio_samples",
             "FP32",
             (-1,),
             optional=True,
-            max_elements=int(settings.max_audio_seconds * settings.max_sample_rate),
+            max_elements=min(
+                int(settings.max_audio_seconds * settings.max_sample_rate),
+                max(settings.max_body_bytes, settings.grpc_max_message_bytes) // 4,
+            ),
         ),
     ]
 

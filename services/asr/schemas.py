@@ -2,7 +2,6 @@
 limits, the audio it carries as the runner's samples, and the response formats of OpenAI's audio API (json,
 text, verbose_json, srt, vtt, and the transcript.text.* stream events)."""
 
-import asyncio
 from dataclasses import dataclass
 from typing import Literal
 
@@ -10,6 +9,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.kit.audio import check_sample_rate, decode_audio, decode_pcm16, resample
+from services.kit.decoding import run_decoding
 from services.kit.errors import InvalidArgument, NotFound, PayloadTooLarge
 from services.kit.operations import Upload
 
@@ -119,7 +119,7 @@ async def plan_transcription(
 ) -> TranscriptionPlan:
     """The request checked (before any audio is decoded), then its audio decoded off the event loop."""
     options, language = check_request(request, request.task, runner, settings)
-    audio = await asyncio.to_thread(decode_input, request, settings)
+    audio = await run_decoding(decode_input, request, settings)
     request = request.model_copy(update={"file": None, "samples": None})
     return TranscriptionPlan(request, build_job(request, options, language, audio))
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from services.kit.decoding import check_decoding_work
 from services.kit.errors import InvalidArgument, PayloadTooLarge, UnsupportedMediaType
 
 READABLE_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -19,9 +20,11 @@ MIN_SIDE = 64
 
 
 def decode_image(data: bytes, *, field: str, max_pixels: int) -> Image.Image:
-    """An uploaded PNG/JPEG/WebP, EXIF rotation applied; the pixel count is checked before decoding."""
+    """An uploaded PNG/JPEG/WebP, EXIF rotation applied; the pixel count and the work its structure multiplies
+    (JPEG scans, PNG chunks, WebP frames) are checked before decoding. Call it through run_decoding."""
     if not data:
         raise InvalidArgument(f"{field}: the file is empty", field=field)
+    check_decoding_work(data, field)
     try:
         image = Image.open(io.BytesIO(data), formats=READABLE_FORMATS)
     except Image.DecompressionBombError as exc:

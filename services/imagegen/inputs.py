@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.kit.decoding import run_decoding
 from services.kit.errors import InvalidArgument, PayloadTooLarge
 
 DATA_URL = re.compile(
@@ -48,7 +49,7 @@ async def load_reference(
         raise InvalidArgument(f"{field}: give image_url (a data: URL)", field=field)
     url = reference.image_url
     if url[:5].lower() == "data:":
-        return await asyncio.to_thread(decode_data_url, url, f"{field}.image_url", max_bytes)
+        return await run_decoding(decode_data_url, url, f"{field}.image_url", max_bytes)
     return await fetch_remote(
         url, f"{field}.image_url", allowed_hosts=allowed_hosts, max_bytes=max_bytes, timeout_s=timeout_s
     )

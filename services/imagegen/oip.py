@@ -60,7 +60,7 @@ def oip_model(generate: Operation, runner: ImageGenRunner, settings: ImageGenSet
     ]
     outputs = [
         Tensor("images", "UINT8", (-1, -1, -1, 3)),
-        Tensor("images_png", "BYTES", (-1,)),
+        Tensor("images_png", "BYTES", (-1,), files=True),
         Tensor("seeds", "INT64", (-1,)),
         Tensor("nsfw_content_detected", "BOOL", (-1,)),
         Tensor("step", "INT32", (1,)),
@@ -105,7 +105,21 @@ def oip_model(generate: Operation, runner: ImageGenRunner, settings: ImageGenSet
         parameters=PARAMETERS,
         answer=generated,
         stream=generated_by_step,
+        output_sizes=output_sizes,
     )
+
+
+def output_sizes(plan: Generation) -> dict[str, int]:
+    """What n, width and height make of the response: pixels, and PNG files no larger than their pixels plus a
+    filter byte per row and zlib's stored-block overhead (bounded by one byte per pixel here)."""
+    job = plan.job
+    count, pixels = len(job.seeds), job.width * job.height
+    return {
+        "images": count * pixels * 3,
+        "images_png": count * (pixels * 4 + 1024),
+        "seeds": count,
+        "nsfw_content_detected": count,
+    }
 
 
 def report_task(call: Call[Generation]) -> None:

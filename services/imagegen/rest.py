@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from services.kit.batcher import Done, DynamicBatcher
+from services.kit.decoding import check_decoding_work, run_decoding
 from services.kit.errors import InvalidArgument, NotFound, UnsupportedMediaType
 from services.kit.json_limits import parses_as_json
 from services.kit.operations import Call, Operation
@@ -31,7 +32,7 @@ from services.kit.streaming import SSE_MEDIA_TYPE, rest_stream, sse_event
 from services.kit.validation import parse
 
 from .files import ImageStore
-from .images import decode_image, encode_image, mask_from, media_type, reference_sheet
+from .images import MIN_SIDE, decode_image, encode_image, mask_from, media_type, reference_sheet
 from .inputs import load_reference
 from .openai_params import ModelProfile, OpenAIPlan, plan_request
 from .runner import TEXT_TO_IMAGE, GeneratedImage, ImageGenRunner, ImageJob, Preview, Progress
@@ -226,10 +227,29 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
                     )
 
     def edit_job(edit: EditInput, plan: OpenAIPlan, strength: float | None, prompt_required: bool):
+        """Checks the edit's parameters, then returns the step that decodes its uploads into the job."""
         body = edit.fields
+        options = body.model_copy(update=plan.option_updates())
+        # Every parameter (steps, n, strength, size...) is checked against a stand-in source first: a refused
+        # request must cost no decoding.
+        stand_in = Image.new("L", (MIN_SIDE, MIN_SIDE))
+        build_job(
+            options,
+            runner,
+            size=plan.size,
+            size_field="size",
+            streaming=body.stream,
+            strength=strength,
+            image=stand_in,
+            mask=None if edit.mask is None else stand_in,
+            prompt_required=prompt_required,
+        )
 
         def make_job() -> ImageJob:
             limit = settings.max_input_pixels
+            # Every upload's structure before any is decoded: the sheet decodes them one after another.
+            for field, data in [*edit.images, *([("mask", edit.mask)] if edit.mask is not None else [])]:
+                check_decoding_work(data, field)
             if len(edit.images) == 1:
                 field, data = edit.images[0]
                 image = decode_image(data, field=field, max_pixels=limit)
@@ -241,7 +261,7 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
                 else mask_from(decode_image(edit.mask, field="mask", max_pixels=limit))
             )
             return build_job(
-                body.model_copy(update=plan.option_updates()),
+                options,
                 runner,
                 size=plan.size,
                 size_field="size",
@@ -266,7 +286,7 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
     async def plan_edits(edit: EditInput) -> OpenAIGeneration:
         plan = plan_request(edit.fields, runner, not_applicable=("input_fidelity",))
         make_job = edit_job(edit, plan, edit.fields.strength, prompt_required=True)
-        return await asyncio.to_thread(planned, edit.fields, plan, "image_edit", make_job, edit.nbytes)
+        return await run_decoding(planned, edit.fields, plan, "image_edit", make_job, edit.nbytes)
 
     async def plan_variations(edit: EditInput) -> OpenAIGeneration:
         body = edit.fields
@@ -275,7 +295,7 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
         )
         strength = settings.variation_strength if body.strength is None else body.strength
         make_job = edit_job(edit, plan, strength, prompt_required=False)
-        return await asyncio.to_thread(planned, body, plan, "image_variation", make_job, edit.nbytes)
+        return await run_decoding(planned, body, plan, "image_variation", make_job, edit.nbytes)
 
     def operation(name: str, request: type[BaseModel], prepare) -> Operation:
         return Operation(

@@ -5,9 +5,10 @@ No web code. The three diffusers pipelines are built once from the same loaded c
 so schedulers switch per request without reloading weights or touching the shared pipelines.
 """
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from prometheus_client import Counter, Gauge
 
 from services.kit.batcher import Work
 from services.kit.errors import Cancelled
-from services.kit.torch_models import TorchRuntime, pretrained_kwargs, resolve_source
+from services.kit.torch_models import StopWhenCancelled, TorchRuntime, pretrained_kwargs, resolve_source
 
 from .settings import ImageGenSettings
 
@@ -81,7 +82,9 @@ STEPS = Counter(
 )
 IMAGES = Counter("imagegen_images_total", "Images generated", ["task"])
 INTERRUPTED = Counter(
-    "imagegen_interrupted_total", "Pipeline calls stopped early because every caller had gone"
+    "imagegen_interrupted_total",
+    "Pipeline calls stopped early (remaining steps, VAE decode and post-processing skipped) because every caller "
+    "had gone",
 )
 STEPS_PER_SECOND = Gauge("imagegen_denoising_steps_per_second", "Denoising steps per second of the last call")
 IMAGES_PER_SECOND = Gauge("imagegen_images_per_second", "Images per second of the last pipeline call")
@@ -325,18 +328,21 @@ class ImageGenRunner:
             executed += 1
             STEPS.labels(first.task).inc()
             if on_step is not None and on_step(step + 1, pipe.num_timesteps, tensors["latents"]):
-                pipe._interrupt = True  # diffusers skips the remaining steps
+                # Leaves the pipeline call: diffusers' own interrupt flag would skip the remaining steps but still
+                # VAE-decode (and safety-check) every image for nobody.
+                raise Cancelled(f"all {len(jobs)} requests of the pipeline call were cancelled")
             return tensors
 
         started = time.perf_counter()
-        output = pipe(**inputs, callback_on_step_end=step_end)
+        try:
+            output = pipe(**inputs, callback_on_step_end=step_end)
+        except Cancelled:
+            INTERRUPTED.inc()
+            raise
         elapsed = time.perf_counter() - started
         STEPS_PER_SECOND.set(executed / elapsed)
-        if pipe.interrupt:
-            INTERRUPTED.inc()
-        else:
-            IMAGES.labels(first.task).inc(len(prompts))
-            IMAGES_PER_SECOND.set(len(prompts) / elapsed)
+        IMAGES.labels(first.task).inc(len(prompts))
+        IMAGES_PER_SECOND.set(len(prompts) / elapsed)
         flags = output.nsfw_content_detected or [None] * len(prompts)
         results, offset = [], 0
         for job in jobs:
@@ -357,11 +363,27 @@ class ImageGenRunner:
                 results.extend(Cancelled("request cancelled before it started") for _ in chunk)
                 continue
             try:
-                results.extend(self.generate([work.payload for work in chunk], self._listener(chunk)))
+                with self._decode_checked(chunk):
+                    results.extend(self.generate([work.payload for work in chunk], self._listener(chunk)))
+            except Cancelled as exc:  # every caller of the chunk left: nothing to answer, nothing to log
+                results.extend(exc for _ in chunk)
             except Exception as exc:  # this call failed (e.g. out of memory); other chunks still answer
                 log.exception("generation of %d requests failed", len(chunk))
                 results.extend(exc for _ in chunk)
         return results
+
+    @contextlib.contextmanager
+    def _decode_checked(self, works: list[Work]) -> Iterator[None]:
+        """Checks the works before every ResNet block of the VAE decoder: a decode (seconds for large images on a
+        CPU) stops within a block once every caller has gone, and each check lets other services' calls take
+        their turn on a shared model thread."""
+        stop = StopWhenCancelled(works)
+        decoder = self.pipelines[TEXT_TO_IMAGE].vae.decoder  # every pipeline view shares this VAE
+        blocks = [resnet for block in [decoder.mid_block, *decoder.up_blocks] for resnet in block.resnets]
+        with contextlib.ExitStack() as checks:
+            for block in blocks:
+                checks.enter_context(stop.checked_before(block))
+            yield
 
     def _chunks(self, works: list[Work]) -> list[list[Work]]:
         chunks, current, images = [], [], 0

@@ -6,6 +6,7 @@ import asyncio
 from protos import imagegen_pb2 as pb
 from protos import imagegen_pb2_grpc as pb_grpc
 from services.kit.batcher import Done
+from services.kit.decoding import run_decoding
 from services.kit.operations import Call, Operation, Upload, message_fields
 from services.kit.service import GrpcServicer, Service
 
@@ -31,8 +32,10 @@ def create_service(settings: ImageGenSettings | None = None) -> Service:
         GenerateInput,
         None,
         batcher,
-        # Decodes the source image: off the event loop.
-        prepare=lambda body: asyncio.to_thread(plan_generation, body, runner),
+        # Decodes and resizes the source image (if any) on the decoding threads, off the event loop.
+        prepare=lambda body: (run_decoding if has_source(body) else asyncio.to_thread)(
+            plan_generation, body, runner
+        ),
         payload=lambda generation: generation.job,
         key=lambda generation: generation.job.batch_key,
         cost=lambda generation: generation.job.cost,
@@ -52,6 +55,10 @@ def create_service(settings: ImageGenSettings | None = None) -> Service:
         }
     ]
     return service
+
+
+def has_source(body: GenerateInput) -> bool:
+    return any(source is not None for source in (body.image, body.mask, body.image_pixels, body.mask_pixels))
 
 
 def grpc_servicer(generate: Operation, runner: ImageGenRunner) -> GrpcServicer:

@@ -7,6 +7,7 @@ tts extra; imported on first use, so other services neither need nor load it). D
 anything is allocated: the header's sample rate, channel count and length are checked first, then the
 samples are read in fixed-size blocks, folded to mono and resampled block by block, so neither a lying
 header nor a tiny file that decodes to hours of audio can take more memory than the duration limit allows.
+Services call `decode_audio` through `services.kit.decoding.run_decoding`: decoding has threads of its own.
 """
 
 import importlib.util

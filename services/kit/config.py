@@ -34,12 +34,46 @@ class ServerSettings(BaseSettings):
         128, ge=1, description="requests handled at once per process (REST and gRPC each); beyond it 503"
     )
     body_timeout_s: float = Field(60.0, gt=0, description="a request body still arriving after this gets 408")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a REST connection that has not sent a complete request head this long after it "
+        "opened or after its previous response is closed (408 if part of a head came); gRPC: the HTTP/2 handshake"
+    )
+    max_connections: int = Field(
+        4096, ge=1, description="open connections per process and protocol (lowered to a third of the open-file "
+        "limit); beyond it REST closes the connection that has waited longest for a request head (the new one "
+        "when none waits) and gRPC refuses new ones"
+    )
+    grpc_max_streams_per_connection: int = Field(
+        100, ge=1, description="concurrent RPCs one gRPC connection may open (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)"
+    )
+    grpc_max_health_watches: int = Field(
+        32, ge=1, description="open grpc.health.v1.Health/Watch streams (they need no key and never end); beyond "
+        "it RESOURCE_EXHAUSTED. They never take the slots of max_concurrency"
+    )
+    grpc_keepalive_time_s: float = Field(
+        60.0, gt=0, description="the server pings each gRPC connection this often to find dead peers (and end "
+        "their streams), closing it when no answer comes within grpc_keepalive_timeout_s"
+    )
+    grpc_keepalive_timeout_s: float = Field(20.0, gt=0)
+    grpc_min_ping_interval_s: float = Field(
+        10.0, gt=0, description="clients pinging more often than this (or at all without an RPC open) earn a "
+        "strike; after grpc_max_ping_strikes the connection is closed (GOAWAY too_many_pings)"
+    )
+    grpc_max_ping_strikes: int = Field(2, ge=0)
+    grpc_max_connection_idle_s: float = Field(
+        300.0, gt=0, description="a gRPC connection without an RPC this long is closed (clients reconnect)"
+    )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="REST bodies above this get 413")
     max_json_depth: int = Field(32, ge=1, description="JSON bodies nested deeper get 400 before parsing")
     max_json_elements: int = Field(
         10_000, ge=1, description="JSON bodies with more strings, arrays, objects and commas get 400 before parsing"
     )
     grpc_max_message_bytes: int = Field(32 * 1024 * 1024, ge=4 * 1024 * 1024)
+    max_response_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024 * 1024, description="REST Open Inference Protocol requests whose response could "
+        "exceed this (from the request's parameters and outputs, before compute) get 400; gRPC's bound is "
+        "grpc_max_message_bytes"
+    )
     host: str = "0.0.0.0"
     rest_port: int = 8000
     grpc_port: int = 50051

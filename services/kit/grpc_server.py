@@ -3,7 +3,6 @@
 import asyncio
 import logging
 import time
-import uuid
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,7 +15,7 @@ from protos.inference import SERVICE_NAME as OIP_SERVICE
 from . import logs, metrics, oip, tracing
 from .auth import ApiKeys
 from .config import ServiceSettings
-from .errors import ServiceError, Unauthenticated, Unavailable
+from .errors import Overloaded, ServiceError, Unauthenticated, Unavailable
 from .service import Service
 from .state import ServerState
 
@@ -30,6 +29,8 @@ OPEN_PREFIXES = ("/grpc.health.",)
 # like every other RPC they are counted and their errors mapped to status codes.
 UNGATED_METHODS = {f"/{OIP_SERVICE}/{method}" for method in ("ServerLive", "ServerReady", "ModelReady")}
 REQUEST_ID_KEY = "x-request-id"
+# RPCs grpc admits beyond max_concurrency and the health Watch streams: health checks and refusals.
+SHORT_CALL_HEADROOM = 32
 # Status codes that make a server span an error (OpenTelemetry's gRPC conventions): the others are the caller's.
 SERVER_ERRORS = {
     grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
@@ -58,10 +59,9 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         metadata = handler_call_details.invocation_metadata
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        if not self._key_allowed(metadata):
-            missing_key = Unauthenticated("missing or invalid API key: send metadata 'authorization: Bearer <key>'")
+        if (key_error := self._key_error(metadata)) is not None:
             refused = logs.RequestRecord("grpc", self.service, _request_id(metadata), route=method)
-            return _refusal(handler, method, missing_key, refused)
+            return _refusal(handler, method, key_error, refused)
         if method.startswith(EXEMPT_PREFIXES):
             return handler
         gated = method not in UNGATED_METHODS
@@ -111,16 +111,21 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         if self.state.draining:
             raise Unavailable("server is shutting down", retry_after=self.retry_after_s)
 
-    def _key_allowed(self, metadata) -> bool:
+    def _key_error(self, metadata) -> Unauthenticated | None:
         if not self.api_keys.enabled:
-            return True
+            return None  # repeated metadata means nothing here then: nothing reads it
         values = [value for key, value in metadata or () if key == "authorization"]
-        return bool(values) and self.api_keys.allows(values[0] if isinstance(values[0], str) else None)
+        if len(values) > 1:
+            # A proxy may check one and this server another: neither is trusted.
+            return Unauthenticated("more than one 'authorization' metadata entry: send exactly one")
+        if values and isinstance(values[0], str) and self.api_keys.allows(values[0]):
+            return None
+        return Unauthenticated("missing or invalid API key: send metadata 'authorization: Bearer <key>'")
 
 
 def _request_id(metadata) -> str:
-    values = [value for key, value in metadata or () if key == REQUEST_ID_KEY and isinstance(value, str)]
-    return values[0] if values else uuid.uuid4().hex
+    values = [value for key, value in metadata or () if key == REQUEST_ID_KEY]
+    return logs.request_id_from(values[0] if values else None)
 
 
 def _message_size(message) -> int:
@@ -227,23 +232,124 @@ class _TrackedCall:
             self.span.end()
 
 
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """At most `max_concurrency` RPCs at once, the health service not among them. grpc's own
+    `maximum_concurrent_rpcs` counts every RPC: open health Watch streams (no key, never ending) took the slots
+    of work and then refused Health/Check too. Placed after ServingInterceptor, so a call refused for its key
+    never takes a slot either."""
+
+    def __init__(self, max_concurrency: int, retry_after_s: float):
+        self.max_concurrency = max_concurrency
+        self.retry_after_s = retry_after_s
+        self.active = 0
+        metrics.REJECTED.labels(batcher="grpc", reason="concurrency")  # at 0 from the start, for rate()
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
+            return handler
+        kwargs = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def unary_response(request_or_iterator, context):
+                await self._admit(context)
+                try:
+                    return await inner(request_or_iterator, context)
+                finally:
+                    self.active -= 1
+
+            factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+            return factory(unary_response, **kwargs)
+
+        inner = handler.unary_stream or handler.stream_stream
+
+        async def streamed_response(request_or_iterator, context):
+            await self._admit(context)
+            try:
+                async for item in inner(request_or_iterator, context):
+                    yield item
+            finally:
+                self.active -= 1
+
+        factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+        return factory(streamed_response, **kwargs)
+
+    async def _admit(self, context) -> None:
+        if self.active >= self.max_concurrency:
+            metrics.REJECTED.labels(batcher="grpc", reason="concurrency").inc()
+            error = Overloaded(
+                f"{self.active} requests in progress, the limit of this server; try again shortly",
+                retry_after=self.retry_after_s,
+            )
+            metadata = tuple((key.lower(), value) for key, value in error.headers().items())
+            await context.abort(error.grpc_code, error.message, trailing_metadata=metadata)
+        self.active += 1
+
+
+class BoundedHealthServicer(health.aio.HealthServicer):
+    """grpc's health service with a bound on Watch streams, which need no key and stay open until the client
+    leaves: beyond it Watch answers RESOURCE_EXHAUSTED while Check keeps answering."""
+
+    def __init__(self, max_watches: int):
+        super().__init__()
+        self.max_watches = max_watches
+        self.watches = 0
+
+    async def Watch(self, request, context) -> None:  # noqa: N802 - the gRPC method's name
+        if self.watches >= self.max_watches:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.watches} health Watch streams open, the limit of this server; use Health/Check",
+            )
+        self.watches += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self.watches -= 1
+
+
 def create_grpc_server(
-    services: list[Service], state: ServerState, settings: ServiceSettings, api_keys: ApiKeys | None = None
+    services: list[Service],
+    state: ServerState,
+    settings: ServiceSettings,
+    api_keys: ApiKeys | None = None,
+    *,
+    max_connections: int | None = None,
 ) -> grpc.aio.Server:
+    """`max_connections` overrides settings.max_connections (the server lowers it to fit the open-file limit)."""
     max_message_bytes = settings.grpc_max_message_bytes
+
+    def ms(seconds: float) -> int:
+        return max(1, round(seconds * 1000))
+
     server = grpc.aio.server(
         interceptors=[
             ServingInterceptor(
                 state, api_keys or ApiKeys.from_env(), settings.retry_after_s,
                 service=services[0].name if len(services) == 1 else "platform",
-            )
+            ),
+            AdmissionInterceptor(settings.max_concurrency, settings.retry_after_s),
         ],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_allowed_incoming_connections", max_connections or settings.max_connections),
+            ("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection),
+            # A connection that opens and never finishes its HTTP/2 handshake (gRPC's slowloris).
+            ("grpc.server_handshake_timeout_ms", ms(settings.header_timeout_s)),
+            ("grpc.max_connection_idle_ms", ms(settings.grpc_max_connection_idle_s)),
+            # Dead peers are found (and their streams, health Watch ones included, ended) by the server's pings.
+            ("grpc.keepalive_time_ms", ms(settings.grpc_keepalive_time_s)),
+            ("grpc.keepalive_timeout_ms", ms(settings.grpc_keepalive_timeout_s)),
+            # Clients' pings: no more often than this, and only while an RPC is open; else strikes, then GOAWAY.
+            ("grpc.http2.min_ping_interval_without_data_ms", ms(settings.grpc_min_ping_interval_s)),
+            ("grpc.http2.max_ping_strikes", settings.grpc_max_ping_strikes),
+            ("grpc.keepalive_permit_without_calls", 0),
         ],
-        # Beyond this grpc answers RESOURCE_EXHAUSTED itself, before any handler runs.
-        maximum_concurrent_rpcs=settings.max_concurrency,
+        # A backstop over everything, health included, beyond the two bounds above: Health/Check and refusals
+        # (short calls) always have this headroom.
+        maximum_concurrent_rpcs=settings.max_concurrency + settings.grpc_max_health_watches + SHORT_CALL_HEADROOM,
     )
     names = []
     for service in services:
@@ -251,9 +357,9 @@ def create_grpc_server(
             entry.add_to_server(entry.servicer, server)
             names.append(entry.service_name)
     registry = oip.Registry([model for service in services for model in service.oip], state)
-    oip.add_to_server(oip.InferenceServicer(registry), server)
+    oip.add_to_server(oip.InferenceServicer(registry, max_message_bytes), server)
 
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = BoundedHealthServicer(settings.grpc_max_health_watches)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
     def publish(serving: bool) -> None:

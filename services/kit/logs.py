@@ -11,8 +11,10 @@ shape (a few standard keys plus the record's `fields`), and this keeps the kit's
 
 import json
 import logging
+import re
 import sys
 import time
+import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -22,8 +24,19 @@ ACCESS_LOGGER = "modelserve.access"
 access_log = logging.getLogger(ACCESS_LOGGER)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# A caller's request id is logged as sent, up to this length.
+# A caller's request id is kept only when it is this long at most and printable ASCII without spaces:
+# anything else could forge log lines or response headers, so it is replaced by a generated id.
 MAX_REQUEST_ID = 128
+_REQUEST_ID = re.compile(rf"[!-~]{{1,{MAX_REQUEST_ID}}}")
+
+
+def request_id_from(sent: str | bytes | None) -> str:
+    """The caller's request id (x-request-id) when it is safe to echo and log, else a new one."""
+    if isinstance(sent, bytes):
+        sent = sent.decode("latin-1")
+    if sent and _REQUEST_ID.fullmatch(sent):
+        return sent
+    return uuid.uuid4().hex
 
 
 def _trace_fields() -> dict:
@@ -117,7 +130,7 @@ class RequestRecord:
 
     def fields(self) -> dict:
         return {
-            "request_id": self.request_id[:MAX_REQUEST_ID],
+            "request_id": self.request_id,
             "service": self.service,
             "protocol": self.protocol,
             "method": self.method,

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from protos import inference as pb
 
 from .errors import InvalidArgument, NotFound, PayloadTooLarge, ServiceError, UnsupportedMediaType
-from .json_limits import json_shape_error
+from .json_limits import JsonScanner
 from .state import ServerState
 
 SERVER_NAME = "modelserve"
@@ -32,6 +32,18 @@ EXTENSIONS = ["binary_tensor_data", "parameters"]
 HEADER_LENGTH = "inference-header-content-length"
 # JSON elements a request may hold besides its tensors' data: names, shapes, parameters.
 JSON_OVERHEAD_ELEMENTS = 2_000
+# Tensor values a JSON request body may hold, whatever the model takes: each becomes a Python object (~32 bytes,
+# 8x a binary FP32) while parsing. Larger tensors travel in the binary extension (tritonclient's default).
+MAX_JSON_TENSOR_VALUES = 1_000_000
+# Inflated request bodies are checked a piece at a time, so a refused one is refused while it inflates.
+INFLATE_PIECE_BYTES = 1 << 20
+# The most bytes one element of each datatype takes in a JSON response (a float32 widens to a double's repr, a
+# comma follows each); BYTES outputs are sized in bytes, which JSON's escapes may make 6 times longer.
+JSON_WIDTHS = {
+    "BOOL": 6, "UINT8": 4, "UINT16": 6, "UINT32": 11, "UINT64": 21, "INT8": 5, "INT16": 7, "INT32": 12,
+    "INT64": 21, "FP16": 24, "FP32": 24, "FP64": 25,
+}
+JSON_ESCAPE_FACTOR = 6
 
 NUMPY_TYPES: dict[str, Any] = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
@@ -58,6 +70,8 @@ class Tensor:
     shape: tuple[int, ...]
     max_elements: int = 1
     optional: bool = False
+    # BYTES holding encoded files (PNG, WAV: never UTF-8 text), which travel as raw bytes even in a JSON response.
+    files: bool = False
 
     def metadata(self) -> dict:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
@@ -86,6 +100,35 @@ class InferRequest:
     response_parameters: dict[str, Any] = field(default_factory=dict)
     # The outputs the client named (empty: all the model produces); a model may refuse or skip work by them.
     requested_outputs: tuple[str, ...] = ()
+    # The response's bound on this transport, and the outputs it would send as JSON text (the rest as raw bytes).
+    max_response_bytes: int | None = None
+    json_outputs: frozenset[str] = frozenset()
+
+    def check_response_size(self, sizes: dict[str, int], setting: str = "max_response_bytes") -> None:
+        """Refuses, before any compute, a request whose response could exceed the transport's bound. `sizes`: the
+        most elements each output may hold, or for BYTES outputs the most bytes; outputs left out are small."""
+        if self.max_response_bytes is None:
+            return
+        names = set(self.requested_outputs) or {tensor.name for tensor in self.model.output_tensors()}
+        sizes_by_output = {}
+        for tensor in self.model.output_tensors():
+            if tensor.name not in names or tensor.name not in sizes:
+                continue
+            as_json = tensor.name in self.json_outputs and not tensor.files
+            if tensor.datatype == "BYTES":
+                width = JSON_ESCAPE_FACTOR if as_json else 1
+            else:
+                width = JSON_WIDTHS[tensor.datatype] if as_json else np.dtype(NUMPY_TYPES[tensor.datatype]).itemsize
+            sizes_by_output[tensor.name] = sizes[tensor.name] * width
+        total = sum(sizes_by_output.values())
+        if total > self.max_response_bytes:
+            largest = max(sizes_by_output, key=sizes_by_output.get)
+            raise InvalidArgument(
+                f"the response could hold {total} bytes ({sizes_by_output[largest]} of them in output '{largest}'); "
+                f"the limit is {self.max_response_bytes} ({setting}): ask for fewer or smaller results, or fewer "
+                "outputs",
+                field=largest,
+            )
 
     def bytes_input(self, name: str) -> bytes | None:
         """A one-element BYTES input (an encoded file, say), or None when it was not sent."""
@@ -143,7 +186,9 @@ class OipModel:
         return self.outputs() if callable(self.outputs) else self.outputs
 
     def max_json_elements(self) -> int:
-        return JSON_OVERHEAD_ELEMENTS + sum(2 * tensor.max_elements for tensor in self.inputs)
+        """Each value of a JSON tensor is an element and so is the comma after it."""
+        values = min(MAX_JSON_TENSOR_VALUES, sum(tensor.max_elements for tensor in self.inputs))
+        return JSON_OVERHEAD_ELEMENTS + 2 * values
 
 
 # A model, or a function answering the models served at the moment it is called: for a service whose models come
@@ -345,6 +390,12 @@ def _requested_outputs(model: OipModel, names: list[str]) -> list[Tensor]:
         raise InvalidArgument(
             f"unknown output '{unknown[0]}' of model '{model.name}'; it has: {', '.join(specs)}", field=unknown[0]
         )
+    # Each copy would be sent again: 700 copies of an image made a 525 MiB answer from a 14 KB request.
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise InvalidArgument(f"output '{name}' requested more than once", field=name)
+        seen.add(name)
     return [specs[name] for name in names] if names else outputs
 
 
@@ -391,39 +442,95 @@ def _outputs(request: InferRequest, requested: list[Tensor], produced: Outputs) 
 # -- REST ---------------------------------------------------------------------------------------------------------
 
 
+def error_body(error: ServiceError) -> dict:
+    """The protocol's error shape, for every refusal on a /v2 route (the REST server's own included)."""
+    return {"error": error.message}
+
+
 def _error(error: ServiceError) -> JSONResponse:
-    return JSONResponse({"error": error.message}, status_code=int(error.http_status), headers=error.headers())
+    return JSONResponse(error_body(error), status_code=int(error.http_status), headers=error.headers())
 
 
-def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """A gzip/deflate body (tritonclient's request compression), inflated no further than `limit` bytes."""
+def _header_length(value: str | None) -> int | None:
+    """Inference-Header-Content-Length: ASCII digits only (str.isdigit() also takes '²', which int() refuses)."""
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit()):
+        raise InvalidArgument(f"Inference-Header-Content-Length {value[:40]!r} is not a number of bytes")
+    return int(value)
+
+
+def _checked_body(body: bytes, encoding: str | None, limit: int, header_length: int | None, scanner: JsonScanner) -> bytes:
+    """The body, inflated when it is gzip/deflate (tritonclient's request compression), with its JSON header
+    (all of it, or its first `header_length` bytes) checked against the model's JSON limits piece by piece: a
+    small body that inflates to megabytes of tensor values is refused once they pass the limit, not parsed."""
     if not encoding or encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
+        pieces = iter([body])
+    elif encoding in ("gzip", "deflate"):
+        pieces = _inflated(body, encoding, limit)
+    else:
         raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported (gzip, deflate)")
+    kept, size = [], 0
+    header_left = header_length
+    for piece in pieces:
+        size += len(piece)
+        if size > limit:
+            raise PayloadTooLarge(f"request body inflates beyond the {limit} byte limit")
+        json_part = piece if header_left is None else piece[:header_left]
+        if header_left is not None:
+            header_left -= len(json_part)
+        if json_part and (problem := scanner.feed(json_part)):
+            raise InvalidArgument(f"request body: {problem}")
+        kept.append(piece)
+    if header_length is not None and header_length > size:
+        raise InvalidArgument(f"Inference-Header-Content-Length {header_length} does not fit the body")
+    if problem := scanner.feed(b"", final=True):
+        raise InvalidArgument(f"request body: {problem}")
+    return kept[0] if len(kept) == 1 else b"".join(kept)
+
+
+def _inflated(body: bytes, encoding: str, limit: int):
     inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    data, inflated = body, 0
     try:
-        data = inflater.decompress(body, limit + 1)
+        while not inflater.eof and inflated <= limit:
+            piece = inflater.decompress(data, INFLATE_PIECE_BYTES)
+            data = inflater.unconsumed_tail
+            if not piece and not data:
+                break
+            inflated += len(piece)
+            yield piece
     except zlib.error as exc:
         raise InvalidArgument(f"request body is not valid {encoding}: {exc}") from None
-    if len(data) > limit:
-        raise PayloadTooLarge(f"request body inflates beyond the {limit} byte limit")
-    return data
+    if not inflater.eof and inflated <= limit:
+        raise InvalidArgument(f"request body is not valid {encoding}: it ends early")
+
+
+def _tensor_parameters(entry: dict, kind: str) -> dict:
+    parameters = entry.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise InvalidArgument(f"{kind} '{entry.get('name')}': 'parameters' must be an object", field="parameters")
+    return parameters
+
+
+def _shape(entry: dict) -> list[int]:
+    shape = entry.get("shape")
+    # Dimensions are int64 in the protocol (and in numpy): a larger one is a malformed shape, not an overflow.
+    if not isinstance(shape, list) or not all(
+        isinstance(dim, int) and not isinstance(dim, bool) and -(2**63) <= dim < 2**63 for dim in shape
+    ):
+        raise InvalidArgument(
+            f"input '{entry.get('name')}': 'shape' must be a list of 64-bit integers", field="shape"
+        )
+    return shape
 
 
 def _rest_request(
-    registry: Registry, name: str, version: str, body: bytes, header_length: str | None, limits: "RestLimits"
+    model: OipModel, version: str, header: bytes, binary: bytes, limits: "RestLimits"
 ) -> tuple[InferRequest, list[Tensor], bool, dict[str, bool]]:
-    model, version = registry.model(name, version)
-    if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise InvalidArgument(f"Inference-Header-Content-Length {header_length} does not fit the body")
-        header, binary = body[: int(header_length)], body[int(header_length):]
-    else:
-        header, binary = body, b""
-    problem = json_shape_error(header, max_depth=limits.max_json_depth, max_elements=model.max_json_elements())
-    if problem:
-        raise InvalidArgument(f"request body: {problem}")
+    """The request from its JSON header (already checked against the model's JSON limits) and binary tensors."""
     try:
         document = json.loads(header)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -433,22 +540,16 @@ def _rest_request(
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not all(isinstance(entry, dict) for entry in inputs):
         raise InvalidArgument("'inputs' must be a list of tensors", field="inputs")
-    declared = []
-    for entry in inputs:
-        shape = entry.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(dim, int) and not isinstance(dim, bool) for dim in shape):
-            raise InvalidArgument(f"input '{entry.get('name')}': 'shape' must be a list of integers", field="shape")
-        declared.append((str(entry.get("name")), str(entry.get("datatype", "")), shape))
+    declared = [(str(entry.get("name")), str(entry.get("datatype", "")), _shape(entry)) for entry in inputs]
     specs = _check_declaration(model, declared)
 
     arrays = {}
     position = 0
     for entry, (name, _, shape) in zip(inputs, declared, strict=True):
         spec = specs[name]
-        tensor_parameters = entry.get("parameters") or {}
-        size = tensor_parameters.get("binary_data_size")
+        size = _tensor_parameters(entry, "input").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or position + size > len(binary):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or position + size > len(binary):
                 raise InvalidArgument(f"input '{name}': binary_data_size {size} runs past the body", field=name)
             arrays[name] = _array_from_raw(spec, shape, binary[position:position + size])
             position += size
@@ -467,14 +568,18 @@ def _rest_request(
         raise InvalidArgument("'outputs' must be a list", field="outputs")
     requested = _requested_outputs(model, [str(entry.get("name")) for entry in outputs])
     binary_outputs = {
-        str(entry.get("name")): bool((entry.get("parameters") or {}).get("binary_data"))
-        for entry in outputs
+        str(entry.get("name")): bool(_tensor_parameters(entry, "output").get("binary_data")) for entry in outputs
     }
+    all_binary = bool(parameters.get("binary_data_output"))
     request = InferRequest(
         model, version, str(document.get("id", "")), arrays, _check_parameters(model, parameters),
         timeout=_timeout(parameters), requested_outputs=tuple(spec.name for spec in requested if outputs),
+        max_response_bytes=limits.max_response_bytes,
+        json_outputs=frozenset(
+            () if all_binary else (spec.name for spec in requested if not binary_outputs.get(spec.name))
+        ),
     )
-    return request, requested, bool(parameters.get("binary_data_output")), binary_outputs
+    return request, requested, all_binary, binary_outputs
 
 
 def _rest_response(
@@ -509,6 +614,7 @@ def _rest_response(
 class RestLimits:
     max_body_bytes: int
     max_json_depth: int
+    max_response_bytes: int | None = None
 
 
 def create_router(registry: Registry, limits: RestLimits) -> APIRouter:
@@ -547,14 +653,22 @@ def create_router(registry: Registry, limits: RestLimits) -> APIRouter:
 
     async def infer(request: Request, name: str, version: str = ""):
         try:
-            body = _decompress(await request.body(), request.headers.get("content-encoding"), limits.max_body_bytes)
-            # Parsing a large JSON tensor is CPU work: off the event loop, which serves every other request.
-            infer_request, requested, all_binary, binary = await asyncio.to_thread(
-                _rest_request, registry, name, version, body, request.headers.get(HEADER_LENGTH), limits
+            model, version = registry.model(name, version)
+            header_length = _header_length(request.headers.get(HEADER_LENGTH))
+            scanner = JsonScanner(max_depth=limits.max_json_depth, max_elements=model.max_json_elements())
+            # Inflating and parsing a large JSON tensor is CPU work: off the event loop, which serves every other
+            # request.
+            body = await asyncio.to_thread(
+                _checked_body, await request.body(), request.headers.get("content-encoding"), limits.max_body_bytes,
+                header_length, scanner,
+            )
+            header, binary = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
+            infer_request, requested, all_binary, binary_outputs = await asyncio.to_thread(
+                _rest_request, model, version, header, binary, limits
             )
             infer_request.disconnected = request.is_disconnected
             produced = await infer_request.model.infer(infer_request)
-            return _rest_response(infer_request, requested, produced, all_binary, binary)
+            return _rest_response(infer_request, requested, produced, all_binary, binary_outputs)
         except ServiceError as error:
             return _error(error)
 
@@ -568,7 +682,7 @@ def create_router(registry: Registry, limits: RestLimits) -> APIRouter:
 # -- gRPC -----------------------------------------------------------------------------------------------------------
 
 
-def _grpc_request(registry: Registry, message) -> tuple[InferRequest, list[Tensor]]:
+def _grpc_request(registry: Registry, message, max_response_bytes: int | None) -> tuple[InferRequest, list[Tensor]]:
     model, version = registry.model(message.model_name, message.model_version)
     declared = [(tensor.name, tensor.datatype, list(tensor.shape)) for tensor in message.inputs]
     specs = _check_declaration(model, declared)
@@ -590,7 +704,7 @@ def _grpc_request(registry: Registry, message) -> tuple[InferRequest, list[Tenso
     requested = _requested_outputs(model, [output.name for output in message.outputs])
     request = InferRequest(
         model, version, message.id, arrays, _check_parameters(model, parameters), timeout=_timeout(parameters),
-        requested_outputs=tuple(output.name for output in message.outputs),
+        requested_outputs=tuple(output.name for output in message.outputs), max_response_bytes=max_response_bytes,
     )
     return request, requested
 
@@ -619,8 +733,10 @@ def _grpc_response(request: InferRequest, requested: list[Tensor], produced: Out
 class InferenceServicer:
     """inference.GRPCInferenceService for every OIP model of the process."""
 
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, max_response_bytes: int | None = None):
         self.registry = registry
+        # The server's send limit: a response beyond it would be built only to fail.
+        self.max_response_bytes = max_response_bytes
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -646,7 +762,7 @@ class InferenceServicer:
         return response
 
     async def ModelInfer(self, message, context):
-        request, requested = await asyncio.to_thread(_grpc_request, self.registry, message)
+        request, requested = await asyncio.to_thread(_grpc_request, self.registry, message, self.max_response_bytes)
         request.timeout = _earliest(request.timeout, context.time_remaining())
         return _grpc_response(request, requested, await request.model.infer(request))
 
@@ -657,7 +773,9 @@ class InferenceServicer:
                 "triton_enable_empty_final_response" in message.parameters
             ) else False
             try:
-                request, requested = await asyncio.to_thread(_grpc_request, self.registry, message)
+                request, requested = await asyncio.to_thread(
+                    _grpc_request, self.registry, message, self.max_response_bytes
+                )
                 request.timeout = _earliest(request.timeout, context.time_remaining())
                 if request.model.stream is None:
                     parts = _single(request.model.infer(request))

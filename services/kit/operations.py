@@ -184,6 +184,7 @@ class Operation(Generic[RequestModel, Job, ResponseModel]):
         answer: Callable[["Call"], Awaitable[Outputs]] | None = None,
         stream: Callable[["Call"], AsyncIterator[Outputs]] | None = None,
         platform: str = "pytorch",
+        output_sizes: Callable[[Job], dict[str, int]] | None = None,
     ) -> OipModel:
         """The operation as an OIP model. By default each input tensor fills the request field of its name
         (BYTES as UTF-8 text: one element a string, more a list), every other field of the request model is a
@@ -192,7 +193,8 @@ class Operation(Generic[RequestModel, Job, ResponseModel]):
         `to_fields(request, streamed)` replaces that mapping (then `parameters` lists what the model honours);
         `answer(call)` makes the outputs instead of `to_outputs(response)`; `stream(call)` yields outputs part
         by part for ModelStreamInfer (errors framed as `streaming` describes). `call.origin` is the InferRequest
-        (for its response_parameters, say)."""
+        (for its response_parameters, say). `output_sizes(job)` bounds the response before compute: the most
+        elements each output whose size the request controls may hold (bytes, for BYTES outputs)."""
         tensor_names = {tensor.name for tensor in inputs}
         if parameters is None:
             parameters = [
@@ -217,9 +219,10 @@ class Operation(Generic[RequestModel, Job, ResponseModel]):
 
         async def start(request: InferRequest, streamed: bool) -> Call:
             body = parse(self.request, to_fields(request, streamed))
-            return await self.start(
-                body, timeout=request.timeout, disconnected=request.disconnected, origin=request
-            )
+            call = await self.start(body, timeout=request.timeout, disconnected=request.disconnected, origin=request)
+            if output_sizes is not None:
+                request.check_response_size(output_sizes(call.job))
+            return call
 
         async def infer(request: InferRequest) -> Outputs:
             return await answer(await start(request, False))

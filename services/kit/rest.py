@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
@@ -19,8 +18,8 @@ from starlette.routing import Match
 from . import logs, metrics, oip, tracing
 from .auth import ApiKeys
 from .config import ServiceSettings
-from .errors import Overloaded, PayloadTooLarge, ServiceError, Unauthenticated, Unavailable
-from .json_limits import json_shape_error, parses_as_json
+from .errors import InvalidArgument, Overloaded, PayloadTooLarge, ServiceError, Unauthenticated, Unavailable
+from .json_limits import JsonScanner, parses_as_json
 from .service import Service
 from .state import ServerState
 from .validation import describe
@@ -103,7 +102,7 @@ class ServingMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        request_id = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1") or uuid.uuid4().hex
+        request_id = logs.request_id_from(headers.get(REQUEST_ID_HEADER.encode()))
         path = scope["path"]
         status = {"code": 500}
         record = logs.RequestRecord("rest", self.service, request_id, method=scope["method"])
@@ -120,7 +119,7 @@ class ServingMiddleware:
         if path in PROBE_PATHS:
             return await self.app(scope, receive, send_with_id)
         if path in self.metrics_paths:  # answers while loading, but only to a key holder when keys are on
-            error = self._check_key(headers)
+            error = self._check_key(scope)
             app = error_response(error, self.error_bodies.for_path(path)) if error else self.app
             return await app(scope, receive, send_with_id)
 
@@ -147,7 +146,7 @@ class ServingMiddleware:
         record.log()
 
     async def _serve(self, scope, headers: dict, receive, send_with_id, status: dict, record: logs.RequestRecord):
-        error = self._refuse_early(headers)
+        error = self._refuse_early(scope, headers)
         if error is not None:
             # Label by route template, never the raw path: random paths must not grow /metrics (or traces).
             record.route = self._route_template(scope)
@@ -157,8 +156,12 @@ class ServingMiddleware:
 
         received = 0
         body_done = False
-        # Kept whole (it is parsed whole anyway) to check its shape before FastAPI or a route parses it.
-        json_chunks = [] if parses_as_json(headers.get(b"content-type")) and not scope["path"].startswith(OIP_PREFIX) else None
+        # Checked piece by piece as it arrives, so that a refused body is refused before the rest is read.
+        json_scanner = (
+            JsonScanner(max_depth=self.max_json_depth, max_elements=self.max_json_elements)
+            if parses_as_json(headers.get(b"content-type")) and not scope["path"].startswith(OIP_PREFIX)
+            else None
+        )
         body_deadline = time.monotonic() + self.body_timeout_s
 
         async def limited_receive():
@@ -177,10 +180,8 @@ class ServingMiddleware:
                 body_done = not message.get("more_body", False)
                 if received > self.max_body_bytes:
                     raise StarletteHTTPException(413, f"request body exceeds the {self.max_body_bytes} byte limit")
-                if json_chunks is not None:
-                    json_chunks.append(message.get("body", b""))
-                    if body_done and (problem := self._json_shape_error(b"".join(json_chunks))):
-                        raise StarletteHTTPException(400, f"request body: {problem}")
+                if json_scanner is not None and (problem := json_scanner.feed(message.get("body", b""), body_done)):
+                    raise StarletteHTTPException(400, f"request body: {problem}")
             return message
 
         started = time.perf_counter()
@@ -205,19 +206,21 @@ class ServingMiddleware:
         attributes = {"http.request.method": scope["method"], "url.path": scope["path"], "modelserve.request_id": request_id}
         return tracing.start_server_span(scope["method"], carrier, attributes)
 
-    def _json_shape_error(self, body: bytes) -> str | None:
-        return json_shape_error(body, max_depth=self.max_json_depth, max_elements=self.max_json_elements)
-
-    def _check_key(self, headers: dict) -> ServiceError | None:
-        authorization = headers.get(b"authorization")
-        if self.api_keys.allows(authorization.decode("latin-1") if authorization else None):
-            return None
-        if authorization is None:
+    def _check_key(self, scope) -> ServiceError | None:
+        if not self.api_keys.enabled:
+            return None  # a repeated header means nothing here then: nothing reads it
+        authorizations = [value for key, value in scope["headers"] if key == b"authorization"]
+        if len(authorizations) > 1:
+            # A proxy may check one and this server another: neither is trusted.
+            return InvalidArgument("more than one Authorization header: send exactly one", field="authorization")
+        if not authorizations:
             return Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
+        if self.api_keys.allows(authorizations[0].decode("latin-1")):
+            return None
         return Unauthenticated("invalid API key")
 
-    def _refuse_early(self, headers: dict) -> ServiceError | None:
-        error = self._check_key(headers)
+    def _refuse_early(self, scope, headers: dict) -> ServiceError | None:
+        error = self._check_key(scope)
         if error is not None:
             return error
         if not self.state.ready:
@@ -321,7 +324,12 @@ def create_rest_app(
         if service.router is not None:
             app.include_router(service.router)
     registry = oip.Registry([model for service in services for model in service.oip], state)
-    app.include_router(oip.create_router(registry, oip.RestLimits(settings.max_body_bytes, settings.max_json_depth)))
+    oip_router = oip.create_router(
+        registry, oip.RestLimits(settings.max_body_bytes, settings.max_json_depth, settings.max_response_bytes)
+    )
+    app.include_router(oip_router)
+    # The server's own refusals on /v2 (413, 408, a 500) answer in the protocol's shape too.
+    error_bodies.by_route.update({route.path: oip.error_body for route in oip_router.routes})
 
     app.add_middleware(
         ServingMiddleware, state=state, settings=settings, api_keys=api_keys, routes=app.router.routes,

@@ -15,6 +15,7 @@ from .auth import ApiKeys
 from .compute import share_compute
 from .config import ServiceSettings
 from .grpc_server import create_grpc_server
+from .http_server import connection_bound, guarded_h11, raise_open_file_limit
 from .logs import configure_logging
 from .rest import create_rest_app
 from .service import Service
@@ -26,9 +27,6 @@ log = logging.getLogger(__name__)
 # close. The whole shutdown therefore takes at most shutdown_grace_s + CLOSE_S (+ a second for the model
 # thread), which the manifests' terminationGracePeriodSeconds must exceed.
 CLOSE_S = 3.0
-# Connections and tasks uvicorn accepts beyond the requests the middleware admits: probes, /metrics and
-# the refusals themselves must still get through when the service is at its limit.
-CONNECTION_HEADROOM = 32
 
 
 class _Uvicorn(uvicorn.Server):
@@ -96,7 +94,8 @@ async def serve(
     if api_keys.enabled:
         log.info("API keys required on every route but the health checks")
     app = create_rest_app(services, state, settings, api_keys)
-    grpc_server = create_grpc_server(services, state, settings, api_keys)
+    max_connections = connection_bound(settings.max_connections, raise_open_file_limit())
+    grpc_server = create_grpc_server(services, state, settings, api_keys, max_connections=max_connections)
     grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await grpc_server.start()
     rest = _Uvicorn(
@@ -105,7 +104,9 @@ async def serve(
             # The kit writes one access line per request itself; uvicorn's lines go through the root logger.
             access_log=False, log_config=None,
             timeout_graceful_shutdown=int(CLOSE_S),
-            limit_concurrency=settings.max_concurrency + CONNECTION_HEADROOM,
+            # No limit_concurrency: uvicorn counts open connections in it, idle ones included. Work is admitted
+            # by the kit's middleware (max_concurrency); connections are bounded and timed by the protocol.
+            http=guarded_h11(max_connections, settings.header_timeout_s),
         )
     )
     rest_task = asyncio.create_task(rest.serve())

@@ -17,6 +17,11 @@ from .settings import TranslationSettings
 
 log = logging.getLogger(__name__)
 
+# Source tokens at which attention over the source doubles the cost of a token: the encoder's self-attention and
+# every decoded beam-token's cross-attention grow with the source length (fitted on the tiny FSMT with
+# bench/bench_costs.py; a full-size model's wider layers make the linear part weigh more, so it errs high there).
+SOURCE_ATTENTION_TOKENS = 1024
+
 
 @dataclass(frozen=True)
 class GenerationOptions:
@@ -42,6 +47,8 @@ class TranslationJob:
     pair: str
     texts: tuple[str, ...]
     options: GenerationOptions
+    # Each text's source tokens (end-of-sentence token included), as the model's tokenizer makes them.
+    source_tokens: tuple[int, ...] = ()
 
     @property
     def batch_key(self) -> tuple:
@@ -100,12 +107,26 @@ class TranslationRunner:
                 field="target_lang",
             )
 
+    def source_tokens(self, pair: str, texts: list[str]) -> list[int]:
+        """Each text's source tokens as `translate` feeds them to the encoder (end-of-sentence token included)."""
+        return [len(ids) for ids in self.tokenizers[pair](texts)["input_ids"]]
+
+    def max_source_tokens(self, pair: str) -> int:
+        """The most source tokens a text may have: the positions the model was trained on (FSMT's sinusoidal table
+        would stretch past them, into positions the model never saw, with attention growing quadratically)."""
+        return self.models[pair].config.max_position_embeddings
+
     def cost(self, job: TranslationJob) -> float:
-        """The job's work in beam-tokens: texts x beams x return sequences x max_new_tokens (the model's own beam
-        count when the request sets none)."""
+        """The job's work in beam-tokens: per text, (source tokens + beams x return sequences x max_new_tokens)
+        x (1 + source tokens / SOURCE_ATTENTION_TOKENS), the model's own beam count when the request sets none.
+        The source tokens are the encoder's work; the factor is attention over the source (the encoder's own and
+        each decoded token's cross-attention, whose keys and values every beam holds in memory)."""
         options = job.options
         beams = options.num_beams or self.models[job.pair].generation_config.num_beams or 1
-        return len(job.texts) * beams * options.num_return_sequences * options.max_new_tokens
+        decoded = beams * options.num_return_sequences * options.max_new_tokens
+        return sum(
+            (source + decoded) * (1 + source / SOURCE_ATTENTION_TOKENS) for source in job.source_tokens
+        )
 
     @torch.inference_mode()
     def translate(

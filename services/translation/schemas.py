@@ -4,7 +4,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.kit.errors import InvalidArgument
 
-from .runner import GenerationOptions, TranslationJob
+from .runner import GenerationOptions, TranslationJob, TranslationRunner
 from .settings import TranslationSettings
 
 
@@ -36,8 +36,9 @@ class TranslateResponse(BaseModel):
     model: str
 
 
-def build_job(request: TranslateRequest, settings: TranslationSettings) -> TranslationJob:
-    """Check a request against the service limits; every refusal names the field."""
+def build_job(request: TranslateRequest, settings: TranslationSettings, runner: TranslationRunner) -> TranslationJob:
+    """Check a request against the service limits; every refusal names the field. Tokenizes the texts (after the
+    cheap checks bound their characters): run it off the event loop."""
     texts = request.texts()
     if not texts:
         raise InvalidArgument("text: give at least one text", field="text")
@@ -65,6 +66,15 @@ def build_job(request: TranslateRequest, settings: TranslationSettings) -> Trans
             f"max_new_tokens: {request.max_new_tokens} exceeds the limit of {settings.max_new_tokens}",
             field="max_new_tokens",
         )
+    source_tokens = runner.source_tokens(request.pair, texts)
+    limit = runner.max_source_tokens(request.pair)
+    for i, count in enumerate(source_tokens):
+        if count > limit:
+            raise InvalidArgument(
+                f"text[{i}]: {count} source tokens exceeds the model's limit of {limit} "
+                "(max_position_embeddings); split the text",
+                field="text",
+            )
     options = GenerationOptions(
         num_beams=request.num_beams,
         length_penalty=request.length_penalty,
@@ -72,7 +82,7 @@ def build_job(request: TranslateRequest, settings: TranslationSettings) -> Trans
         num_return_sequences=request.num_return_sequences,
         max_new_tokens=request.max_new_tokens or settings.default_max_new_tokens,
     )
-    return TranslationJob(request.pair, tuple(texts), options)
+    return TranslationJob(request.pair, tuple(texts), options, tuple(source_tokens))
 
 
 def build_response(hypotheses: list[list[str]], model: str) -> TranslateResponse:

@@ -1,5 +1,8 @@
 """The translation service for the kit: one operation, bound to REST, gRPC and the Open Inference Protocol."""
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 from fastapi import APIRouter
 
 from protos import translation_pb2 as pb
@@ -20,9 +23,13 @@ def create_service(settings: TranslationSettings | None = None) -> Service:
     runner = TranslationRunner(settings)
     service = Service(name="translation", settings=settings, runner=runner, models=runner.model_infos)
 
-    def prepare(body: TranslateRequest) -> TranslationJob:
+    # Tokenizing 32 texts of 2,000 characters takes up to half a second of Python: off the event loop, in a pool of
+    # its own (protocol parsing keeps the loop's default pool).
+    tokenizing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="translation-tokenize")
+
+    async def prepare(body: TranslateRequest) -> TranslationJob:
         runner.ensure_pair(body.pair)
-        return build_job(body, settings)
+        return await asyncio.get_running_loop().run_in_executor(tokenizing, build_job, body, settings, runner)
 
     translate = Operation(
         "translate",

@@ -19,13 +19,15 @@ class TranslationSettings(ServiceSettings):
     # Greedy requests join a running decode at its next step and leave when they finish (False: whole-request
     # batches of one generate call, as beam search always runs).
     continuous_batching: bool = True
-    # Work budgets in beam-tokens: texts x beams x return sequences x max_new_tokens of a request.
+    # Work budgets in beam-tokens: per text, (source tokens + beams x return sequences x max_new_tokens) x
+    # (1 + source tokens / 1024) (TranslationRunner.cost).
     max_request_cost: float | None = Field(
         65536,
         gt=0,
-        description="beam-tokens (texts x beams x return sequences x max_new_tokens) one request may ask for; "
-        "more gets 400. The default admits the largest request at default length (32 texts x 8 beams x 200 "
-        "tokens = 51,200) and refuses 32 texts x 8 beams x 8 returns x 512 tokens (1,048,576); None = no budget",
+        description="beam-tokens one request may ask for; more gets 400. The default admits the largest request "
+        "of short texts at default length (32 texts x 8 beams x 200 tokens = 51,200 and a little for the sources) "
+        "and 32 texts of 1,021 source tokens decoded greedily for one token, and refuses 32 texts x 8 beams x 8 "
+        "returns x 512 tokens (over 1,048,576); None = no budget",
     )
     max_batch_cost: float | None = Field(
         131072, gt=0, description="beam-tokens of the requests decoded in one generate call (a lone request always runs)"

@@ -1,7 +1,6 @@
 """The TTS service for the kit: speech and voice conversion, each one operation bound to REST, gRPC
 (tts.v1.TextToSpeech) and the Open Inference Protocol."""
 
-import asyncio
 import time
 
 from fastapi import APIRouter
@@ -9,6 +8,7 @@ from fastapi.responses import Response
 
 from protos import tts_pb2 as pb
 from protos import tts_pb2_grpc as pb_grpc
+from services.kit.decoding import run_decoding
 from services.kit.operations import Call, Operation, Upload, message_fields
 from services.kit.service import GrpcServicer, Service
 
@@ -61,7 +61,7 @@ def create_service(settings: TTSSettings | None = None) -> Service:
         None,
         conversion_batcher,
         # Decodes the upload: off the event loop.
-        prepare=lambda body: asyncio.to_thread(build_conversion_job, body, runner, settings),
+        prepare=lambda body: run_decoding(build_conversion_job, body, runner, settings),
         payload=lambda plan: plan.job,
         key=lambda plan: plan.job.batch_key,
         cost=lambda plan: runner.cost(plan.job),

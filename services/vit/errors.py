@@ -26,3 +26,11 @@ class Unknown(ServiceError):
     http_status = 500
     grpc_code = grpc.StatusCode.UNKNOWN
     code = "unknown"
+
+
+class PermissionDenied(ServiceError):
+    """An admin operation asked for by a caller without an admin key."""
+
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    code = "permission_denied"

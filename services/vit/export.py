@@ -30,7 +30,10 @@ logical screen and every frame's image descriptor, BMP info header) and fails wi
 exceeds ``--max-image-side`` on a side or ``--max-image-pixels`` in all (a GIF's frames summed: giflib
 decodes them all), or when the bytes are none of those four formats. A header is a
 claim the decoder would act on: a 150 KB PNG of one colour decodes to 430 MB at 12000x12000, a float copy
-of it to four times that. The check is part of the SavedModel, so it holds in tensorflow/serving too.
+of it to four times that. The work decoding takes is bounded too: a JPEG with more than ``--max-jpeg-scans``
+start-of-scan markers (each scan is a pass over every coefficient: 71 KB of 1000 identical scans took 2-4 s)
+or a GIF of more than ``--max-gif-frames`` frames fails the same way. The checks are part of the SavedModel,
+so they hold in tensorflow/serving too.
 
 Layout, as TF Serving expects it::
 
@@ -84,8 +87,9 @@ from tensorflow_serving.apis import (  # noqa: E402
     prediction_log_pb2,
 )
 
+from services.kit.decoding import MAX_ANIMATION_FRAMES, MAX_GIF_BLOCKS, MAX_JPEG_SCANS  # noqa: E402
+
 from .examples import Method, set_method_names  # noqa: E402
-from .limits import MAX_GIF_BLOCKS  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +232,8 @@ def _color_table_bytes(flags: tf.Tensor) -> tf.Tensor:
     return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8), 0)
 
 
-def _gif_frames(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(pixels of all frames, longest frame side, whether the block structure is whole and walkable).
+def _gif_frames(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(frames, pixels of all frames, longest frame side, whether the block structure is whole and walkable).
 
     giflib reads every frame into a raster of the frame's own size before TensorFlow keeps the first one:
     a small logical screen says nothing about them, so each image descriptor is found by walking the blocks.
@@ -246,8 +250,8 @@ def _gif_frames(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     def le16(i):
         return byte(i) + 256 * byte(i + 1)
 
-    # State: position, inside a chain of data sub-blocks, finished, valid, frame pixels, longest side.
-    def step(pos, in_chain, done, valid, pixels, longest):
+    # State: position, inside a chain of data sub-blocks, finished, valid, frames, frame pixels, longest side.
+    def step(pos, in_chain, done, valid, frames, pixels, longest):
         b = byte(pos)
         width, height = le16(pos + 5), le16(pos + 7)
         is_frame = ~in_chain & tf.equal(b, 0x2C)
@@ -262,26 +266,36 @@ def _gif_frames(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             tf.where(in_chain, b > 0, True),
             ended,
             valid,
+            frames + tf.cast(is_frame, tf.int64),
             pixels + tf.where(is_frame, width * height, 0),
             tf.maximum(longest, tf.where(is_frame, tf.maximum(width, height), 0)),
         )
 
     start = 13 + _color_table_bytes(byte(10))
     zero = tf.constant(0, tf.int64)
-    _, _, done, valid, pixels, longest = tf.while_loop(
+    _, _, done, valid, frames, pixels, longest = tf.while_loop(
         lambda pos, in_chain, done, *_: ~done,
         step,
-        (start, tf.constant(False), tf.constant(False), tf.constant(False), zero, zero),
+        (start, tf.constant(False), tf.constant(False), tf.constant(False), zero, zero, zero),
         maximum_iterations=MAX_GIF_BLOCKS,
     )
-    return pixels, longest, done & valid
+    return frames, pixels, longest, done & valid
 
 
-def _check_claimed_size(data: tf.Tensor, max_side: int, max_pixels: int) -> list[tf.Operation]:
+def _jpeg_scans(data: tf.Tensor) -> tf.Tensor:
+    """Start-of-scan markers (FF DA) in a JPEG. Entropy-coded data stuffs every FF with 00, so the count is
+    never below the scans libjpeg reads (a marker segment's payload may add more: an EXIF thumbnail adds one)."""
+    return tf.cast(tf.size(tf.strings.split(data, sep=b"\xff\xda")) - 1, tf.int64)
+
+
+def _check_claimed_size(
+    data: tf.Tensor, max_side: int, max_pixels: int, max_scans: int, max_frames: int
+) -> list[tf.Operation]:
     """Assertions that fail (InvalidArgument) unless the header is one of the four formats, whole, and claims
-    at most max_side on a side and max_pixels in all. Nothing is decoded: JPEG's size comes from its SOF
-    marker through extract_jpeg_shape (libjpeg's header reader), GIF frames from their descriptors, the
-    others' from fixed header fields."""
+    at most max_side on a side and max_pixels in all, and the data has at most max_scans JPEG scans or
+    max_frames GIF frames. Nothing is decoded: JPEG's size comes from its SOF marker through
+    extract_jpeg_shape (libjpeg's header reader), GIF frames from their descriptors, the others' from fixed
+    header fields."""
     header = _header(data)
     length = tf.strings.length(data)
 
@@ -311,9 +325,10 @@ def _check_claimed_size(data: tf.Tensor, max_side: int, max_pixels: int) -> list
     width, height = size[0], size[1]
     within = (width <= max_side) & (height <= max_side) & (width * height <= max_pixels)
     zero = tf.constant(0, tf.int64)
-    frame_pixels, longest_frame_side, walkable = tf.cond(
-        is_gif & complete, lambda: _gif_frames(data), lambda: (zero, zero, tf.constant(True))
+    frames, frame_pixels, longest_frame_side, walkable = tf.cond(
+        is_gif & complete, lambda: _gif_frames(data), lambda: (zero, zero, zero, tf.constant(True))
     )
+    scans = tf.cond(is_jpeg, lambda: _jpeg_scans(data), lambda: zero)
     return [
         tf.debugging.Assert(
             is_jpeg | is_png | is_gif | is_bmp, ["unknown image format: expected JPEG, PNG, GIF or BMP"]
@@ -341,10 +356,18 @@ def _check_claimed_size(data: tf.Tensor, max_side: int, max_pixels: int) -> list
                 )
             ],
         ),
+        tf.debugging.Assert(
+            scans <= max_scans,
+            [tf.strings.format("the JPEG has {} scans; at most {} are decoded", (scans, max_scans))],
+        ),
+        tf.debugging.Assert(
+            frames <= max_frames,
+            [tf.strings.format("the GIF has {} frames; at most {} are decoded", (frames, max_frames))],
+        ),
     ]
 
 
-def _decode(encoded: tf.Tensor, max_side: int, max_pixels: int) -> tf.Tensor:
+def _decode(encoded: tf.Tensor, max_side: int, max_pixels: int, max_scans: int, max_frames: int) -> tf.Tensor:
     """One input string (base64 text or raw bytes) -> uint8 RGB image [h, w, 3], its header checked first."""
     # Encoded images always contain bytes outside the base64 alphabet, so base64 text is unambiguous.
     data = tf.cond(
@@ -355,7 +378,7 @@ def _decode(encoded: tf.Tensor, max_side: int, max_pixels: int) -> tf.Tensor:
         lambda: encoded,
     )
     # Without the dependency the decoder runs alongside the checks instead of after them.
-    with tf.control_dependencies(_check_claimed_size(data, max_side, max_pixels)):
+    with tf.control_dependencies(_check_claimed_size(data, max_side, max_pixels, max_scans, max_frames)):
         data = tf.identity(data)
     # decode_image's JPEG path uses libjpeg's fast integer IDCT (off by up to 5 levels from PIL); the
     # accurate one with fancy upsampling decodes exactly as PIL does.
@@ -366,12 +389,18 @@ def _decode(encoded: tf.Tensor, max_side: int, max_pixels: int) -> tf.Tensor:
     )
 
 
-def build_preprocess(pre: Preprocessing, max_side: int = MAX_IMAGE_SIDE, max_pixels: int = MAX_IMAGE_PIXELS):
+def build_preprocess(
+    pre: Preprocessing,
+    max_side: int = MAX_IMAGE_SIDE,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_scans: int = MAX_JPEG_SCANS,
+    max_frames: int = MAX_ANIMATION_FRAMES,
+):
     mean = tf.constant(pre.image_mean, tf.float32)
     std = tf.constant(pre.image_std, tf.float32)
 
     def preprocess_one(encoded: tf.Tensor) -> tf.Tensor:
-        x = tf.cast(_decode(encoded, max_side, max_pixels), tf.float32)
+        x = tf.cast(_decode(encoded, max_side, max_pixels, max_scans, max_frames), tf.float32)
         if pre.do_resize:
             x = _pil_resize(x, pre.height, pre.width, pre.resize_method)
         if pre.do_rescale:
@@ -450,6 +479,8 @@ def export_saved_model(
     batching: BatchingParameters | None = None,
     max_image_side: int = MAX_IMAGE_SIDE,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
+    max_jpeg_scans: int = MAX_JPEG_SCANS,
+    max_gif_frames: int = MAX_ANIMATION_FRAMES,
 ) -> Path:
     """Write ``<model_base>/<name>/<version>/`` and return it; ``version=None`` takes the next free one."""
     checkpoint_dir = resolve_checkpoint(checkpoint)
@@ -469,7 +500,7 @@ def export_saved_model(
     num_labels = len(config["id2label"])
     labels = tf.constant([config["id2label"][str(i)] for i in range(num_labels)])
     k = min(top_k, num_labels)
-    preprocess = build_preprocess(pre, max_image_side, max_image_pixels)
+    preprocess = build_preprocess(pre, max_image_side, max_image_pixels, max_jpeg_scans, max_gif_frames)
     scores_of = _score_fn(config)
 
     def scores(strings):
@@ -533,6 +564,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--max-image-side", type=int, default=MAX_IMAGE_SIDE, help="refused above, undecoded")
     parser.add_argument("--max-image-pixels", type=int, default=MAX_IMAGE_PIXELS, help="refused above, undecoded")
+    parser.add_argument("--max-jpeg-scans", type=int, default=MAX_JPEG_SCANS, help="refused above, undecoded")
+    parser.add_argument("--max-gif-frames", type=int, default=MAX_ANIMATION_FRAMES, help="refused above, undecoded")
     defaults = BatchingParameters()
     parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
     parser.add_argument("--batch-timeout-micros", type=int, default=defaults.batch_timeout_micros)
@@ -553,6 +586,8 @@ def main(argv: list[str] | None = None) -> None:
             batching,
             args.max_image_side,
             args.max_image_pixels,
+            args.max_jpeg_scans,
+            args.max_gif_frames,
         )
     )
 

@@ -4,6 +4,7 @@ Same runner and batcher as REST."""
 
 import asyncio
 from concurrent.futures import Executor
+from pathlib import Path
 
 import tensorflow as tf
 from tensorflow_serving.apis import (
@@ -20,12 +21,13 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from services.kit.auth import ApiKeys
 from services.kit.batcher import DynamicBatcher
 from services.kit.errors import InvalidArgument
 from services.kit.grpc_server import time_remaining
 
 from . import schemas
-from .errors import FailedPrecondition, Unimplemented
+from .errors import FailedPrecondition, PermissionDenied, Unimplemented
 from .examples import (
     Method,
     classification_result,
@@ -42,9 +44,10 @@ from .limits import (
     proto_dtype,
     proto_shape,
 )
-from .model_config import MODEL_CONFIG_LIST
+from .model_config import MODEL_CONFIG_LIST, check_reload, directory_of, model_entries, read_config_file
 from .runner import (
     DEFAULT_SIGNATURE,
+    MAX_CONFIG_FILE_BYTES,
     PredictJob,
     Servable,
     ViTRunner,
@@ -169,8 +172,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, runner: ViTRunner):
+    """GetModelStatus is read-only and open to every caller the keys admit; HandleReloadConfigRequest is an
+    admin operation: off unless VIT_ALLOW_RELOAD, then for admin keys only (when any keys are configured)."""
+
+    def __init__(self, runner: ViTRunner, api_keys: ApiKeys | None = None):
         self.runner = runner
+        self.api_keys = api_keys or ApiKeys.from_env()
 
     async def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context
@@ -185,13 +192,37 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: model_management_pb2.ReloadConfigRequest, context
     ) -> model_management_pb2.ReloadConfigResponse:
         """Swap in a new ModelServerConfig; answers once new models are loaded (or failed to load)."""
+        self._check_admin(context)
         if request.config.WhichOneof("config") != MODEL_CONFIG_LIST:
             raise InvalidArgument(
                 "ServerModelConfig type not supported by HandleReloadConfigRequest. Only ModelConfigList is "
                 "currently supported"
             )
+        # Checked whole before anything is swapped: a refused config leaves what is served as it is.
+        check_reload(model_entries(request.config, self.runner.settings.max_models), self._model_root())
         # Loading SavedModels takes seconds: off the event loop, which keeps answering requests meanwhile.
         await asyncio.get_running_loop().run_in_executor(None, self.runner.reload, request.config)
         response = model_management_pb2.ReloadConfigResponse()
         response.status.SetInParent()  # error_code OK, error_message ""
         return response
+
+    def _check_admin(self, context) -> None:
+        if not self.runner.settings.allow_reload:
+            raise Unimplemented("HandleReloadConfigRequest is off on this server (VIT_ALLOW_RELOAD=true enables it)")
+        if not self.api_keys.admin_required:
+            return
+        values = [value for key, value in context.invocation_metadata() or () if key == "authorization"]
+        if len(values) != 1 or not self.api_keys.allows_admin(values[0]):
+            raise PermissionDenied(
+                "HandleReloadConfigRequest needs an admin key (MODELSERVE_ADMIN_KEYS or MODELSERVE_ADMIN_KEYS_FILE) "
+                "in metadata 'authorization: Bearer <key>'"
+            )
+
+    def _model_root(self) -> Path:
+        settings = self.runner.settings
+        if settings.model_root is not None:
+            return settings.model_root
+        if settings.model_config_file is None:
+            return Path(settings.model_base)
+        startup = read_config_file(settings.model_config_file, MAX_CONFIG_FILE_BYTES)
+        return directory_of(model_entries(startup, settings.max_models))

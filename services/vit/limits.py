@@ -4,7 +4,8 @@ shapes and value counts, JSON structure, image headers) before anything is conve
 A TensorProto's shape is only a claim: TensorFlow fills a tensor that lists fewer values than its shape
 holds by repeating the last one, so a ~100-byte request declaring 50,000,000 strings used to become a
 50,000,000-element tensor (44 s, +14 GB). JSON is parsed recursively and into one Python object per value,
-and an image's header says how large the decoded picture will be. Each is read and bounded first.
+and an image's header says how large the decoded picture will be, its structure how many passes decoding
+takes (JPEG scans, GIF frames). Each is read and bounded first.
 """
 
 from __future__ import annotations
@@ -22,16 +23,13 @@ import tensorflow as tf
 from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin
 from tensorflow.core.framework import tensor_pb2
 
+from services.kit.decoding import check_decoding_work, gif_frames
 from services.kit.errors import InvalidArgument
 
 from .settings import ViTSettings
 
 # TensorShape's own bound on rank.
 MAX_RANK = 254
-# GIF blocks (extensions, image descriptors, data sub-blocks of up to 255 bytes) walked to find every frame,
-# here and in the exported graph (~25 us a block there): encoders fill sub-blocks, so this covers ~4 MB of
-# GIF; a file of more blocks is refused.
-MAX_GIF_BLOCKS = 16384
 
 
 @dataclass(frozen=True)
@@ -269,39 +267,6 @@ class ImageClaim:
         return f"{size} whose frames hold {self.pixels} pixels, {self.longest_side} on their longest side"
 
 
-def _gif_frames(data: bytes) -> tuple[int, int] | None:
-    """(pixels of all frames, longest frame side) by walking a GIF's blocks step for step as the exported
-    graph does; None when the structure is cut short, invalid or longer than the graph walks (the graph
-    refuses those)."""
-
-    def color_table(flags: int) -> int:
-        return 3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0
-
-    if len(data) < 13:
-        return None
-    pos, in_chain, pixels, longest = 13 + color_table(data[10]), False, 0, 0
-    for _ in range(MAX_GIF_BLOCKS):
-        if pos >= len(data):
-            return None
-        block = data[pos]
-        if in_chain:  # a data sub-block: its length, then that many bytes; the empty one ends the chain
-            pos, in_chain = pos + block + 1, block > 0
-            continue
-        if block == 0x3B:  # trailer
-            return pixels, longest
-        if block == 0x21:  # extension: introducer and label, then sub-blocks
-            pos += 2
-        elif block == 0x2C and pos + 10 <= len(data):  # image descriptor: left, top, width, height, flags
-            width = int.from_bytes(data[pos + 5 : pos + 7], "little")
-            height = int.from_bytes(data[pos + 7 : pos + 9], "little")
-            pixels, longest = pixels + width * height, max(longest, width, height)
-            pos += 10 + color_table(data[pos + 9]) + 1  # descriptor, local colour table, LZW code size
-        else:
-            return None
-        in_chain = True
-    return None
-
-
 def image_claim(data: bytes) -> ImageClaim | None:
     """What an encoded image's header claims, or None when it is not one (or is too broken to read: the
     graph's own header check and decoder refuse those)."""
@@ -314,21 +279,23 @@ def image_claim(data: bytes) -> ImageClaim | None:
             width, height = image.size
             pixels, longest = width * height, max(width, height)
             if image.format == "GIF":
-                frames = _gif_frames(data)
+                frames = gif_frames(data)
                 if frames is None:
                     return None
-                pixels, longest = max(pixels, frames[0]), max(longest, frames[1])
+                pixels, longest = max(pixels, frames.pixels), max(longest, frames.longest_side)
             return ImageClaim(image.format, width, height, pixels, longest)
     return None
 
 
 def check_image_headers(name: str, values: np.ndarray, limits: RequestLimits) -> None:
-    """Refuse encoded images whose header claims more pixels than the model may decode, before queuing."""
+    """Refuse encoded images whose header claims more pixels than the model may decode, or whose structure
+    multiplies the decoding work (JPEG scans, GIF frames: services.kit.decoding), before queuing."""
     for index, value in enumerate(values.ravel()):
         data = _image_bytes(value)
         claim = image_claim(data) if data is not None else None
         if claim is None:
             continue
+        check_decoding_work(data, f"input {name}[{index}]")
         if claim.longest_side > limits.max_image_side or claim.pixels > limits.max_image_pixels:
             raise InvalidArgument(
                 f"input {name}[{index}]: {claim.describe()}; images may be at most {limits.max_image_side} "

@@ -19,6 +19,7 @@ as ``--model_name``/``--model_base_path`` do. Error messages are TF Serving's (s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -158,3 +159,43 @@ def model_entries(config: model_server_config_pb2.ModelServerConfig, max_models:
             )
         )
     return entries
+
+
+def version_dirs(base_path: Path) -> dict[int, Path]:
+    """The version directories TF Serving would load from a base path: numeric names holding a saved_model.pb."""
+    if not base_path.is_dir():
+        return {}
+    return {
+        int(path.name): path
+        for path in base_path.iterdir()
+        if path.name.isdigit() and (path / "saved_model.pb").is_file()
+    }
+
+
+def directory_of(entries: list[ModelEntry]) -> Path:
+    """The deepest directory holding every model's base path (the default root of reloaded configs)."""
+    return Path(os.path.commonpath([str(entry.base_path.parent) for entry in entries]))
+
+
+def check_reload(entries: list[ModelEntry], root: Path | None) -> None:
+    """What a new config (HandleReloadConfigRequest, or a polled config file) must hold before anything is
+    swapped, so that a reload never unloads what is served for nothing: at least one model, every base path
+    under `root` (symlinks resolved; None for the operator's own config file) with a version its policy would
+    load. (TF Serving takes an empty config, and any path.)"""
+    if not entries:
+        raise InvalidArgument(
+            "the config lists no model; a reload must keep at least one (it would unload every model)"
+        )
+    root = root.resolve() if root is not None else None
+    for entry in entries:
+        base_path = entry.base_path.resolve()
+        if root is not None and not base_path.is_relative_to(root):
+            raise InvalidArgument(
+                f"Model {entry.name}: base_path {entry.base_path} is outside {root}, the directory reloaded "
+                "models must lie under (VIT_MODEL_ROOT)"
+            )
+        if not entry.policy.aspired(version_dirs(base_path)):
+            raise InvalidArgument(
+                f"Model {entry.name}: no version under {entry.base_path} that its version policy would load "
+                "(numeric directories with a saved_model.pb)"
+            )

@@ -27,7 +27,14 @@ from services.kit.batcher import Work
 from services.kit.errors import Cancelled, InvalidArgument, NotFound, ServiceError
 
 from .errors import FailedPrecondition, Unknown
-from .model_config import ModelEntry, model_entries, read_config_file, single_model_config
+from .model_config import (
+    ModelEntry,
+    check_reload,
+    model_entries,
+    read_config_file,
+    single_model_config,
+    version_dirs,
+)
 from .settings import ViTSettings
 
 log = logging.getLogger(__name__)
@@ -281,16 +288,6 @@ class Registry:
     retired: dict[str, dict[int, str]] = field(default_factory=dict)  # removed models' versions, all END
 
 
-def _version_dirs(base_path: Path) -> dict[int, Path]:
-    if not base_path.is_dir():
-        return {}
-    return {
-        int(path.name): path
-        for path in base_path.iterdir()
-        if path.name.isdigit() and (path / "saved_model.pb").is_file()
-    }
-
-
 def _newest(states: dict[int, str], limit: int) -> dict[int, str]:
     return {version: states[version] for version in sorted(states, reverse=True)[:limit]}
 
@@ -322,7 +319,7 @@ class ViTRunner:
             )
         entries = model_entries(config, self.settings.max_models)
         for entry in entries:
-            if entry.name == self.settings.model_name and self.settings.checkpoint and not _version_dirs(entry.base_path):
+            if entry.name == self.settings.model_name and self.settings.checkpoint and not version_dirs(entry.base_path):
                 self._export_checkpoint(entry.base_path)
         # TF Serving fails to start when a model never becomes available; so does this server.
         self.reload(config, warmup=False, startup=True)
@@ -424,7 +421,7 @@ class ViTRunner:
         """Load the versions the policy aspires to, unload the rest, as TF Serving's
         AvailabilityPreservingPolicy does: until an aspired version is AVAILABLE the highest version that
         served before keeps serving (a broken new version does not take the model down)."""
-        on_disk = _version_dirs(entry.base_path)
+        on_disk = version_dirs(entry.base_path)
         aspired = entry.policy.aspired(on_disk)
         servables = {v: s for v, s in previous.servables.items() if v in aspired}
         failed = {v: f for v, f in previous.failed.items() if v in aspired}
@@ -483,12 +480,14 @@ class ViTRunner:
                 log.exception("scanning the model directories failed")
 
     def _poll_config_file(self) -> None:
-        """--model_config_file_poll_wait_seconds: reread and apply the file; a bad file is logged and the
-        config in force stays."""
+        """--model_config_file_poll_wait_seconds: reread and apply the file; a bad file (an empty one, or a
+        model with no loadable version, included) is logged and the config in force stays."""
         path = self.settings.model_config_file
         while not self._stop.wait(self.settings.model_config_file_poll_wait_seconds):
             try:
-                self.reload(read_config_file(path, MAX_CONFIG_FILE_BYTES))
+                config = read_config_file(path, MAX_CONFIG_FILE_BYTES)
+                check_reload(model_entries(config, self.settings.max_models), root=None)
+                self.reload(config)
             except ServiceError as exc:
                 log.error("reloading %s failed: %s", path, exc.message)
             except Exception:

@@ -36,6 +36,16 @@ class ViTSettings(ServiceSettings):
         description="how often the model config file is reread and applied; 0 = never "
         "(TF Serving's --model_config_file_poll_wait_seconds)",
     )
+    allow_reload: bool = Field(
+        False,
+        description="serve ModelService/HandleReloadConfigRequest (with keys configured, to admin keys only: "
+        "MODELSERVE_ADMIN_KEYS); off, it answers UNIMPLEMENTED. tensorflow_model_server has no such switch",
+    )
+    model_root: Path | None = Field(
+        None,
+        description="the directory every base path of a reloaded config must lie under (symlinks resolved); "
+        "default: VIT_MODEL_BASE, or with VIT_MODEL_CONFIG_FILE the directory holding its models' base paths",
+    )
     allow_version_labels_for_unavailable_models: bool = Field(
         False,
         description="let a config give a label to a version that is not loaded yet, as TF Serving's flag of "

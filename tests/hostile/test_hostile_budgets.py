@@ -114,6 +114,46 @@ def test_an_abandoned_translation_frees_the_model_within_a_step(translation, cou
     assert steps.decoder <= PAUSE_AT + 1, f"{steps.decoder} decoder steps for a request abandoned at step {PAUSE_AT}"
 
 
+
+# Source tokens: the encoder's work and memory (and every decoded token's cross-attention) grow with them, and
+# FSMT's tokenizer escapes characters into several tokens ('|' becomes '&#124;': 2,000 characters, 12,001 tokens).
+# Measured before: 6 such texts with max_new_tokens 1 were priced 6 beam-tokens and cost 24 s and +1.4 GiB.
+ESCAPED_TEXT = "|" * 2000
+LONGEST_TEXT = "||||| " * 34  # 1,021 tokens: within the tiny model's 1,024 positions
+
+
+def test_a_text_past_the_models_positions_is_refused_before_the_encoder(translation, count_passes):
+    runner = translation.services[0].runner
+    passes = count_passes(encoder=runner.models["en-de"].model.encoder)
+    body = dict(text=["Hello."] + [ESCAPED_TEXT] * 5, source_lang="en", target_lang="de", max_new_tokens=1)
+    response = httpx.post(translation.rest_url + "/v1/translate", json=body, timeout=60)
+    with grpc.insecure_channel(translation.grpc_target) as channel:
+        with pytest.raises(grpc.RpcError) as error:
+            translation_grpc.TranslationStub(channel).Translate(translation_pb.TranslateRequest(**body), timeout=60)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "text[1]" in message and "12001 source tokens" in message and "1024" in message, message
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_position_embeddings" in error.value.details()
+    assert passes.encoder == 0, "a refused request must not reach the model"
+
+
+def test_many_long_texts_are_priced_by_their_source_tokens(translation, count_passes):
+    runner = translation.services[0].runner
+    passes = count_passes(encoder=runner.models["en-de"].model.encoder)
+    # 32 x 8 x 200 = 51,200 beam-tokens: within the budget when the 32,672 source tokens cost nothing.
+    body = dict(text=[LONGEST_TEXT] * 32, source_lang="en", target_lang="de", num_beams=8, max_new_tokens=200)
+    response = httpx.post(translation.rest_url + "/v1/translate", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "max_request_cost"
+    assert "TRANSLATION_MAX_REQUEST_COST" in response.json()["error"]["message"]
+    assert passes.encoder == 0
+    one = httpx.post(translation.rest_url + "/v1/translate", timeout=60,
+                     json=dict(body, text=[LONGEST_TEXT], num_beams=1, max_new_tokens=4))
+    assert one.status_code == 200, one.text
+
+
+
 # -- ASR: the longest upload, abandoned ---------------------------------------------------------------------------
 
 

@@ -172,7 +172,7 @@ def test_torch_servers_read_api_keys_from_an_optional_secret(path):
         assert secret and secret["secretName"] == API_KEYS_SECRET, (
             f"{name}: {mount['name']} is not the Secret"
         )
-        # A pod must start without the Secret: authentication is then off, not the rollout stuck.
+        # A pod must start without the Secret (the rollout is not stuck); its server then refuses every request.
         assert secret.get("optional") is True, name
         relative = key_file[len(mount["mountPath"].rstrip("/")) + 1 :]
         assert {"key": "api-keys", "path": relative} in secret.get("items", []), (

@@ -85,7 +85,7 @@ def test_a_mounted_key_file_is_read_and_rotated(tmp_path, monkeypatch):
     monkeypatch.setattr(auth, "FILE_CHECK_S", 0.0)
     key_file = tmp_path / "api-keys"
     absent = ApiKeys(file=str(key_file))
-    assert not absent.enabled, "an optional Secret that is not there leaves keys off"
+    assert absent.enabled and not absent.allows(None), "a configured key file that is not there refuses everyone"
     key_file.write_text("# rotated monthly\nfirst-key\n\nsecond-key\n")
     keys = ApiKeys(file=str(key_file))
     assert keys.allows("Bearer second-key") and not keys.allows("Bearer third-key") and not keys.allows(None)

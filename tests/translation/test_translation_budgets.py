@@ -76,7 +76,7 @@ def test_the_attack_is_refused_at_once_naming_the_budget(server, decoder_steps):
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == "max_request_cost"
-    assert "1.04858e+06" in error["message"] or "1048576" in error["message"]
+    assert float(error["message"].split()[2]) >= 32 * 8 * 8 * 512, "priced at least its beam-tokens"
     assert "TRANSLATION_MAX_REQUEST_COST" in error["message"]
     assert decoder_steps.decoder == 0, "a refused request must not reach the model"
     assert elapsed < 2, f"refusal took {elapsed:.2f} s"
@@ -96,21 +96,23 @@ def test_the_default_budget_admits_every_request_at_default_length(runner):
     settings = TranslationSettings()
     largest = TranslateRequest(text=["word"] * settings.max_texts, source_lang="en", target_lang="de",
                                num_beams=settings.max_num_beams)
-    assert runner.cost(build_job(largest, settings)) <= settings.max_request_cost
+    assert runner.cost(build_job(largest, settings, runner)) <= settings.max_request_cost
     one_text_every_limit = TranslateRequest(
         text="word", source_lang="en", target_lang="de", num_beams=settings.max_num_beams,
         num_return_sequences=settings.max_num_beams, max_new_tokens=settings.max_new_tokens,
     )
-    assert runner.cost(build_job(one_text_every_limit, settings)) <= settings.max_request_cost
-    assert runner.cost(build_job(TranslateRequest(**ATTACK), settings)) > 10 * settings.max_request_cost
+    assert runner.cost(build_job(one_text_every_limit, settings, runner)) <= settings.max_request_cost
+    assert runner.cost(build_job(TranslateRequest(**ATTACK), settings, runner)) > 10 * settings.max_request_cost
 
 
 def test_cost_counts_the_models_own_beams_when_the_request_sets_none(runner):
     settings = TranslationSettings()
-    default = build_job(TranslateRequest(text=["a", "b"], source_lang="en", target_lang="de"), settings)
+    default = build_job(TranslateRequest(text=["a", "b"], source_lang="en", target_lang="de"), settings, runner)
     beams = runner.models["en-de"].generation_config.num_beams
     assert beams > 1
-    assert runner.cost(default) == 2 * beams * 1 * settings.default_max_new_tokens
+    explicit = build_job(TranslateRequest(text=["a", "b"], source_lang="en", target_lang="de", num_beams=beams),
+                         settings, runner)
+    assert runner.cost(default) == runner.cost(explicit) > 2 * beams * settings.default_max_new_tokens
 
 
 def test_a_normal_request_within_the_budget_is_served(server):
@@ -133,7 +135,7 @@ def test_extreme_length_penalty_is_refused(server, value):
 
 
 def translation_job(runner, **request):
-    return build_job(TranslateRequest(source_lang="en", target_lang="de", **request), runner.settings)
+    return build_job(TranslateRequest(source_lang="en", target_lang="de", **request), runner.settings, runner)
 
 
 @pytest.mark.parametrize("cause", ["client gone", "deadline"])

@@ -27,6 +27,7 @@ def vit_server(vit_checkpoint, tmp_path_factory):
         model_base=tmp_path_factory.mktemp("vit-serving"),
         checkpoint=str(vit_checkpoint),
         poll_interval_s=0.5,
+        allow_reload=True,  # tests/vit/test_vit_hostile_examples.py sends hostile reloads
         # Long enough that concurrent test requests reliably share a batch.
         max_wait_ms=40, wait_when_idle=True,
         threads=1,

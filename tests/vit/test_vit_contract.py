@@ -160,6 +160,7 @@ def server(request, config_file):
         settings = ViTSettings(
             model_config_file=config_file,
             allow_version_labels_for_unavailable_models=True,
+            allow_reload=True,
             poll_interval_s=0,
             checkpoint=None,
         )

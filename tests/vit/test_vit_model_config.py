@@ -11,6 +11,7 @@ import grpc
 import pytest
 import requests
 import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -170,6 +171,7 @@ def test_the_polled_config_file_is_applied_and_a_bad_one_keeps_the_last_good_con
         for bad in (
             "model_config_list { config {",
             config_text(base_path, "version_labels { key: 'stable' value: 9 }"),
+            "model_config_list {}",  # empty: it would unload every model
         ):
             config_file.write_text(bad)
             time.sleep(1.0)  # five polls
@@ -187,6 +189,7 @@ def test_a_request_in_flight_completes_when_its_model_is_removed(tmp_path, base_
         checkpoint=None,
         max_wait_ms=1500,
         wait_when_idle=True,
+        allow_reload=True,
     )
     with ServerThread(lambda: [create_service(settings)], settings) as server:
         answers = []
@@ -199,12 +202,14 @@ def test_a_request_in_flight_completes_when_its_model_is_removed(tmp_path, base_
         )
         sender.start()
         time.sleep(0.5)
-        empty = model_server_config_pb2.ModelServerConfig()
-        empty.model_config_list.SetInParent()
+        # Another model takes its place (a reload never empties the server).
+        replacement = text_format.Parse(
+            config_text(base_path, name="other"), model_server_config_pb2.ModelServerConfig()
+        )
         with grpc.insecure_channel(server.grpc_target) as channel:
             stub = model_service_pb2_grpc.ModelServiceStub(channel)
             response = stub.HandleReloadConfigRequest(
-                model_management_pb2.ReloadConfigRequest(config=empty), 30
+                model_management_pb2.ReloadConfigRequest(config=replacement), 30
             )
         assert response.status.error_code == 0
         sender.join(timeout=30)

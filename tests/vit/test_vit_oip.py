@@ -243,6 +243,7 @@ def test_a_config_reload_adds_and_removes_oip_models(vit_server, tmp_path, image
     settings = ViTSettings(
         model_config_file=config_file,
         model_config_file_poll_wait_seconds=0.2 if reload == "file" else 0,
+        allow_reload=True,
         checkpoint=None,
         poll_interval_s=0,
         threads=1,
