@@ -363,7 +363,7 @@ class ImageGenRunner:
                 results.extend(Cancelled("request cancelled before it started") for _ in chunk)
                 continue
             try:
-                with self._decode_checked(chunk):
+                with self._checked_for_cancellation(chunk):
                     results.extend(self.generate([work.payload for work in chunk], self._listener(chunk)))
             except Cancelled as exc:  # every caller of the chunk left: nothing to answer, nothing to log
                 results.extend(exc for _ in chunk)
@@ -373,16 +373,19 @@ class ImageGenRunner:
         return results
 
     @contextlib.contextmanager
-    def _decode_checked(self, works: list[Work]) -> Iterator[None]:
-        """Checks the works before every ResNet block of the VAE decoder: a decode (seconds for large images on a
-        CPU) stops within a block once every caller has gone, and each check lets other services' calls take
-        their turn on a shared model thread."""
+    def _checked_for_cancellation(self, works: list[Work]) -> Iterator[None]:
+        """Checks the works before every block of the UNet and every ResNet block of the VAE decoder: a denoising
+        step or a decode (seconds each for large images on a CPU) stops within a block once every caller has
+        gone, instead of at the end of the step or never."""
         stop = StopWhenCancelled(works)
-        decoder = self.pipelines[TEXT_TO_IMAGE].vae.decoder  # every pipeline view shares this VAE
-        blocks = [resnet for block in [decoder.mid_block, *decoder.up_blocks] for resnet in block.resnets]
+        pipeline = self.pipelines[TEXT_TO_IMAGE]  # every pipeline view shares these modules
+        unet, decoder = pipeline.unet, pipeline.vae.decoder
+        blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+        blocks += [resnet for block in [decoder.mid_block, *decoder.up_blocks] for resnet in block.resnets]
         with contextlib.ExitStack() as checks:
             for block in blocks:
-                checks.enter_context(stop.checked_before(block))
+                if block is not None:
+                    checks.enter_context(stop.checked_before(block))
             yield
 
     def _chunks(self, works: list[Work]) -> list[list[Work]]:

@@ -174,9 +174,18 @@ class Generation:
 
 
 def plan_generation(body: GenerateInput, runner: ImageGenRunner) -> Generation:
-    """Decodes the sources (call it off the event loop) and checks the request against the limits."""
+    """Decodes the sources (call it off the event loop) and checks the request against the limits.
+
+    Every parameter is checked against stand-in sources first: a refused request costs no decoding."""
     size = body.size
     limit = runner.settings.max_input_pixels
+    if body.image is not None or body.mask is not None:
+        stand_in = Image.new("L", (MIN_SIDE, MIN_SIDE))
+        has_mask = body.mask is not None or body.mask_pixels is not None
+        build_job(
+            body, runner, size=size, size_field="width", streaming=body.stream, strength=body.strength,
+            image=stand_in, mask=stand_in if has_mask else None,
+        )
     image = source(body.image, body.image_pixels, "image", "image_pixels", limit)
     mask = source(body.mask, body.mask_pixels, "mask", "mask_pixels", limit)
     job = build_job(

@@ -27,6 +27,7 @@ from PIL import Image
 from protos import imagegen_pb2 as pb
 from protos import imagegen_pb2_grpc as pb_grpc
 from services.imagegen import rest as imagegen_rest
+from services.imagegen import schemas as imagegen_schemas
 from services.imagegen.service import create_service
 from services.imagegen.settings import ImageGenSettings
 from services.kit import decoding
@@ -248,6 +249,27 @@ def test_parameters_are_refused_before_any_image_is_decoded(imagegen, monkeypatc
         timeout=WAIT_S,
     )
     assert sheet.status_code == 400 and sheet.json()["error"]["param"] == "n", sheet.text
+    assert decoded == []
+
+
+def test_grpc_and_oip_parameters_are_refused_before_any_image_is_decoded(imagegen, monkeypatch):
+    decoded = []
+    monkeypatch.setattr(imagegen_schemas, "decode_image", lambda *args, **kwargs: decoded.append(args))
+    with grpc.insecure_channel(imagegen.grpc_target) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.ImageGenerationStub(channel).Generate(
+                pb.GenerateRequest(prompt="a cat", image=HOSTILE_JPEG, steps=1000), timeout=WAIT_S
+            )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "steps" in refused.value.details()
+    client = triton_http.InferenceServerClient(imagegen.rest_url.removeprefix("http://"), network_timeout=WAIT_S)
+    inputs = []
+    for name, value in (("prompt", b"a cat"), ("image", progressive_jpeg(64))):
+        entry = triton_http.InferInput(name, [1], "BYTES")
+        entry.set_data_from_numpy(np.array([value], dtype=np.object_))
+        inputs.append(entry)
+    with pytest.raises(Exception) as oip_refused:
+        client.infer("imagegen", inputs, parameters={"steps": 1000})
+    assert int(oip_refused.value.status()) == 400 and "steps" in oip_refused.value.message()
     assert decoded == []
 
 
