@@ -164,7 +164,7 @@ def _edit_request(
         files["mask"] = (mask_name, mask_content)
     form = {"prompt": prompt, **{k: str(v) for k, v in options.set_fields().items()}}
     if stream:
-        form["stream"] = "true"
+        form.update(stream="true", stream_progress="true")
     return {"files": files, "data": form}
 
 
@@ -188,7 +188,12 @@ class ImagesClient:
         return _result_from_json(self.transport.request("POST", "/v1/images/generations", json=body).json())
 
     def generate_stream(self, prompt: str, **options) -> Iterator[Event]:
-        body = {"prompt": prompt, **ImageOptions(**options).set_fields(), "stream": True}
+        body = {
+            "prompt": prompt,
+            **ImageOptions(**options).set_fields(),
+            "stream": True,
+            "stream_progress": True,
+        }
         yield from self._events("/v1/images/generations", json=body)
 
     def edit(
@@ -240,7 +245,12 @@ class AsyncImagesClient:
         return _result_from_json(response.json())
 
     async def generate_stream(self, prompt: str, **options) -> AsyncIterator[Event]:
-        body = {"prompt": prompt, **ImageOptions(**options).set_fields(), "stream": True}
+        body = {
+            "prompt": prompt,
+            **ImageOptions(**options).set_fields(),
+            "stream": True,
+            "stream_progress": True,
+        }
         async for event in self._events("/v1/images/generations", json=body):
             yield event
 

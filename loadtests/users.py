@@ -348,7 +348,12 @@ class ImageGenRestUser(RestUser):
 
     @task(1)
     def generate_stream(self) -> None:
-        body = {"prompt": self.payloads.prompt(), **self.payloads.imagegen_options(), "stream": True}
+        body = {
+            "prompt": self.payloads.prompt(),
+            **self.payloads.imagegen_options(),
+            "stream": True,
+            "stream_progress": True,
+        }
 
         def check(data, _):
             events = sse_events(data)

@@ -1,5 +1,6 @@
-"""The ASR service as an Open Inference Protocol (v2) model, "asr": an encoded audio file (BYTES "audio") or raw
-samples (FP32 "audio_samples" with the `sample_rate` parameter) in, the transcript out.
+"""The ASR service as an Open Inference Protocol (v2) model, "asr": an encoded audio file (BYTES "audio"; in a JSON
+request its base64 text) or raw samples (FP32 "audio_samples" with the `sample_rate` parameter) in, the transcript
+out.
 
 The model is the transcription operation, as REST's routes are (the same checks, audio limits, batcher and cost),
 so a transcript over the OIP is the one REST gives for the same audio and options. gRPC
@@ -53,7 +54,8 @@ OUTPUTS = [
 
 def create_oip_model(transcription: Operation, runner: ASRRunner, settings: ASRSettings) -> OipModel:
     inputs = [
-        Tensor("audio", "BYTES", (1,), optional=True),
+        # In JSON, base64 text of the file, no larger decoded than the REST upload this service takes.
+        Tensor("audio", "BYTES", (1,), optional=True, json_base64=True, max_bytes=settings.max_body_bytes),
         # The longest audio accepted at the highest rate accepted, and no more FP32 values than a request may
         # carry (4 bytes each, the most compact encoding); the rate actually sent is checked once known.
         Tensor(

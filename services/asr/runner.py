@@ -917,8 +917,11 @@ class ASRRunner:
                         self.token_logprob(t, lp) for t, lp in zip(part.tokens, part.logprobs, strict=True) if t < eot
                     )
                 for timing in part.words or ():
+                    # A token that is only a space is a "word" to the aligner; OpenAI lists no empty words.
+                    if not (word := timing.word.strip()):
+                        continue
                     start = min(timing.start, job.duration)
-                    words.append(Word(timing.word.strip(), round(start, 2), round(min(max(timing.end, start), job.duration), 2)))
+                    words.append(Word(word, round(start, 2), round(min(max(timing.end, start), job.duration), 2)))
                 text = tokenizer.decode(part.tokens, skip_special_tokens=True).strip()
                 if not job.options.timestamps or not text:
                     continue

@@ -2,6 +2,7 @@
 limits, the audio it carries as the runner's samples, and the response formats of OpenAI's audio API (json,
 text, verbose_json, srt, vtt, and the transcript.text.* stream events)."""
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,8 +19,12 @@ from .chunking import chunking_options
 from .runner import SAMPLE_RATE, ASRJob, ASRRunner, DecodeOptions, TokenLogprob, Transcript
 from .settings import ASRSettings
 
-# Names OpenAI clients send; each means "the speech model this server runs".
-OPENAI_MODEL_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+# OpenAI's transcription model names (the openai SDK's AudioModel), each meaning "the speech model this server
+# runs", as are their dated snapshots (gpt-4o-mini-transcribe-2025-12-15).
+OPENAI_MODEL_ALIASES = ("whisper-1", "gpt-transcribe", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+# OpenAI's models that label speakers: refused with a 400 naming diarization (as known_speaker_names is).
+OPENAI_DIARIZING_MODELS = ("gpt-4o-transcribe-diarize",)
+DATED_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
 ResponseFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
 TIMESTAMPED_FORMATS = ("verbose_json", "srt", "vtt")
@@ -31,7 +36,9 @@ class TranscriptionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(
-        None, description=f"the served model's id, or one of {', '.join(OPENAI_MODEL_ALIASES)}"
+        None,
+        description=f"the served model's id, or one of {', '.join(OPENAI_MODEL_ALIASES)} (or a dated snapshot "
+        "of one, such as gpt-4o-mini-transcribe-2025-12-15)",
     )
     language: str | None = Field(
         None, max_length=32, description="ISO 639-1 code or name; detected when unset"
@@ -170,12 +177,22 @@ def float_samples(samples: np.ndarray, rate: int | None, settings: ASRSettings) 
 
 
 def check_model(model: str | None, runner: ASRRunner) -> None:
-    if model and model not in (runner.model_id, *OPENAI_MODEL_ALIASES):
-        raise NotFound(
-            f"model {model!r} is not served here; use {runner.model_id!r} or one of its OpenAI names "
-            f"({', '.join(OPENAI_MODEL_ALIASES)})",
+    if not model or model == runner.model_id:
+        return
+    family = DATED_SNAPSHOT.sub("", model)
+    if family in OPENAI_MODEL_ALIASES:
+        return
+    if family in OPENAI_DIARIZING_MODELS:
+        raise InvalidArgument(
+            f"model: {model!r} labels speakers, and speaker identification (diarization) is not offered by this "
+            f"server; use {runner.model_id!r} or one of {', '.join(OPENAI_MODEL_ALIASES)}",
             field="model",
         )
+    raise NotFound(
+        f"model {model!r} is not served here; use {runner.model_id!r} or one of its OpenAI names "
+        f"({', '.join(OPENAI_MODEL_ALIASES)}, or a dated snapshot of one)",
+        field="model",
+    )
 
 
 def check_request(

@@ -89,6 +89,11 @@ def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     )
 
 
+def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The image at `size` (OpenAI's sizes are made within the pixel limit, then resized to the size named)."""
+    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+
+
 def encode_image(image: Image.Image, fmt: str, quality: int | None = None) -> bytes:
     """PNG is lossless; `quality` (0-100) applies to JPEG and WebP."""
     pil_format, _ = OUTPUT_FORMATS[fmt]

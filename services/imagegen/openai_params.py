@@ -3,7 +3,9 @@
 No parameter is silently ignored. Each is honoured; refused with a 400 naming it; or accepted and
 named in the `x-modelserve-ignored` response header when it has no meaning for this model:
 
-- honoured: prompt, model (aliases below), n, size (OpenAI's sizes scaled into max_pixels), quality
+- honoured: prompt, model (aliases below; none means dall-e-2, OpenAI's default, when the request uses only
+  dall-e-2's fields), n, size (OpenAI's sizes for the model named, made within max_pixels and resized to the size
+  named), quality
   (denoising steps), response_format (url links served by GET /v1/images/files/{id}), output_format,
   output_compression, partial_images (in streams), stream, background opaque/auto, moderation auto (the server's
   safety checker setting), user / safety_identifier (echoed and put on the trace span as enduser.id),
@@ -15,6 +17,7 @@ named in the `x-modelserve-ignored` response header when it has no meaning for t
   operator's IMAGEGEN_SAFETY_CHECKER setting, not the caller's).
 """
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -42,10 +45,28 @@ GPT_IMAGE_MODELS = (
     "gpt-image-2.6-flare",
     "chatgpt-image-latest",
 )
-# Sizes OpenAI's models make; asked for by name, they are scaled into this server's pixel limit.
-OPENAI_SIZES = frozenset(
-    {"256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024", "1024x1792"}
+# The sizes each of OpenAI's models answers in (the openai SDK's size literals and their docs), the default first.
+DALL_E_SIZES = {
+    "dall-e-2": ("1024x1024", "512x512", "256x256"),
+    "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
+}
+GPT_IMAGE_SIZES = ("1024x1024", "1536x1024", "1024x1536")
+# GPT image models that also make any WIDTHxHEIGHT within OpenAI's bounds (the SDK's `size` docs).
+CUSTOM_SIZE_MODELS = frozenset(
+    {
+        "gpt-image-2",
+        "gpt-image-2-2026-04-21",
+        "gpt-image-2.5-sunburst",
+        "gpt-image-2.5-sunburst-2026-09-08",
+        "gpt-image-2.5-flare",
+        "gpt-image-2.5-flare-2026-09-08",
+    }
 )
+CUSTOM_SIZE_MULTIPLE, CUSTOM_MAX_RATIO, CUSTOM_MAX_SIZE = 16, 3, (3840, 2160)
+# Sizes OpenAI's models make; asked for by name, they are scaled into this server's pixel limit.
+OPENAI_SIZES = frozenset({size for sizes in (*DALL_E_SIZES.values(), GPT_IMAGE_SIZES) for size in sizes})
+# A request naming no model answers as dall-e-2 (OpenAI's default) when it uses only fields dall-e-2 takes.
+DALL_E_2_FIELDS = frozenset({"prompt", "n", "size", "response_format", "user"})
 SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 # DALL-E's quality names mean the GPT image ones with the same steps.
 QUALITY_ALIASES = {"standard": "medium", "hd": "high"}
@@ -60,25 +81,38 @@ class ModelProfile:
     name: str
     legacy: bool = False  # dall-e-2/3: url by default; no size/output_format/quality/background fields
     gpt_image: bool = False  # GPT image models always answer base64: response_format=url is refused
+    # The sizes an OpenAI model answers in, its default first; none for the served model (any size, as made).
+    sizes: tuple[str, ...] = ()
+    custom_sizes: bool = False  # also any WIDTHxHEIGHT within OpenAI's bounds
 
     @property
     def default_response_format(self) -> str:
         return "url" if self.legacy else "b64_json"
 
 
-def resolve_model(
-    name: str | None, runner: ImageGenRunner, *, default: ModelProfile | None = None
-) -> ModelProfile:
-    if name is None:
-        return default or ModelProfile(runner.model_name)
-    if name in (runner.model_name, runner.settings.model):
-        return ModelProfile(name)
+def resolve_model(name: str | None, runner: ImageGenRunner) -> ModelProfile:
+    if name is None or name in (runner.model_name, runner.settings.model):
+        return ModelProfile(name or runner.model_name)
     if name in DALL_E_MODELS:
-        return ModelProfile(name, legacy=True)
+        return ModelProfile(name, legacy=True, sizes=DALL_E_SIZES[name])
     if name in GPT_IMAGE_MODELS:
-        return ModelProfile(name, gpt_image=True)
+        return ModelProfile(
+            name, gpt_image=True, sizes=GPT_IMAGE_SIZES, custom_sizes=name in CUSTOM_SIZE_MODELS
+        )
     served = ", ".join((runner.model_name, *DALL_E_MODELS, *GPT_IMAGE_MODELS))
     raise NotFound(f"model {name!r} is not served here; available: {served}", field="model")
+
+
+def openai_default_model(body) -> str | None:
+    """dall-e-2, OpenAI's default model, for a request using only fields dall-e-2 takes (and one of its sizes);
+    None (the served model) when it uses any other: OpenAI picks a GPT image model when its parameters are used,
+    and the Stable Diffusion extensions and other sizes are this server's own."""
+    defaults = type(body).model_fields
+    used = {name for name in body.model_fields_set if getattr(body, name) != defaults[name].default}
+    size = parse_size(body.size)
+    if used <= DALL_E_2_FIELDS and (size is None or "{}x{}".format(*size) in DALL_E_SIZES["dall-e-2"]):
+        return "dall-e-2"
+    return None
 
 
 def parse_size(size: str | None, field: str = "size") -> tuple[int, int] | None:
@@ -99,14 +133,60 @@ def resolve_size(size: str | None, settings: ImageGenSettings, field: str = "siz
     parsed = parse_size(size, field)
     if parsed is None or size.strip() not in OPENAI_SIZES:
         return parsed
-    width, height = fit_size(*parsed, settings.max_pixels)
+    return scaled_into_limit(parsed, settings, field)
+
+
+def scaled_into_limit(
+    size: tuple[int, int], settings: ImageGenSettings, field: str = "size"
+) -> tuple[int, int]:
+    width, height = fit_size(*size, settings.max_pixels)
     if min(width, height) < MIN_SIDE:
         raise InvalidArgument(
-            f"{field}: {size.strip()} scaled into this server's {settings.max_pixels} pixels "
+            f"{field}: {size[0]}x{size[1]} scaled into this server's {settings.max_pixels} pixels "
             f"(IMAGEGEN_MAX_PIXELS) is {width}x{height}, below the {MIN_SIDE}-pixel minimum side",
             field=field,
         )
     return width, height
+
+
+def resolve_openai_size(
+    size: str | None, profile: ModelProfile, settings: ImageGenSettings, served_name: str
+) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(the size to make, the size to answer in) for an OpenAI model name: one of the model's sizes (dall-e's
+    default when none is named; for auto, None: chosen from the image made), made within max_pixels."""
+    parsed = parse_size(size)
+    if parsed is None and profile.legacy:
+        parsed = parse_size(profile.sizes[0])
+    if parsed is None:
+        return None, None
+    named = "{}x{}".format(*parsed)
+    if named not in profile.sizes and not (profile.custom_sizes and custom_size_allowed(*parsed)):
+        largest = "{}x{}".format(*CUSTOM_MAX_SIZE)
+        custom = (
+            f", or WIDTHxHEIGHT in multiples of {CUSTOM_SIZE_MULTIPLE} up to {largest} with an aspect ratio "
+            f"within 1:{CUSTOM_MAX_RATIO}"
+            if profile.custom_sizes
+            else ""
+        )
+        auto = "" if profile.legacy else ", auto"
+        raise InvalidArgument(
+            f"size: {profile.name} answers in {', '.join(profile.sizes)}{auto}{custom}; got {size!r} "
+            f"(name the model {served_name!r} for any other size)",
+            field="size",
+        )
+    return scaled_into_limit(parsed, settings), parsed
+
+
+def custom_size_allowed(width: int, height: int) -> bool:
+    long_side, short_side = max(width, height), min(width, height)
+    return (
+        width % CUSTOM_SIZE_MULTIPLE == 0
+        and height % CUSTOM_SIZE_MULTIPLE == 0
+        and short_side > 0
+        and long_side <= CUSTOM_MAX_SIZE[0]
+        and short_side <= CUSTOM_MAX_SIZE[1]
+        and long_side <= CUSTOM_MAX_RATIO * short_side
+    )
 
 
 def resolve_quality(
@@ -138,6 +218,16 @@ class OpenAIPlan:
     safety_identifier: str | None
     ignored: tuple[str, ...]
     drop_previews: bool = False
+    answer_size: tuple[int, int] | None = None  # an OpenAI size the images are resized to
+    step_progress: bool = False  # the stream_progress extension: `<kind>.progress` events in the stream
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size of the images answered, for images made at width x height: the OpenAI size named; for an
+        OpenAI model's auto, its size closest in shape to the image made; for the served model, as made."""
+        if self.answer_size is not None or not self.profile.sizes:
+            return self.answer_size or (width, height)
+        sizes = [parse_size(size) for size in self.profile.sizes]
+        return min(sizes, key=lambda size: abs(math.log(size[0] * height / (size[1] * width))))
 
     def option_updates(self) -> dict:
         """Changes to the generation options: the resolved steps, and no previews outside a stream."""
@@ -150,16 +240,38 @@ class OpenAIPlan:
         return headers
 
 
+def check_response_size(n: int, size: tuple[int, int] | None, limit: int) -> None:
+    """Refuse, before any work, a request whose images could not fit the response limit: n images at the size
+    answered (resized up to OpenAI's sizes, whatever the render size), each at worst raw RGB in base64."""
+    if size is None:
+        return  # the served model's default size, already bounded by IMAGEGEN_MAX_PIXELS
+    width, height = size
+    worst = n * (width * height * 3 + height + 1024) * 4 // 3
+    if worst > limit:
+        raise InvalidArgument(
+            f"size: {n} image(s) of {width}x{height} could make a response of {worst} bytes; the limit is {limit} "
+            "(IMAGEGEN_MAX_RESPONSE_BYTES): ask for fewer or smaller images",
+            field="size",
+        )
+
+
 def plan_request(
     body,
     runner: ImageGenRunner,
     *,
-    default_model: ModelProfile | None = None,
+    default_to_dall_e_2: bool = False,
     not_applicable: tuple[str, ...] = (),
 ) -> OpenAIPlan:
     """Resolve and check the OpenAI fields of a generations, edits or variations body."""
     settings = runner.settings
-    profile = resolve_model(body.model, runner, default=default_model)
+    if body.model is None and default_to_dall_e_2:
+        body = body.model_copy(update={"model": openai_default_model(body)})
+    profile = resolve_model(body.model, runner)
+    if body.stream_progress and not body.stream:
+        raise InvalidArgument(
+            "stream_progress: progress events exist only in streams; send stream: true with it",
+            field="stream_progress",
+        )
     if body.response_format == "url" and profile.gpt_image:
         raise InvalidArgument(
             f"response_format: {profile.name} always answers b64_json, as OpenAI's GPT image models do; "
@@ -193,13 +305,20 @@ def plan_request(
     safety_identifier = body.safety_identifier or body.user or None
     if safety_identifier:
         trace.get_current_span().set_attribute("enduser.id", safety_identifier)
+    if profile.sizes:
+        size, answer_size = resolve_openai_size(body.size, profile, settings, runner.model_name)
+    else:
+        size, answer_size = resolve_size(body.size, settings), None
+    check_response_size(getattr(body, "n", None) or 1, answer_size or size, settings.max_response_bytes)
     return OpenAIPlan(
         profile=profile,
         response_format=body.response_format or profile.default_response_format,
         steps=steps,
-        size=resolve_size(body.size, settings),
+        size=size,
         quality=quality,
         safety_identifier=safety_identifier,
         ignored=tuple(ignored),
         drop_previews=unstreamed_previews,
+        answer_size=answer_size,
+        step_progress=body.stream_progress,
     )

@@ -1,11 +1,13 @@
 """REST routes, OpenAI-compatible: POST /v1/images/generations, /v1/images/edits (multipart or JSON),
 /v1/images/variations, and GET /v1/images/files/{id} for the links `response_format="url"` answers.
 
-Generations and edits answer JSON, or with `"stream": true` server-sent events: `<kind>.progress` after
-every denoising step, `<kind>.partial_image` previews when `partial_images` asks for them, then one
-`<kind>.completed` per image (kind is image_generation or image_edit, as in OpenAI's streams).
-Every answer carries `x-modelserve-image-size` (the pixels made) and, when a parameter had no effect,
-`x-modelserve-ignored` naming it (openai_params lists which parameters do what).
+Generations and edits answer JSON, or with `"stream": true` server-sent events of OpenAI's types only:
+`<kind>.partial_image` previews as many as `partial_images` asks for, then one `<kind>.completed` per image
+(kind is image_generation or image_edit, as in OpenAI's streams); the extension `"stream_progress": true` adds
+`<kind>.progress` after every denoising step. For OpenAI's model names images (previews too) come in one of
+the model's sizes, resized to it when made smaller within the pixel limit. Every answer carries
+`x-modelserve-image-size` (the pixels made) and, when a parameter had no effect, `x-modelserve-ignored`
+naming it (openai_params lists which parameters do what).
 """
 
 import asyncio
@@ -32,9 +34,9 @@ from services.kit.streaming import SSE_MEDIA_TYPE, rest_stream, sse_event
 from services.kit.validation import parse
 
 from .files import ImageStore
-from .images import MIN_SIDE, decode_image, encode_image, mask_from, media_type, reference_sheet
+from .images import MIN_SIDE, decode_image, encode_image, mask_from, media_type, reference_sheet, resized
 from .inputs import load_reference
-from .openai_params import ModelProfile, OpenAIPlan, plan_request
+from .openai_params import OpenAIPlan, plan_request
 from .runner import TEXT_TO_IMAGE, GeneratedImage, ImageGenRunner, ImageJob, Preview, Progress
 from .schemas import (
     MAX_OPENAI_EDIT_IMAGES,
@@ -50,8 +52,6 @@ from .settings import ImageGenSettings
 
 FILES_PATH = "/v1/images/files"
 TRUNCATED_HEADER = "x-modelserve-truncated"
-# Variations follow dall-e-2, the only OpenAI model that made them: links unless b64_json is asked for.
-VARIATION_DEFAULT_MODEL = ModelProfile("dall-e-2", legacy=True)
 
 
 class EditInput(BaseModel):
@@ -77,7 +77,19 @@ class OpenAIGeneration:
     kind: str  # the event prefix of its stream: image_generation, image_edit, image_variation
     prompt_tokens: int
     headers: dict[str, str]
+    size: tuple[int, int]  # the answered images' (width, height): an OpenAI size, or as made
     nbytes: int = 0
+
+    @property
+    def size_name(self) -> str:
+        return "{}x{}".format(*self.size)
+
+    def delivered(self, image: Image.Image) -> Image.Image:
+        return resized(image, self.size)
+
+    def preview(self, image: Image.Image) -> Image.Image:
+        """A latent-sized preview; for an OpenAI model name at the answer's size, as its event says."""
+        return resized(image, self.size) if self.plan.profile.sizes else image
 
 
 class PromptTokens:
@@ -130,15 +142,16 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
         return base64.b64encode(encoded(image, body)).decode("ascii")
 
     def build_response(images: list[GeneratedImage], generation: OpenAIGeneration, base_url: str) -> dict:
-        body, plan, job = generation.body, generation.plan, generation.job
+        body, plan = generation.body, generation.plan
         data = []
         for generated in images:
             item = {"seed": generated.seed}
+            image = generation.delivered(generated.image)
             if plan.response_format == "url":
-                image_id = store.put(encoded(generated.image, body), media_type(body.output_format))
+                image_id = store.put(encoded(image, body), media_type(body.output_format))
                 item["url"] = f"{base_url}{FILES_PATH}/{image_id}"
             else:
-                item["b64_json"] = b64(generated.image, body)
+                item["b64_json"] = b64(image, body)
             if generated.nsfw is not None:
                 item["nsfw_content_detected"] = generated.nsfw
             data.append(item)
@@ -146,7 +159,7 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
         if not plan.profile.legacy:  # OpenAI's DALL-E answers carry none of these
             response.update(
                 output_format=body.output_format,
-                size=f"{job.width}x{job.height}",
+                size=generation.size_name,
                 background="opaque",
                 usage=usage(generation.prompt_tokens),
             )
@@ -179,7 +192,8 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
             headers[TRUNCATED_HEADER] = ", ".join(
                 f"{name} (beyond {tokens.limit} tokens)" for name in truncated
             )
-        return OpenAIGeneration(job, body, plan, kind, counts["prompt"], headers, nbytes)
+        size = plan.output_size(job.width, job.height)
+        return OpenAIGeneration(job, body, plan, kind, counts["prompt"], headers, size, nbytes)
 
     async def answer(call: Call[OpenAIGeneration]) -> Response:
         generation = call.job
@@ -193,17 +207,21 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
 
     async def stream_events(call: Call[OpenAIGeneration]) -> AsyncIterator[bytes]:
         generation = call.job
-        body, job, kind = generation.body, generation.job, generation.kind
+        body, kind = generation.body, generation.kind
         fields = image_fields(body, generation.plan)
         async for event in call.events():
             now = int(time.time())
             if isinstance(event, Progress):
-                yield sse(f"{kind}.progress", step=event.step, total_steps=event.total_steps, created_at=now)
+                if generation.plan.step_progress:  # not an OpenAI event type: only when asked for
+                    yield sse(
+                        f"{kind}.progress", step=event.step, total_steps=event.total_steps, created_at=now
+                    )
             elif isinstance(event, Preview):
                 for index, preview in enumerate(event.images):
+                    preview = await asyncio.to_thread(generation.preview, preview)
                     yield sse(
                         f"{kind}.partial_image",
-                        b64_json=b64(preview, body),
+                        b64_json=await asyncio.to_thread(b64, preview, body),
                         partial_image_index=event.index,
                         image_index=index,
                         step=event.step,
@@ -214,13 +232,14 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
                     )
             elif isinstance(event, Done):
                 for index, image in enumerate(event.result):
+                    delivered = await asyncio.to_thread(generation.delivered, image.image)
                     yield sse(
                         f"{kind}.completed",
-                        b64_json=await asyncio.to_thread(b64, image.image, body),
+                        b64_json=await asyncio.to_thread(b64, delivered, body),
                         image_index=index,
                         seed=image.seed,
                         nsfw_content_detected=image.nsfw,
-                        size=f"{job.width}x{job.height}",
+                        size=generation.size_name,
                         created_at=now,
                         usage=usage(generation.prompt_tokens),
                         **fields,
@@ -275,7 +294,7 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
         return make_job
 
     async def plan_generations(body: ImageGenerationRequest) -> OpenAIGeneration:
-        plan = plan_request(body, runner)
+        plan = plan_request(body, runner, default_to_dall_e_2=True)
 
         def make_job() -> ImageJob:
             options = body.model_copy(update=plan.option_updates())
@@ -290,9 +309,7 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
 
     async def plan_variations(edit: EditInput) -> OpenAIGeneration:
         body = edit.fields
-        plan = plan_request(
-            body, runner, default_model=VARIATION_DEFAULT_MODEL, not_applicable=("input_fidelity",)
-        )
+        plan = plan_request(body, runner, default_to_dall_e_2=True, not_applicable=("input_fidelity",))
         strength = settings.variation_strength if body.strength is None else body.strength
         make_job = edit_job(edit, plan, strength, prompt_required=False)
         return await run_decoding(planned, body, plan, "image_variation", make_job, edit.nbytes)
@@ -406,7 +423,8 @@ output keeps the source's size, scaled down into the pixel limit and to multiple
         read=read_variation,
         description="""multipart/form-data: `image` plus OpenAI's n, size, response_format, model, user (and the extension
 fields): image-to-image with no prompt, redrawing IMAGEGEN_VARIATION_STRENGTH of it by default.
-Without a model it answers as dall-e-2 did: links unless b64_json is asked for.""",
+Without a model, and with only dall-e-2's fields and sizes, it answers as dall-e-2 did: links unless b64_json
+is asked for, in the size named (default 1024x1024).""",
         **answered,
     )
 

@@ -64,14 +64,26 @@ class ImageGenerationRequest(GenerationOptions):
     """POST /v1/images/generations: OpenAI's fields plus the extensions above (openai_params says how each
     OpenAI field applies)."""
 
-    model: str | None = Field(None, description="the served model, or an OpenAI name (dall-e-*, gpt-image-*)")
+    model: str | None = Field(
+        None,
+        description="the served model, or an OpenAI name (dall-e-*, gpt-image-*); none: dall-e-2 (OpenAI's "
+        "default) when only dall-e-2's fields and sizes are used, else the served model",
+    )
     size: str | None = Field(
-        None, examples=["512x512"], description="WIDTHxHEIGHT or auto; OpenAI's sizes scale into max_pixels"
+        None,
+        examples=["512x512"],
+        description="WIDTHxHEIGHT or auto; an OpenAI model name takes its own sizes, made within max_pixels and "
+        "resized to the size named; the served model makes any size within max_pixels",
     )
     response_format: Literal["b64_json", "url"] | None = Field(
         None, description="default: url for dall-e-2/3, b64_json otherwise"
     )
     stream: bool = False
+    stream_progress: bool = Field(
+        False,
+        description="extension, streams only: also send `<kind>.progress` (step, total_steps) after every "
+        "denoising step; not an OpenAI event type, so off by default",
+    )
     quality: Literal["low", "medium", "high", "xhigh", "max", "auto", "standard", "hd"] | None = Field(
         None, description="denoising steps (IMAGEGEN_QUALITY_STEPS); standard = medium, hd = high"
     )
@@ -183,8 +195,14 @@ def plan_generation(body: GenerateInput, runner: ImageGenRunner) -> Generation:
         stand_in = Image.new("L", (MIN_SIDE, MIN_SIDE))
         has_mask = body.mask is not None or body.mask_pixels is not None
         build_job(
-            body, runner, size=size, size_field="width", streaming=body.stream, strength=body.strength,
-            image=stand_in, mask=stand_in if has_mask else None,
+            body,
+            runner,
+            size=size,
+            size_field="width",
+            streaming=body.stream,
+            strength=body.strength,
+            image=stand_in,
+            mask=stand_in if has_mask else None,
         )
     image = source(body.image, body.image_pixels, "image", "image_pixels", limit)
     mask = source(body.mask, body.mask_pixels, "mask", "mask_pixels", limit)
@@ -238,7 +256,9 @@ class ImagesResponse(BaseModel):
     model: str
     output_format: OutputFormat | None = None
     size: str | None = Field(
-        None, description="the pixel size made (left out for dall-e names, as OpenAI does)"
+        None,
+        description="the images' size: one of the OpenAI model's sizes, or as made for the served model (left out "
+        "for dall-e names, as OpenAI does); the size made is in x-modelserve-image-size",
     )
     background: Literal["opaque"] | None = None
     quality: Literal["low", "medium", "high", "xhigh", "max"] | None = None

@@ -24,6 +24,10 @@ _QUOTE = ord('"')
 _DECODE_SLICE = 1 << 20
 
 
+# How a body that is not UTF-8 is refused: as the parse error it is (TF Serving's clients look for these words).
+ENCODING_PROBLEM = "JSON Parse error"
+
+
 class JsonScanner:
     """The shape and encoding checks over a body fed piece by piece (as it arrives or inflates); `feed` answers
     why the body is refused, or None. Elements are strings, commas and opened arrays or objects.
@@ -47,9 +51,9 @@ class JsonScanner:
             self.started = True
             encoding = json.detect_encoding(piece[:4])
             if encoding not in ("utf-8", "utf-8-sig"):
-                return f"JSON must be UTF-8; this body looks like {encoding.upper()}"
+                return f"{ENCODING_PROBLEM}: JSON must be UTF-8; this body looks like {encoding.upper()}"
         if b"\x00" in piece:
-            return "JSON must be UTF-8 and holds no NUL bytes (is it UTF-16 or UTF-32?)"
+            return f"{ENCODING_PROBLEM}: JSON must be UTF-8 and holds no NUL bytes (is it UTF-16 or UTF-32?)"
         pending = self.utf8.getstate()[0]
         if pending or not piece.isascii() or final:
             view = memoryview(piece)
@@ -59,7 +63,7 @@ class JsonScanner:
                     self.utf8.decode(view[start:start + _DECODE_SLICE])
                 self.utf8.decode(b"", final)
             except UnicodeDecodeError as exc:
-                return f"JSON must be UTF-8: invalid UTF-8 byte ({exc.reason})"
+                return f"{ENCODING_PROBLEM}: JSON must be UTF-8; invalid UTF-8 byte ({exc.reason})"
         return None
 
     def _shape_error(self, piece: bytes) -> str | None:

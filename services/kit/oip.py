@@ -4,14 +4,20 @@ A service declares models (`OipModel`: named, typed tensors, the request paramet
 serves one request); the kit serves /v2 and `inference.GRPCInferenceService` for all services of a process at once,
 checks every declared shape and element count before any tensor data is converted, decodes JSON tensors, Triton's
 binary-tensor extension and gRPC raw contents, and answers errors the way the protocol specifies
-(REST `{"error": "..."}` with a 4xx/5xx status, gRPC status codes).
+(REST `{"error": "..."}` with a 4xx/5xx status, gRPC status codes). Triton's model configuration and statistics
+extensions describe each model (its tensors, its batcher) and what it has served, over both transports.
 """
 
 import asyncio
+import base64
+import binascii
 import json
 import struct
+import threading
+import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,16 +25,19 @@ import grpc
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from google.protobuf import json_format
 
 from protos import inference as pb
 
+from . import logs
+from .batcher import DynamicBatcher
 from .errors import InvalidArgument, NotFound, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from .json_limits import JsonScanner
 from .state import ServerState
 
 SERVER_NAME = "modelserve"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ["binary_tensor_data", "parameters"]
+EXTENSIONS = ["binary_tensor_data", "parameters", "model_configuration", "statistics"]
 HEADER_LENGTH = "inference-header-content-length"
 # JSON elements a request may hold besides its tensors' data: names, shapes, parameters.
 JSON_OVERHEAD_ELEMENTS = 2_000
@@ -56,8 +65,20 @@ CONTENTS_FIELDS = {
     "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
     "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }
+# The tensor parameter declaring a BYTES input whose JSON data are base64 text (MLServer's content type).
+BASE64_CONTENT_TYPE = "base64"
+# Triton's stream parameters: the response parameter marking a request's last response, and the request parameter
+# asking a streaming model's parts to go out at once, followed by an empty final response.
+FINAL_RESPONSE = "triton_final_response"
+EMPTY_FINAL_RESPONSE = "triton_enable_empty_final_response"
+# Triton's model-configuration names of the datatypes (TYPE_STRING is BYTES).
+CONFIG_TYPES = {datatype: f"TYPE_{datatype}" for datatype in NUMPY_TYPES} | {"BYTES": "TYPE_STRING"}
+# The durations of Triton's InferStatistics; no response cache here, so cache_hit and cache_miss stay zero.
+STATISTIC_DURATIONS = (
+    "success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss",
+)
 # Triton's request parameters that a client sets itself: the protocol layer handles them, a model never sees them.
-PROTOCOL_PARAMETERS = {"binary_data_output", "timeout", "triton_enable_empty_final_response"}
+PROTOCOL_PARAMETERS = {"binary_data_output", "timeout", EMPTY_FINAL_RESPONSE}
 
 
 @dataclass(frozen=True)
@@ -72,9 +93,18 @@ class Tensor:
     optional: bool = False
     # BYTES holding encoded files (PNG, WAV: never UTF-8 text), which travel as raw bytes even in a JSON response.
     files: bool = False
+    # A BYTES input of binary data (an encoded file): JSON strings cannot carry raw bytes, so a JSON request sends
+    # each element as base64 text, which the kit decodes, never more than `max_bytes` decoded bytes an element
+    # (checked from the text's length first). Binary tensor data and gRPC carry the raw bytes. The metadata says
+    # so with the tensor parameter `content_type: base64` (MLServer's name for it).
+    json_base64: bool = False
+    max_bytes: int | None = None
 
     def metadata(self) -> dict:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        metadata = {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        if self.json_base64:
+            metadata["parameters"] = {"content_type": BASE64_CONTENT_TYPE}
+        return metadata
 
 
 @dataclass(frozen=True)
@@ -153,6 +183,103 @@ class InferRequest:
 Outputs = dict[str, Any]  # output name -> numpy array, or list of str/bytes for BYTES
 
 
+class RequestTimes:
+    """Where one request's time went, for its model's statistics: decoding its inputs and encoding its outputs
+    (measured here), and its share of the batcher's queue and model time, read from the request's access-log
+    record, which the batcher fills (the differences, as a ModelStreamInfer stream's requests share one record)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.spent = {"compute_input": 0.0, "compute_output": 0.0}
+        self.record = logs.current_request.get()
+        self.record_before = self._record_totals()
+
+    def _record_totals(self) -> tuple[float, float, int]:
+        record = self.record
+        if record is None:
+            return 0.0, 0.0, 0
+        return (record.queue_ms or 0.0) / 1000, (record.compute_ms or 0.0) / 1000, record.batches
+
+    @contextmanager
+    def spent_in(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[stage] += time.perf_counter() - started
+
+    def batcher_share(self) -> tuple[float, float, int]:
+        """Seconds queued, seconds of model time, and the model calls the request took part in."""
+        (queue_now, compute_now, batches_now), (queue_before, compute_before, batches_before) = (
+            self._record_totals(), self.record_before,
+        )
+        return queue_now - queue_before, compute_now - compute_before, batches_now - batches_before
+
+
+class Statistics:
+    """Triton's statistics (its statistics extension) of one model version since the process started, REST and
+    gRPC together. As Triton's: `success`/`fail` count requests and their whole time in the server; `queue`,
+    `compute_*`, `inference_count` and `execution_count` only successful ones. `execution_count` adds the model
+    calls of each request: a call that served a batch of n requests counts n times (Triton counts it once), as a
+    request knows its share of a batch but not which other requests shared it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # REST and gRPC requests may record at once
+        self.durations = {name: [0, 0] for name in STATISTIC_DURATIONS}  # name -> [count, nanoseconds]
+        self.last_inference_ms = 0
+        self.inference_count = 0
+        self.execution_count = 0
+
+    @contextmanager
+    def request(self) -> Iterator[RequestTimes]:
+        """Records the request run inside: a success, or a failure when it raises."""
+        times = RequestTimes()
+        try:
+            yield times
+        except Exception:
+            self._record(times, succeeded=False)
+            raise
+        self._record(times, succeeded=True)
+
+    def _record(self, times: RequestTimes, succeeded: bool) -> None:
+        elapsed = time.perf_counter() - times.started
+        queue_s, compute_s, executions = times.batcher_share()
+        with self.lock:
+            self.last_inference_ms = max(self.last_inference_ms, int(time.time() * 1000))
+            if not succeeded:
+                self._add("fail", elapsed)
+                return
+            self._add("success", elapsed)
+            self._add("queue", queue_s)
+            self._add("compute_input", times.spent["compute_input"])
+            self._add("compute_infer", compute_s)
+            self._add("compute_output", times.spent["compute_output"])
+            self.inference_count += 1
+            self.execution_count += executions
+
+    def _add(self, name: str, seconds: float) -> None:
+        duration = self.durations[name]
+        duration[0] += 1
+        duration[1] += max(0, round(seconds * 1e9))
+
+    def as_json(self, name: str, version: str) -> dict:
+        """Triton's `$model_stat` object (the gRPC ModelStatistics message in its JSON form)."""
+        with self.lock:
+            return {
+                "name": name,
+                "version": version,
+                "last_inference": self.last_inference_ms,
+                "inference_count": self.inference_count,
+                "execution_count": self.execution_count,
+                "inference_stats": {
+                    stage: {"count": count, "ns": ns} for stage, (count, ns) in self.durations.items()
+                },
+                "response_stats": {},
+                "batch_stats": [],
+                "memory_usage": [],
+            }
+
+
 @dataclass
 class OipModel:
     """What a service serves under /v2/models/{name}: its tensors, the parameters it honours, and its call.
@@ -172,6 +299,9 @@ class OipModel:
     platform: str = "pytorch"
     versions: Callable[[], list[str]] = lambda: ["1"]
     ready: Callable[[str], bool] = lambda version: True
+    # The batcher that runs its requests, described in its model configuration.
+    batcher: DynamicBatcher | None = None
+    statistics_by_version: dict[str, Statistics] = field(default_factory=dict, repr=False)
 
     def metadata(self) -> dict:
         return {
@@ -184,6 +314,52 @@ class OipModel:
 
     def output_tensors(self) -> list[Tensor]:
         return self.outputs() if callable(self.outputs) else self.outputs
+
+    def statistics(self, version: str) -> Statistics:
+        return self.statistics_by_version.setdefault(version, Statistics())
+
+    def config(self) -> dict:
+        """Triton's model configuration (its model_configuration extension) in its JSON form. The tensors carry
+        no batch dimension of Triton's kind, so `dims` are whole shapes and `max_batch_size` is 0, as Triton says
+        of such models; the batcher joins whole requests, which `dynamic_batching` describes (its request limit
+        in the parameter `max_batch_requests`). A model that streams parts is decoupled."""
+        config: dict[str, Any] = {
+            "name": self.name,
+            "platform": self.platform,
+            "backend": "",
+            "max_batch_size": 0,
+            "input": [
+                {
+                    "name": tensor.name, "data_type": CONFIG_TYPES[tensor.datatype], "format": "FORMAT_NONE",
+                    "dims": list(tensor.shape), "is_shape_tensor": False, "allow_ragged_batch": False,
+                    "optional": tensor.optional,
+                }
+                for tensor in self.inputs
+            ],
+            "output": [
+                {
+                    "name": tensor.name, "data_type": CONFIG_TYPES[tensor.datatype], "dims": list(tensor.shape),
+                    "label_filename": "", "is_shape_tensor": False,
+                }
+                for tensor in self.output_tensors()
+            ],
+            "parameters": {},
+            "model_transaction_policy": {"decoupled": self.stream is not None},
+        }
+        if self.batcher is not None:
+            config["dynamic_batching"] = {
+                "preferred_batch_size": [],
+                "max_queue_delay_microseconds": round(self.batcher.max_wait_s * 1e6),
+                "preserve_ordering": False,
+                "default_queue_policy": {
+                    "timeout_action": "REJECT",
+                    "default_timeout_microseconds": round(self.batcher.timeout_s * 1e6),
+                    "allow_timeout_override": True,  # Triton's `timeout` request parameter
+                    "max_queue_size": self.batcher.max_queue,
+                },
+            }
+            config["parameters"]["max_batch_requests"] = {"string_value": str(self.batcher.max_batch_size)}
+        return config
 
     def max_json_elements(self) -> int:
         """Each value of a JSON tensor is an element and so is the comma after it."""
@@ -231,6 +407,15 @@ class Registry:
         if version and version not in versions:
             raise NotFound(f"model '{name}' has no version '{version}'; it has: {', '.join(versions)}")
         return model, version or versions[-1]
+
+    def statistics(self, name: str = "", version: str = "") -> dict:
+        """Triton's statistics response: every version of every model, of one model, or one version of it."""
+        if name:
+            model, _ = self.model(name, version)
+            chosen = [(model, version)] if version else [(model, known) for known in model.versions()]
+        else:
+            chosen = [(model, known) for _, model in sorted(self.models().items()) for known in model.versions()]
+        return {"model_stats": [model.statistics(known).as_json(model.name, known) for model, known in chosen]}
 
 
 # -- request decoding -------------------------------------------------------------------------------------------
@@ -310,6 +495,27 @@ def _array_from_values(spec: Tensor, shape: list[int], data: Any) -> np.ndarray:
         return np.asarray(flat, dtype=NUMPY_TYPES[spec.datatype]).reshape(shape)
     except (OverflowError, ValueError) as exc:
         raise InvalidArgument(f"input '{spec.name}': {exc}", field=spec.name) from None
+
+
+def _decoded_base64(spec: Tensor, array: np.ndarray) -> np.ndarray:
+    """A base64 input's JSON strings as the bytes they encode, each bounded by its length before it is decoded."""
+    decoded = np.empty(array.size, dtype=np.object_)
+    for index, text in enumerate(array.reshape(-1)):
+        size = len(text.rstrip(b"=")) * 3 // 4
+        if spec.max_bytes is not None and size > spec.max_bytes:
+            raise PayloadTooLarge(
+                f"input '{spec.name}': its base64 text holds {size} bytes; the limit is {spec.max_bytes}",
+                field=spec.name,
+            )
+        try:
+            decoded[index] = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
+        except binascii.Error:
+            raise InvalidArgument(
+                f"input '{spec.name}': not base64 text (a JSON request sends this binary input as standard base64: "
+                "A-Z, a-z, 0-9, +, /, = padding, no line breaks)",
+                field=spec.name,
+            ) from None
+    return decoded.reshape(array.shape)
 
 
 def _array_from_raw(spec: Tensor, shape: list[int], raw: bytes) -> np.ndarray:
@@ -554,7 +760,8 @@ def _rest_request(
             arrays[name] = _array_from_raw(spec, shape, binary[position:position + size])
             position += size
         elif "data" in entry:
-            arrays[name] = _array_from_values(spec, shape, entry["data"])
+            array = _array_from_values(spec, shape, entry["data"])
+            arrays[name] = _decoded_base64(spec, array) if spec.json_base64 else array
         else:
             raise InvalidArgument(f"input '{name}': no 'data' and no binary_data_size", field=name)
     if position != len(binary):
@@ -623,6 +830,7 @@ def create_router(registry: Registry, limits: RestLimits) -> APIRouter:
     state = registry.state
 
     @router.get("/v2")
+    @router.get("/v2/", include_in_schema=False)  # the server-metadata path as the protocol's docs write it
     async def server_metadata():
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
 
@@ -654,28 +862,51 @@ def create_router(registry: Registry, limits: RestLimits) -> APIRouter:
     async def infer(request: Request, name: str, version: str = ""):
         try:
             model, version = registry.model(name, version)
-            header_length = _header_length(request.headers.get(HEADER_LENGTH))
-            scanner = JsonScanner(max_depth=limits.max_json_depth, max_elements=model.max_json_elements())
-            # Inflating and parsing a large JSON tensor is CPU work: off the event loop, which serves every other
-            # request.
-            body = await asyncio.to_thread(
-                _checked_body, await request.body(), request.headers.get("content-encoding"), limits.max_body_bytes,
-                header_length, scanner,
-            )
-            header, binary = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
-            infer_request, requested, all_binary, binary_outputs = await asyncio.to_thread(
-                _rest_request, model, version, header, binary, limits
-            )
-            infer_request.disconnected = request.is_disconnected
-            produced = await infer_request.model.infer(infer_request)
-            return _rest_response(infer_request, requested, produced, all_binary, binary_outputs)
+            with model.statistics(version).request() as times:
+                header_length = _header_length(request.headers.get(HEADER_LENGTH))
+                scanner = JsonScanner(max_depth=limits.max_json_depth, max_elements=model.max_json_elements())
+                body = await request.body()
+                # Inflating and parsing a large JSON tensor is CPU work: off the event loop, which serves every
+                # other request.
+                with times.spent_in("compute_input"):
+                    body = await asyncio.to_thread(
+                        _checked_body, body, request.headers.get("content-encoding"), limits.max_body_bytes,
+                        header_length, scanner,
+                    )
+                    header, binary = (
+                        (body, b"") if header_length is None else (body[:header_length], body[header_length:])
+                    )
+                    infer_request, requested, all_binary, binary_outputs = await asyncio.to_thread(
+                        _rest_request, model, version, header, binary, limits
+                    )
+                infer_request.disconnected = request.is_disconnected
+                produced = await infer_request.model.infer(infer_request)
+                with times.spent_in("compute_output"):
+                    return _rest_response(infer_request, requested, produced, all_binary, binary_outputs)
         except ServiceError as error:
             return _error(error)
 
+    async def model_config(name: str, version: str = ""):
+        try:
+            model, _ = registry.model(name, version)
+        except ServiceError as error:
+            return _error(error)
+        return model.config()
+
+    async def model_statistics(name: str = "", version: str = ""):
+        try:
+            return registry.statistics(name, version)
+        except ServiceError as error:
+            return _error(error)
+
+    # Before /v2/models/{name}, which would take "stats" for a model's name.
+    router.add_api_route("/v2/models/stats", model_statistics, methods=["GET"])
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         router.add_api_route(prefix, model_metadata, methods=["GET"])
         router.add_api_route(f"{prefix}/ready", model_ready, methods=["GET"])
         router.add_api_route(f"{prefix}/infer", infer, methods=["POST"])
+        router.add_api_route(f"{prefix}/config", model_config, methods=["GET"])
+        router.add_api_route(f"{prefix}/stats", model_statistics, methods=["GET"])
     return router
 
 
@@ -756,43 +987,88 @@ class InferenceServicer:
         metadata = model.metadata()
         response = pb.ModelMetadataResponse(name=metadata["name"], versions=metadata["versions"], platform=model.platform)
         for tensor in model.inputs:
-            response.inputs.add(**tensor.metadata())
+            # No tensor parameters in gRPC metadata; none needed: gRPC carries a base64 input's raw bytes.
+            response.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         for tensor in model.output_tensors():
             response.outputs.add(**tensor.metadata())
         return response
 
     async def ModelInfer(self, message, context):
-        request, requested = await asyncio.to_thread(_grpc_request, self.registry, message, self.max_response_bytes)
-        request.timeout = _earliest(request.timeout, context.time_remaining())
-        return _grpc_response(request, requested, await request.model.infer(request))
+        model, version = self.registry.model(message.model_name, message.model_version)
+        with model.statistics(version).request() as times:
+            with times.spent_in("compute_input"):
+                request, requested = await asyncio.to_thread(
+                    _grpc_request, self.registry, message, self.max_response_bytes
+                )
+            request.timeout = _earliest(request.timeout, context.time_remaining())
+            produced = await request.model.infer(request)
+            with times.spent_in("compute_output"):
+                return _grpc_response(request, requested, produced)
+
+    async def ModelConfig(self, request, context):
+        model, _ = self.registry.model(request.name, request.version)
+        return json_format.ParseDict({"config": model.config()}, pb.ModelConfigResponse())
+
+    async def ModelStatistics(self, request, context):
+        return json_format.ParseDict(
+            self.registry.statistics(request.name, request.version), pb.ModelStatisticsResponse()
+        )
 
     async def ModelStreamInfer(self, messages, context):
         """Requests of a stream are served in turn; a failed one answers error_message and the stream goes on."""
         async for message in messages:
-            final = _parameter_value(message.parameters["triton_enable_empty_final_response"]) if (
-                "triton_enable_empty_final_response" in message.parameters
-            ) else False
-            try:
-                request, requested = await asyncio.to_thread(
-                    _grpc_request, self.registry, message, self.max_response_bytes
-                )
+            async for response in self._stream_responses(message, context):
+                yield response
+
+    async def _stream_responses(self, message, context) -> AsyncIterator:
+        """One request's responses as Triton sends them: each carries `triton_final_response`, true on the last
+        (an error response ends its request, so it is final). A streaming (decoupled) model's part is known to be
+        the last only when the model ends, so its parts go out one behind; with
+        `triton_enable_empty_final_response` each goes out as soon as it is made and an empty response carries the
+        final flag, as for Triton's decoupled models. Other models answer once, final, whatever that asks."""
+        version, held = message.model_version, None
+        try:
+            model, version = self.registry.model(message.model_name, message.model_version)
+            each_at_once = model.stream is not None and EMPTY_FINAL_RESPONSE in message.parameters and (
+                _parameter_value(message.parameters[EMPTY_FINAL_RESPONSE]) is True
+            )
+            with model.statistics(version).request() as times:
+                with times.spent_in("compute_input"):
+                    request, requested = await asyncio.to_thread(
+                        _grpc_request, self.registry, message, self.max_response_bytes
+                    )
                 request.timeout = _earliest(request.timeout, context.time_remaining())
-                if request.model.stream is None:
-                    parts = _single(request.model.infer(request))
-                else:
-                    parts = request.model.stream(request)
+                parts = _single(model.infer(request)) if model.stream is None else model.stream(request)
                 async for produced in parts:
-                    yield pb.ModelStreamInferResponse(infer_response=_grpc_response(request, requested, produced))
-            except ServiceError as error:
-                yield pb.ModelStreamInferResponse(
-                    error_message=f"{error.grpc_code.name}: {error.message}",
-                    infer_response=pb.ModelInferResponse(model_name=message.model_name, id=message.id),
-                )
-                continue
-            if final:
-                done = pb.ModelInferResponse(model_name=message.model_name, model_version=request.version, id=message.id)
-                done.parameters["triton_final_response"].bool_param = True
-                yield pb.ModelStreamInferResponse(infer_response=done)
+                    with times.spent_in("compute_output"):
+                        response = _stream_response(_grpc_response(request, requested, produced), final=False)
+                    if each_at_once:
+                        yield response
+                        continue
+                    if held is not None:
+                        yield held
+                    held = response
+        except ServiceError as error:
+            if held is not None:
+                yield held
+            yield _stream_response(
+                pb.ModelInferResponse(model_name=message.model_name, model_version=version, id=message.id),
+                final=True, error=error,
+            )
+            return
+        if held is None:
+            empty = pb.ModelInferResponse(model_name=message.model_name, model_version=version, id=message.id)
+            yield _stream_response(empty, final=True)
+        else:
+            held.infer_response.parameters[FINAL_RESPONSE].bool_param = True
+            yield held
+
+
+def _stream_response(response, final: bool, error: ServiceError | None = None):
+    """A ModelStreamInfer response carrying Triton's final flag (and, for a failed request, its error)."""
+    response.parameters[FINAL_RESPONSE].bool_param = final
+    message = f"{error.grpc_code.name}: {error.message}" if error is not None else ""
+    return pb.ModelStreamInferResponse(error_message=message, infer_response=response)
 
 
 async def _single(outputs: Awaitable[Outputs]) -> AsyncIterator[Outputs]:
@@ -812,6 +1088,8 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
         "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
         "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
         "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+        "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
+        "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
     }
     handlers = {
         method: grpc.unary_unary_rpc_method_handler(

@@ -239,6 +239,7 @@ class Operation(Generic[RequestModel, Job, ResponseModel]):
             parameters=parameters,
             stream=by_part if stream else None,
             platform=platform,
+            batcher=self.batcher,
         )
 
 

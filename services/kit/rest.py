@@ -19,7 +19,7 @@ from . import logs, metrics, oip, tracing
 from .auth import ApiKeys
 from .config import ServiceSettings
 from .errors import InvalidArgument, Overloaded, PayloadTooLarge, ServiceError, Unauthenticated, Unavailable
-from .json_limits import JsonScanner, parses_as_json
+from .json_limits import ENCODING_PROBLEM, JsonScanner, parses_as_json
 from .service import Service
 from .state import ServerState
 from .validation import describe
@@ -30,7 +30,8 @@ REQUEST_ID_HEADER = "x-request-id"
 # Probes answer before the model is ready, without a key, and are kept out of the request metrics' noise.
 PROBE_PATHS = {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
 # Open Inference Protocol requests carry tensors: their route bounds JSON by the model's declared tensor sizes.
-OIP_PREFIX = "/v2/"
+OIP_ROOT = "/v2"
+OIP_PREFIX = OIP_ROOT + "/"
 METRICS_PATH = "/metrics"
 
 
@@ -40,12 +41,14 @@ def error_response(error: ServiceError, error_body=None) -> JSONResponse:
 
 
 class ErrorBodies:
-    """Each service's error shape on its own routes (TF Serving's `{"error": "..."}` on the ViT routes, say);
-    elsewhere the shape of a process's only service, or the kit's."""
+    """Each service's error shape on its own routes (TF Serving's `{"error": "..."}` on the ViT routes, say); on
+    paths no route matches, the shape of the protocol whose prefix they carry (an unknown /v2/... path answers
+    as the Open Inference Protocol does); elsewhere the shape of a process's only service, or the kit's."""
 
     def __init__(self, by_route: dict[str, Callable[[ServiceError], dict]], default):
         self.by_route = by_route
         self.default = default
+        self.by_prefix: dict[str, Callable[[ServiceError], dict]] = {}
 
     @classmethod
     def of(cls, services: list[Service]) -> "ErrorBodies":
@@ -57,11 +60,16 @@ class ErrorBodies:
         }
         return cls(by_route, services[0].error_body if len(services) == 1 else None)
 
-    def for_path(self, route_path: str | None):
-        return self.by_route.get(route_path, self.default) if route_path else self.default
+    def for_path(self, route_path: str | None, request_path: str = ""):
+        if route_path in self.by_route:
+            return self.by_route[route_path]
+        for prefix, error_body in self.by_prefix.items():
+            if request_path == prefix or request_path.startswith(prefix + "/"):
+                return error_body
+        return self.default
 
     def for_request(self, request: Request):
-        return self.for_path(getattr(request.scope.get("route"), "path", None))
+        return self.for_path(getattr(request.scope.get("route"), "path", None), request.url.path)
 
 
 class ServingMiddleware:
@@ -120,7 +128,7 @@ class ServingMiddleware:
             return await self.app(scope, receive, send_with_id)
         if path in self.metrics_paths:  # answers while loading, but only to a key holder when keys are on
             error = self._check_key(scope)
-            app = error_response(error, self.error_bodies.for_path(path)) if error else self.app
+            app = error_response(error, self.error_bodies.for_path(path, path)) if error else self.app
             return await app(scope, receive, send_with_id)
 
         span = self._server_span(scope, request_id) if tracing.enabled() else None
@@ -151,7 +159,7 @@ class ServingMiddleware:
             # Label by route template, never the raw path: random paths must not grow /metrics (or traces).
             record.route = self._route_template(scope)
             metrics.REQUESTS.labels("rest", record.route, str(int(error.http_status))).inc()
-            body = self.error_bodies.for_path(record.route)
+            body = self.error_bodies.for_path(record.route, scope["path"])
             return await error_response(error, body)(scope, receive, send_with_id)
 
         received = 0
@@ -181,7 +189,9 @@ class ServingMiddleware:
                 if received > self.max_body_bytes:
                     raise StarletteHTTPException(413, f"request body exceeds the {self.max_body_bytes} byte limit")
                 if json_scanner is not None and (problem := json_scanner.feed(message.get("body", b""), body_done)):
-                    raise StarletteHTTPException(400, f"request body: {problem}")
+                    raise StarletteHTTPException(
+                        400, problem if problem.startswith(ENCODING_PROBLEM) else f"request body: {problem}"
+                    )
             return message
 
         started = time.perf_counter()
@@ -257,7 +267,12 @@ def create_rest_app(
     docs = {} if settings.docs else dict(docs_url=None, redoc_url=None, openapi_url=None)
     # FastAPI's own OpenTelemetry spans (0.165+) stay off: ServingMiddleware makes the server span, the same way
     # for REST and gRPC and also for the requests it refuses before FastAPI sees them.
-    app = FastAPI(title=title, telemetry={"tracing": False, "metrics": False, "logs": False}, **docs)
+    # No slash redirects: Starlette's point at an absolute http:// URL, the wrong scheme behind a TLS-terminating
+    # proxy, and neither OpenAI nor Triton redirects. A path with a trailing slash is a 404 in its protocol's shape
+    # (but `GET /v2/`, the spec's server-metadata path, which the OIP router serves).
+    app = FastAPI(
+        title=title, telemetry={"tracing": False, "metrics": False, "logs": False}, redirect_slashes=False, **docs
+    )
     api_keys = api_keys or ApiKeys.from_env()
     error_bodies = ErrorBodies.of(services)
 
@@ -275,9 +290,14 @@ def create_rest_app(
             400: "invalid_argument", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
             413: "payload_too_large",
         }.get(exc.status_code, "http_error")
-        body = {"error": {"code": code, "message": str(exc.detail), "type": code}}
+        detail = str(exc.detail)
+        if exc.status_code == 404 and "route" not in request.scope:
+            detail = f"no route {request.method} {request.url.path}"
+            if len(request.url.path) > 1 and request.url.path.endswith("/"):
+                detail += " (routes take no trailing slash)"
+        body = {"error": {"code": code, "message": detail, "type": code}}
         if error_body := error_bodies.for_request(request):
-            body = error_body(ServiceError(str(exc.detail)))
+            body = error_body(ServiceError(detail))
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -328,8 +348,9 @@ def create_rest_app(
         registry, oip.RestLimits(settings.max_body_bytes, settings.max_json_depth, settings.max_response_bytes)
     )
     app.include_router(oip_router)
-    # The server's own refusals on /v2 (413, 408, a 500) answer in the protocol's shape too.
+    # The server's own refusals on /v2 (413, 408, a 500) answer in the protocol's shape too, as do unknown /v2 paths.
     error_bodies.by_route.update({route.path: oip.error_body for route in oip_router.routes})
+    error_bodies.by_prefix[OIP_ROOT] = oip.error_body
 
     app.add_middleware(
         ServingMiddleware, state=state, settings=settings, api_keys=api_keys, routes=app.router.routes,

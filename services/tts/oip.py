@@ -2,9 +2,9 @@
 speech), the service's two operations with the REST routes' checks, batchers, budgets and encoders.
 
 Inputs: "tts" takes "text" (BYTES [1], UTF-8); "tts-conversion" takes "audio" (BYTES [1], an encoded wav, flac,
-ogg or mp3 file). Both take an optional "speaker_embedding" (FP32, the model's x-vector size) that speaks instead
-of `voice`. Parameters: voice (an installed voice or any OpenAI voice name, as on REST), response_format and
-seed; "tts" also speed.
+ogg or mp3 file; in a JSON request its base64 text, as the metadata's `content_type: base64` says). Both take
+an optional "speaker_embedding" (FP32, the model's x-vector size) that speaks instead of `voice`. Parameters:
+voice (an installed voice or any OpenAI voice name, as on REST), response_format and seed; "tts" also speed.
 
 Outputs, for both models:
 - "audio": FP32 [-1], mono samples in [-1, 1] at the model's rate, whatever response_format says;
@@ -94,7 +94,11 @@ def oip_models(speech: Operation, conversion: Operation, runner: SpeechRunner) -
         ),
         conversion.oip_model(
             CONVERSION_MODEL,
-            inputs=[Tensor("audio", "BYTES", (1,)), SPEAKER_EMBEDDING],
+            inputs=[
+                # In JSON, base64 text of the file, no larger decoded than the REST upload this service takes.
+                Tensor("audio", "BYTES", (1,), json_base64=True, max_bytes=runner.settings.max_body_bytes),
+                SPEAKER_EMBEDDING,
+            ],
             outputs=AUDIO_OUTPUTS,
             to_fields=lambda request, streamed: {
                 **_fields(request),

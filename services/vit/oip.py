@@ -151,6 +151,7 @@ def oip_models(
             platform=PLATFORM,
             versions=versions,
             ready=lambda version: version in versions(),
+            batcher=batcher,
         )
 
     built: dict[str, OipModel] = {}

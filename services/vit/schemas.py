@@ -8,9 +8,11 @@ import binascii
 import enum
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
+import rapidjson
 import tensorflow as tf
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.wrappers_pb2 import Int64Value
@@ -26,6 +28,9 @@ B64_KEY = "b64"
 # Output tensors whose alias ends with this hold binary strings and are sent as {"b64": ...}.
 BYTES_SUFFIX = "_bytes"
 SIGNATURE_DEF_FIELD = "signature_def"
+# python-rapidjson's wording of rapidjson's parse errors (GetParseError_En and GetErrorOffset, which TF Serving
+# quotes).
+RAPIDJSON_ERROR = re.compile(r"Parse error at offset (?P<offset>\d+): (?P<message>.*)", re.DOTALL)
 
 
 class Format(enum.Enum):
@@ -60,7 +65,7 @@ def _dtype_name(dtype: tf.DType) -> str:
 
 
 def parse_json(body: bytes, limits: RequestLimits) -> dict:
-    if not body.strip():
+    if not body:
         raise InvalidArgument("JSON Parse error: The document is empty")
     check_json_structure(body, limits)
     try:
@@ -70,10 +75,22 @@ def parse_json(body: bytes, limits: RequestLimits) -> dict:
             f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}"
         ) from None
     except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
+        raise InvalidArgument(parse_error(body, exc)) from None
     if not isinstance(doc, dict):
         raise InvalidArgument(f"JSON Value: {show_json(doc)} Is not object")
     return doc
+
+
+def parse_error(body: bytes, error: json.JSONDecodeError) -> str:
+    """TF Serving's message for a body that is not JSON: its parser's (rapidjson's) own words and byte offset,
+    as json_tensor.cc's ParseJson writes them; Python's where rapidjson (with NaN and Infinity allowed, as TF
+    Serving's kParseNanAndInfFlag) reads the body after all."""
+    try:
+        rapidjson.loads(body, number_mode=rapidjson.NM_NAN)
+    except (rapidjson.JSONDecodeError, ValueError) as exc:
+        if match := RAPIDJSON_ERROR.fullmatch(str(exc)):
+            return f"JSON Parse error: {match['message']} at offset: {match['offset']}"
+    return f"JSON Parse error: {error.msg} at offset: {error.pos}"
 
 
 def signature_name(doc: dict) -> str:
@@ -211,7 +228,7 @@ def _rows_to_arrays(
                 _add_instance_item(item, key, specs[key].dtype, columns[key], budget)
             except InvalidArgument as exc:
                 raise InvalidArgument(
-                    f"Failed to process element: {index} of 'instances' list. Error: {exc.message}"
+                    f"Failed to process element: {index} of 'instances' list. Error: {status_text(exc)}"
                 ) from None
             continue
         if not _is_named_object(item):
@@ -223,14 +240,20 @@ def _rows_to_arrays(
                 _add_instance_item(value, key, specs[key].dtype, columns[key], budget)
             except InvalidArgument as exc:
                 raise InvalidArgument(
-                    f"Failed to process element: {index} key: {key} of 'instances' list. Error: {exc.message}"
+                    f"Failed to process element: {index} key: {key} of 'instances' list. Error: "
+                    f"{status_text(exc)}"
                 ) from None
         if set(item) != set(specs):
             raise InvalidArgument(
                 f"Failed to process element: {index} of 'instances' list. JSON object: {show_json(item)} "
-                f"must only have keys: {','.join(sorted(specs))}"
+                f"keys must be equal to: {','.join(sorted(specs))}"
             )
     return {key: np.stack(values) for key, values in columns.items()}
+
+
+def status_text(error: InvalidArgument) -> str:
+    """An error as absl::Status::ToString() writes it: TF Serving quotes an instance's error that way."""
+    return f"INVALID_ARGUMENT: {error.message}"
 
 
 def _add_instance_item(
@@ -272,8 +295,9 @@ def decode_predict_inputs(
         raise InvalidArgument("Failed to get input map for signature")
     if "instances" in doc and "inputs" in doc:
         raise InvalidArgument(
+            # json_tensor.cc ends this one with a space.
             f"JSON Value: {show_json(doc)} Not formatted correctly expecting only one of 'inputs' or 'instances' "
-            "keys to exist"
+            "keys to exist "
         )
     if "instances" in doc:
         instances = doc["instances"]

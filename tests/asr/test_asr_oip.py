@@ -72,7 +72,8 @@ def test_metadata_tells_a_client_what_to_send(http_client, grpc_client):
     assert http_client.is_model_ready("asr") and grpc_client.is_model_ready("asr")
     metadata = http_client.get_model_metadata("asr")
     assert metadata["inputs"] == [
-        {"name": "audio", "datatype": "BYTES", "shape": [1]},
+        # In a JSON request the file's base64 text (binary tensor data and gRPC carry it raw).
+        {"name": "audio", "datatype": "BYTES", "shape": [1], "parameters": {"content_type": "base64"}},
         {"name": "audio_samples", "datatype": "FP32", "shape": [-1]},
     ]
     outputs = {output["name"]: output["datatype"] for output in metadata["outputs"]}

@@ -31,13 +31,15 @@ from openai.types.audio_response_format import AudioResponseFormat
 from protos import asr_pb2 as pb
 from protos import asr_pb2_grpc as pb_grpc
 from services.asr.runner import ASRJob, ASRRunner, DecodeOptions
+from services.asr.schemas import OPENAI_DIARIZING_MODELS, OPENAI_MODEL_ALIASES
 from services.asr.service import create_service
 from services.kit.audio import decode_audio
 from services.kit.testing import ServerThread
 
 pytestmark = pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK deprecates translations
 
-SERVED_ALIASES = {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"}
+SDK_MODELS = typing.get_args(AudioModel)
+DATED = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 SEGMENT_FIELDS = ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob", "compression_ratio",
                   "no_speech_prob")
 
@@ -90,7 +92,8 @@ def raw_json(client, file, **params) -> dict:
 
 TRANSCRIPTION_PARAMETERS = {
     "file": "honoured: the audio transcribed (every test)",
-    "model": "honoured: whisper-1, gpt-4o-transcribe, gpt-4o-mini-transcribe and the served id; other names 404",
+    "model": "honoured: every name of the SDK's AudioModel and its dated snapshots, and the served id; "
+    "gpt-4o-transcribe-diarize refused (no diarization); other names 404",
     "chunking_strategy": "honoured: Silero VAD chunks of speech decoded as one batch; non-speech dropped",
     "include": "honoured: logprobs with json and streams; refused with other formats",
     "keywords": "refused: not offered (use prompt)",
@@ -129,15 +132,30 @@ def test_every_sdk_parameter_is_covered():
 # -- model ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", sorted(set(typing.get_args(AudioModel)) | {"whisper"}))
-def test_every_sdk_model_name_is_served_or_refused_by_name(client, clip, model):
-    if model in SERVED_ALIASES | {"whisper"}:  # "whisper": the tiny model's own id
+def test_the_served_openai_names_are_the_sdks():
+    """One list on the server, checked against the newest SDK's literal: a name OpenAI adds fails here."""
+    assert set(OPENAI_MODEL_ALIASES) | set(OPENAI_DIARIZING_MODELS) == {DATED.sub("", m) for m in SDK_MODELS}
+
+
+# "whisper": the tiny model's own id; dated snapshots of every alias, as OpenAI names its model versions.
+@pytest.mark.parametrize(
+    "model", sorted({*SDK_MODELS, "whisper", "gpt-transcribe-2026-03-01", "gpt-4o-transcribe-diarize-2025-10-15"})
+)
+def test_every_sdk_model_name_is_served_or_refused_naming_diarization(client, clip, model):
+    if "diarize" in model:
+        error = refused(lambda: client.audio.transcriptions.create(model=model, file=clip), "model")
+        assert model in error["message"] and "diarization" in error["message"]
+    else:
         result = client.audio.transcriptions.create(model=model, file=clip)
         assert isinstance(result, Transcription) and result.text
-    else:
-        error = refused(lambda: client.audio.transcriptions.create(model=model, file=clip), "model",
-                        openai.NotFoundError)
-        assert model in error["message"]
+
+
+@pytest.mark.parametrize(
+    "model", ["gpt-5-transcribe", "whisper-2", "gpt-4o-transcribe-latest", "gpt-4o-transcribe-2025-12", "tts-1"]
+)
+def test_other_model_names_are_not_found(client, clip, model):
+    error = refused(lambda: client.audio.transcriptions.create(model=model, file=clip), "model", openai.NotFoundError)
+    assert model in error["message"]
 
 
 # -- voice-activity chunking ---------------------------------------------------------------------------------------
@@ -316,6 +334,14 @@ def test_timestamp_granularities(client, clip, granularities, words, segments):
         assert " ".join(w.word for w in verbose.words).split() == verbose.text.split()
 
 
+@pytest.mark.parametrize("seconds,seed", [(4, 31), (3, 3), (6, 35)])
+def test_no_word_is_empty(client, audio_file, seconds, seed):
+    # These clips make the tiny model decode lone-space tokens, which the aligner counts as words.
+    body = raw_json(client, ("clip.wav", audio_file(seconds, seed)), language="en", response_format="verbose_json",
+                    timestamp_granularities=["word"])
+    assert body["words"] and [w for w in body["words"] if not w["word"].strip()] == []
+
+
 def test_word_timestamps_are_the_same_on_both_decoding_paths(server, audio_file):
     data = audio_file(6, seed=35)
     fields = {"response_format": "verbose_json", "timestamp_granularities[]": ["word", "segment"], "language": "en"}
@@ -404,9 +430,11 @@ def test_translations_refuse_transcription_only_fields(server, audio_file, extra
 
 def test_translation_model_and_temperature_refusals(client, clip):
     refused(lambda: translate(client, clip, temperature=2), "temperature")
-    refused(lambda: client.audio.translations.create(model="gpt-4o-transcribe-diarize", file=clip), "model",
-            openai.NotFoundError)
+    error = refused(lambda: client.audio.translations.create(model="gpt-4o-transcribe-diarize", file=clip), "model")
+    assert "diarization" in error["message"]
+    refused(lambda: client.audio.translations.create(model="whisper-2", file=clip), "model", openai.NotFoundError)
     assert client.audio.translations.create(model="gpt-4o-mini-transcribe", file=clip).text
+    assert client.audio.translations.create(model="gpt-4o-mini-transcribe-2025-12-15", file=clip).text
 
 
 # -- gRPC ----------------------------------------------------------------------------------------------------------
@@ -443,11 +471,22 @@ def test_grpc_transcribe_updates_streams_window_deltas(stub, long_clip):
     assert done.text == stub.Transcribe(request, timeout=120).text
 
 
-def test_grpc_transcribe_updates_refuses_like_transcribe(stub, clip):
-    request = pb.TranscribeRequest(audio=clip[1], options=pb.TranscribeOptions(model="gpt-4o-transcribe-diarize"))
+@pytest.mark.parametrize(
+    "model,code",
+    [("gpt-4o-transcribe-diarize", grpc.StatusCode.INVALID_ARGUMENT), ("whisper-2", grpc.StatusCode.NOT_FOUND)],
+)
+def test_grpc_transcribe_updates_refuses_like_transcribe(stub, clip, model, code):
+    request = pb.TranscribeRequest(audio=clip[1], options=pb.TranscribeOptions(model=model))
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.TranscribeUpdates(request, timeout=60))
-    assert caught.value.code() == grpc.StatusCode.NOT_FOUND and "model" in caught.value.details()
+    assert caught.value.code() == code and "model" in caught.value.details()
+
+
+def test_grpc_serves_the_current_openai_names(stub, clip):
+    for model in ("gpt-transcribe", "gpt-4o-mini-transcribe-2025-12-15"):
+        reply = stub.Transcribe(pb.TranscribeRequest(audio=clip[1], options=pb.TranscribeOptions(model=model)),
+                                timeout=60)
+        assert reply.text
 
 
 # -- temperature fallback ------------------------------------------------------------------------------------------

@@ -170,6 +170,27 @@ def test_adaptive_plain_and_assisted_give_the_same_text_on_every_clip(adaptive, 
     assert not differing
 
 
+def test_word_timestamps_list_every_spoken_word_and_no_empty_one(client):
+    english = [c for c in CLIPS if c[1] == "en"][:4]
+
+    def timed_words(clip):
+        return client.audio.transcriptions.create(
+            model="whisper-1",
+            file=(f"{clip[0]}.wav", clip_bytes(clip[0])),
+            language="en",
+            response_format="verbose_json",
+            timestamp_granularities=["word"],
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(timed_words, english))
+    for clip, result in zip(english, results, strict=True):
+        assert result.words, clip[0]
+        assert [w.word for w in result.words if not w.word.strip()] == [], clip[0]
+        assert [w.word for w in result.words] == result.text.split(), clip[0]
+        assert all(0 <= w.start <= w.end <= result.duration for w in result.words), clip[0]
+
+
 def test_a_clip_over_a_minute_goes_through_long_form_decoding_whole(client):
     english = [c for c in CLIPS if c[1] == "en"]
     silence = np.zeros(8000, dtype=np.float32)  # half a second between sentences

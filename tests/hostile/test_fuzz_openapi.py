@@ -45,7 +45,9 @@ def fuzz(schema_url: str, base_url: str) -> list[str]:
             except Unsatisfiable:  # nothing to get wrong: the operation takes no input
                 continue
             except Exception as exc:  # every operation runs; all failures are reported together
-                failures.append(f"{operation.label} ({mode.value} data): {exc}")
+                # Hypothesis wraps what failed (e.g. in a Flaky group): name each inner failure, not just the wrapper.
+                inner = "".join(f"\n  - {type(sub).__name__}: {sub}" for sub in getattr(exc, "exceptions", ()))
+                failures.append(f"{operation.label} ({mode.value} data): {exc}{inner}")
     assert labels, f"no operations in {schema_url}"
     return failures
 

@@ -75,7 +75,7 @@ def test_cancelled_grpc_stream_stops_compute(stub, compute):
 
 
 def test_closed_event_stream_stops_compute(server, compute):
-    body = {**endless(size="256x256"), "stream": True}
+    body = {**endless(size="256x256"), "stream": True, "stream_progress": True}
     seen = 0
     with httpx.stream("POST", server.rest_url + "/v1/images/generations", json=body, timeout=120) as response:
         for line in response.iter_lines():

@@ -221,12 +221,22 @@ def size_made(outcome, size):
         assert outcome.body["size"] == made
 
 
+# The sizes OpenAI's models answer in by default: DALL-E's 1024x1024; for GPT image models' auto, the one
+# closest in shape to the image made (64x64 natively, or a 64x64 source).
+OPENAI_DEFAULT_SIZE = "1024x1024"
+
+
 def model_shape(outcome, model):
     legacy = model.startswith("dall-e")
     item = outcome.body["data"][0]
     assert ("url" in item) == legacy  # DALL-E names answer links by default, GPT image names base64
     assert ("size" in outcome.body) == (not legacy)  # OpenAI's DALL-E answers have no size field
-    assert outcome.headers["x-modelserve-image-size"] == "64x64"
+    served = model == "stable-diffusion"
+    # DALL-E's default 1024x1024 is made at 96x96 here; otherwise at the native (or source) 64x64.
+    made = "96x96" if legacy else "64x64"
+    assert outcome.headers["x-modelserve-image-size"] == made
+    sent = made if served else OPENAI_DEFAULT_SIZE
+    assert "{}x{}".format(*outcome.images()[0].size) == outcome.body.get("size", sent) == sent
 
 
 def jpeg_quality(outcome, compression):
@@ -376,8 +386,8 @@ def all_cases():
 def test_every_parameter_is_honoured_refused_or_reported(client, method, case):
     _, _, base = ENDPOINTS[method]
     params = {**base, **case.extra, case.param: case.value}
-    if method == "generate" and "size" not in params:
-        params["size"] = "64x64"
+    if method == "generate" and "size" not in params and case.param != "model":
+        params["size"] = "64x64"  # the served model's native size (OpenAI's model names take their own)
     if method == "create_variation" and "response_format" not in params and case.param != "model":
         params["response_format"] = "b64_json"
     outcome = call(client, method, **params, extra_body={"seed": 11, "scheduler": "euler"})
@@ -407,7 +417,11 @@ def progress_steps(events) -> int:
 def test_quality_sets_the_denoising_steps(client, quality):
     events = list(
         client.images.generate(
-            prompt="a boat", size="64x64", quality=quality, stream=True, extra_body={"scheduler": "euler"}
+            prompt="a boat",
+            size="64x64",
+            quality=quality,
+            stream=True,
+            extra_body={"scheduler": "euler", "stream_progress": True},
         )
     )
     canonical = {"standard": "medium", "hd": "high"}.get(quality, quality)
@@ -506,7 +520,7 @@ def test_url_and_b64_answers_carry_the_same_image(client, server):
 def test_links_start_with_the_host_the_client_used(server):
     response = httpx.post(
         server.rest_url + "/v1/images/generations",
-        json={"prompt": "x", "model": "dall-e-2", "size": "64x64"},
+        json={"prompt": "x", "model": "dall-e-2", "size": "256x256"},
         headers={"Host": "images.internal:8443"},
     )
     assert response.json()["data"][0]["url"].startswith("http://images.internal:8443/v1/images/files/")
@@ -671,7 +685,7 @@ def local(server, url: str) -> str:
 
 def test_links_need_the_key_expire_and_the_oldest_are_evicted(keyed_server):
     client = OpenAI(base_url=keyed_server.rest_url + "/v1", api_key=API_KEY, max_retries=0)
-    made = call(client, "generate", prompt="x", model="dall-e-3", n=3, size="64x64")
+    made = call(client, "generate", prompt="x", model="dall-e-2", n=3, size="256x256")
     urls = [item["url"] for item in made.body["data"]]
     assert all(url.startswith("https://images.example.test/gateway/v1/images/files/") for url in urls)
     key = {"Authorization": f"Bearer {API_KEY}"}

@@ -273,6 +273,7 @@ def test_stream_reports_every_step_then_the_image(server, pixels):
     body = {
         "prompt": "a boat",
         "stream": True,
+        "stream_progress": True,
         "steps": 6,
         "scheduler": "euler",
         "seed": 77,
@@ -300,7 +301,7 @@ def test_stream_reports_every_step_then_the_image(server, pixels):
     assert [c["seed"] for c in completed] == [77, 78]
     unary = httpx.post(
         server.rest_url + "/v1/images/generations",
-        json={**body, "stream": False, "partial_images": 0},
+        json={**body, "stream": False, "stream_progress": False, "partial_images": 0},
         timeout=60,
     ).json()
     assert np.array_equal(pixels(completed[0]["b64_json"]), pixels(unary["data"][0]["b64_json"]))
@@ -313,7 +314,7 @@ def test_sdk_streams_generations_and_edits(client):
             size="64x64",
             stream=True,
             partial_images=1,
-            extra_body={"steps": 3, "scheduler": "euler"},
+            extra_body={"steps": 3, "scheduler": "euler", "stream_progress": True},
         )
     )
     assert [e.type for e in events] == [
@@ -329,7 +330,7 @@ def test_sdk_streams_generations_and_edits(client):
             image=("s.png", png(SOURCE), "image/png"),
             prompt="a boat",
             stream=True,
-            extra_body={"steps": 4, "strength": 0.5, "scheduler": "euler"},
+            extra_body={"steps": 4, "strength": 0.5, "scheduler": "euler", "stream_progress": True},
         )
     )
     assert [e.type for e in edits] == ["image_edit.progress"] * 2 + ["image_edit.completed"]

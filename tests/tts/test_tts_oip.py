@@ -1,6 +1,7 @@
 """Speech over the Open Inference Protocol, driven by Triton's own clients (HTTP and gRPC): models "tts" and
 "tts-conversion" answer what the REST routes answer for the same request."""
 
+import base64
 import io
 
 import grpc
@@ -67,7 +68,10 @@ def test_health_and_metadata_tell_a_client_what_to_send(client):
         {"name": "text", "datatype": "BYTES", "shape": one},
         {"name": "speaker_embedding", "datatype": "FP32", "shape": many},
     ]
-    assert conversion["inputs"][0] == {"name": "audio", "datatype": "BYTES", "shape": one}
+    audio = {"name": "audio", "datatype": "BYTES", "shape": one}
+    if module is triton_http:  # JSON's form of the file is base64 text (gRPC metadata has no tensor parameters)
+        audio["parameters"] = {"content_type": "base64"}
+    assert conversion["inputs"][0] == audio
     assert [output["name"] for output in speech["outputs"]] == [
         "audio",
         "sample_rate",
@@ -173,6 +177,24 @@ def test_conversion_equals_the_rest_answer(client, tts_server):
     decoded, rate = sf.read(io.BytesIO(rest.content), dtype="float32")
     assert rate == result.as_numpy("sample_rate")[0] == 16000
     assert np.abs(decoded - result.as_numpy("audio")).max() <= 2 / 32768
+
+
+def test_conversion_takes_the_file_as_base64_text_in_json(tts_server):
+    """tritonclient sends BYTES as JSON strings with binary_data=False: the file's base64 text, converted as the
+    same file in binary tensor data is; text that is not base64 gets 400 naming the input."""
+    triton = triton_http.InferenceServerClient(tts_server.rest_url.removeprefix("http://"))
+    upload = audio_file(0.5)
+    parameters = {"voice": "echo", "seed": 5, "response_format": "wav"}
+    binary = triton.infer("tts-conversion", [bytes_input(triton_http, "audio", upload)], parameters=parameters)
+    as_text = triton_http.InferInput("audio", [1], "BYTES")
+    as_text.set_data_from_numpy(np.array([base64.b64encode(upload)], dtype=np.object_), binary_data=False)
+    as_json = triton.infer("tts-conversion", [as_text], parameters=parameters)
+    assert as_json.as_numpy("audio_file").tolist() == binary.as_numpy("audio_file").tolist()
+    assert np.array_equal(as_json.as_numpy("audio"), binary.as_numpy("audio"))
+    refused = infer_json(
+        tts_server, "tts-conversion", [{"name": "audio", "datatype": "BYTES", "shape": [1], "data": ["RIFF?!"]}]
+    )
+    assert refused.status_code == 400 and "input 'audio'" in refused.json()["error"], refused.text
 
 
 def infer_json(server, model: str, inputs: list[dict], parameters: dict | None = None) -> httpx.Response:

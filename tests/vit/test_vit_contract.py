@@ -9,6 +9,7 @@ json_tensor.cc, util.cc).
 """
 
 import base64
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -322,7 +323,7 @@ def test_metadata(server):
             f"/v1/models/{MODEL}:predict",
             {"signature_name": "tagged", "instances": [{"x": 1.0}]},
             400,
-            "must only have keys: tag,x",
+            "keys must be equal to: tag,x",
         ),
         (
             f"/v1/models/{MODEL}:predict",
@@ -355,6 +356,53 @@ def test_errors_have_tf_serving_shape_and_status(server, path, body, status, mes
     assert response.status_code == status
     assert set(response.json()) == {"error"}
     assert message in response.json()["error"]
+
+
+# TF Serving's exact words (tensorflow_serving/util/json_tensor.cc, 2.20.0 and master):
+#   ParseJson:           "JSON Parse error: ", rapidjson::GetParseError_En(doc->GetParseError()),
+#                        " at offset: ", doc->GetErrorOffset()
+#   FillPredictRequestFromJson:  FormatError(doc, "Not formatted correctly expecting only", " one of '",
+#                        kPredictRequestInputsKey, "' or '", kPredictRequestInstancesKey, "' keys to exist ")
+#   FormatError:         "JSON Value: ", JsonValueToDebugString(val), " ", args...
+#   FillTensorMapFromInstancesList:  "Failed to process element: ", tensor_count, " key: ", name,
+#                        " of 'instances' list. Error: ", status.ToString()   (absl: "INVALID_ARGUMENT: <message>")
+#   JsonDecodeBase64Object:  errors::InvalidArgument("Unable to base64 decode")
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "JSON Parse error: Missing a name for object member. at offset: 1"),
+        (b'{"instances": [1.0,', "JSON Parse error: Invalid value. at offset: 19"),
+        (
+            b'{"instances": [1.0], "inputs" [1.0]}',
+            "JSON Parse error: Missing a colon after a name of object member. at offset: 30",
+        ),
+        (b"   ", "JSON Parse error: The document is empty. at offset: 3"),
+        (
+            b'{"signature_name": "tagged", "instances": [{"x": 1.0, "tag": {"b64": "#"}}]}',
+            "Failed to process element: 0 key: tag of 'instances' list. Error: INVALID_ARGUMENT: "
+            "Unable to base64 decode",
+        ),
+        (
+            b'{"instances": [1.0, "one"]}',
+            "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: "
+            'JSON Value: "one" Type: String is not of expected type: float',
+        ),
+    ],
+    ids=["no-member-name", "no-value", "no-colon", "whitespace", "row-base64", "row-type"],
+)
+def test_error_messages_are_tf_servings_to_the_letter(server, body, message):
+    response = requests.post(f"{server.rest}/v1/models/{MODEL}:predict", data=body, timeout=10)
+    assert response.status_code == 400 and response.json() == {"error": message}
+
+
+def test_both_inputs_and_instances_message_ends_as_tf_servings(server):
+    error = post(server, f"/v1/models/{MODEL}:predict", {"instances": [1.0], "inputs": [1.0]}).json()["error"]
+    # The document is rendered between "JSON Value: " and the message; the message keeps its trailing space.
+    assert re.fullmatch(
+        r"JSON Value: .+ Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist ",
+        error,
+        re.DOTALL,
+    ), error
 
 
 def test_non_json_body_and_unknown_model_status(server):

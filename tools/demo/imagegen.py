@@ -84,6 +84,7 @@ def run(rest_url: str, grpc_target: str, out_dir: Path) -> list[str]:
     stream_body = {
         "prompt": PROMPT,
         "stream": True,
+        "stream_progress": True,
         "steps": 12,
         "partial_images": 3,
         "seed": 5,
