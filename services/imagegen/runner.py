@@ -75,6 +75,9 @@ LATENT_RGB = torch.tensor(
     ]
 )
 
+# What one image's VAE decode costs, in denoising steps of the same image (bench/bench_costs.py).
+DECODE_STEP_EQUIVALENTS = 4
+
 STEPS = Counter(
     "imagegen_denoising_steps_total",
     "Denoising steps executed (one per pipeline step, whatever the batch)",
@@ -125,10 +128,11 @@ class ImageJob:
 
     @property
     def cost(self) -> float:
-        """The job's work in 512x512-image denoising steps: images x pixels / 512^2 x steps actually run (an
-        edit runs strength x steps)."""
+        """The job's work in 512x512-image denoising steps: images x pixels / 512^2 x (steps actually run + the
+        VAE decode). An edit runs strength x steps; the decode costs about DECODE_STEP_EQUIVALENTS steps (measured
+        by bench/bench_costs.py: unpriced, 4 images of 1024x1024 at 2 steps cost 5x more per unit than 50 steps)."""
         steps = self.steps if self.strength is None else max(1, int(self.steps * self.strength))
-        return self.n * self.width * self.height / (512 * 512) * steps
+        return self.n * self.width * self.height / (512 * 512) * (steps + DECODE_STEP_EQUIVALENTS)
 
     @property
     def batch_key(self) -> tuple:

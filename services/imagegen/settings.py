@@ -49,11 +49,12 @@ class ImageGenSettings(ServiceSettings):
         4096 * 4096, ge=64 * 64, description="largest uploaded image or mask accepted"
     )
     max_prompt_chars: int = Field(2000, ge=1)
-    # 512x512-image denoising steps: 4 images of 1024x1024 at 50 steps fit; 4 at 150 steps do not.
+    # 512x512-image denoising steps (the VAE decode counted as 4): 4 images of 1024x1024 at 50 steps fit (864);
+    # 4 at 150 steps do not.
     max_request_cost: float | None = Field(
-        800.0, gt=0, description="a request's images x pixels / 512^2 x steps above this gets 400"
+        864.0, gt=0, description="a request's images x pixels / 512^2 x (steps + 4 for the decode) above this gets 400"
     )
-    max_batch_cost: float | None = Field(1600.0, gt=0, description="the same, summed over one pipeline call")
+    max_batch_cost: float | None = Field(1728.0, gt=0, description="the same, summed over one pipeline call")
 
     # Diffusion is slow compared to the kit's defaults: fewer requests per batch, longer deadlines, bigger uploads.
     max_batch_size: int = Field(4, ge=1)

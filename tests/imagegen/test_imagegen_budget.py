@@ -12,7 +12,7 @@ from services.kit.testing import ServerThread
 
 @pytest.fixture(scope="module")
 def server(make_settings):
-    # 4 images of 128x128 at 8 steps cost 4 x 1/16 x 8 = 2; the budget admits 1.
+    # 4 images of 128x128 at 8 steps cost 4 x 1/16 x (8 + 4 for the decode) = 3; the budget admits 1.
     settings = make_settings(max_request_cost=1.0, max_batch_cost=2.0)
     with ServerThread(lambda: [create_service(settings)], settings) as running:
         yield running
