@@ -34,7 +34,7 @@ from services.kit.streaming import SSE_MEDIA_TYPE, rest_stream, sse_event
 from services.kit.validation import parse
 
 from .files import ImageStore
-from .images import MIN_SIDE, decode_image, encode_image, mask_from, media_type, reference_sheet, resized
+from .images import decode_image, encode_image, mask_from, media_type, reference_sheet, resized
 from .inputs import load_reference
 from .openai_params import OpenAIPlan, plan_request
 from .runner import TEXT_TO_IMAGE, GeneratedImage, ImageGenRunner, ImageJob, Preview, Progress
@@ -47,6 +47,7 @@ from .schemas import (
     ImagesResponse,
     ImageVariationRequest,
     build_job,
+    check_before_decoding,
 )
 from .settings import ImageGenSettings
 
@@ -249,20 +250,10 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
         """Checks the edit's parameters, then returns the step that decodes its uploads into the job."""
         body = edit.fields
         options = body.model_copy(update=plan.option_updates())
-        # Every parameter (steps, n, strength, size...) is checked against a stand-in source first: a refused
-        # request must cost no decoding.
-        stand_in = Image.new("L", (MIN_SIDE, MIN_SIDE))
-        build_job(
-            options,
-            runner,
-            size=plan.size,
-            size_field="size",
-            streaming=body.stream,
-            strength=strength,
-            image=stand_in,
-            mask=None if edit.mask is None else stand_in,
-            prompt_required=prompt_required,
+        job_options = dict(
+            size=plan.size, size_field="size", streaming=body.stream, strength=strength, prompt_required=prompt_required
         )
+        check_before_decoding(options, runner, has_mask=edit.mask is not None, **job_options)
 
         def make_job() -> ImageJob:
             limit = settings.max_input_pixels
@@ -279,17 +270,7 @@ def create_router(runner: ImageGenRunner, batcher: DynamicBatcher, settings: Ima
                 if edit.mask is None
                 else mask_from(decode_image(edit.mask, field="mask", max_pixels=limit))
             )
-            return build_job(
-                options,
-                runner,
-                size=plan.size,
-                size_field="size",
-                streaming=body.stream,
-                strength=strength,
-                image=image,
-                mask=mask,
-                prompt_required=prompt_required,
-            )
+            return build_job(options, runner, image=image, mask=mask, **job_options)
 
         return make_job
 

@@ -189,34 +189,23 @@ def plan_generation(body: GenerateInput, runner: ImageGenRunner) -> Generation:
     """Decodes the sources (call it off the event loop) and checks the request against the limits.
 
     Every parameter is checked against stand-in sources first: a refused request costs no decoding."""
-    size = body.size
     limit = runner.settings.max_input_pixels
+    job_options = dict(size=body.size, size_field="width", streaming=body.stream, strength=body.strength)
     if body.image is not None or body.mask is not None:
-        stand_in = Image.new("L", (MIN_SIDE, MIN_SIDE))
-        has_mask = body.mask is not None or body.mask_pixels is not None
-        build_job(
-            body,
-            runner,
-            size=size,
-            size_field="width",
-            streaming=body.stream,
-            strength=body.strength,
-            image=stand_in,
-            mask=stand_in if has_mask else None,
+        check_before_decoding(
+            body, runner, has_mask=body.mask is not None or body.mask_pixels is not None, **job_options
         )
     image = source(body.image, body.image_pixels, "image", "image_pixels", limit)
     mask = source(body.mask, body.mask_pixels, "mask", "mask_pixels", limit)
-    job = build_job(
-        body,
-        runner,
-        size=size,
-        size_field="width",
-        streaming=body.stream,
-        strength=body.strength,
-        image=image,
-        mask=None if mask is None else mask_from(mask),
-    )
+    job = build_job(body, runner, image=image, mask=None if mask is None else mask_from(mask), **job_options)
     return Generation(job, body.output_format, body.output_compression, body.nbytes)
+
+
+def check_before_decoding(options: GenerationOptions, runner: ImageGenRunner, *, has_mask: bool, **job_options) -> None:
+    """build_job's checks with stand-in sources (every parameter: steps, n, strength, size...), so that a request
+    refused for its parameters costs no decoding."""
+    stand_in = Image.new("L", (MIN_SIDE, MIN_SIDE))
+    build_job(options, runner, image=stand_in, mask=stand_in if has_mask else None, **job_options)
 
 
 def source(
