@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
+import gevent
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, events
+from locust.runners import WorkerRunner
 
 from clients.auth import API_KEY_ENV, resolve_api_key
 from clients.client import VIT_GRPC_PORT, VIT_REST_PORT, GrpcClient, with_port
@@ -39,10 +41,58 @@ def add_options(parser) -> None:
         "--vit-grpc-host", default="", help=f"ViT gRPC host:port (default: --host's host:{VIT_GRPC_PORT})"
     )
     group.add_argument("--payloads", choices=sorted(PROFILES), default="standard", help="payload sizes")
+    group.add_argument(
+        "--answers",
+        type=int,
+        default=0,
+        help="stop once every service and protocol under test answered this many requests (0: off); "
+        "--run-time stays the cap",
+    )
+    group.add_argument(
+        "--min-run-time",
+        type=float,
+        default=0,
+        help="with --answers: seconds before it may stop (the step shape spreads its steps over them)",
+    )
     # On the parser itself: only its add_argument knows is_secret (masked in the web UI).
     parser.add_argument(
         "--api-key", default="", is_secret=True, help=f"API key (default ${API_KEY_ENV}, which keeps it out of ps)"
     )
+
+
+ANSWER_POLL_S = 0.5
+
+
+def answered(environment) -> dict[tuple[str, str], int]:
+    """Successful answers so far per (service, protocol) of every user class that runs."""
+    counts = {
+        (cls.service, "grpc" if issubclass(cls, GrpcUser) else "rest"): 0 for cls in environment.user_classes
+    }
+    for (request_name, method), entry in environment.runner.stats.entries.items():
+        key = (request_name.split(":", 1)[0], "grpc" if method == "gRPC" else "rest")
+        if key in counts:
+            counts[key] += entry.num_requests - entry.num_failures
+    return counts
+
+
+@events.test_start.add_listener
+def stop_once_answered(environment, **_) -> None:
+    """--answers: a run judged on counts, not on a time window, so a slow (or busy) machine only takes longer."""
+    options = environment.parsed_options
+    if not options or not options.answers or isinstance(environment.runner, WorkerRunner):
+        return
+
+    def watch() -> None:
+        started = time.monotonic()
+        while environment.runner.state not in ("stopping", "stopped"):
+            gevent.sleep(ANSWER_POLL_S)
+            if time.monotonic() - started >= options.min_run_time and min(
+                answered(environment).values()
+            ) >= options.answers:
+                environment.runner.quit()
+                return
+
+    gevent.spawn(watch)
 
 
 def grpc_target(environment) -> str:

@@ -78,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--spawn-rate", type=float, default=None, help="users started per second (default users/5)"
     )
     parser.add_argument("--duration", default="60s", help="e.g. 60s, 5m")
+    parser.add_argument(
+        "--answers",
+        type=int,
+        default=0,
+        help="after --duration, keep the load on until every service and protocol answered this many "
+        "requests (default 0: stop at --duration)",
+    )
+    parser.add_argument(
+        "--answers-timeout", type=parse_duration, default="300s", help="with --answers: the most the run may go on past --duration"
+    )
     parser.add_argument("--protocol", default="both", choices=("both", *PROTOCOLS))
     parser.add_argument("--shape", default="constant", choices=("constant", "step"))
     parser.add_argument("--steps", type=int, default=5, help="steps of the step shape")
@@ -100,11 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_time_s(args) -> int:
+    """Locust's --run-time: the duration, plus the wait for the answers when the run stops on counts."""
+    return parse_duration(args.duration) + (args.answers_timeout if args.answers else 0)
+
+
 def locust_command(args, targets: dict[str, str], classes: list[str], out: Path) -> list[str]:
     options = {
         "--users": args.users,
         "--spawn-rate": args.spawn_rate or max(1.0, args.users / 5),
-        "--run-time": f"{parse_duration(args.duration)}s",
+        "--run-time": f"{run_time_s(args)}s",
+        "--answers": args.answers,
+        "--min-run-time": parse_duration(args.duration),
         "--host": targets["host"],
         "--grpc-host": targets["grpc"],
         "--vit-host": targets["vit"],
@@ -151,7 +168,7 @@ def start_hpa_recorder(args):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.payloads = args.payloads or ("tiny" if args.local else "standard")
-    duration_s = parse_duration(args.duration)
+    duration_s = run_time_s(args)
     out = args.out or REPO / "loadtest-results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.service}"
     out.mkdir(parents=True, exist_ok=True)
 

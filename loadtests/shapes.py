@@ -2,7 +2,8 @@
 
 Each plateau shows the latency and throughput the deployment sustains at that many concurrent
 users (and, on Kubernetes, how far the HPA scaled out for it). Configured from the usual options:
-`--users` is the last step's user count, `--run-time` the whole test, and
+`--users` is the last step's user count, `--run-time` the whole test (or, with `--answers`,
+`--min-run-time`: the last step then holds until the answers are in or `--run-time` ends it), and
 `LOADTEST_STEPS` (default 5) how many steps lead there.
 """
 
@@ -18,10 +19,11 @@ class StepLoadShape(LoadTestShape):
     def tick(self):
         options = self.runner.environment.parsed_options
         users = max(1, options.num_users or 1)
-        duration = options.run_time or 300
+        end = options.run_time or 300
+        duration = (options.answers and options.min_run_time) or end
         steps = max(1, min(users, int(os.environ.get("LOADTEST_STEPS", "5"))))
         run_time = self.get_run_time()
-        if run_time >= duration:
+        if run_time >= end:
             return None
         step = min(steps, math.floor(run_time / (duration / steps)) + 1)
         return math.ceil(users * step / steps), options.spawn_rate or users

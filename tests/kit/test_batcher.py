@@ -126,22 +126,29 @@ async def test_stream_yields_runner_events_then_the_result():
 
 
 async def test_runner_sees_cancellation_and_can_stop_early():
+    # Ordered by events, not by racing the clock: however slow the machine, the runner takes at least one
+    # step and returns only after the caller has its error, so a late result cannot beat the deadline.
+    step_cap = 1000  # at least 10 s of steps: far past the 0.1 s deadline
     steps_done = []
+    runner_stopped, caller_gave_up = threading.Event(), threading.Event()
 
     def runner(works):
         work = works[0]
-        for step in range(50):
-            if work.cancelled:
-                break
+        for step in range(step_cap):
             steps_done.append(step)
             time.sleep(0.01)
+            if work.cancelled:
+                break
+        runner_stopped.set()
+        caller_gave_up.wait(60)
         return ["partial"]
 
     batcher = DynamicBatcher("t", runner, max_batch_size=1, max_wait_ms=0)
     with pytest.raises(DeadlineExceeded):
         await batcher.submit("x", timeout=0.1)
-    await asyncio.sleep(0.1)
-    assert 0 < len(steps_done) < 50, "compute stopped once the caller's deadline passed"
+    caller_gave_up.set()
+    assert await asyncio.to_thread(runner_stopped.wait, 120)
+    assert len(steps_done) < step_cap, "compute stopped once the caller's deadline passed"
     await batcher.stop()
 
 

@@ -91,7 +91,7 @@ def prometheus(platform, tmp_path_factory):
     server.stop()
 
 
-def wait_until_scraped_after(prometheus: PrometheusServer, moment: float, timeout_s: float = 20.0) -> None:
+def wait_until_scraped_after(prometheus: PrometheusServer, moment: float, timeout_s: float = 180.0) -> None:
     """Until every target has been scraped successfully (and rules evaluated) after `moment`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -128,7 +128,7 @@ def traffic(platform, prometheus) -> float:
             refused = httpx.post(
                 f"{platform.rest_url}/v1/translate",
                 json={"text": "Hi", "source_lang": "en", "target_lang": "xx"},
-                timeout=30,
+                timeout=120,
             )
             assert 400 <= refused.status_code < 500, refused.text
             wait_until_scraped_after(prometheus, time.time())
