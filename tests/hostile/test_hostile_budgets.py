@@ -7,7 +7,6 @@ transcription or synthesis whose client had gone ran to its end inside generate(
 """
 
 import io
-import socket
 import time
 
 import grpc
@@ -25,6 +24,7 @@ from services.kit.testing import ServerThread
 from services.translation.service import create_service as create_translation
 from services.translation.settings import TranslationSettings
 from services.tts.service import create_service as create_tts
+from tests.hostile.leaving import post_and_leave
 
 ATTACK = dict(
     text=[f"Sentence {i} is long enough to keep a translation model busy for many decoding steps. " * 2
@@ -45,30 +45,6 @@ def wait_idle(server, timeout: float = 60) -> float:
         assert time.monotonic() - started < timeout, "the model thread is still busy"
         time.sleep(0.01)
     return time.monotonic() - started
-
-
-def client_gone(server) -> float:
-    metrics = httpx.get(server.rest_url + "/metrics").text
-    return sum(float(line.split()[-1]) for line in metrics.splitlines()
-               if line.startswith("serving_rejected_total{") and 'reason="client_gone"' in line)
-
-
-def post_and_leave(server, request: httpx.Request, steps) -> None:
-    """Send `request` over a raw connection and close it once the model thread is paused in it (`steps.pause`);
-    return when the server has noticed, with the model thread released."""
-    gone_before = client_gone(server)
-    head = f"{request.method} {request.url.raw_path.decode()} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    head += "".join(f"{name}: {value}\r\n" for name, value in request.headers.items() if name.lower() != "host")
-    with socket.create_connection(("127.0.0.1", server.settings.rest_port)) as client:
-        client.sendall(head.encode() + b"\r\n" + request.read())
-        assert steps.reached.wait(60), "the request never reached the model"
-    try:
-        deadline = time.monotonic() + 10
-        while client_gone(server) == gone_before:
-            assert time.monotonic() < deadline, "the server never noticed the client leave"
-            time.sleep(0.02)
-    finally:
-        steps.release.set()
 
 
 # -- translation: the measured attack -----------------------------------------------------------------------------

@@ -5,7 +5,6 @@ steps but still VAE-decoded every image; an unrelated translation waited 24-60 s
 translation share one model thread (the compute arbiter of the all-in-one platform), as `make serve` runs them.
 """
 
-import socket
 import time
 
 import httpx
@@ -16,6 +15,7 @@ from services.imagegen.settings import ImageGenSettings
 from services.kit.testing import ServerThread
 from services.translation.service import create_service as create_translation
 from services.translation.settings import TranslationSettings
+from tests.hostile.leaving import post_and_leave
 
 STEPS = 6
 GENERATION = {"prompt": "a lighthouse at dusk", "n": 2, "size": "64x64", "steps": STEPS, "response_format": "b64_json"}
@@ -36,29 +36,10 @@ def pipeline(server):
     return server.services[0].runner.pipelines["text-to-image"]
 
 
-def client_gone(server) -> float:
-    metrics = httpx.get(server.rest_url + "/metrics").text
-    return sum(float(line.split()[-1]) for line in metrics.splitlines()
-               if line.startswith("serving_rejected_total{") and 'reason="client_gone"' in line)
-
-
 def generate_and_leave(server, passes) -> None:
-    """POST a generation over a raw connection, close it once the model thread is paused in it (`passes.pause`),
-    and release the model thread once the server has noticed."""
+    """POST a generation, leave once the model thread is paused in it, release it once the server has noticed."""
     request = httpx.Request("POST", server.rest_url + "/v1/images/generations", json=GENERATION)
-    head = f"POST {request.url.raw_path.decode()} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    head += "".join(f"{name}: {value}\r\n" for name, value in request.headers.items() if name.lower() != "host")
-    gone_before = client_gone(server)
-    with socket.create_connection(("127.0.0.1", server.settings.rest_port)) as client:
-        client.sendall(head.encode() + b"\r\n" + request.read())
-        assert passes.reached.wait(60), "the request never reached the model"
-    try:
-        deadline = time.monotonic() + 30
-        while client_gone(server) == gone_before:
-            assert time.monotonic() < deadline, "the server never noticed the client leave"
-            time.sleep(0.02)
-    finally:
-        passes.release.set()
+    post_and_leave(server, request, passes, notice_s=30)
 
 
 def wait_idle(server) -> None:
