@@ -152,6 +152,18 @@ class ApiKeys:
         user, admin = self.users.matches(given), self.admins.matches(given)
         return user or admin
 
+    def refusal(self, authorizations: list[str | None]) -> str | None:
+        """Why a request carrying these `Authorization` values (headers or metadata entries) is refused:
+        "repeated" (a proxy in front may check one and this server another: neither is trusted), "missing" or
+        "invalid"; None when it is let in. With keys off nothing reads them, so nothing is refused."""
+        if not self.enabled:
+            return None
+        if len(authorizations) > 1:
+            return "repeated"
+        if not authorizations:
+            return "missing"
+        return None if self.allows(authorizations[0]) else "invalid"
+
     def allows_admin(self, authorization: str | None) -> bool:
         """Whether the value carries an admin key (True for anyone when no keys are configured at all)."""
         if not self.admin_required:

@@ -112,15 +112,15 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             raise Unavailable("server is shutting down", retry_after=self.retry_after_s)
 
     def _key_error(self, metadata) -> Unauthenticated | None:
-        if not self.api_keys.enabled:
-            return None  # repeated metadata means nothing here then: nothing reads it
-        values = [value for key, value in metadata or () if key == "authorization"]
-        if len(values) > 1:
-            # A proxy may check one and this server another: neither is trusted.
+        # Binary (-bin) metadata carries no key.
+        refusal = self.api_keys.refusal(
+            [value if isinstance(value, str) else None for key, value in metadata or () if key == "authorization"]
+        )
+        if refusal == "repeated":
             return Unauthenticated("more than one 'authorization' metadata entry: send exactly one")
-        if values and isinstance(values[0], str) and self.api_keys.allows(values[0]):
-            return None
-        return Unauthenticated("missing or invalid API key: send metadata 'authorization: Bearer <key>'")
+        if refusal is not None:
+            return Unauthenticated("missing or invalid API key: send metadata 'authorization: Bearer <key>'")
+        return None
 
 
 def _request_id(metadata) -> str:

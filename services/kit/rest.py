@@ -217,17 +217,16 @@ class ServingMiddleware:
         return tracing.start_server_span(scope["method"], carrier, attributes)
 
     def _check_key(self, scope) -> ServiceError | None:
-        if not self.api_keys.enabled:
-            return None  # a repeated header means nothing here then: nothing reads it
-        authorizations = [value for key, value in scope["headers"] if key == b"authorization"]
-        if len(authorizations) > 1:
-            # A proxy may check one and this server another: neither is trusted.
+        refusal = self.api_keys.refusal(
+            [value.decode("latin-1") for key, value in scope["headers"] if key == b"authorization"]
+        )
+        if refusal == "repeated":
             return InvalidArgument("more than one Authorization header: send exactly one", field="authorization")
-        if not authorizations:
+        if refusal == "missing":
             return Unauthenticated("missing API key: send 'Authorization: Bearer <key>'")
-        if self.api_keys.allows(authorizations[0].decode("latin-1")):
-            return None
-        return Unauthenticated("invalid API key")
+        if refusal == "invalid":
+            return Unauthenticated("invalid API key")
+        return None
 
     def _refuse_early(self, scope, headers: dict) -> ServiceError | None:
         error = self._check_key(scope)
