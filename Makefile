@@ -8,11 +8,27 @@ STAMP := $(VENV)/.installed-stamp
 MODELS ?= models
 # The tiny offline models; a real deployment sets the same variables to Hub ids or directories.
 LOCAL_ENV := set -a && . ./env/tiny.env && set +a
+# `make serve`/`make demo` take MODELS=hub: the real checkpoints the k8s ConfigMaps name (env/hub.env), fetched
+# first (safetensors only, resumable, with progress bars) into HUB_MODELS_DIR and served offline from it.
+# CONVERT_PICKLE=1 lets that fetch convert a checkpoint that ships only pickled weights (trusting its source).
+HUB_MODELS_DIR ?= .cache/hub-models
+CONVERT_PICKLE ?=
+ifeq ($(MODELS),hub)
+override MODELS := models
+SERVE_MODELS := hub-models
+SERVE_ENV := set -a && . ./env/hub.env && HF_HOME=$(HUB_MODELS_DIR)/hf-cache \
+  TTS_VOICES_DIR=$(HUB_MODELS_DIR)/voices VIT_MODEL_BASE=$(HUB_MODELS_DIR)/vit-serving && set +a
+else
+SERVE_MODELS := models
+SERVE_ENV := $(LOCAL_ENV)
+endif
+# KEEP=1: `make demo` leaves the platform running (it prints how to stop it).
+KEEP ?=
 # inference.proto (the Open Inference Protocol) is loaded from its descriptor set into a pool of its own (see
 # protos/inference.py), so that Triton's and KServe's clients, which register the same names, share a process with it.
 PROTOS := $(filter-out protos/inference.proto,$(wildcard protos/*.proto))
 
-.PHONY: help setup models serve demo test lint bench protos clean
+.PHONY: help setup models hub-models serve demo test lint bench protos clean
 
 # Every target's `## ` comment, from this file and mk/*.mk; names built by make functions are expanded by make.
 help: ## this list: every target and what it does
@@ -71,11 +87,14 @@ protos: setup ## regenerate the gRPC code in protos/ from the .proto files
 	done
 	$(PY) -m grpc_tools.protoc -I. --descriptor_set_out=protos/inference.binpb protos/inference.proto
 
-serve: models ## run the platform in the foreground on the tiny models (Ctrl-C stops it)
-	$(LOCAL_ENV) && exec $(PY) -m services
+hub-models: setup ## fetch env/hub.env's real checkpoints into HUB_MODELS_DIR (CONVERT_PICKLE=1: convert pickles)
+	$(PY) -m clients models fetch --profile hub --dir $(HUB_MODELS_DIR) $(if $(CONVERT_PICKLE),--convert-pickle)
 
-demo: models ## start the platform, call every service, write the answers to demo-output/
-	$(LOCAL_ENV) && $(PY) -m tools.demo --out demo-output
+serve: $(SERVE_MODELS) ## run the platform in the foreground on the tiny models (MODELS=hub: the real ones; Ctrl-C stops it)
+	$(SERVE_ENV) && exec $(PY) -m services
+
+demo: $(SERVE_MODELS) ## start the platform, call every service, write the answers to demo-output/ (KEEP=1, MODELS=hub)
+	$(SERVE_ENV) && $(PY) -m tools.demo --out demo-output $(if $(KEEP),--keep)
 
 test: models real-asr ## the full test suite (what CI runs)
 	$(PY) -m pytest -q -ra

@@ -19,7 +19,6 @@ seconds with --threads 1 there).
 """
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -35,23 +34,9 @@ from services.asr.chunking import AUTO, find_chunks, transcribe_chunked  # noqa:
 from services.asr.runner import SAMPLE_RATE, ASRJob, ASRRunner  # noqa: E402
 from services.asr.settings import ASRSettings  # noqa: E402
 from services.asr.vad import default_vad  # noqa: E402
+from services.kit.testing import word_error_rate, words  # noqa: E402
 
 REAL = REPO / "models" / "real"
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower().replace("-", " ")).split()
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    ref, hyp = words(reference), words(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j - 1] + (r != h), previous[j] + 1, current[j - 1] + 1))
-        previous = current
-    return previous[-1] / max(1, len(ref))
 
 
 def long_clip(

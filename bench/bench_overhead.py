@@ -4,25 +4,47 @@
    latency at concurrency 1 minus the runner call itself, with the batcher waiting max_wait_ms for
    company even when the model is idle (`wait_when_idle=true`, the old behaviour) and without (default).
 2. Translation (tiny model) at concurrency 1: batching on (16, 5 ms) vs off (1, 0 ms).
+3. Where the CPU of a translation request goes outside the model, stage by stage (`--stages`): the translation
+   service over real HTTP in a child process at its defaults (log level info, JSON access lines, here to
+   /dev/null; no API keys, no tracer), the runner's own code intact but `generate` stubbed (it returns the
+   first 8 source tokens) and continuous batching off, so that one `generate` stub per batch is all the model
+   there is. A client in this process sends `--stage-requests` at concurrency 16. The child's CPU time per
+   request is the total; the stages are timers (`time.thread_time`, so a thread waiting for the GIL or a lock
+   counts nothing) wrapped around the synchronous functions that do each stage, in whichever thread runs them.
+   "everything else" is the total minus the timed stages: the asyncio loop, socket calls, Starlette/FastAPI
+   routing and dependency solving, the kit's middleware bookkeeping, batcher hand-off and thread hand-offs.
+   To compare with another tree, run the same script with that tree first on the path:
 
     .venv/bin/python bench/bench_overhead.py [--requests 300]
+    .venv/bin/python bench/bench_overhead.py --stages [--stage-requests 1500] [--label after]
+    PYTHONPATH=/tmp/before-ovh .venv/bin/python bench/bench_overhead.py --stages --label before
 """
 
 import argparse
+import asyncio
+import contextlib
+import functools
 import json
+import logging
+import os
 import statistics
+import subprocess
 import sys
+import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import grpc
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "kit"))
 
 from echo_service import GRPC_METHOD, EchoSettings, create_service  # noqa: E402
+from loadgen import post_load  # noqa: E402
 
 from services.kit.testing import ServerThread  # noqa: E402
 from services.translation.service import create_service as create_translation  # noqa: E402
@@ -78,10 +100,177 @@ def translation_c1(requests: int, batching: bool) -> float:
             return p50(timed(lambda: client.post("/v1/translate", json=body), requests))
 
 
+# --- 3. stages -----------------------------------------------------------------------------------------------
+
+STAGE_CONCURRENCY = 16
+STUB_OUTPUT_TOKENS = 8
+STAGE_BODY = {
+    "text": "The quick brown fox jumps over the lazy dog.", "source_lang": "en", "target_lang": "de",
+    "num_beams": 1, "max_new_tokens": 24,
+}
+
+
+class StageTimers:
+    """CPU seconds (this thread's) and calls per stage, summed over every thread; nested timers of the same stage
+    count once, so a stage is never counted inside itself."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.local = threading.local()
+        self.lock = threading.Lock()
+
+    def wrap(self, owner, name: str, stage: str) -> None:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            open_stages = self.local.__dict__.setdefault("open", set())
+            if stage in open_stages:
+                return original(*args, **kwargs)
+            open_stages.add(stage)
+            started = time.thread_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                elapsed = time.thread_time() - started
+                open_stages.discard(stage)
+                with self.lock:
+                    self.seconds[stage] += elapsed
+                    self.calls[stage] += 1
+
+        setattr(owner, name, timed)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.seconds.clear()
+            self.calls.clear()
+
+
+def instrument(timers: StageTimers) -> None:
+    """Timers around the synchronous functions of each stage (those of both trees, where they differ)."""
+    import h11
+    import prometheus_client.metrics as prometheus
+    from fastapi._compat import v2 as fastapi_fields
+    from fastapi.encoders import jsonable_encoder  # noqa: F401 - imported by fastapi.routing under this name
+    from pydantic import BaseModel
+    from starlette.responses import JSONResponse, Response
+    from transformers import FSMTTokenizer
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    import fastapi.routing
+    from services.kit import logs, tracing
+
+    timers.wrap(H11Protocol, "data_received", "HTTP: request parsing (uvicorn h11)")
+    timers.wrap(h11.Connection, "send", "HTTP: response writing (h11)")
+    timers.wrap(logs, "request_id_from", "request id")
+    timers.wrap(logs.RequestRecord, "log", "access log line")
+    for metric, methods in (
+        (prometheus.MetricWrapperBase, ("labels",)), (prometheus.Counter, ("inc",)),
+        (prometheus.Gauge, ("inc", "dec", "set")), (prometheus.Histogram, ("observe",)),
+    ):
+        for method in methods:
+            timers.wrap(metric, method, "metrics")
+    timers.wrap(tracing, "enabled", "tracing checks")
+    timers.wrap(tracing, "work_spans", "tracing checks")
+    timers.wrap(fastapi_fields.ModelField, "validate", "validation (pydantic, request and response)")
+    timers.wrap(fastapi_fields.ModelField, "serialize", "JSON encoding of the response")
+    timers.wrap(fastapi.routing, "jsonable_encoder", "JSON encoding of the response")
+    timers.wrap(BaseModel, "model_dump_json", "JSON encoding of the response")
+    timers.wrap(JSONResponse, "render", "JSON encoding of the response")
+    timers.wrap(Response, "render", "JSON encoding of the response")
+    timers.wrap(FSMTTokenizer, "__call__", "tokenizing (service and runner)")
+    timers.wrap(FSMTTokenizer, "pad", "tokenizing (service and runner)")
+    timers.wrap(FSMTTokenizer, "batch_decode", "runner around the model (detokenizing)")
+
+
+def serve_stub_translation() -> None:
+    """The child: the translation service with `generate` stubbed, timed by stage; prints its URL, then on each
+    line of stdin: "reset" zeroes the timers, "report" prints them as JSON."""
+    import torch
+    from transformers import FSMTForConditionalGeneration
+
+    from services.kit.logs import configure_logging
+    from services.translation.settings import TranslationSettings
+
+    def stub_generate(self, input_ids=None, **options):
+        return input_ids[:, :STUB_OUTPUT_TOKENS]
+
+    FSMTForConditionalGeneration.generate = torch.inference_mode()(stub_generate)
+    timers = StageTimers()
+    instrument(timers)
+    configure_logging("info", "json")  # the default level: one access line per request, formatted and written
+    logging.getLogger().handlers[0].setStream(open(os.devnull, "w"))  # noqa: SIM115 - the process's lifetime
+    settings = TranslationSettings(
+        models={"en-de": str(TRANSLATION_MODELS / "wmt19-en-de")}, continuous_batching=False, threads=1,
+        max_batch_size=16, max_wait_ms=5, max_queue=1024,
+    )
+    with ServerThread(lambda: [create_translation(settings)], settings) as server:
+        print(server.rest_url, flush=True)
+        for line in sys.stdin:
+            if line.strip() == "reset":
+                timers.reset()
+            else:
+                print(json.dumps({"seconds": timers.seconds, "calls": timers.calls}), flush=True)
+
+
+def stage_costs(requests: int) -> tuple[dict[str, float], float]:
+    """(µs per request by stage, total server CPU µs per request) at concurrency 16."""
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve-stub"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        url = child.stdout.readline().strip() + "/v1/translate"
+        if not url.startswith("http"):
+            raise RuntimeError("the stub server did not start")
+        asyncio.run(post_load(url, [STAGE_BODY] * 200, STAGE_CONCURRENCY))  # warm up
+        child.stdin.write("reset\n")
+        child.stdin.flush()
+        server = psutil.Process(child.pid)
+        cpu_before = sum(server.cpu_times()[:2])
+        asyncio.run(post_load(url, [STAGE_BODY] * requests, STAGE_CONCURRENCY))
+        total_us = (sum(server.cpu_times()[:2]) - cpu_before) * 1e6 / requests
+        child.stdin.write("report\n")
+        child.stdin.flush()
+        timed = json.loads(child.stdout.readline())["seconds"]
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            child.stdin.close()
+        child.wait(timeout=60)
+    return {stage: seconds * 1e6 / requests for stage, seconds in timed.items()}, total_us
+
+
+def report_stages(requests: int, label: str) -> None:
+    runs = [stage_costs(requests) for _ in range(2)]
+    stages = sorted({stage for by_stage, _ in runs for stage in by_stage})
+    mean = {stage: statistics.mean(by_stage.get(stage, 0.0) for by_stage, _ in runs) for stage in stages}
+    total = statistics.mean(total for _, total in runs)
+    print(f"\n| stage ({label}; translation, generate stubbed, concurrency {STAGE_CONCURRENCY}, "
+          f"{requests} requests x 2 runs) | CPU µs per request |")
+    print("|---|---:|")
+    for stage in sorted(stages, key=mean.get, reverse=True):
+        print(f"| {stage} | {mean[stage]:.0f} |")
+    print(f"| everything else (asyncio, sockets, routing, middleware, batcher and thread hand-offs) | "
+          f"{total - sum(mean.values()):.0f} |")
+    print(f"| **server CPU per request** (psutil, all threads) | **{total:.0f}** |")
+    runner_stages = ("tokenizing (service and runner)", "runner around the model (detokenizing)")
+    print(f"| of which not the service's own text processing | {total - sum(mean.get(s, 0) for s in runner_stages):.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--stages", action="store_true", help="only the stage table (section 3)")
+    parser.add_argument("--stage-requests", type=int, default=1500)
+    parser.add_argument("--label", default="this tree", help="names the tree in the stage table")
+    parser.add_argument("--serve-stub", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_stub:
+        serve_stub_translation()
+        return
+    if args.stages:
+        report_stages(args.stage_requests, args.label)
+        return
     rows = []
     for _ in range(2):  # interleaved, so drift on a shared machine hits both
         for wait in (True, False):
@@ -103,6 +292,8 @@ def main() -> None:
     print(f"| batching on (16, 5 ms) | {statistics.mean(on):.2f} |")
     print(f"| batching off (1, 0 ms) | {statistics.mean(off):.2f} |")
     print(f"| on / off | {statistics.mean(on) / statistics.mean(off):.2f}x |")
+    sys.stdout.flush()
+    report_stages(args.stage_requests, args.label)
 
 
 if __name__ == "__main__":

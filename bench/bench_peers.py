@@ -17,6 +17,9 @@ cores spins at every barrier (both servers then burned about 15x the CPU per req
 whatever else ran on the machine).
 
 Targets: the project at >= 1.5x LitServe's throughput at concurrency 16, and a lower p95 at both concurrencies.
+
+`--asr` prints the ASR table instead: real whisper-base through the project's ASR service against faster-whisper
+1.2.1 on the same CTranslate2 weights (bench/peers_asr.py says how).
 """
 
 import argparse
@@ -33,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import litserve as ls
+import peers_asr
 import psutil
 import torch
 from bench_translation import MAX_NEW_TOKENS, SENTENCES, TINY, medium_model
@@ -269,10 +273,18 @@ def main() -> None:
     parser.add_argument("--requests-c1", type=int, default=32)
     parser.add_argument("--requests-c16", type=int, default=96)
     parser.add_argument("--stock-kernels", action="store_true", help="the project without its few-row linear kernels")
-    parser.add_argument("--serve", choices=SIDES, help=argparse.SUPPRESS)
+    peers_asr.add_arguments(parser)
+    parser.add_argument("--serve", choices=(*SIDES, "asr-project"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve == "asr-project":
+        peers_asr.serve_project_asr(args.asr_threads)
+        return
+    if args.asr:
+        peers_asr.check_installed()
+        peers_asr.asr_benchmark(args, lambda argv: Child("project ASR", argv))
+        return
     if args.serve == "project":
         serve_project(args.model, args.device, args.threads, not args.stock_kernels)
         return

@@ -6,9 +6,7 @@ small builders of hostile payloads. bench_hostile.py gathers the attacks of ever
 
 import io
 import os
-import shlex
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -23,12 +21,10 @@ import numpy as np
 import soundfile as sf
 
 DEFAULT_REPO = Path(__file__).resolve().parents[1]
+# The launcher's helpers come from this checkout; the platform under attack runs from the one at --repo.
+sys.path.insert(0, str(DEFAULT_REPO))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from services.kit.launch import free_port, read_env_file  # noqa: E402
 
 
 def process_tree(pid: int) -> list[int]:
@@ -66,10 +62,7 @@ class Platform:
 
     def env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("MODELSERVE_API_KEY")}
-        for line in (self.repo / "env" / "tiny.env").read_text().splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                key, _, value = shlex.split(line)[0].partition("=")
-                env[key] = value
+        env.update(read_env_file(self.repo / "env" / "tiny.env"))
         ports = {name: free_port() for name in ("PLATFORM_REST_PORT", "PLATFORM_GRPC_PORT", "VIT_REST_PORT", "VIT_GRPC_PORT")}
         env.update({key: str(port) for key, port in ports.items()})
         env.update(PLATFORM_HOST="127.0.0.1", VIT_HOST="127.0.0.1", PLATFORM_LOG_LEVEL="warning", VIT_LOG_LEVEL="warning")

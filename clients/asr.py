@@ -12,6 +12,7 @@ from protos import asr_pb2_grpc as pb_grpc
 
 from .grpc_channel import GrpcCaller
 from .media import Source, read_source
+from .registry import ServiceClients
 from .rest import AsyncRestTransport, RestTransport
 from .retry import NO_RETRY
 
@@ -235,3 +236,11 @@ class ASRGrpcClient:
         """A file sent as a stream of chunks (large files; `on_chunk` can drive an upload progress bar)."""
         content, filename = read_source(audio, "audio.wav")
         return self.transcribe_stream(file_chunks(content, chunk_bytes), filename=filename, **options)
+
+
+SERVICE_CLIENTS = ServiceClients(
+    attribute="asr",
+    rest=ASRClient,
+    async_rest=AsyncASRClient,
+    grpc=ASRGrpcClient,
+)

@@ -32,6 +32,7 @@ from .errors import (
     UnavailableError,
 )
 from .images import Progress
+from .models_fetch import add_fetch_command
 from .retry import RetryPolicy
 from .tts import save_audio_stream
 
@@ -403,15 +404,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, help="show the N best labels with scores instead of the best one")
     p.set_defaults(run=cmd_classify)
 
-    p = new_command("models", help="list the models every service serves")
+    p = new_command(
+        "models", help="list the models every service serves (models fetch: download checkpoints)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_models)
+    add_fetch_command(p.add_subparsers(dest="models_command", metavar="{fetch}"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "run_local", None):  # a command that calls no server (models fetch)
+        return args.run_local(args)
     retry = RetryPolicy(max_attempts=max(1, args.retries + 1))
     vit_url = args.vit_url or with_port(args.url, VIT_REST_PORT)
     vit_grpc = args.vit_grpc or with_port(args.grpc, VIT_GRPC_PORT)

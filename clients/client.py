@@ -1,29 +1,43 @@
 """One object per protocol for the whole platform: `Client` (REST), `AsyncClient`, `GrpcClient`.
 
-The platform serves translation, ASR, TTS and image generation on one REST port and one gRPC
-port; ViT speaks the TensorFlow Serving protocol on its own ports (8501 REST, 8500 gRPC by
+Each carries every service client this package declares (clients/registry.py: a service's client
+module ends with `SERVICE_CLIENTS`), found by folder. The platform serves translation, ASR, TTS and
+image generation on one REST port and one gRPC port; ViT speaks the TensorFlow Serving protocol on its own ports (8501 REST, 8500 gRPC by
 default, derived from the platform address unless given). Every client sends the API key given as
 `api_key`, else `$MODELSERVE_API_KEY` (clients/auth.py), to both.
 """
 
+import importlib
+import pkgutil
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from .asr import ASRClient, ASRGrpcClient, AsyncASRClient
+import clients
+
 from .grpc_channel import GrpcCaller
-from .images import AsyncImagesClient, ImagesClient, ImagesGrpcClient
 from .listing import ModelEntry, parse_models
+from .registry import ServiceClients
 from .rest import AsyncRestTransport, RestTransport
 from .retry import RetryPolicy
-from .translation import AsyncTranslationClient, TranslationClient, TranslationGrpcClient
-from .tts import AsyncTTSClient, TTSClient, TTSGrpcClient
-from .vit import AsyncViTClient, ViTClient, ViTGrpcClient
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_GRPC_TARGET = "127.0.0.1:50051"
 VIT_REST_PORT = 8501
 VIT_GRPC_PORT = 8500
+# This module and the command line that imports it declare no service client.
+NOT_SERVICE_MODULES = frozenset({__name__.rsplit(".", 1)[-1], "cli", "__main__"})
+
+
+def service_clients() -> list[ServiceClients]:
+    """Every service client declared in this package (a module's `SERVICE_CLIENTS`), by attribute."""
+    found = []
+    for module in pkgutil.iter_modules(clients.__path__):
+        if module.name not in NOT_SERVICE_MODULES:
+            declared = getattr(importlib.import_module(f"clients.{module.name}"), "SERVICE_CLIENTS", None)
+            if declared is not None:
+                found.append(declared)
+    return sorted(found, key=lambda declared: declared.attribute)
 
 
 def with_port(url_or_target: str, port: int) -> str:
@@ -51,11 +65,12 @@ class Client:
         options = dict(timeout=timeout, retry=retry, headers=headers, api_key=api_key)
         self.transport = RestTransport(base_url, **options)
         self.vit_transport = RestTransport(vit_url or with_port(base_url, VIT_REST_PORT), **options)
-        self.translation = TranslationClient(self.transport)
-        self.asr = ASRClient(self.transport)
-        self.tts = TTSClient(self.transport)
-        self.images = ImagesClient(self.transport)
-        self.vit = ViTClient(self.vit_transport)
+        for declared in service_clients():
+            setattr(
+                self,
+                declared.attribute,
+                declared.rest(self.vit_transport if declared.own_ports else self.transport),
+            )
 
     def models(self) -> list[ModelEntry]:
         """Every model the platform serves (GET /v1/models)."""
@@ -88,11 +103,9 @@ class AsyncClient:
         options = dict(timeout=timeout, retry=retry, headers=headers, api_key=api_key)
         self.transport = AsyncRestTransport(base_url, **options)
         self.vit_transport = AsyncRestTransport(vit_url or with_port(base_url, VIT_REST_PORT), **options)
-        self.translation = AsyncTranslationClient(self.transport)
-        self.asr = AsyncASRClient(self.transport)
-        self.tts = AsyncTTSClient(self.transport)
-        self.images = AsyncImagesClient(self.transport)
-        self.vit = AsyncViTClient(self.vit_transport)
+        for declared in service_clients():
+            transport = self.vit_transport if declared.own_ports else self.transport
+            setattr(self, declared.attribute, declared.async_rest(transport))
 
     async def models(self) -> list[ModelEntry]:
         return parse_models((await self.transport.request("GET", "/v1/models")).json())
@@ -125,11 +138,12 @@ class GrpcClient:
         options = dict(timeout=timeout, retry=retry, metadata=metadata, secure=secure, api_key=api_key)
         self.caller = GrpcCaller(target, **options)
         self.vit_caller = GrpcCaller(vit_target or with_port(target, VIT_GRPC_PORT), **options)
-        self.translation = TranslationGrpcClient(self.caller)
-        self.asr = ASRGrpcClient(self.caller)
-        self.tts = TTSGrpcClient(self.caller)
-        self.images = ImagesGrpcClient(self.caller)
-        self.vit = ViTGrpcClient(self.vit_caller)
+        for declared in service_clients():
+            setattr(
+                self,
+                declared.attribute,
+                declared.grpc(self.vit_caller if declared.own_ports else self.caller),
+            )
 
     def close(self) -> None:
         self.caller.close()

@@ -110,15 +110,20 @@ _BY_GRPC_CODE = {
 }
 
 
-# The kit's error codes (services/kit/errors.py), for errors that arrive inside a stream without a status.
-_BY_CODE = {
+# Every error code of the kit (services/kit/errors.py; tests/clients/test_client_errors.py keeps the two equal),
+# as the class its gRPC status gets: for errors that arrive inside a stream without a status.
+ERRORS_BY_CODE = {
+    "internal": ServerError,
     "invalid_argument": InvalidRequestError,
+    "invalid_api_key": AuthenticationError,
+    "request_timeout": DeadlineExceededError,
+    "not_found": NotFoundError,
     "payload_too_large": InvalidRequestError,
     "unsupported_media_type": InvalidRequestError,
-    "not_found": NotFoundError,
     "overloaded": OverloadedError,
     "unavailable": UnavailableError,
     "deadline_exceeded": DeadlineExceededError,
+    "cancelled": ServerError,
 }
 
 
@@ -126,7 +131,7 @@ def error_from_event(body: dict) -> APIError:
     """The typed error for an error event inside a stream (server-sent events): `{"error": {...}}`."""
     error = body.get("error") if isinstance(body.get("error"), dict) else body
     code = error.get("code") or error.get("type")
-    cls = _BY_CODE.get(code, ServerError)
+    cls = ERRORS_BY_CODE.get(code, ServerError)
     return cls(str(error.get("message") or error), code=code, param=error.get("param"), body=body)
 
 

@@ -17,6 +17,7 @@ from protos import imagegen_pb2_grpc as pb_grpc
 from .errors import error_from_event
 from .grpc_channel import GrpcCaller
 from .media import Source, read_source
+from .registry import ServiceClients
 from .rest import AsyncRestTransport, RestTransport, aiter_sse, iter_sse
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -318,3 +319,11 @@ class ImagesGrpcClient:
                     )
             elif which == "result":
                 yield _result_from_proto(message.result)
+
+
+SERVICE_CLIENTS = ServiceClients(
+    attribute="images",
+    rest=ImagesClient,
+    async_rest=AsyncImagesClient,
+    grpc=ImagesGrpcClient,
+)

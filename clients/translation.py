@@ -7,6 +7,7 @@ from protos import translation_pb2_grpc as pb_grpc
 
 from .grpc_channel import GrpcCaller
 from .listing import ModelEntry, models_of
+from .registry import ServiceClients
 from .rest import AsyncRestTransport, RestTransport
 
 
@@ -124,3 +125,11 @@ class TranslationGrpcClient:
     def models(self) -> list[TranslationModel]:
         response = self.caller.unary(self.stub.ListModels, pb.ListModelsRequest())
         return [TranslationModel(m.id, m.source_lang, m.target_lang) for m in response.models]
+
+
+SERVICE_CLIENTS = ServiceClients(
+    attribute="translation",
+    rest=TranslationClient,
+    async_rest=AsyncTranslationClient,
+    grpc=TranslationGrpcClient,
+)

@@ -14,6 +14,7 @@ from protos import tts_pb2_grpc as pb_grpc
 
 from .grpc_channel import GrpcCaller
 from .media import Source, finalize_wav, read_source
+from .registry import ServiceClients
 from .rest import AsyncRestTransport, RestTransport, converted_errors
 
 PCM_BYTES_PER_SAMPLE = 2  # streams carry 16-bit PCM (wav or raw pcm)
@@ -261,3 +262,11 @@ class TTSGrpcClient:
         )
         response = self.caller.unary(self.stub.Convert, request, timeout=timeout)
         return Speech(response.audio, response.media_type, response.sample_rate, response.duration_seconds)
+
+
+SERVICE_CLIENTS = ServiceClients(
+    attribute="tts",
+    rest=TTSClient,
+    async_rest=AsyncTTSClient,
+    grpc=TTSGrpcClient,
+)

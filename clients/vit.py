@@ -15,6 +15,7 @@ import numpy as np
 
 from .grpc_channel import GrpcCaller
 from .media import Source, read_source
+from .registry import ServiceClients
 from .rest import AsyncRestTransport, RestTransport
 
 DEFAULT_MODEL = "hf-vit"
@@ -180,3 +181,12 @@ def __getattr__(name: str):
         )
         return replacement
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+SERVICE_CLIENTS = ServiceClients(
+    attribute="vit",
+    rest=ViTClient,
+    async_rest=AsyncViTClient,
+    grpc=ViTGrpcClient,
+    own_ports=True,  # TensorFlow Serving's protocol on 8501/8500
+)

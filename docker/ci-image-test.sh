@@ -75,14 +75,7 @@ cp -r models/translation/wmt19-en-de models/translation/wmt19-de-en "$MODELS_COP
 chmod -R a+rX "$MODELS_COPY"
 MODELS_JSON='{"en-de": "/models/translation/wmt19-en-de", "de-en": "/models/translation/wmt19-de-en"}'
 
-read -r REST_PORT GRPC_PORT < <("$PY" - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-EOF
-)
+read -r REST_PORT GRPC_PORT < <("$PY" -c 'from services.kit.launch import free_port; print(free_port(), free_port())')
 
 run_flags=(--network host --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges
   -v "$MODELS_COPY/translation:/models/translation:ro"
@@ -96,30 +89,18 @@ grep -q "local directory, nothing to fetch" <<<"$fetch_out"
 
 log "run on ports $REST_PORT/$GRPC_PORT"
 "$DOCKER" run -d --name "$NAME" "${run_flags[@]}" "$IMAGE" >/dev/null
+# The project's launcher waits (on this host's Python): `docker top` fails once the container has stopped.
+"$PY" -m services.kit.launch --ready "http://127.0.0.1:$REST_PORT/readyz" --timeout "$READY_TIMEOUT_S" \
+  --alive "$DOCKER top $NAME"
 
-"$PY" - "$REST_PORT" "$GRPC_PORT" "$READY_TIMEOUT_S" "$DOCKER" "$NAME" <<'EOF'
-import json, subprocess, sys, time, urllib.error, urllib.request
+"$PY" - "$REST_PORT" "$GRPC_PORT" "$DOCKER" "$NAME" <<'EOF'
+import json, subprocess, sys, urllib.request
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-rest, grpc_port, timeout, docker, name = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5]
+rest, grpc_port, docker, name = sys.argv[1:]
 base = f"http://127.0.0.1:{rest}"
-deadline = time.monotonic() + timeout
-while True:
-    state = subprocess.run([docker, "inspect", "-f", "{{.State.Running}}", name], capture_output=True, text=True)
-    if state.stdout.strip() != "true":
-        sys.exit(f"container stopped before becoming ready: {state.stdout.strip()} {state.stderr.strip()}")
-    try:
-        with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-            if r.status == 200:
-                break
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        pass
-    if time.monotonic() > deadline:
-        sys.exit(f"/readyz not 200 within {timeout:.0f} s")
-    time.sleep(1)
-print(f"ready after {timeout - (deadline - time.monotonic()):.1f} s", file=sys.stderr)
 
 body = json.dumps({"text": "Hello world", "source_lang": "en", "target_lang": "de"}).encode()
 req = urllib.request.Request(base + "/v1/translate", data=body, headers={"Content-Type": "application/json"})

@@ -47,14 +47,7 @@ log "built in $(( $(date +%s) - start )) s"
    && for s in translation asr tts imagegen; do [ ! -e "/app/services/$s" ] || exit 1; done' \
   || { log "the image holds other services than vit, or lacks kit/protos"; exit 1; }
 
-read -r REST_PORT GRPC_PORT < <("$PY" - <<'EOF_PY'
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
-EOF_PY
-)
+read -r REST_PORT GRPC_PORT < <("$PY" -c 'from services.kit.launch import free_port; print(free_port(), free_port())')
 
 # k8s/kserve's vit-config, but on free ports (the engine runs containers on the host network).
 log "run on ports $REST_PORT/$GRPC_PORT"
@@ -63,32 +56,20 @@ log "run on ports $REST_PORT/$GRPC_PORT"
   -e VIT_MODEL_BASE=/models -e VIT_MODEL_NAME=hf-vit -e VIT_POLL_INTERVAL_S=0 -e VIT_THREADS=2 \
   -e VIT_REQUEST_TIMEOUT_S=30 -e VIT_DOCS=false -e VIT_GRPC_REFLECTION=false -e VIT_SHUTDOWN_GRACE_S=10 \
   -e "VIT_REST_PORT=$REST_PORT" -e "VIT_GRPC_PORT=$GRPC_PORT" "$IMAGE" >/dev/null
+# KServe's readinessProbe, waited for by the project's launcher (on this host's Python): `docker top` fails once
+# the container has stopped.
+"$PY" -m services.kit.launch --ready "http://127.0.0.1:$REST_PORT/v2/health/ready" --timeout "$READY_TIMEOUT_S" \
+  --alive "$DOCKER top $NAME"
 
-"$PY" - "$REST_PORT" "$GRPC_PORT" "$READY_TIMEOUT_S" "$DOCKER" "$NAME" <<'EOF_PY'
-import base64, io, json, subprocess, sys, time, urllib.error, urllib.request
+"$PY" - "$REST_PORT" "$GRPC_PORT" "$DOCKER" "$NAME" <<'EOF_PY'
+import base64, io, json, subprocess, sys, urllib.request
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-rest, grpc_port, timeout, docker, name = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5]
+rest, grpc_port, docker, name = sys.argv[1:]
 base = f"http://127.0.0.1:{rest}"
-deadline = time.monotonic() + timeout
-while True:
-    state = subprocess.run([docker, "inspect", "-f", "{{.State.Running}}", name], capture_output=True, text=True)
-    if state.stdout.strip() != "true":
-        sys.exit(f"container stopped before becoming ready: {state.stdout.strip()} {state.stderr.strip()}")
-    try:
-        # KServe's readinessProbe.
-        with urllib.request.urlopen(base + "/v2/health/ready", timeout=2) as r:
-            if r.status == 200:
-                break
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        pass
-    if time.monotonic() > deadline:
-        sys.exit(f"/v2/health/ready not 200 within {timeout:.0f} s")
-    time.sleep(1)
-print(f"ready after {timeout - (deadline - time.monotonic()):.1f} s", file=sys.stderr)
 
 
 def post(path: str, document: dict) -> dict:

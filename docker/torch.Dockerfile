@@ -71,8 +71,8 @@ RUN if ! command -v python3 >/dev/null; then \
     && useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin modelserve
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /app /app
-# The init container runs this from the same image to fill the /models cache.
-COPY docker/fetch_models.py /app/fetch_models.py
+# The init container runs this from the same image to fill the /models cache (it needs only huggingface_hub).
+COPY clients/models_fetch.py /app/fetch_models.py
 ARG MODELS_DIR=docker/no-models
 COPY --chown=10001:10001 ${MODELS_DIR}/ /models/
 

@@ -6,6 +6,7 @@ users per class (LOADTEST_USER_COUNTS="TranslationRestUser=4,..."), and sets LOA
 for the step-load shape.
 """
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -13,12 +14,19 @@ from pathlib import Path
 # Locust imports this file by path; make the repository's packages importable however it was started.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from loadtests import users  # noqa: E402
-from loadtests.users import *  # noqa: E402, F403  (Locust collects the user classes from this module)
+from loadtests.scenario import PROTOCOLS, USER_MODULES, user_class  # noqa: E402
+
+# Every declared service's users, from the module its registry entry names (Locust collects them here).
+USERS = {
+    user_class(service, protocol): getattr(importlib.import_module(module), user_class(service, protocol))
+    for service, module in USER_MODULES.items()
+    for protocol in PROTOCOLS
+}
+globals().update(USERS)
 
 for entry in filter(None, os.environ.get("LOADTEST_USER_COUNTS", "").split(",")):
     class_name, count = entry.split("=")
-    getattr(users, class_name).fixed_count = int(count)
+    USERS[class_name].fixed_count = int(count)
 
 if os.environ.get("LOADTEST_SHAPE") == "step":
     from loadtests.shapes import StepLoadShape  # noqa: E402, F401

@@ -4,22 +4,17 @@ Kept free of Locust imports (Locust monkey-patches the standard library on impor
 can plan a test without becoming a load generator itself.
 """
 
-SERVICES = ("translation", "asr", "tts", "imagegen", "vit")
+from services.registry import entries
+
+# Every declared service (services/<name>/registry.py): its share of users in the mixed scenario (cheap,
+# frequent calls such as translation and classification more often than image generation), the class-name
+# spelling of its users (acronyms stay upper-case: ASRRestUser; ViT keeps its own) and the module holding them.
+REGISTRY = entries()
+SERVICES = tuple(REGISTRY)
 PROTOCOLS = ("rest", "grpc")
-
-# Share of users per service in the mixed scenario: cheap, frequent calls (translation,
-# classification) more often than expensive ones (image generation).
-WEIGHTS = {"translation": 4, "asr": 2, "tts": 2, "imagegen": 1, "vit": 4}
-
-
-# Class-name spelling of each service: acronyms stay upper-case (ASRRestUser), ViT keeps its own.
-CLASS_PREFIXES = {
-    "translation": "Translation",
-    "asr": "ASR",
-    "tts": "TTS",
-    "imagegen": "ImageGen",
-    "vit": "ViT",
-}
+WEIGHTS = {name: entry.load_weight for name, entry in REGISTRY.items()}
+CLASS_PREFIXES = {name: entry.title for name, entry in REGISTRY.items()}
+USER_MODULES = {name: entry.load_users for name, entry in REGISTRY.items()}
 
 
 def user_class(service: str, protocol: str) -> str:

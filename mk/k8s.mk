@@ -10,7 +10,8 @@ IMAGE_TAG ?= 0.1.0
 # reach no container registry.
 IMAGE_BASE ?=
 LOCAL_BASE ?= localhost/debian-base:bookworm
-TORCH_SERVICES := translation asr tts imagegen
+# Every service declared torch in its services/<name>/registry.py (standard library only: any python3).
+TORCH_SERVICES := $(shell python3 -m services.registry --torch)
 K8S_PATH ?= .
 K8S_OUT ?= .docker/k8s-rendered
 K8S_VERSIONS ?= 1.30.0 1.32.0
@@ -30,7 +31,7 @@ endif
 endif
 
 .PHONY: images image-base $(addprefix image-,$(TORCH_SERVICES)) image-vit image-vit-server \
-        deploy undeploy k8s-status k8s-validate checkov-venv image-test dockerd
+        manifests deploy undeploy k8s-status k8s-validate checkov-venv image-test dockerd
 
 images: $(addprefix image-,$(TORCH_SERVICES)) image-vit image-vit-server ## build every service's image
 
@@ -64,6 +65,11 @@ image-vit-server: image-base ## build the ViT image on services/vit's server (OI
 	DOCKER_BUILDKIT=1 $(DOCKER) build --network host -f docker/vit-server.Dockerfile \
 	  $(if $(IMAGE_BASE),--build-arg BASE=$(if $(filter local,$(IMAGE_BASE)),$(LOCAL_BASE),$(IMAGE_BASE))) \
 	  -t modelserve/vit-server:$(IMAGE_TAG) .
+
+# The lists that name every service (k8s/base, release-images, /kustomization.yaml, k8s/kserve/base), from
+# services/*/registry.py and each service's own k8s/base/<name>/ and k8s/kserve/base/<name>/ folders.
+manifests: ## regenerate the Kubernetes service lists from the registry (tests/k8s fails when stale)
+	$(VENV)/bin/python -m tools.deploy.service_lists
 
 deploy: ## apply the kustomization (K8S_PATH) to the current kubectl context
 	$(VENV)/bin/python -m tools.deploy --path $(K8S_PATH) apply

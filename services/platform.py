@@ -1,38 +1,29 @@
 """The local all-in-one platform: every service on one REST port and one gRPC port.
 
-Services are discovered: each `services/<name>/service.py` with a `create_service()` joins the
-shared servers in this process. The ViT service speaks the TensorFlow Serving protocol on its own
-ports and runs TensorFlow, so it starts as a child process (`python -m services.vit`) instead.
+Services are discovered (services/registry.py): each `services/<name>/` declaring itself in its
+`registry.py` joins the shared servers in this process through its `service.py`'s `create_service()`.
+A service marked `separate_process` (ViT: the TensorFlow Serving protocol on its own ports, and
+TensorFlow) starts as a child process (`python -m services.<name>`) instead.
 """
 
 import asyncio
 import importlib
 import logging
 import os
-import pkgutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-import services
 from services.kit.config import PlatformSettings
 from services.kit.server import configure_logging, serve
 from services.kit.service import Service
+from services.registry import entries
 
 log = logging.getLogger(__name__)
 
-SEPARATE_PROCESS = ("vit",)
-
 
 def available_services() -> list[str]:
-    names = []
-    for module in pkgutil.iter_modules(services.__path__):
-        package_dir = Path(services.__path__[0]) / module.name
-        if module.ispkg and module.name != "kit":
-            if (package_dir / "service.py").exists() or module.name in SEPARATE_PROCESS:
-                names.append(module.name)
-    return sorted(names)
+    return list(entries())
 
 
 def selected_services(settings: PlatformSettings) -> list[str]:
@@ -47,16 +38,23 @@ def selected_services(settings: PlatformSettings) -> list[str]:
 
 
 def create_services(names: list[str]) -> list[Service]:
-    return [importlib.import_module(f"services.{name}.service").create_service() for name in names
-            if name not in SEPARATE_PROCESS]
+    registry = entries()
+    return [
+        importlib.import_module(f"services.{name}.service").create_service()
+        for name in names
+        if not registry[name].separate_process
+    ]
 
 
 def start_separate(names: list[str]) -> list[subprocess.Popen]:
+    registry = entries()
     children = []
     for name in names:
-        if name in SEPARATE_PROCESS and (Path(services.__path__[0]) / name / "__main__.py").exists():
+        if registry[name].separate_process:
             log.info("starting %s in its own process", name)
-            children.append(subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=os.environ.copy()))
+            children.append(
+                subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=os.environ.copy())
+            )
     return children
 
 
@@ -70,7 +68,9 @@ def main() -> int:
         in_process = create_services(names)
         if in_process:
             # Each service keeps its own batching knobs; the platform's settings own ports and drain.
-            settings.max_body_bytes = max([settings.max_body_bytes, *(s.settings.max_body_bytes for s in in_process)])
+            settings.max_body_bytes = max(
+                [settings.max_body_bytes, *(s.settings.max_body_bytes for s in in_process)]
+            )
             asyncio.run(serve(in_process, settings))
         else:
             for child in children:

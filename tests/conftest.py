@@ -72,6 +72,7 @@ def make_asr_settings(models_dir: Path) -> Callable[..., ASRSettings]:
             max_new_tokens=ASR_MAX_NEW_TOKENS,
             max_audio_seconds=90,
             log_level="warning",
+            path_choice="threshold",  # `auto` by a fixed rule: tests never depend on timings
         )
         return ASRSettings(**{**options, **overrides})
 

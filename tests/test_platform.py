@@ -1,19 +1,14 @@
 """The all-in-one platform process: discovery, selection, readiness and a clean SIGTERM stop."""
 
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from services.kit.config import PlatformSettings, ServerSettings, ServiceSettings
-from services.kit.testing import free_port
+from services.kit.launch import Launched, free_port
 from services.platform import available_services, selected_services
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_service_package_is_discovered():
@@ -47,22 +42,9 @@ def test_platform_serves_selected_services_and_stops_cleanly_on_sigterm(models_d
     env = {**os.environ, "PLATFORM_SERVICES": "translation", "PLATFORM_REST_PORT": str(rest),
            "PLATFORM_GRPC_PORT": str(grpc_port), "PLATFORM_HOST": "127.0.0.1", "PLATFORM_LOG_LEVEL": "warning",
            "TRANSLATION_MODELS": pairs}
-    process = subprocess.Popen([sys.executable, "-m", "services"], env=env, cwd=REPO_ROOT)
     url = f"http://127.0.0.1:{rest}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, "platform exited early"
-            time.sleep(0.1)
+    with Launched([sys.executable, "-m", "services"], env=env, ready=[url + "/readyz"]) as platform:
         reply = httpx.post(url + "/v1/translate", json={"text": "Hi", "source_lang": "en", "target_lang": "de",
                                                         "max_new_tokens": 4}, timeout=30)
         assert reply.status_code == 200
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
+        assert platform.stop() == 0, platform.log_tail()

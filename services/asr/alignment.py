@@ -74,7 +74,9 @@ def dynamic_time_warping(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(text_indices[::-1]), np.array(time_indices[::-1])
 
 
-def split_to_word_tokens(tokenizer, tokens: list[int], language: str | None) -> tuple[list[str], list[list[int]]]:
+def split_to_word_tokens(
+    tokenizer, tokens: list[int], language: str | None
+) -> tuple[list[str], list[list[int]]]:
     """Words and their tokens: at spaces and punctuation, or per character where the language has no spaces.
     Tokens that only make sense together (a character split across byte-level tokens) stay together."""
     words, word_tokens = _split_on_unicode(tokenizer, tokens)
@@ -125,9 +127,15 @@ class Aligner:
         layers = model.config.decoder_layers
         heads = getattr(config, "alignment_heads", None)
         # OpenAI's default for checkpoints without a list: every head of the second half of the decoder.
-        self.heads = [tuple(h) for h in heads] if heads else [
-            (layer, head) for layer in range(layers // 2, layers) for head in range(model.config.decoder_attention_heads)
-        ]
+        self.heads = (
+            [tuple(h) for h in heads]
+            if heads
+            else [
+                (layer, head)
+                for layer in range(layers // 2, layers)
+                for head in range(model.config.decoder_attention_heads)
+            ]
+        )
         self.median_filter_width = getattr(model.config, "median_filter_width", 7)
         self.no_timestamps = config.no_timestamps_token_id
         self.eot = tokenizer.eos_token_id
@@ -164,7 +172,9 @@ class Aligner:
         for layer, head in self.heads:
             attention = decoder.layers[layer].encoder_attn
             dim = attention.head_dim
-            query = (attention.q_proj(queries[layer][0]) * attention.scaling)[:, head * dim : (head + 1) * dim]
+            query = (attention.q_proj(queries[layer][0]) * attention.scaling)[
+                :, head * dim : (head + 1) * dim
+            ]
             key = attention.k_proj(encoder_hidden[:frames])[:, head * dim : (head + 1) * dim]
             weights.append((query.float() @ key.float().T).softmax(dim=-1))
         matrix = torch.stack(weights)  # heads x tokens x frames
@@ -261,7 +271,8 @@ def assign_words(
             first = words[0]
             after_pause = first.end - last_speech > median * 4
             if after_pause and (
-                first.end - first.start > longest or (len(words) > 1 and words[1].end - first.start > longest * 2)
+                first.end - first.start > longest
+                or (len(words) > 1 and words[1].end - first.start > longest * 2)
             ):
                 if len(words) > 1 and words[1].end - words[1].start > longest:
                     boundary = max(words[1].end / 2, words[1].end - longest)

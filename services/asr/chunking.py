@@ -41,6 +41,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -48,7 +49,8 @@ from services.kit.errors import InvalidArgument
 from services.kit.json_limits import json_shape_error
 from services.kit.torch_models import StopWhenCancelled
 
-from .runner import SAMPLE_RATE, ASRJob, ASRRunner, Transcript
+from .domain import SAMPLE_RATE, ASRJob, DecodingPath, Transcript
+from .settings import ASRSettings
 from .vad import SileroVad, SpeechSegment, VadOptions, default_vad
 
 FIELD = "chunking_strategy"
@@ -244,8 +246,18 @@ def find_chunks(
     return plan_chunks(segments, len(audio), options)
 
 
+class PlainTranscriber(Protocol):
+    """What chunking needs of the runner: its batch size and its batched decoding."""
+
+    settings: ASRSettings
+
+    def transcribe(
+        self, jobs: list[ASRJob], path: DecodingPath, *, stop: StopWhenCancelled | None = None
+    ) -> list[Transcript]: ...
+
+
 def transcribe_chunked(
-    runner: ASRRunner,
+    runner: PlainTranscriber,
     job: ASRJob,
     options: ChunkingOptions = AUTO,
     *,

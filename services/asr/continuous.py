@@ -11,7 +11,7 @@ processors (suppressed tokens, suppression at the start, timestamp rules, the ch
 stopping criteria are the very objects generate() builds, read out of it just before its first decoder pass
 (`ASRRunner.generation_setup`). Each sequence's scores go through its own processors with its own ids, so
 stateful processors see exactly what they would see alone. The finished window is described by the same code the
-whole-request path uses (Whisper's `_retrieve_segment`, `DecodeCapture.add_window`, `ASRRunner._transcript`), so
+whole-request path uses (Whisper's `_retrieve_segment`, `DecodeCapture.add_window`, `ASRRunner.transcript`), so
 the `Transcript` is the one `predict_batch` returns for the request alone. A window whose last segment is left
 unfinished (two timestamp tokens, then no closing one) would make generate() seek on into a second window; such a
 request is decoded again whole, greedily, so its first window comes out the same.
@@ -23,6 +23,7 @@ hands its slot to the last one, so every step reads plain slices of the caches.
 """
 
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,16 +35,10 @@ from transformers.modeling_outputs import BaseModelOutput
 from services.kit.batcher import Work
 
 from . import metrics
+from .domain import ASRJob, Transcript
 from .drafting import cross_attention_kv
-from .runner import (
-    ASRJob,
-    ASRRunner,
-    DecodeCapture,
-    GenerationSetup,
-    Transcript,
-    _PartialTexts,
-    compression_ratio,
-)
+from .generation import DecodeCapture, GenerationSetup, compression_ratio
+from .runner import ASRRunner
 
 # Mel frames (100 a second) in Whisper's 30 s window: a short clip's features are padded to one window.
 WINDOW_FRAMES = 3000
@@ -61,6 +56,7 @@ class _Sequence:
     logprobs: list[float] = field(default_factory=list)
     done: bool = False
     passes: float = 0.0  # its share of the decoder passes it took part in
+    steps: int = 0  # the batched decoder passes it took part in (its prompt's pass not counted)
     compute: float = 0.0  # its share of their seconds
 
     @property
@@ -75,6 +71,21 @@ class _Sequence:
     @property
     def length(self) -> int:
         return self.ids.shape[1]
+
+
+class ContinuousDecoding:
+    """The runner's continuous batching, as the batcher asks for it (`StepDecoder`, services/kit/continuous.py):
+    a `PlainDecodeLoop` for the batch key of a job `ASRRunner.step_decodable` accepts; None (whole-request
+    decoding through `predict_batch`) for every other."""
+
+    def __init__(self, runner: ASRRunner):
+        self.runner = runner
+
+    def open_loop(self, key: Hashable, payload: ASRJob, waiting: int = 1) -> "PlainDecodeLoop | None":
+        return PlainDecodeLoop(self.runner) if self.runner.step_decodable(payload, waiting) else None
+
+    def rows(self, payload: ASRJob) -> int:
+        return 1
 
 
 class PlainDecodeLoop:
@@ -109,7 +120,7 @@ class PlainDecodeLoop:
         before = len(self.running)
         try:
             started = time.perf_counter()
-            features = self.runner._features([work.payload for work in works]).input_features
+            features = self.runner.features([work.payload for work in works]).input_features
             encoder_hidden = self.encoder(features)[0]
             share = (time.perf_counter() - started) / len(works)
             for index, work in enumerate(works):
@@ -134,6 +145,7 @@ class PlainDecodeLoop:
             share = (time.perf_counter() - started) / rows
             for sequence in list(self.running):
                 sequence.passes += 1 / rows
+                sequence.steps += 1
                 sequence.compute += share
         finished.extend(self._collect())
         return finished
@@ -153,7 +165,7 @@ class PlainDecodeLoop:
         runner, job = self.runner, work.payload
         started = time.perf_counter()
         encoded = BaseModelOutput(last_hidden_state=encoder_hidden)
-        language = runner._detect_languages([job], features, encoder_outputs=encoded)[0]
+        language = runner.detect_languages([job], features, encoder_outputs=encoded)[0]
         work.span.set_attribute("asr.path", "plain")
         setup = runner.generation_setup(job, language, features, encoded)
         prompt = setup.prompt
@@ -194,7 +206,7 @@ class PlainDecodeLoop:
         if rows <= self.capacity:
             return
         capacity = max(rows, 2 * self.capacity, 1)
-        reference = self.head.weight
+        reference = self.decoder.embed_tokens.weight  # the head may be int8 (no float weight)
         frames = self.runner.model.config.max_source_positions
         self_shape = (capacity, self.heads, self.max_positions, self.head_dim)
         cross_shape = (capacity, self.heads, frames, self.head_dim)
@@ -313,10 +325,10 @@ class PlainDecodeLoop:
         runner, job, work = self.runner, sequence.job, sequence.work
         model = runner.model
         config = model.generation_config
-        capture: DecodeCapture = runner._capture([job], [sequence.language])
+        capture: DecodeCapture = runner.window_capture([job], [sequence.language])
         partials = None
         if job.stream:
-            partials = capture.on_window = _PartialTexts(runner, [job], lambda _, partial: work.emit(partial))
+            partials = capture.on_window = runner.partial_texts([job], lambda _, partial: work.emit(partial))
         generated = sequence.ids[0, sequence.prompt_length :]
         # Only end-of-text ends a greedy sequence early, and it is the pad token: no padding to strip.
         tokens = generated.tolist()
@@ -355,7 +367,7 @@ class PlainDecodeLoop:
         capture.add_window(segments, **window)
         if partials is not None:
             partials.finish()
-        transcript = runner._transcript(job, sequence.language, capture.windows[0], "plain")
+        transcript = runner.transcript(job, sequence.language, capture.windows[0], "plain")
         metrics.record_transcriptions(
             "plain",
             requests=1,
@@ -364,4 +376,7 @@ class PlainDecodeLoop:
             audio_seconds=transcript.duration,
             elapsed=max(sequence.compute, 1e-9),
         )
+        # For `auto` decisions: the plain path's cost at the load it ran under (sequences per pass, on average).
+        load = (sequence.steps + 1) / sequence.passes
+        runner.path_choice.record("plain", sequence.compute, len(transcript.tokens) + 1, load=load)
         return transcript

@@ -31,7 +31,6 @@ speed (transformers' loop) to 1.3x, with identical tokens.
 
 import copy
 import threading
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,8 @@ from transformers.generation.logits_process import (
     SuppressTokensAtBeginLogitsProcessor,
     SuppressTokensLogitsProcessor,
 )
+
+from services.kit.quantize import quantize_linears
 
 
 @dataclass(frozen=True)
@@ -243,18 +244,8 @@ def cross_attention_kv(attention, encoder_hidden: torch.Tensor) -> tuple[torch.T
 
 def _quantized_draft(decoder: torch.nn.Module, head: torch.nn.Linear):
     """Int8 copies of the decoder's linear layers (sharing its embeddings) and of the head."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
     shared = {id(m): m for m in (decoder.embed_tokens, decoder.embed_positions, decoder.layer_norm)}
-    draft_decoder = copy.deepcopy(decoder, memo=shared)
-    spec = {torch.nn.Linear: per_channel_dynamic_qconfig}  # per output row: the head's rows differ in scale
-    with warnings.catch_warnings():
-        # torch.ao's eager quantization is deprecated in favour of torchao (not a dependency here); it works
-        # in the pinned torch.
-        warnings.simplefilter("ignore")
-        quantize_dynamic(draft_decoder, spec, dtype=torch.qint8, inplace=True)
-        draft_head = quantize_dynamic(torch.nn.Sequential(head), spec, dtype=torch.qint8)[0]
-    return draft_decoder, draft_head
+    return quantize_linears(copy.deepcopy(decoder, memo=shared)), quantize_linears(head)
 
 
 class DraftSteps:

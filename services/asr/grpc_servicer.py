@@ -1,70 +1,52 @@
-"""gRPC asr.v1.SpeechRecognition bound to the transcription operation: unary Transcribe, server-streaming
-TranscribeUpdates and client-streaming TranscribeStream, with REST's checks, audio limits and batcher."""
+"""Kept apart from service.py for TranscribeStream's client-streaming reader, bounded by bytes, messages and time.
+
+The readers and renderers of gRPC asr.v1.SpeechRecognition (service.py binds them): request messages as the
+transcription's fields, the transcript as a TranscribeResponse and as TranscribeUpdate messages."""
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 
 from protos import asr_pb2 as pb
-from protos import asr_pb2_grpc as pb_grpc
 from services.kit.audio import check_sample_rate
 from services.kit.batcher import Done
 from services.kit.errors import DeadlineExceeded, InvalidArgument, PayloadTooLarge
-from services.kit.operations import Call, Operation, Upload
-from services.kit.service import GrpcServicer
+from services.kit.operations import Call, Upload
 
-from .runner import ASRRunner, Partial, TokenLogprob, Transcript
-from .schemas import Samples, TranscriptionPlan, flag_fields
+from .domain import Partial, TokenLogprob, Transcript
+from .schemas import Samples, TranscriptionPlan, checked_task, timestamps_of
 from .settings import ASRSettings
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SpeechRecognition"].full_name
 
-
-def create_servicer(transcription: Operation, runner: ASRRunner, settings: ASRSettings) -> GrpcServicer:
-    async def transcribe(call: Call[TranscriptionPlan]) -> pb.TranscribeResponse:
-        return response_message(await call.result(), call.job.request.task, runner)
-
-    async def updates(call: Call[TranscriptionPlan]) -> AsyncIterator[pb.TranscribeUpdate]:
-        async for event in call.events():
-            if isinstance(event, Partial):
-                delta = pb.TranscriptDelta(text=event.delta, logprobs=_logprobs(event.logprobs or ()))
-                yield pb.TranscribeUpdate(delta=delta)
-            elif isinstance(event, Done):
-                yield pb.TranscribeUpdate(done=response_message(event.result, call.job.request.task, runner))
-
-    def file_fields(stream: bool):
-        return lambda message: options_fields(
-            message.options, file=Upload(data=message.audio, filename=message.filename or None), stream=stream
-        )
-
-    async def stream_fields(request_iterator) -> dict:
-        config, chunks = await receive_stream(request_iterator, settings)
-        data = b"".join(chunks)
-        if config.pcm_sample_rate:
-            audio = {"samples": Samples(data=data, rate=config.pcm_sample_rate)}
-        else:
-            audio = {"file": Upload(data=data, filename=config.filename or None)}
-        return options_fields(config.options, **audio)
-
-    servicer = pb_grpc.SpeechRecognitionServicer()
-    servicer.Transcribe = transcription.grpc_method(answer=transcribe, to_fields=file_fields(False))
-    servicer.TranscribeUpdates = transcription.grpc_stream(updates, to_fields=file_fields(True))
-    servicer.TranscribeStream = transcription.grpc_method(answer=transcribe, to_fields=stream_fields)
-    return GrpcServicer(pb_grpc.add_SpeechRecognitionServicer_to_server, servicer, SERVICE_NAME)
-
-
-def options_fields(options: pb.TranscribeOptions, **fields) -> dict:
-    return flag_fields(
-        options.task or "transcribe",
-        timestamps=options.timestamps,
-        word_timestamps=options.word_timestamps,
-        logprobs=options.logprobs,
-        model=options.model or None,
-        language=options.language if options.HasField("language") else None,
-        prompt=options.prompt if options.HasField("prompt") else None,
-        temperature=options.temperature if options.HasField("temperature") else 0.0,
-        decoding=options.decoding or "auto",
+def grpc_options_fields(options: pb.TranscribeOptions, **fields) -> dict:
+    """The transcription's fields from a request's options (and its audio, in `fields`)."""
+    return {
         **fields,
-    )
+        "task": checked_task(options.task or "transcribe"),
+        "timestamps": timestamps_of(options.timestamps, options.word_timestamps),
+        "logprobs": options.logprobs,
+        "model": options.model or None,
+        "language": options.language if options.HasField("language") else None,
+        "prompt": options.prompt if options.HasField("prompt") else None,
+        "temperature": options.temperature if options.HasField("temperature") else 0.0,
+        "decoding": options.decoding or "auto",
+    }
+
+
+def grpc_file_fields(message: pb.TranscribeRequest, stream: bool) -> dict:
+    """A unary request's fields: its options and its audio file."""
+    file = Upload(data=message.audio, filename=message.filename or None)
+    return grpc_options_fields(message.options, file=file, stream=stream)
+
+
+async def grpc_stream_fields(request_iterator, settings: ASRSettings) -> dict:
+    """A TranscribeStream call's fields: the config's options and the audio its chunks carry."""
+    config, chunks = await receive_stream(request_iterator, settings)
+    data = b"".join(chunks)
+    if config.pcm_sample_rate:
+        audio = {"samples": Samples(data=data, rate=config.pcm_sample_rate)}
+    else:
+        audio = {"file": Upload(data=data, filename=config.filename or None)}
+    return grpc_options_fields(config.options, **audio)
 
 
 async def receive_stream(request_iterator, settings: ASRSettings) -> tuple[pb.StreamConfig, list[bytes]]:
@@ -127,7 +109,17 @@ async def receive_stream(request_iterator, settings: ASRSettings) -> tuple[pb.St
     return config or pb.StreamConfig(), chunks
 
 
-def response_message(transcript: Transcript, task: str, runner: ASRRunner) -> pb.TranscribeResponse:
+async def grpc_updates(call: Call[TranscriptionPlan], model_id: str) -> AsyncIterator[pb.TranscribeUpdate]:
+    """TranscribeUpdates: a delta as each window is decoded, then the whole response."""
+    async for event in call.events():
+        if isinstance(event, Partial):
+            delta = pb.TranscriptDelta(text=event.delta, logprobs=grpc_logprobs(event.logprobs or ()))
+            yield pb.TranscribeUpdate(delta=delta)
+        elif isinstance(event, Done):
+            yield pb.TranscribeUpdate(done=grpc_response(event.result, call.plan.request.task, model_id))
+
+
+def grpc_response(transcript: Transcript, task: str, model_id: str) -> pb.TranscribeResponse:
     return pb.TranscribeResponse(
         text=transcript.text,
         language=transcript.language,
@@ -148,12 +140,12 @@ def response_message(transcript: Transcript, task: str, runner: ASRRunner) -> pb
             for i, s in enumerate(transcript.segments or [])
         ],
         words=[pb.Word(word=w.word, start=w.start, end=w.end) for w in transcript.words or []],
-        logprobs=_logprobs(transcript.logprobs or ()),
+        logprobs=grpc_logprobs(transcript.logprobs or ()),
         decoding=transcript.path,
-        model=runner.model_id,
+        model=model_id,
         task=task,
     )
 
 
-def _logprobs(logprobs: Iterable[TokenLogprob]) -> list[pb.TokenLogprob]:
+def grpc_logprobs(logprobs: Iterable[TokenLogprob]) -> list[pb.TokenLogprob]:
     return [pb.TokenLogprob(token=t.token, bytes=bytes(t.bytes), logprob=t.logprob) for t in logprobs]

@@ -1,58 +1,41 @@
-"""REST answers, OpenAI's audio API: POST /v1/audio/transcriptions and /v1/audio/translations (multipart).
+"""OpenAI's audio API at the REST edge: POST /v1/audio/transcriptions and /v1/audio/translations (multipart).
 
-The form is read as sent, field by field: every field is either honoured or refused with a 400 that names it,
-OpenAI's own fields this server does not offer (speaker references, keywords, voice-activity chunking) included.
-With `stream=true` the transcript comes as server-sent events, `transcript.text.delta` as each 30 s window is
-decoded, then `transcript.text.done`, shaped as the openai SDK's TranscriptionStreamEvent.
+The form is read by the kit's form reader, field by field: every field is either honoured or refused with a 400
+that names it, OpenAI's own fields this server does not offer (speaker references, keywords, candidate languages)
+included. Its `response_format`, `timestamp_granularities` and `include` say what the transcription computes (the
+operation's `timestamps` and `logprobs`) and how the answer is rendered: json, verbose_json, text, srt or vtt. With
+`stream=true` the transcript comes as server-sent events, `transcript.text.delta` as each 30 s window is decoded,
+then `transcript.text.done`, shaped as the openai SDK's TranscriptionStreamEvent.
 """
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from starlette.datastructures import UploadFile
+from pydantic import Field
 
 from services.kit.batcher import Done
 from services.kit.errors import InvalidArgument
-from services.kit.operations import Call, Operation, Upload
+from services.kit.operations import Call, FormSpelling, Upload, form_schema, read_form
 from services.kit.streaming import SSE_MEDIA_TYPE, rest_stream, sse_event
 from services.kit.validation import parse
 
-from .runner import ASRRunner, Partial, Transcript
+from .domain import Partial, Transcript
+from .runner import ASRRunner
 from .schemas import (
+    Task,
     Transcription,
+    TranscriptionOptions,
     TranscriptionPlan,
-    TranscriptionRequest,
-    check_openai_combinations,
-    json_body,
     logprobs_body,
-    srt,
-    verbose_json_body,
-    vtt,
+    segments_body,
+    words_body,
 )
 
-Task = Literal["transcribe", "translate"]
+ResponseFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-# The form fields each route takes, besides `file` (decoding is this server's extension; so are language and
-# stream on translations).
-FIELDS: dict[Task, tuple[str, ...]] = {
-    "transcribe": (
-        "model",
-        "language",
-        "prompt",
-        "response_format",
-        "temperature",
-        "timestamp_granularities",
-        "include",
-        "stream",
-        "decoding",
-        "chunking_strategy",
-    ),
-    "translate": ("model", "language", "prompt", "response_format", "temperature", "stream", "decoding"),
-}
-LIST_FIELDS = ("timestamp_granularities", "include")
 # OpenAI's transcription fields that this server does not offer, and what to do instead.
 NOT_OFFERED = {
     "known_speaker_names": "speaker identification (diarization) is not offered by this server",
@@ -61,104 +44,133 @@ NOT_OFFERED = {
     "languages": "candidate language lists are not offered by this server; give one `language`, or none to have "
     "it detected",
 }
-MAX_FORM_FIELDS = 64
-
-
-def form_schema(task: Task) -> dict:
-    """The multipart body as OpenAPI describes it (the route reads the raw form, so FastAPI cannot derive it)."""
-    fields = TranscriptionRequest.model_json_schema()["properties"]
-    properties = {"file": {"type": "string", "format": "binary", "description": "WAV, FLAC, OGG or MP3"}}
-    for name in FIELDS[task]:
-        properties[f"{name}[]" if name in LIST_FIELDS else name] = fields[name]
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {"type": "object", "properties": properties, "required": ["file"]},
-                    "encoding": {
-                        f"{name}[]": {"explode": True} for name in LIST_FIELDS if name in FIELDS[task]
-                    },
-                }
-            },
-        },
-        "responses": {
-            "200": {
-                "description": "json / verbose_json, text / srt / vtt, or server-sent events with stream=true",
-                "content": {
-                    "application/json": {},
-                    "text/plain": {},
-                    "text/vtt": {},
-                    "text/event-stream": {},
-                },
-            }
-        },
+LIST_FIELDS = frozenset({"timestamp_granularities", "include"})
+# The form of each route, besides `file` (decoding is this server's extension; so are language and stream on
+# translations).
+FORMS: dict[Task, FormSpelling] = {
+    "transcribe": FormSpelling(
+        lists=LIST_FIELDS,
+        objects=frozenset({"chunking_strategy"}),
+        fields=(
+            "model",
+            "language",
+            "prompt",
+            "response_format",
+            "temperature",
+            "timestamp_granularities",
+            "include",
+            "stream",
+            "decoding",
+            "chunking_strategy",
+        ),
+        refused=NOT_OFFERED,
+    ),
+    "translate": FormSpelling(
+        lists=LIST_FIELDS,
+        fields=("model", "language", "prompt", "response_format", "temperature", "stream", "decoding"),
+    ),
+}
+RESPONSES = {
+    "200": {
+        "description": "json / verbose_json, text / srt / vtt, or server-sent events with stream=true",
+        "content": {"application/json": {}, "text/plain": {}, "text/vtt": {}, "text/event-stream": {}},
     }
+}
 
 
-async def read_form(request: Request, task: Task) -> Transcription:
-    """The text fields (list fields as lists) and the uploaded file as the request; anything this route does not
-    take, or a field that the chosen response format has no room for, is refused with a 400 naming it."""
-    allowed = FIELDS[task]
-    route = request.url.path
-    fields: dict[str, object] = {}
-    data, filename = None, None
-    async with request.form(max_files=2, max_fields=MAX_FORM_FIELDS) as form:
-        for key, value in form.multi_items():
-            name = key.split("[", 1)[0]  # the SDK sends include[]=..., chunking_strategy[type]=...
-            if isinstance(value, UploadFile):
-                if name != "file":
-                    raise InvalidArgument(f"{key}: unexpected file; upload the audio as `file`", field=key)
-                if data is not None:
-                    raise InvalidArgument("file: send exactly one audio file", field="file")
-                data, filename = await value.read(), value.filename
-            elif name == "file":
-                raise InvalidArgument(
-                    "file: upload the audio as a file (multipart/form-data), not as text", field="file"
-                )
-            elif name in NOT_OFFERED and task == "transcribe":
-                raise InvalidArgument(f"{key}: {NOT_OFFERED[name]}", field=key)
-            elif name not in allowed:
-                raise InvalidArgument(
-                    f"{key}: not a field of {route}; it takes file, {', '.join(allowed)}", field=key
-                )
-            elif name == "chunking_strategy" and key != name:
-                # The SDK sends the server_vad object as chunking_strategy[type]=server_vad&chunking_strategy[...]=...
-                member = key[len(name) :]
-                if not (member.startswith("[") and member.endswith("]") and "[" not in member[1:]):
-                    raise InvalidArgument(f"{key}: send chunking_strategy[field]=value", field=key)
-                strategy = fields.setdefault(name, {})
-                if not isinstance(strategy, dict) or member[1:-1] in strategy:
-                    raise InvalidArgument(f"{key}: given more than once", field=key)
-                strategy[member[1:-1]] = value
-            elif name in LIST_FIELDS:
-                if key not in (name, f"{name}[]"):
-                    raise InvalidArgument(
-                        f"{key}: send the list as {name}[]=value, once per value", field=key
-                    )
-                fields.setdefault(name, []).append(value)
-            elif key != name:
-                raise InvalidArgument(f"{key}: {name} takes one value, not a list or object", field=key)
-            elif name in fields:
-                raise InvalidArgument(f"{name}: given more than once", field=name)
-            else:
-                fields[name] = value
-    if data is None:
+class OpenAIForm(TranscriptionOptions):
+    """The form of POST /v1/audio/transcriptions and /translations: the audio file and OpenAI's fields."""
+
+    file: Upload = Field(description="WAV, FLAC, OGG or MP3")
+    response_format: ResponseFormat = "json"
+    timestamp_granularities: list[Literal["word", "segment"]] | None = Field(
+        None, max_length=2, description="verbose_json only: segment (the default), word, or both"
+    )
+    include: list[Literal["logprobs"]] | None = Field(
+        None, max_length=1, description="logprobs: the log-probability of every token (json and streams)"
+    )
+
+    @property
+    def granularities(self) -> set[str]:
+        return set(self.timestamp_granularities or ("segment",))
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """How the answer to one form is rendered: its response format, and whether verbose_json lists segments."""
+
+    response_format: ResponseFormat
+    segments: bool
+
+
+def rest_openapi(task: Task) -> dict:
+    """The route's multipart body and its answers as OpenAPI describes them."""
+    return {**form_schema(OpenAIForm, FORMS[task]), "responses": RESPONSES}
+
+
+async def read_transcription(request: Request, task: Task) -> Transcription:
+    """The form as the operation's request (anything this route does not take, or a field that the chosen
+    response format has no room for, refused with a 400 naming it); how to render the answer goes on the
+    request's state."""
+    fields = await read_form(request, OpenAIForm, FORMS[task])
+    if "file" not in fields:
         raise InvalidArgument("file: upload the audio as a file field named file", field="file")
-    request = parse(Transcription, {**fields, "task": task, "file": Upload(data=data, filename=filename)})
-    check_openai_combinations(request)
-    return request
+    form = parse(OpenAIForm, fields)
+    check_openai_combinations(form)
+    request.state.rendering = Rendering(form.response_format, "segment" in form.granularities)
+    timestamped = form.response_format in ("verbose_json", "srt", "vtt")
+    return Transcription(
+        **form.model_dump(include=set(TranscriptionOptions.model_fields)),
+        task=task,
+        timestamps="word"
+        if timestamped and "word" in form.granularities
+        else "segment"
+        if timestamped
+        else "none",
+        logprobs=form.include is not None and "logprobs" in form.include,
+        file=form.file,
+    )
 
 
-def render(transcript: Transcript, plan: TranscriptionPlan, runner: ASRRunner) -> Response:
+def check_openai_combinations(form: OpenAIForm) -> None:
+    """OpenAI's rules on which fields go with which response format: a field that the chosen format has no room
+    for is refused, never dropped."""
+    if form.timestamp_granularities and form.response_format != "verbose_json":
+        raise InvalidArgument(
+            f"timestamp_granularities: needs response_format 'verbose_json' (the only format with room for "
+            f"them), not {form.response_format!r}",
+            field="timestamp_granularities",
+        )
+    if form.include and form.response_format != "json":
+        raise InvalidArgument(
+            f"include: logprobs needs response_format 'json', not {form.response_format!r}",
+            field="include",
+        )
+    if form.stream and form.response_format not in ("json", "text"):
+        raise InvalidArgument(
+            f"stream: streamed transcripts are text events; use response_format 'json' or 'text', not "
+            f"{form.response_format!r}",
+            field="stream",
+        )
+
+
+async def rest_answer(call: Call[TranscriptionPlan], runner: ASRRunner) -> Response:
+    if call.plan.request.stream:
+        return await rest_stream(render_events(call), SSE_MEDIA_TYPE, STREAM_HEADERS)
+    return render(await call.result(), call.plan, call.origin.state.rendering, runner)
+
+
+def render(
+    transcript: Transcript, plan: TranscriptionPlan, rendering: Rendering, runner: ASRRunner
+) -> Response:
     # Text formats have no room for the path that decoded the request, so every format also says it in headers.
     headers = {"x-asr-decoding": transcript.path, "x-asr-language": transcript.language}
-    request = plan.request
-    match request.response_format:
+    match rendering.response_format:
         case "json":
             return JSONResponse(json_body(transcript), headers=headers)
         case "verbose_json":
-            return JSONResponse(verbose_json_body(transcript, request.task, request, runner), headers=headers)
+            body = verbose_json_body(transcript, plan.request.task, rendering.segments, runner)
+            return JSONResponse(body, headers=headers)
         case "text":
             return PlainTextResponse(transcript.text, headers=headers)
         case "srt":
@@ -167,13 +179,7 @@ def render(transcript: Transcript, plan: TranscriptionPlan, runner: ASRRunner) -
             return PlainTextResponse(vtt(transcript), media_type="text/vtt", headers=headers)
 
 
-async def answer(call: Call[TranscriptionPlan], runner: ASRRunner) -> Response:
-    if call.job.request.stream:
-        return await rest_stream(stream_events(call), SSE_MEDIA_TYPE, STREAM_HEADERS)
-    return render(await call.result(), call.job, runner)
-
-
-async def stream_events(call: Call[TranscriptionPlan]) -> AsyncIterator[bytes]:
+async def render_events(call: Call[TranscriptionPlan]) -> AsyncIterator[bytes]:
     async for event in call.events():
         if isinstance(event, Partial):
             delta = {"type": "transcript.text.delta", "delta": event.delta}
@@ -188,29 +194,63 @@ async def stream_events(call: Call[TranscriptionPlan]) -> AsyncIterator[bytes]:
             yield sse_event(done, event=done["type"])
 
 
-def create_router(transcription: Operation, runner: ASRRunner) -> APIRouter:
-    router = APIRouter(tags=["asr"])
-    routes = {
-        "transcribe": (
-            "/v1/audio/transcriptions",
-            "transcriptions",
-            "multipart/form-data: `file` and OpenAI's transcription fields. `model` may be the served model's id, "
-            "whisper-1, gpt-4o-transcribe or gpt-4o-mini-transcribe.",
-        ),
-        "translate": (
-            "/v1/audio/translations",
-            "translations",
-            "multipart/form-data: `file` and OpenAI's translation fields (English text from any spoken language).",
-        ),
+# -- response formats ---------------------------------------------------------------------------------------------
+
+
+def usage(transcript: Transcript) -> dict:
+    """OpenAI's usage for models billed by audio duration."""
+    return {"type": "duration", "seconds": round(transcript.duration, 3)}
+
+
+def json_body(transcript: Transcript) -> dict:
+    body = {"text": transcript.text, "usage": usage(transcript), "decoding": transcript.path}
+    if transcript.logprobs is not None:
+        body["logprobs"] = logprobs_body(transcript.logprobs)
+    return body
+
+
+def verbose_json_body(transcript: Transcript, task: Task, segments: bool, runner: ASRRunner) -> dict:
+    # A translation's text is English whatever was spoken (the spoken language is in the x-asr-language header).
+    language = "english" if task == "translate" else runner.language_name(transcript.language)
+    body = {
+        "task": task,
+        "language": language,
+        "duration": round(transcript.duration, 3),
+        "text": transcript.text,
     }
-    for task, (path, name, description) in routes.items():
-        transcription.add_route(
-            router,
-            path,
-            answer=lambda call: answer(call, runner),
-            read=lambda request, task=task: read_form(request, task),
-            name=name,
-            description=description,
-            openapi_extra=form_schema(task),
-        )
-    return router
+    if segments:
+        body["segments"] = segments_body(transcript)
+    if transcript.words is not None:
+        body["words"] = words_body(transcript)
+    body["usage"] = usage(transcript)
+    body["decoding"] = transcript.path
+    return body
+
+
+def clock(seconds: float, decimal: str) -> str:
+    millis = round(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
+
+
+def one_line(text: str) -> str:
+    # A blank line ends a cue in both formats.
+    return " ".join(text.split())
+
+
+def srt(transcript: Transcript) -> str:
+    blocks = [
+        f"{i}\n{clock(s.start, ',')} --> {clock(s.end, ',')}\n{one_line(s.text)}\n"
+        for i, s in enumerate(transcript.segments or [], start=1)
+    ]
+    return "\n".join(blocks)
+
+
+def vtt(transcript: Transcript) -> str:
+    blocks = [
+        f"{clock(s.start, '.')} --> {clock(s.end, '.')}\n{one_line(s.text)}\n"
+        for s in transcript.segments or []
+    ]
+    return "WEBVTT\n\n" + "\n".join(blocks)

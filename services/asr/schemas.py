@@ -1,6 +1,7 @@
-"""The transcription operation's request (shared by REST, gRPC and the OIP), its checks against the service
-limits, the audio it carries as the runner's samples, and the response formats of OpenAI's audio API (json,
-text, verbose_json, srt, vtt, and the transcript.text.* stream events)."""
+"""The transcription operation's request, transport-neutral: what to compute (task, language, prompt, decoding,
+timestamps, log-probabilities, streaming, chunking) and the audio, as REST (OpenAI's form, mapped in `rest.py`),
+gRPC and the OIP fill it; its checks against the service limits; the plan the kit queues; and the response shapes
+every transport shares (segments, words, token log-probabilities)."""
 
 import re
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from services.kit.operations import Upload
 
 from . import vad
 from .chunking import chunking_options
-from .runner import SAMPLE_RATE, ASRJob, ASRRunner, DecodeOptions, TokenLogprob, Transcript
+from .domain import SAMPLE_RATE, ASRJob, DecodeOptions, TokenLogprob, Transcript
+from .runner import ASRRunner
 from .settings import ASRSettings
 
 # OpenAI's transcription model names (the openai SDK's AudioModel), each meaning "the speech model this server
@@ -26,12 +28,13 @@ OPENAI_MODEL_ALIASES = ("whisper-1", "gpt-transcribe", "gpt-4o-transcribe", "gpt
 OPENAI_DIARIZING_MODELS = ("gpt-4o-transcribe-diarize",)
 DATED_SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 
-ResponseFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
-TIMESTAMPED_FORMATS = ("verbose_json", "srt", "vtt")
+Task = Literal["transcribe", "translate"]
+# none: text only; segment: timed segments with Whisper's per-window statistics; word: segments and word timings.
+Timestamps = Literal["none", "segment", "word"]
 
 
-class TranscriptionRequest(BaseModel):
-    """The form fields of POST /v1/audio/transcriptions and /translations, less the file."""
+class TranscriptionOptions(BaseModel):
+    """The options every transport shares, as OpenAI's form spells them (REST's form adds its own on top)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -44,16 +47,9 @@ class TranscriptionRequest(BaseModel):
         None, max_length=32, description="ISO 639-1 code or name; detected when unset"
     )
     prompt: str | None = None
-    response_format: ResponseFormat = "json"
     temperature: float = Field(0.0, ge=0.0, le=1.0)
     decoding: Literal["auto", "assisted", "plain"] = Field(
         "auto", description="extension: force the speculative (assisted) or the plain batched path"
-    )
-    timestamp_granularities: list[Literal["word", "segment"]] | None = Field(
-        None, max_length=2, description="verbose_json only: segment (the default), word, or both"
-    )
-    include: list[Literal["logprobs"]] | None = Field(
-        None, max_length=1, description="logprobs: the log-probability of every token (json and streams)"
     )
     stream: bool = Field(
         False, description="server-sent transcript.text.delta events, then transcript.text.done"
@@ -64,14 +60,6 @@ class TranscriptionRequest(BaseModel):
         "Silero VAD cuts the audio at silences into <= 30 s chunks of speech, decoded as one batch; "
         "non-speech is dropped. Unset: Whisper's sequential 30 s windows",
     )
-
-    @property
-    def granularities(self) -> set[str]:
-        return set(self.timestamp_granularities or ("segment",))
-
-    @property
-    def wants_logprobs(self) -> bool:
-        return "logprobs" in (self.include or ())
 
 
 class Samples(BaseModel):
@@ -84,51 +72,55 @@ class Samples(BaseModel):
     rate: int | None = None
 
 
-class Transcription(TranscriptionRequest):
-    """What every transport asks of the operation: the options, the task, and the audio (a file or samples)."""
+class Transcription(TranscriptionOptions):
+    """What every transport asks of the operation: the task, what the transcript holds, and the audio (a file or
+    samples)."""
 
-    task: Literal["transcribe", "translate"] = "transcribe"
+    task: Task = "transcribe"
+    timestamps: Timestamps = "none"
+    logprobs: bool = False  # the log-probability of every token
     file: Upload | None = None
     samples: Samples | None = None
 
 
 @dataclass(frozen=True)
 class TranscriptionPlan:
-    """A checked request (its audio dropped once decoded) and the runner's job for it."""
+    """A checked request (its audio dropped once decoded), the runner's job for it and the job's cost."""
 
     request: Transcription
     job: ASRJob
+    cost: float
+
+    @property
+    def key(self) -> tuple:
+        return self.job.batch_key
+
+    @property
+    def nbytes(self) -> int:
+        return self.job.nbytes
 
 
-def flag_fields(
-    task: str,
-    *,
-    timestamps: bool = False,
-    word_timestamps: bool = False,
-    logprobs: bool = False,
-    **fields,
-) -> dict:
-    """The request's fields for the flag-style options of gRPC and the OIP (timestamps, word timestamps,
-    logprobs) in place of REST's response_format, timestamp_granularities and include."""
+def checked_task(task: str) -> Task:
+    """gRPC's and the OIP's task text, refused by name when it is neither task."""
     if task not in ("transcribe", "translate"):
         raise InvalidArgument(f"task: must be 'transcribe' or 'translate', got {task!r}", field="task")
-    return {
-        **fields,
-        "task": task,
-        "response_format": "verbose_json" if timestamps or word_timestamps else "json",
-        "timestamp_granularities": ["segment", "word"] if word_timestamps else None,
-        "include": ["logprobs"] if logprobs else None,
-    }
+    return task
+
+
+def timestamps_of(segments: bool, words: bool) -> Timestamps:
+    """gRPC's and the OIP's two timestamp flags as one choice (word timings come with their segments)."""
+    return "word" if words else "segment" if segments else "none"
 
 
 async def plan_transcription(
     request: Transcription, runner: ASRRunner, settings: ASRSettings
 ) -> TranscriptionPlan:
     """The request checked (before any audio is decoded), then its audio decoded off the event loop."""
-    options, language = check_request(request, request.task, runner, settings)
+    options, language = check_request(request, runner, settings)
     audio = await run_decoding(decode_input, request, settings)
     request = request.model_copy(update={"file": None, "samples": None})
-    return TranscriptionPlan(request, build_job(request, options, language, audio))
+    job = build_job(request, options, language, audio)
+    return TranscriptionPlan(request, job, runner.cost(job))
 
 
 def decode_input(request: Transcription, settings: ASRSettings) -> np.ndarray:
@@ -196,10 +188,7 @@ def check_model(model: str | None, runner: ASRRunner) -> None:
 
 
 def check_request(
-    request: TranscriptionRequest,
-    task: Literal["transcribe", "translate"],
-    runner: ASRRunner,
-    settings: ASRSettings,
+    request: Transcription, runner: ASRRunner, settings: ASRSettings
 ) -> tuple[DecodeOptions, str | None]:
     """Decoding options and language code, checked against the service and its limits (before any audio is
     decoded); every refusal names the field."""
@@ -213,7 +202,7 @@ def check_request(
         raise InvalidArgument(
             f"prompt: {tokens} tokens exceeds the limit of {runner.max_prompt_tokens}", field="prompt"
         )
-    if task == "translate" and not runner.multilingual:
+    if request.task == "translate" and not runner.multilingual:
         raise InvalidArgument(
             f"task: model {runner.model_id} is English-only and cannot translate", field="task"
         )
@@ -235,127 +224,52 @@ def check_request(
             "decoding: 'assisted' needs an assistant model and none is configured", field="decoding"
         )
     options = DecodeOptions(
-        task=task,
+        task=request.task,
         prompt=request.prompt or None,
-        timestamps=request.response_format in TIMESTAMPED_FORMATS,
+        timestamps=request.timestamps != "none",
         temperature=request.temperature,
     )
     return options, runner.language_code(request.language)
 
 
-def check_openai_combinations(request: TranscriptionRequest) -> None:
-    """The REST rules of OpenAI's API on which fields go with which response format: a field that the chosen
-    format has no room for is refused, never dropped."""
-    if request.timestamp_granularities and request.response_format != "verbose_json":
-        raise InvalidArgument(
-            f"timestamp_granularities: needs response_format 'verbose_json' (the only format with room for "
-            f"them), not {request.response_format!r}",
-            field="timestamp_granularities",
-        )
-    if request.wants_logprobs and request.response_format != "json":
-        raise InvalidArgument(
-            f"include: logprobs needs response_format 'json', not {request.response_format!r}",
-            field="include",
-        )
-    if request.stream and request.response_format not in ("json", "text"):
-        raise InvalidArgument(
-            f"stream: streamed transcripts are text events; use response_format 'json' or 'text', not "
-            f"{request.response_format!r}",
-            field="stream",
-        )
-
-
-def build_job(request: TranscriptionRequest, options: DecodeOptions, language: str | None, audio) -> ASRJob:
+def build_job(request: Transcription, options: DecodeOptions, language: str | None, audio) -> ASRJob:
     return ASRJob(
         audio,
         options,
         language,
         request.decoding,
-        window_stats=request.response_format == "verbose_json",
-        words=options.timestamps and "word" in request.granularities,
-        logprobs=request.wants_logprobs,
+        window_stats=options.timestamps,
+        words=request.timestamps == "word",
+        logprobs=request.logprobs,
         stream=request.stream,
         chunking=chunking_options(request.chunking_strategy),
     )
 
 
-# -- responses --------------------------------------------------------------------------------------------------
-
-
-def usage(transcript: Transcript) -> dict:
-    """OpenAI's usage for models billed by audio duration."""
-    return {"type": "duration", "seconds": round(transcript.duration, 3)}
+# -- response shapes, as OpenAI's verbose_json and json spell them ---------------------------------------------
 
 
 def logprobs_body(logprobs: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> list[dict]:
     return [{"token": t.token, "bytes": list(t.bytes), "logprob": t.logprob} for t in logprobs]
 
 
-def json_body(transcript: Transcript) -> dict:
-    body = {"text": transcript.text, "usage": usage(transcript), "decoding": transcript.path}
-    if transcript.logprobs is not None:
-        body["logprobs"] = logprobs_body(transcript.logprobs)
-    return body
-
-
-def verbose_json_body(
-    transcript: Transcript, task: str, request: TranscriptionRequest, runner: ASRRunner
-) -> dict:
-    # A translation's text is English whatever was spoken (the spoken language is in the x-asr-language header).
-    language = "english" if task == "translate" else runner.language_name(transcript.language)
-    body = {
-        "task": task,
-        "language": language,
-        "duration": round(transcript.duration, 3),
-        "text": transcript.text,
-    }
-    if "segment" in request.granularities:
-        body["segments"] = [
-            {
-                "id": i,
-                "seek": segment.seek,
-                "start": segment.start,
-                "end": segment.end,
-                "text": segment.text,
-                "tokens": list(segment.tokens),
-                "temperature": segment.temperature,
-                "avg_logprob": segment.avg_logprob,
-                "compression_ratio": segment.compression_ratio,
-                "no_speech_prob": segment.no_speech_prob,
-            }
-            for i, segment in enumerate(transcript.segments or [])
-        ]
-    if transcript.words is not None:
-        body["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in transcript.words]
-    body["usage"] = usage(transcript)
-    body["decoding"] = transcript.path
-    return body
-
-
-def _clock(seconds: float, decimal: str) -> str:
-    millis = round(seconds * 1000)
-    hours, millis = divmod(millis, 3_600_000)
-    minutes, millis = divmod(millis, 60_000)
-    secs, millis = divmod(millis, 1000)
-    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
-
-
-def _one_line(text: str) -> str:
-    # A blank line ends a cue in both formats.
-    return " ".join(text.split())
-
-
-def srt(transcript: Transcript) -> str:
-    blocks = [
-        f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{_one_line(s.text)}\n"
-        for i, s in enumerate(transcript.segments or [], start=1)
+def segments_body(transcript: Transcript) -> list[dict]:
+    return [
+        {
+            "id": i,
+            "seek": segment.seek,
+            "start": segment.start,
+            "end": segment.end,
+            "text": segment.text,
+            "tokens": list(segment.tokens),
+            "temperature": segment.temperature,
+            "avg_logprob": segment.avg_logprob,
+            "compression_ratio": segment.compression_ratio,
+            "no_speech_prob": segment.no_speech_prob,
+        }
+        for i, segment in enumerate(transcript.segments or [])
     ]
-    return "\n".join(blocks)
 
 
-def vtt(transcript: Transcript) -> str:
-    blocks = [
-        f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{_one_line(s.text)}\n"
-        for s in transcript.segments or []
-    ]
-    return "WEBVTT\n\n" + "\n".join(blocks)
+def words_body(transcript: Transcript) -> list[dict]:
+    return [{"word": w.word, "start": w.start, "end": w.end} for w in transcript.words or []]

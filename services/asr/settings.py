@@ -1,9 +1,13 @@
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.kit.config import ServiceSettings
+from services.kit.quantize import Quantize
+
+# What ASR_QUANTIZE=auto does on a CPU (int8 main model or not), measured by bench/bench_quantize.py.
+QUANTIZE_AUTO_INT8 = False
 
 
 class ASRSettings(ServiceSettings):
@@ -13,11 +17,27 @@ class ASRSettings(ServiceSettings):
     # reads the main encoder's outputs, or a smaller full Whisper with the same tokenizer; "" disables it.
     model: str = "openai/whisper-large-v2"
     assistant_model: str = "distil-whisper/distil-large-v2"
+    path_choice: Literal["measured", "threshold"] = Field(
+        "measured",
+        description="how `decoding=auto` picks the assisted or the plain path: `measured` takes the one with the "
+        "lower measured seconds per token at the current load (path_choice.py); `threshold` follows "
+        "adaptive_threshold",
+    )
+    path_explore_every: int = Field(
+        16,
+        ge=2,
+        description="with path_choice=measured, every Nth decision at a load level tries the other path",
+    )
     adaptive_threshold: int = Field(
         4,
         ge=0,
-        description="when more requests than this wait (the batch plus the queue behind it), a batch decodes "
-        "together without the assistant; a request decoded alone always uses it",
+        description="with path_choice=threshold: when more requests than this wait (the batch plus the queue "
+        "behind it), a batch decodes together without the assistant; a request decoded alone always uses it",
+    )
+    quantize: Quantize = Field(
+        "auto",
+        description="the main model's linear layers: int8 (dynamic, CPU only; ignored on GPU), none, or auto (int8 "
+        "on CPU where it measured faithful, see QUANTIZE_AUTO_INT8); the assistant follows draft_quantize",
     )
     # The assistant's draft (drafting.py): rows of its restricted output head (0 keeps all 51,865), int8
     # weights on CPU, tokens per round and when to end a round early (by default as the assistant's generation

@@ -1,6 +1,7 @@
-"""Image generation over the Open Inference Protocol (v2): the model "imagegen".
+"""Own module: OIP's reader (encoded or pixel images) and renderer (pixels, PNGs, previews) outgrow service.py.
 
-Text-to-image; image-to-image when a source image is sent; inpainting when a mask comes with it.
+Image generation over the Open Inference Protocol (v2), the model "imagegen". Text-to-image; image-to-image when a
+source image is sent; inpainting when a mask comes with it.
 
 Inputs (one datatype per name, so each form of an image has its own input):
 - prompt        BYTES [1]        UTF-8 text.
@@ -123,7 +124,7 @@ def output_sizes(plan: Generation) -> dict[str, int]:
 
 
 def report_task(call: Call[Generation]) -> None:
-    call.origin.response_parameters["task"] = call.job.job.task
+    call.origin.response_parameters["task"] = call.plan.job.task
 
 
 def stacked(images) -> np.ndarray:

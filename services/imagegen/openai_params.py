@@ -17,16 +17,19 @@ named in the `x-modelserve-ignored` response header when it has no meaning for t
   operator's IMAGEGEN_SAFETY_CHECKER setting, not the caller's).
 """
 
+import copy
 import math
 import re
+import threading
 from dataclasses import dataclass
 
 from opentelemetry import trace
+from PIL import Image
 
 from services.kit.errors import InvalidArgument, NotFound
 
-from .images import MIN_SIDE, fit_size
-from .runner import ImageGenRunner
+from .images import MIN_SIDE, fit_size, resized
+from .runner import TEXT_TO_IMAGE, ImageGenRunner, ImageJob
 from .settings import ImageGenSettings
 
 DALL_E_MODELS = ("dall-e-2", "dall-e-3")
@@ -72,6 +75,9 @@ SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 QUALITY_ALIASES = {"standard": "medium", "hd": "high"}
 IGNORED_HEADER = "x-modelserve-ignored"
 IMAGE_SIZE_HEADER = "x-modelserve-image-size"
+TRUNCATED_HEADER = "x-modelserve-truncated"
+# The event prefix of each route's stream (as in OpenAI's streams).
+GENERATION, EDIT, VARIATION = "image_generation", "image_edit", "image_variation"
 
 
 @dataclass(frozen=True)
@@ -322,3 +328,74 @@ def plan_request(
         answer_size=answer_size,
         step_progress=body.stream_progress,
     )
+
+
+@dataclass(frozen=True)
+class OpenAIRequest:
+    """What an OpenAI route's reader adds to the transport-neutral request: the OpenAI fields resolved, which route
+    it came from, and its source images, each with the name errors give it (several are drawn on one sheet)."""
+
+    plan: OpenAIPlan
+    kind: str  # GENERATION, EDIT or VARIATION
+    images: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def prompt_required(self) -> bool:
+        return self.kind != VARIATION  # a variation redraws its image unprompted
+
+
+@dataclass(frozen=True)
+class OpenAIAnswer:
+    """How an OpenAI route answers a planned request: the resolved fields, its event kind, the prompt's tokens
+    (for `usage`), the response headers, and the answered images' size (an OpenAI size, or as made)."""
+
+    plan: OpenAIPlan
+    kind: str
+    stream: bool
+    prompt_tokens: int
+    headers: dict[str, str]
+    size: tuple[int, int]
+
+    @property
+    def size_name(self) -> str:
+        return "{}x{}".format(*self.size)
+
+    def delivered(self, image: Image.Image) -> Image.Image:
+        return resized(image, self.size)
+
+    def preview(self, image: Image.Image) -> Image.Image:
+        """A latent-sized preview; for an OpenAI model name at the answer's size, as its event says."""
+        return resized(image, self.size) if self.plan.profile.sizes else image
+
+
+class PromptTokens:
+    """Counts prompt tokens with a private copy of the pipeline's tokenizer (a fast tokenizer must not be
+    shared with the model thread), for `usage` and to report prompts the text encoder truncates."""
+
+    def __init__(self, runner: ImageGenRunner):
+        self.runner = runner
+        self._tokenizer = None
+        self._lock = threading.Lock()
+
+    def count(self, text: str) -> int:
+        with self._lock:
+            if self._tokenizer is None:
+                self._tokenizer = copy.deepcopy(self.runner.pipelines[TEXT_TO_IMAGE].tokenizer)
+            return len(self._tokenizer(text, truncation=False, verbose=False).input_ids)
+
+    @property
+    def limit(self) -> int:
+        return self.runner.pipelines[TEXT_TO_IMAGE].tokenizer.model_max_length
+
+
+def openai_answer(request: OpenAIRequest, job: ImageJob, stream: bool, tokens: PromptTokens) -> OpenAIAnswer:
+    """The answer's details for the job made (call it off the event loop: it tokenizes the prompts)."""
+    counts = {"prompt": tokens.count(job.prompt)}
+    if job.negative_prompt:
+        counts["negative_prompt"] = tokens.count(job.negative_prompt)
+    headers = request.plan.headers(job.width, job.height)
+    truncated = [name for name, count in counts.items() if count > tokens.limit]
+    if truncated:  # the text encoder reads the first `limit` tokens only
+        headers[TRUNCATED_HEADER] = ", ".join(f"{name} (beyond {tokens.limit} tokens)" for name in truncated)
+    size = request.plan.output_size(job.width, job.height)
+    return OpenAIAnswer(request.plan, request.kind, stream, counts["prompt"], headers, size)

@@ -1,8 +1,9 @@
-"""Request/response schemas shared by REST and gRPC, and the checks against configured limits.
+"""The operation's request (GenerateInput) and plan (Generation), OpenAI's request and response shapes, and
+the checks against configured limits.
 
-The REST shapes follow OpenAI's images API (`/v1/images/generations`, `/edits`, `/variations`); the
-Stable Diffusion controls are extension fields an OpenAI client sends through `extra_body`. How each
-OpenAI field applies is in openai_params.
+The OpenAI shapes follow its images API (`/v1/images/generations`, `/edits`, `/variations`); the Stable Diffusion
+controls are extension fields an OpenAI client sends through `extra_body`. How each OpenAI field applies is in
+openai_params; rest reads those routes into GenerateInput.
 """
 
 import random
@@ -13,11 +14,13 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.kit.decoding import check_decoding_work
 from services.kit.errors import InvalidArgument
 from services.kit.operations import Upload
 
-from .images import MIN_SIDE, SIZE_MULTIPLE, decode_image, fit_size, mask_from
+from .images import MIN_SIDE, SIZE_MULTIPLE, decode_image, fit_size, mask_from, reference_sheet
 from .inputs import ImageReference
+from .openai_params import OpenAIAnswer, OpenAIRequest, PromptTokens, openai_answer
 from .runner import (
     DEFAULT_STRENGTH,
     IMAGE_TO_IMAGE,
@@ -157,8 +160,10 @@ class GenerateFields(GenerationOptions):
 
 
 class GenerateInput(GenerateFields):
-    """gRPC GenerateRequest and the OIP model's request: the fields above with the source image and mask, each an
-    encoded file or (OIP only) pixels."""
+    """The operation's request, whatever the transport: the fields above with the source image and mask, each
+    an encoded file or (OIP only) pixels. gRPC's GenerateRequest and the OIP model's inputs map to it one to
+    one; OpenAI's routes resolve their own fields into it and add `openai` (no gRPC field or OIP parameter sets
+    it)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -167,45 +172,87 @@ class GenerateInput(GenerateFields):
     image_pixels: np.ndarray | None = None  # H x W x 3, uint8
     mask_pixels: np.ndarray | None = None  # H x W, uint8: 255 redraws, 0 keeps
     stream: bool = False  # set by the transport: previews are only made for streams
+    openai: OpenAIRequest | None = None
+
+    @property
+    def encoded_files(self) -> list[tuple[str, bytes]]:
+        """The encoded sources, each with the name errors give it: the image(s), then the mask."""
+        images = list(self.openai.images) if self.openai else []
+        if self.image is not None:
+            images.append(("image", self.image.data))
+        return images + ([("mask", self.mask.data)] if self.mask is not None else [])
+
+    @property
+    def has_source(self) -> bool:
+        return bool(self.encoded_files) or self.image_pixels is not None or self.mask_pixels is not None
 
     @property
     def nbytes(self) -> int:
-        files = sum(len(upload.data) for upload in (self.image, self.mask) if upload is not None)
+        files = sum(len(data) for _, data in self.encoded_files)
         pixels = sum(array.nbytes for array in (self.image_pixels, self.mask_pixels) if array is not None)
         return files + pixels + len(self.prompt.encode())
+
+    def job_options(self) -> dict:
+        """build_job's options: an OpenAI route names its size (a variation, its missing prompt) its own way."""
+        options = dict(streaming=self.stream, strength=self.strength)
+        if self.openai is None:
+            return dict(options, size=self.size, size_field="width")
+        return dict(
+            options,
+            size=self.openai.plan.size,
+            size_field="size",
+            prompt_required=self.openai.prompt_required,
+        )
 
 
 @dataclass(frozen=True)
 class Generation:
-    """A GenerateInput checked: the runner's job and how to encode its images."""
+    """A GenerateInput checked (the kit's Plan): the runner's job, how to encode its images, and for OpenAI's
+    routes how to answer."""
 
     job: ImageJob
     output_format: str
     output_compression: int | None
     nbytes: int
+    openai: OpenAIAnswer | None = None
+
+    @property
+    def key(self) -> tuple:
+        return self.job.batch_key
+
+    @property
+    def cost(self) -> float:
+        return self.job.cost
 
 
-def plan_generation(body: GenerateInput, runner: ImageGenRunner) -> Generation:
-    """Decodes the sources (call it off the event loop) and checks the request against the limits.
-
-    Every parameter is checked against stand-in sources first: a refused request costs no decoding."""
-    limit = runner.settings.max_input_pixels
-    job_options = dict(size=body.size, size_field="width", streaming=body.stream, strength=body.strength)
-    if body.image is not None or body.mask is not None:
-        check_before_decoding(
-            body, runner, has_mask=body.mask is not None or body.mask_pixels is not None, **job_options
-        )
-    image = source(body.image, body.image_pixels, "image", "image_pixels", limit)
-    mask = source(body.mask, body.mask_pixels, "mask", "mask_pixels", limit)
-    job = build_job(body, runner, image=image, mask=None if mask is None else mask_from(mask), **job_options)
-    return Generation(job, body.output_format, body.output_compression, body.nbytes)
-
-
-def check_before_decoding(options: GenerationOptions, runner: ImageGenRunner, *, has_mask: bool, **job_options) -> None:
-    """build_job's checks with stand-in sources (every parameter: steps, n, strength, size...), so that a request
-    refused for its parameters costs no decoding."""
+def check_before_decoding(body: GenerateInput, runner: ImageGenRunner) -> None:
+    """build_job's checks with stand-in sources (every parameter: steps, n, strength, size...), so that a
+    request refused for its parameters costs no decoding; run it on the event loop, before plan_generation."""
     stand_in = Image.new("L", (MIN_SIDE, MIN_SIDE))
-    build_job(options, runner, image=stand_in, mask=stand_in if has_mask else None, **job_options)
+    has_mask = body.mask is not None or body.mask_pixels is not None
+    build_job(body, runner, image=stand_in, mask=stand_in if has_mask else None, **body.job_options())
+
+
+def plan_generation(body: GenerateInput, runner: ImageGenRunner, tokens: PromptTokens) -> Generation:
+    """Decodes the sources (call it off the event loop, through run_decoding when there are any) and checks
+    the request against the limits."""
+    limit = runner.settings.max_input_pixels
+    # Every upload's structure before any is decoded: a sheet decodes its images one after another.
+    for field, data in body.encoded_files:
+        check_decoding_work(data, field)
+    if body.openai is not None and len(body.openai.images) > 1:
+        image = reference_sheet(body.openai.images, max_pixels=limit)
+    elif body.openai is not None and body.openai.images:
+        field, data = body.openai.images[0]
+        image = decode_image(data, field=field, max_pixels=limit)
+    else:
+        image = source(body.image, body.image_pixels, "image", "image_pixels", limit)
+    mask = source(body.mask, body.mask_pixels, "mask", "mask_pixels", limit)
+    job = build_job(
+        body, runner, image=image, mask=None if mask is None else mask_from(mask), **body.job_options()
+    )
+    answer = None if body.openai is None else openai_answer(body.openai, job, body.stream, tokens)
+    return Generation(job, body.output_format, body.output_compression, body.nbytes, answer)
 
 
 def source(

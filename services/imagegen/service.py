@@ -1,7 +1,9 @@
-"""Assembles the image generation service for the kit: runner, batcher, and its operations bound to REST
-(OpenAI's images API, in rest), gRPC (imagegen.v1.ImageGeneration) and the Open Inference Protocol (in oip)."""
+"""The image generation service for the kit: one operation, `generate`, bound to REST (OpenAI's images API,
+its readers and renderer in rest), gRPC (imagegen.v1.ImageGeneration) and the Open Inference Protocol (in oip)."""
 
 import asyncio
+
+from fastapi import APIRouter
 
 from protos import imagegen_pb2 as pb
 from protos import imagegen_pb2_grpc as pb_grpc
@@ -10,12 +12,28 @@ from services.kit.decoding import run_decoding
 from services.kit.operations import Call, Operation, Upload, message_fields
 from services.kit.service import GrpcServicer, Service
 
+from .files import ImageStore
 from .images import encode_image, media_type
 from .oip import oip_model
-from .openai_params import DALL_E_MODELS, GPT_IMAGE_MODELS
-from .rest import create_router
+from .openai_params import DALL_E_MODELS, GPT_IMAGE_MODELS, PromptTokens
+from .rest import (
+    EDITS_DESCRIPTION,
+    VARIATIONS_DESCRIPTION,
+    add_image_files_route,
+    read_edit,
+    read_generation,
+    read_variation,
+    rest_answer,
+)
 from .runner import PIPELINES, GeneratedImage, ImageGenRunner, Preview, Progress, scheduler_names
-from .schemas import GenerateInput, Generation, plan_generation
+from .schemas import (
+    GenerateInput,
+    Generation,
+    ImageGenerationRequest,
+    ImagesResponse,
+    check_before_decoding,
+    plan_generation,
+)
 from .settings import ImageGenSettings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ImageGeneration"].full_name
@@ -25,22 +43,47 @@ def create_service(settings: ImageGenSettings | None = None) -> Service:
     settings = settings or ImageGenSettings()
     runner = ImageGenRunner(settings)
     service = Service(name="imagegen", settings=settings, runner=runner)
-    batcher = service.batcher("generate", runner.predict_batch)
-    service.router = create_router(runner, batcher, settings)
+    tokens = PromptTokens(runner)
+
+    async def prepare(body: GenerateInput) -> Generation:
+        if not body.has_source:
+            return await asyncio.to_thread(plan_generation, body, runner, tokens)
+        if body.encoded_files:  # a request refused for its parameters waits for no decoding thread
+            check_before_decoding(body, runner)
+        # Decodes and resizes the sources on the decoding threads, off the event loop.
+        return await run_decoding(plan_generation, body, runner, tokens)
+
     generate = Operation(
-        "generate",
-        GenerateInput,
-        None,
-        batcher,
-        # Decodes and resizes the source image (if any) on the decoding threads, off the event loop.
-        prepare=lambda body: (run_decoding if has_source(body) else asyncio.to_thread)(
-            plan_generation, body, runner
-        ),
-        payload=lambda generation: generation.job,
-        key=lambda generation: generation.job.batch_key,
-        cost=lambda generation: generation.job.cost,
-        nbytes=lambda generation: generation.nbytes,
+        "generate", GenerateInput, None, service.batcher("generate", runner.predict_batch), prepare
     )
+
+    service.router = APIRouter(tags=["images"])
+    store = ImageStore(
+        ttl_s=settings.url_ttl_s,
+        max_images=settings.url_store_max_images,
+        max_bytes=settings.url_store_max_bytes,
+    )
+    answered = dict(
+        answer=rest_answer(runner, settings, store),
+        response_model=ImagesResponse,
+        response_model_exclude_none=True,
+    )
+    generate.add_route(
+        service.router,
+        "/v1/images/generations",
+        name="generations",
+        body=ImageGenerationRequest,
+        read=read_generation(runner),
+        **answered,
+    )
+    for route, read, description in (
+        ("edits", read_edit(runner, settings), EDITS_DESCRIPTION),
+        ("variations", read_variation(runner, settings), VARIATIONS_DESCRIPTION),
+    ):
+        path = f"/v1/images/{route}"
+        generate.add_route(service.router, path, name=route, read=read, description=description, **answered)
+    add_image_files_route(service.router, store)
+
     service.grpc.append(grpc_servicer(generate, runner))
     service.oip.append(oip_model(generate, runner, settings))
     service.models = lambda: [
@@ -55,10 +98,6 @@ def create_service(settings: ImageGenSettings | None = None) -> Service:
         }
     ]
     return service
-
-
-def has_source(body: GenerateInput) -> bool:
-    return any(source is not None for source in (body.image, body.mask, body.image_pixels, body.mask_pixels))
 
 
 def grpc_servicer(generate: Operation, runner: ImageGenRunner) -> GrpcServicer:
@@ -81,10 +120,10 @@ def grpc_servicer(generate: Operation, runner: ImageGenRunner) -> GrpcServicer:
         )
 
     async def generated(call: Call[Generation]) -> pb.GenerateResponse:
-        return await asyncio.to_thread(response, await call.result(), call.job)
+        return await asyncio.to_thread(response, await call.result(), call.plan)
 
     async def generated_by_step(call: Call[Generation]):
-        generation = call.job
+        generation = call.plan
         async for event in call.events():
             if isinstance(event, Progress):
                 yield pb.GenerateEvent(progress=pb.Progress(step=event.step, total_steps=event.total_steps))

@@ -52,7 +52,9 @@ class ImageGenSettings(ServiceSettings):
     # 512x512-image denoising steps (the VAE decode counted as 4): 4 images of 1024x1024 at 50 steps fit (864);
     # 4 at 150 steps do not.
     max_request_cost: float | None = Field(
-        864.0, gt=0, description="a request's images x pixels / 512^2 x (steps + 4 for the decode) above this gets 400"
+        864.0,
+        gt=0,
+        description="a request's images x pixels / 512^2 x (steps + 4 for the decode) above this gets 400",
     )
     max_batch_cost: float | None = Field(1728.0, gt=0, description="the same, summed over one pipeline call")
 

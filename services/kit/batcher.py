@@ -1,8 +1,9 @@
 """Asyncio dynamic batcher: requests queue up, compatible ones run together in one model call.
 
 Requests carry a batching key (for example a language pair plus generation settings); only requests
-with the same key share a model call. The model runs in one worker thread per batcher, so a model
-is never called concurrently and the event loop never blocks on compute.
+with the same key share a model call. Model calls run in the service's `ModelThread` (one per service, shared
+by all its batchers; on CPU one for every service of the platform, see `compute`), so a model is never called
+concurrently and the event loop never blocks on compute.
 """
 
 import asyncio
@@ -163,6 +164,10 @@ class DynamicBatcher:
         self._loop_thread: int | None = None
         self._last_batch_size, self._last_batch_end = 0, float("-inf")
         self._queue_depth = metrics.QUEUE_DEPTH.labels(batcher=name)
+        # Looked up once: labels() takes a lock and builds a key on every call, and these are observed per request.
+        self._queue_time = metrics.QUEUE_TIME.labels(batcher=name)
+        self._compute_time = metrics.COMPUTE_TIME.labels(batcher=name)
+        self._batch_size = metrics.BATCH_SIZE.labels(batcher=name)
         # Counters exist from the start at 0, so the first refusals show up in rate() and alerts.
         for reason in REJECTION_REASONS:
             metrics.REJECTED.labels(batcher=name, reason=reason)
@@ -499,11 +504,11 @@ class DynamicBatcher:
         started = time.monotonic()
         self._batches += 1
         for position, work in enumerate(batch):
-            metrics.QUEUE_TIME.labels(batcher=self.name).observe(started - work.enqueued_at)
+            self._queue_time.observe(started - work.enqueued_at)
             work.batch_started_at, work.batch_size = started, len(batch)
             if work.spans is not None:
                 work.spans.start_batch(self._batches, len(batch), position)
-        metrics.BATCH_SIZE.labels(batcher=self.name).observe(len(batch))
+        self._batch_size.observe(len(batch))
         self._running = batch
         self.beat()
         results: Sequence[Any] | None = None
@@ -522,7 +527,7 @@ class DynamicBatcher:
             elapsed = getattr(future, "model_s", None) or time.monotonic() - started
             self._batch_ended(batch, results, elapsed)
         for work, result in zip(batch, results, strict=True):
-            metrics.COMPUTE_TIME.labels(batcher=self.name).observe(elapsed)
+            self._compute_time.observe(elapsed)
             work.resolve(result)
 
     def _batch_ended(self, batch: list[Work], results: Sequence[Any] | None, elapsed: float) -> None:

@@ -85,6 +85,19 @@ class ServerSettings(BaseSettings):
     docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json")
     grpc_reflection: bool = Field(True, description="serve the gRPC reflection service")
     metrics_port: int | None = Field(None, description="serve /metrics on this port instead of the REST port")
+    playground: bool = Field(
+        True, description="serve the browser playground at /playground (a page calling this server's public "
+        "APIs; off in the production overlays); off: 404"
+    )
+    playground_tf_serving_url: str = Field(
+        "", description="the TensorFlow Serving REST base URL the playground's vision panel calls; empty: this "
+        "server when it serves ViT, else port 8501 of the host the page came from"
+    )
+    cors_origins: str = Field(
+        "", description="comma-separated browser origins (or *) allowed to call the REST API from other sites' "
+        "pages; pages from this server's own host on another port (the platform's playground calling ViT) are "
+        "allowed while the playground is on"
+    )
 
 
 class ServiceSettings(ServerSettings):

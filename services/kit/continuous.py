@@ -240,15 +240,15 @@ class ContinuousBatcher(DynamicBatcher):
     # -- bookkeeping -------------------------------------------------------------------------------------------
 
     def _start(self, work: Work, started: float, rows: int) -> None:
-        metrics.QUEUE_TIME.labels(batcher=self.name).observe(started - work.enqueued_at)
-        metrics.BATCH_SIZE.labels(batcher=self.name).observe(rows)
+        self._queue_time.observe(started - work.enqueued_at)
+        self._batch_size.observe(rows)
         work.batch_started_at, work.batch_size, work.compute_s = started, rows, 0.0
         if work.spans is not None:
             work.spans.start_batch(self._batches, rows, 0)
             work.spans.start_model()
 
     def _finish(self, work: Work, result: Any) -> None:
-        metrics.COMPUTE_TIME.labels(batcher=self.name).observe(work.compute_s or 0.0)
+        self._compute_time.observe(work.compute_s or 0.0)
         if work.spans is not None:
             work.spans.end_model(result)
             if work.spans.batch is not None:

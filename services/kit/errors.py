@@ -45,6 +45,9 @@ class Unauthenticated(ServiceError):
 
 
 class RequestTimeout(ServiceError):
+    """A request head that did not arrive in time: the 408 the REST server writes itself (`http_server`), before
+    any route runs. A request that outlives its deadline once admitted is `DeadlineExceeded`."""
+
     http_status = HTTPStatus.REQUEST_TIMEOUT
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
     code = "request_timeout"

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +21,7 @@ from .auth import ApiKeys
 from .config import ServiceSettings
 from .errors import InvalidArgument, Overloaded, PayloadTooLarge, ServiceError, Unauthenticated, Unavailable
 from .json_limits import ENCODING_PROBLEM, JsonScanner, parses_as_json
+from .playground import CrossOriginPages, add_playground, is_playground_path
 from .service import Service
 from .state import ServerState
 from .validation import describe
@@ -105,6 +107,23 @@ class ServingMiddleware:
         self.api_keys = api_keys
         self.routes = routes
         self.active = 0
+        # Metric children looked up once (per route and status): labels() takes a lock and builds a key each call.
+        # Routes are templates and statuses a few codes, so these stay small.
+        self.inflight = metrics.INFLIGHT.labels("rest")
+        self.answered: dict[tuple[str, str], Any] = {}
+        self.latency: dict[str, Any] = {}
+
+    def _count(self, route: str, status: str) -> None:
+        counter = self.answered.get((route, status))
+        if counter is None:
+            counter = self.answered[(route, status)] = metrics.REQUESTS.labels("rest", route, status)
+        counter.inc()
+
+    def _observe(self, route: str, seconds: float) -> None:
+        histogram = self.latency.get(route)
+        if histogram is None:
+            histogram = self.latency[route] = metrics.REQUEST_LATENCY.labels("rest", route)
+        histogram.observe(seconds)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -124,7 +143,8 @@ class ServingMiddleware:
                 record.bytes_out += len(message.get("body", b""))
             await send(message)
 
-        if path in PROBE_PATHS:
+        # The playground's page and files: no key (the page asks for one on a 401), served while models load.
+        if path in PROBE_PATHS or is_playground_path(path):
             return await self.app(scope, receive, send_with_id)
         if path in self.metrics_paths:  # answers while loading, but only to a key holder when keys are on
             error = self._check_key(scope)
@@ -158,7 +178,7 @@ class ServingMiddleware:
         if error is not None:
             # Label by route template, never the raw path: random paths must not grow /metrics (or traces).
             record.route = self._route_template(scope)
-            metrics.REQUESTS.labels("rest", record.route, str(int(error.http_status))).inc()
+            self._count(record.route, str(int(error.http_status)))
             body = self.error_bodies.for_path(record.route, scope["path"])
             return await error_response(error, body)(scope, receive, send_with_id)
 
@@ -170,14 +190,16 @@ class ServingMiddleware:
             if parses_as_json(headers.get(b"content-type")) and not scope["path"].startswith(OIP_PREFIX)
             else None
         )
-        body_deadline = time.monotonic() + self.body_timeout_s
+        body_deadline = asyncio.get_running_loop().time() + self.body_timeout_s
 
         async def limited_receive():
             nonlocal received, body_done
             if body_done:
                 return await receive()  # after the body: only the disconnect, however late
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, body_deadline - time.monotonic()))
+                # asyncio.timeout arms one timer on this task; wait_for would start a task per body message.
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
             except TimeoutError:
                 # An HTTPException passes FastAPI's body parsing untouched (anything else becomes a 400).
                 raise StarletteHTTPException(
@@ -197,17 +219,17 @@ class ServingMiddleware:
         started = time.perf_counter()
         self.active += 1
         self.state.request_started()
-        metrics.INFLIGHT.labels("rest").inc()
+        self.inflight.inc()
         try:
             await self.app(scope, limited_receive, send_with_id)
         finally:
-            metrics.INFLIGHT.labels("rest").dec()
+            self.inflight.dec()
             self.state.request_finished()
             self.active -= 1
             record.route = getattr(scope.get("route"), "path", "unmatched")
             record.bytes_in = received
-            metrics.REQUESTS.labels("rest", record.route, str(status["code"])).inc()
-            metrics.REQUEST_LATENCY.labels("rest", record.route).observe(time.perf_counter() - started)
+            self._count(record.route, str(status["code"]))
+            self._observe(record.route, time.perf_counter() - started)
 
     @staticmethod
     def _server_span(scope, request_id: str) -> trace.Span:
@@ -217,6 +239,8 @@ class ServingMiddleware:
         return tracing.start_server_span(scope["method"], carrier, attributes)
 
     def _check_key(self, scope) -> ServiceError | None:
+        if not self.api_keys.enabled:  # nothing to read: skip the pass over the headers
+            return None
         refusal = self.api_keys.refusal(
             [value.decode("latin-1") for key, value in scope["headers"] if key == b"authorization"]
         )
@@ -347,6 +371,8 @@ def create_rest_app(
         registry, oip.RestLimits(settings.max_body_bytes, settings.max_json_depth, settings.max_response_bytes)
     )
     app.include_router(oip_router)
+    if settings.playground:
+        add_playground(app, [service.name for service in services], settings)
     # The server's own refusals on /v2 (413, 408, a 500) answer in the protocol's shape too, as do unknown /v2 paths.
     error_bodies.by_route.update({route.path: oip.error_body for route in oip_router.routes})
     error_bodies.by_prefix[OIP_ROOT] = oip.error_body
@@ -356,4 +382,5 @@ def create_rest_app(
         error_bodies=error_bodies, service=services[0].name if len(services) == 1 else "platform",
         metrics_paths=frozenset({METRICS_PATH, *(path for service in services for path in service.metrics_paths)}),
     )
+    app.add_middleware(CrossOriginPages, settings=settings)  # outermost: preflights carry no key
     return app

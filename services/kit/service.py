@@ -1,6 +1,7 @@
-"""What a service hands to the kit: a model runner, REST routes and gRPC servicers.
+"""What a service hands to the kit: a model runner, its batchers, and its operations bound to each transport:
+a REST router, gRPC servicers and Open Inference Protocol models.
 
-A service module builds one `Service` and never touches server start-up, health or metrics.
+A service's `create_service` builds one `Service` and never touches server start-up, health or metrics.
 """
 
 from collections.abc import Callable

@@ -54,6 +54,14 @@ def greedy_plan(
     return processors, model._get_stopping_criteria(config, StoppingCriteriaList())
 
 
+def encoder_inputs(tokenizer: FSMTTokenizer, texts: list[str], source_ids: list[tuple[int, ...]] | None):
+    """The padded batch for the encoder: from the ids made when the requests were checked when every text has
+    them (the same tensors as tokenizing again), else by tokenizing the texts."""
+    if source_ids and len(source_ids) == len(texts):
+        return tokenizer.pad({"input_ids": [list(ids) for ids in source_ids]}, return_tensors="pt")
+    return tokenizer(texts, return_tensors="pt", padding=True)
+
+
 @dataclass
 class _Text:
     """One running text (one row of the loop)."""
@@ -146,9 +154,8 @@ class GreedyLoop:
         # matrix products differs, as in any batched decode (encoding texts one by one cost as much as the
         # whole decode of a short text on a mid-sized model).
         texts = [(work, index, text) for work in works for index, text in enumerate(work.payload.texts)]
-        inputs = self.tokenizer([text for _, _, text in texts], return_tensors="pt", padding=True).to(
-            self.device
-        )
+        source_ids = [ids for work in works for ids in work.payload.source_ids]
+        inputs = encoder_inputs(self.tokenizer, [text for _, _, text in texts], source_ids).to(self.device)
         lengths = inputs["attention_mask"].sum(1).tolist()
         plans = [
             self._plan(

@@ -1,5 +1,6 @@
 """FSMT model runner: load one model per language pair, translate a batch of texts. No web code."""
 
+import functools
 import logging
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
@@ -10,10 +11,11 @@ from transformers import FSMTForConditionalGeneration, FSMTTokenizer
 
 from services.kit.batcher import Work
 from services.kit.errors import NotFound
+from services.kit.quantize import quantize_linears, resolve_quantization
 from services.kit.torch_models import StopWhenCancelled, TorchRuntime, resolve_source
 
-from .decoding import GreedyLoop, greedy_plan
-from .settings import TranslationSettings
+from .decoding import GreedyLoop, encoder_inputs, greedy_plan
+from .settings import QUANTIZE_AUTO_INT8, TranslationSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ class TranslationJob:
     options: GenerationOptions
     # Each text's source tokens (end-of-sentence token included), as the model's tokenizer makes them.
     source_tokens: tuple[int, ...] = ()
+    # Those tokens' ids, made once when the request is checked (tokenizing is most of a short request's CPU);
+    # empty: the runner tokenizes the texts itself.
+    source_ids: tuple[tuple[int, ...], ...] = ()
 
     @property
     def batch_key(self) -> tuple:
@@ -66,14 +71,19 @@ class TranslationRunner:
         self.runtime: TorchRuntime | None = None
         self.models: dict[str, FSMTForConditionalGeneration] = {}
         self.tokenizers: dict[str, FSMTTokenizer] = {}
+        self.quantization = "none"  # "int8" once load() quantized the models (CPU only)
 
     def load(self) -> None:
         s = self.settings
         self.runtime = TorchRuntime(s.device, s.dtype, s.threads, s.few_row_linears)
+        self.quantization = resolve_quantization(s.quantize, self.runtime.device, QUANTIZE_AUTO_INT8)
         for pair, model_id in s.models.items():
             source = resolve_source(model_id)
             self.tokenizers[pair] = FSMTTokenizer.from_pretrained(source)
-            model = self.runtime.tune_for_decoding(self.runtime.load(FSMTForConditionalGeneration, source))
+            model = self.runtime.load(FSMTForConditionalGeneration, source)
+            if self.quantization == "int8":
+                quantize_linears(model)  # before FewRowLinear, which stays float
+            model = self.runtime.tune_for_decoding(model)
             # Every call gives max_new_tokens (the service's length limit); the checkpoint's max_length would be a
             # second, conflicting limit that generate() warns about on every request.
             model.generation_config.max_length = None
@@ -84,6 +94,7 @@ class TranslationRunner:
         for pair in self.models:
             self.translate(pair, ["Hello world."], GenerationOptions(max_new_tokens=8))
 
+    @functools.cache  # noqa: B019 - one runner per service, a few pairs: asked on every response, a stat call
     def model_name(self, pair: str) -> str:
         model_id = self.settings.models[pair]
         return Path(model_id).name if Path(model_id).is_dir() else model_id
@@ -107,9 +118,9 @@ class TranslationRunner:
                 field="target_lang",
             )
 
-    def source_tokens(self, pair: str, texts: list[str]) -> list[int]:
-        """Each text's source tokens as `translate` feeds them to the encoder (end-of-sentence token included)."""
-        return [len(ids) for ids in self.tokenizers[pair](texts)["input_ids"]]
+    def source_ids(self, pair: str, texts: list[str]) -> list[list[int]]:
+        """Each text's source token ids as `translate` feeds them to the encoder (end-of-sentence token included)."""
+        return self.tokenizers[pair](texts)["input_ids"]
 
     def max_source_tokens(self, pair: str) -> int:
         """The most source tokens a text may have: the positions the model was trained on (FSMT's sinusoidal table
@@ -130,11 +141,16 @@ class TranslationRunner:
 
     @torch.inference_mode()
     def translate(
-        self, pair: str, texts: list[str], options: GenerationOptions, stop: StopWhenCancelled | None = None
+        self,
+        pair: str,
+        texts: list[str],
+        options: GenerationOptions,
+        stop: StopWhenCancelled | None = None,
+        source_ids: list[tuple[int, ...]] | None = None,
     ) -> list[list[str]]:
         """num_return_sequences hypotheses per text, best first; `stop` ends decoding early once nobody waits."""
         tokenizer, model = self.tokenizers[pair], self.models[pair]
-        inputs = tokenizer(texts, return_tensors="pt", padding=True).to(self.runtime.device)
+        inputs = encoder_inputs(tokenizer, texts, source_ids).to(self.runtime.device)
         output = model.generate(**inputs, **options.generate_kwargs(), stopping_criteria=[stop] if stop else None)
         decoded = tokenizer.batch_decode(output, skip_special_tokens=True)
         n = options.num_return_sequences
@@ -150,7 +166,8 @@ class TranslationRunner:
         for options, indices in groups.items():
             group = [works[i] for i in indices]
             texts = [text for work in group for text in work.payload.texts]
-            hypotheses = self.translate(group[0].payload.pair, texts, options, StopWhenCancelled(group))
+            ids = [text_ids for work in group for text_ids in work.payload.source_ids]
+            hypotheses = self.translate(group[0].payload.pair, texts, options, StopWhenCancelled(group), ids)
             offset = 0
             for i in indices:
                 count = len(works[i].payload.texts)

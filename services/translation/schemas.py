@@ -66,7 +66,8 @@ def build_job(request: TranslateRequest, settings: TranslationSettings, runner: 
             f"max_new_tokens: {request.max_new_tokens} exceeds the limit of {settings.max_new_tokens}",
             field="max_new_tokens",
         )
-    source_tokens = runner.source_tokens(request.pair, texts)
+    source_ids = runner.source_ids(request.pair, texts)
+    source_tokens = [len(ids) for ids in source_ids]
     limit = runner.max_source_tokens(request.pair)
     for i, count in enumerate(source_tokens):
         if count > limit:
@@ -82,7 +83,9 @@ def build_job(request: TranslateRequest, settings: TranslationSettings, runner: 
         num_return_sequences=request.num_return_sequences,
         max_new_tokens=request.max_new_tokens or settings.default_max_new_tokens,
     )
-    return TranslationJob(request.pair, tuple(texts), options, tuple(source_tokens))
+    return TranslationJob(
+        request.pair, tuple(texts), options, tuple(source_tokens), tuple(tuple(ids) for ids in source_ids)
+    )
 
 
 def build_response(hypotheses: list[list[str]], model: str) -> TranslateResponse:

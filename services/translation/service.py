@@ -8,10 +8,10 @@ from fastapi import APIRouter
 from protos import translation_pb2 as pb
 from protos import translation_pb2_grpc as pb_grpc
 from services.kit.oip import Tensor
-from services.kit.operations import Operation
+from services.kit.operations import JobPlan, Operation
 from services.kit.service import GrpcServicer, Service
 
-from .runner import TranslationJob, TranslationRunner
+from .runner import TranslationRunner
 from .schemas import TranslateRequest, TranslateResponse, build_job, build_response
 from .settings import TranslationSettings
 
@@ -27,9 +27,10 @@ def create_service(settings: TranslationSettings | None = None) -> Service:
     # its own (protocol parsing keeps the loop's default pool).
     tokenizing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="translation-tokenize")
 
-    async def prepare(body: TranslateRequest) -> TranslationJob:
+    async def prepare(body: TranslateRequest) -> JobPlan:
         runner.ensure_pair(body.pair)
-        return await asyncio.get_running_loop().run_in_executor(tokenizing, build_job, body, settings, runner)
+        job = await asyncio.get_running_loop().run_in_executor(tokenizing, build_job, body, settings, runner)
+        return JobPlan(job, key=runner.batch_key(job), cost=runner.cost(job))
 
     translate = Operation(
         "translate",
@@ -37,9 +38,7 @@ def create_service(settings: TranslationSettings | None = None) -> Service:
         TranslateResponse,
         service.batcher("translate", runner.predict_batch, decoder=runner),
         prepare=prepare,
-        respond=lambda hypotheses, job: build_response(hypotheses, runner.model_name(job.pair)),
-        cost=runner.cost,
-        key=runner.batch_key,
+        respond=lambda hypotheses, plan: build_response(hypotheses, runner.model_name(plan.job.pair)),
     )
 
     service.router = APIRouter(tags=["translation"])

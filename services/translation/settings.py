@@ -2,8 +2,12 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.kit.config import ServiceSettings
+from services.kit.quantize import Quantize
 
 WMT19_PAIRS = ("en-ru", "ru-en", "en-de", "de-en")
+
+# What TRANSLATION_QUANTIZE=auto does on a CPU (int8 models or not), measured by bench/bench_quantize.py.
+QUANTIZE_AUTO_INT8 = False
 
 
 class TranslationSettings(ServiceSettings):
@@ -11,6 +15,11 @@ class TranslationSettings(ServiceSettings):
 
     # One model per language pair: a Hub id or a local directory (JSON in the environment).
     models: dict[str, str] = Field(default_factory=lambda: {p: f"facebook/wmt19-{p}" for p in WMT19_PAIRS})
+    quantize: Quantize = Field(
+        "auto",
+        description="the models' linear layers: int8 (dynamic, CPU only; ignored on GPU), none, or auto (int8 on CPU "
+        "where it measured faithful, see QUANTIZE_AUTO_INT8)",
+    )
     max_texts: int = Field(32, ge=1, description="texts in one request")
     max_text_chars: int = Field(2000, ge=1)
     max_num_beams: int = Field(8, ge=1)

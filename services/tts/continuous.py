@@ -3,7 +3,7 @@ next step and leave it when they stop, each with its own slot in the self-attent
 
 Only unseeded speech jobs decode here (`SpeechRunner.open_loop` declines seeded ones, which run
 whole-request so that their bytes depend on nothing but the request). A job decodes its sentences in the
-generate calls `predict_speech` would make for it alone (`SpeechRunner.solo_calls`), one call after the
+generate calls `predict_speech` would make for it alone (`synthesis.solo_calls`), one call after the
 other. Within a call every sentence shares the step count, the pre-net dropout mask of each step and the
 length bounds, as in `generate_speech`; calls of different jobs, at different steps, share the decoder's
 matrix products, and each call draws its own masks from the global generator. So a job's audio is what
@@ -15,7 +15,8 @@ The decoder step is plain tensor code over the model's own modules: only the new
 pre-net (see `_dropout_masks` for its mask), each row attends to its own cached positions, and a
 sentence's spectrogram goes through the post-net once, when it stops. A call's sentences are vocoded
 together when its last one stops (with other calls that pad to the same length), and emitted in text order
-as before.
+as before. The steps around the decoder (length bounds, stretch, vocoder, emitting in order) are the runner's
+own, from synthesis.py.
 """
 
 import time
@@ -24,11 +25,25 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import SpeechT5ForTextToSpeech, SpeechT5HifiGan, SpeechT5Tokenizer
 
 from services.kit.batcher import Work
+from services.kit.torch_models import TorchRuntime
 
 from .metrics import ROWS_PER_CALL
-from .runner import AudioResult, SpeechJob, SpeechRunner
+from .settings import TTSSettings
+from .synthesis import (
+    AudioResult,
+    SpeechJob,
+    emit_in_order,
+    length_ratios,
+    max_frames,
+    observe,
+    solo_calls,
+    speaker_rows,
+    stretch,
+    vocode,
+)
 
 INITIAL_POSITIONS = 64  # self-attention cache length at first; doubles when a sentence outgrows it
 
@@ -43,7 +58,7 @@ class _Job:
     parts: list[np.ndarray] = field(default_factory=list)  # emitted so far, pauses included
 
     @property
-    def job(self) -> SpeechJob:
+    def speech(self) -> SpeechJob:
         return self.work.payload
 
 
@@ -55,7 +70,7 @@ class _Call:
     sentences: list[int]
     min_steps: int
     max_steps: int
-    frame_limits: list[int]  # each sentence's own length limit (see SpeechRunner._trim)
+    frame_limits: list[int]  # each sentence's own length limit (as the runner trims its calls' rows)
     steps: int = 0
     running: int = 0
     spectrograms: dict[int, torch.Tensor] = field(default_factory=dict)  # sentence index -> finished one
@@ -119,11 +134,18 @@ def _row_slice(name: str, tensor: torch.Tensor, rows: slice) -> torch.Tensor:
 class SpeechLoop:
     """A running text-to-speech decode (the kit's `DecodeLoop`); it lives in the model thread."""
 
-    def __init__(self, runner: SpeechRunner):
-        self.runner = runner
-        self.model = runner.tts
+    def __init__(
+        self,
+        model: SpeechT5ForTextToSpeech,
+        tokenizer: SpeechT5Tokenizer,
+        vocoder: SpeechT5HifiGan,
+        runtime: TorchRuntime,
+        settings: TTSSettings,
+    ):
+        self.model, self.tokenizer, self.vocoder = model, tokenizer, vocoder
+        self.runtime, self.settings = runtime, settings
         config = self.model.config
-        self.device, self.dtype = runner.runtime.device, runner.runtime.dtype
+        self.device, self.dtype = runtime.device, runtime.dtype
         self.reduction, self.mel_bins = config.reduction_factor, config.num_mel_bins
         self.heads = config.decoder_attention_heads
         self.head_dim = config.hidden_size // self.heads
@@ -133,7 +155,7 @@ class SpeechLoop:
         self.rows: list[tuple[_Call, int]] = []  # (call, sentence index) per running decoder row
         layers = config.decoder_layers
         empty = dict(device=self.device, dtype=self.dtype)
-        slots = runner.settings.max_rows_per_call
+        slots = settings.max_rows_per_call
         # Room for `slots` rows; the running ones are the first len(self.rows) (see `state`).
         self.slots = _Rows(
             self_kv=torch.zeros(layers, 2, slots, self.heads, INITIAL_POSITIONS, self.head_dim, **empty),
@@ -162,7 +184,7 @@ class SpeechLoop:
                 raise TypeError(f"the speech loop decodes speech jobs, not {type(job).__name__}")
             if job.seed is not None:
                 raise ValueError("seeded speech jobs run whole-request, not in the decode loop")
-            state = _Job(work, self.runner.solo_calls(job), time.perf_counter())
+            state = _Job(work, solo_calls(job, self.settings.max_rows_per_call), time.perf_counter())
             prepared.append((state, self._prepare_call(state)))
         for state, (call, rows) in prepared:
             self.jobs[state.work] = state
@@ -212,14 +234,14 @@ class SpeechLoop:
 
     def _prepare_call(self, job: _Job) -> tuple[_Call, _Prefill]:
         """Encode the job's next call and compute its cross-attention keys and values (not yet running)."""
-        runner, model, settings = self.runner, self.model, self.runner.settings
+        model, settings = self.model, self.settings
         sentences = job.calls[job.next_call]
-        token_ids = [job.job.sentences[i].token_ids for i in sentences]
-        inputs = runner.tokenizer.pad([{"input_ids": list(ids)} for ids in token_ids], return_tensors="pt")
+        token_ids = [job.speech.sentences[i].token_ids for i in sentences]
+        inputs = self.tokenizer.pad([{"input_ids": list(ids)} for ids in token_ids], return_tensors="pt")
         # As `synthesize` and `generate_speech`: the call's bounds follow its longest sentence, and each
         # sentence is then cut to its own limit.
         encoder_length = inputs["input_ids"].shape[1]
-        min_ratio, max_ratio = runner._length_ratios(
+        min_ratio, max_ratio = length_ratios(
             model, encoder_length, settings.min_len_ratio, settings.max_len_ratio
         )
         call = _Call(
@@ -227,7 +249,7 @@ class SpeechLoop:
             sentences,
             min_steps=int(encoder_length * min_ratio / self.reduction),
             max_steps=int(encoder_length * max_ratio / self.reduction),
-            frame_limits=[runner._max_frames(model, len(ids), max_ratio) for ids in token_ids],
+            frame_limits=[max_frames(model, len(ids), max_ratio) for ids in token_ids],
             running=len(sentences),
         )
         mask = inputs["attention_mask"].to(self.device)
@@ -242,7 +264,7 @@ class SpeechLoop:
             ]
         )
         cross_kv = cross_kv.view(*cross_kv.shape[:2], rows, length, self.heads, self.head_dim).transpose(3, 4)
-        speaker = F.normalize(runner._speakers([job.job.speaker]))
+        speaker = F.normalize(speaker_rows([job.speech.speaker], self.runtime))
         return call, _Prefill(cross_kv, mask.bool(), speaker.expand(rows, -1))
 
     def _add(self, call: _Call, prefill: _Prefill) -> None:
@@ -288,20 +310,20 @@ class SpeechLoop:
         by_length: dict[int, list[tuple[_Job, int, torch.Tensor]]] = {}
         for call in calls:
             stretched = [
-                (call.job, sentence, self.runner._stretch(call.spectrograms[sentence], call.job.job.speed))
+                (call.job, sentence, stretch(call.spectrograms[sentence], call.job.speech.speed))
                 for sentence in call.sentences
             ]
             by_length.setdefault(max(frames.shape[0] for *_, frames in stretched), []).extend(stretched)
         for rows in by_length.values():
-            waveforms = self.runner._vocode([frames for *_, frames in rows], [1.0] * len(rows))
+            waveforms = vocode(self.vocoder, [frames for *_, frames in rows], [1.0] * len(rows))
             for (job, sentence, _), waveform in zip(rows, waveforms, strict=True):
                 job.ready[sentence] = waveform
 
     def _complete(self, call: _Call) -> AudioResult | Exception | None:
         """Emit what is ready of a vocoded call in order and start the job's next call; the job's result
         once it has no call left."""
-        job, runner = call.job, self.runner
-        runner._emit_in_order(job.work, job.ready, job.parts)
+        job, sample_rate = call.job, self.vocoder.config.sampling_rate
+        emit_in_order(job.work, job.ready, job.parts, self.settings.sentence_pause_ms, sample_rate)
         job.next_call += 1
         if job.next_call < len(job.calls):
             try:
@@ -311,8 +333,8 @@ class SpeechLoop:
                 return error
             return None
         del self.jobs[job.work]
-        result = AudioResult(np.concatenate(job.parts), runner.sample_rate, time.perf_counter() - job.started)
-        runner._observe("synthesis", result)
+        result = AudioResult(np.concatenate(job.parts), sample_rate, time.perf_counter() - job.started)
+        observe("synthesis", result)
         return result
 
     # -- the decoder step -----------------------------------------------------------------------
@@ -379,7 +401,7 @@ class SpeechLoop:
         state.frames[row_index, positions] = spectrum
         state.last_frame.copy_(spectrum[:, -self.mel_bins :])
         state.positions.add_(1)
-        stop = torch.sigmoid(postnet.prob_out(output)).sum(dim=-1) >= self.runner.settings.stop_threshold
+        stop = torch.sigmoid(postnet.prob_out(output)).sum(dim=-1) >= self.settings.stop_threshold
         return stop.tolist()
 
     def _attend(self, attn, hidden, keys, values, mask) -> torch.Tensor:

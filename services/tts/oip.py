@@ -1,5 +1,8 @@
-"""Speech over the Open Inference Protocol (v2): model "tts" (text to speech) and "tts-conversion" (speech to
-speech), the service's two operations with the REST routes' checks, batchers, budgets and encoders.
+"""OIP speaks tensors: speech's readers and renderers for them (and their tensors) are too many for service.py.
+
+Speech over the Open Inference Protocol (v2): model "tts" (text to speech) and "tts-conversion" (speech to
+speech), the service's two operations (bound in service.py) with the REST routes' checks, batchers, budgets and
+encoders.
 
 Inputs: "tts" takes "text" (BYTES [1], UTF-8); "tts-conversion" takes "audio" (BYTES [1], an encoded wav, flac,
 ogg or mp3 file; in a JSON request its base64 text, as the metadata's `content_type: base64` says). Both take
@@ -25,14 +28,14 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from services.kit.oip import InferRequest, OipModel, Outputs, Parameter, Tensor
-from services.kit.operations import Call, Operation, Upload
+from services.kit.oip import InferRequest, Outputs, Parameter, Tensor
+from services.kit.operations import Call, Upload
 
+from .answers import encoded, sentence_pieces
 from .encoding import EncodedAudio, StreamEncoder
 from .metrics import TIME_TO_FIRST_AUDIO
-from .rest import encoded, sentences
-from .runner import AudioResult, SpeechRunner
 from .schemas import EMBEDDING_JSON_ELEMENTS, ConversionPlan, SpeechPlan
+from .synthesis import AudioResult
 
 SPEECH_MODEL = "tts"
 CONVERSION_MODEL = "tts-conversion"
@@ -47,67 +50,51 @@ AUDIO_OUTPUTS = [
 ]
 COMMON_PARAMETERS = [Parameter("voice", str), Parameter("response_format", str), Parameter("seed", int)]
 
+SPEECH_INPUTS = [Tensor("text", "BYTES", (1,)), SPEAKER_EMBEDDING]
+SPEECH_OUTPUTS = [*AUDIO_OUTPUTS, Tensor("sentence_index", "INT32", (1,)), Tensor("sentence", "BYTES", (1,))]
+SPEECH_PARAMETERS = [*COMMON_PARAMETERS, Parameter("speed", float)]
 
-def oip_models(speech: Operation, conversion: Operation, runner: SpeechRunner) -> list[OipModel]:
-    async def speak(call: Call[SpeechPlan]) -> Outputs:
-        _report(call)
-        result, audio = await encoded(call, _requested_format(call))
-        TIME_TO_FIRST_AUDIO.labels("oip", "whole").observe(time.perf_counter() - call.received)
-        return _audio_outputs(result, audio)
 
-    async def speak_by_sentence(call: Call[SpeechPlan]) -> AsyncIterator[Outputs]:
-        _report(call)
-        fmt = _requested_format(call)
-        encoder = StreamEncoder(fmt, runner.sample_rate) if fmt else None
-        async for sentence, piece in sentences(call, encoder, "oip"):
-            outputs: Outputs = {
-                "audio": sentence.samples,
-                "sample_rate": np.array([runner.sample_rate], dtype=np.int32),
-                "sentence_index": np.array([sentence.index], dtype=np.int32),
-                "sentence": [sentence.text],
-            }
-            if encoder is not None:
-                outputs["audio_file"] = [piece]
-            yield outputs
+def oip_conversion_inputs(max_bytes: int) -> list[Tensor]:
+    # In JSON, base64 text of the file, no larger decoded than the REST upload this service takes.
+    return [Tensor("audio", "BYTES", (1,), json_base64=True, max_bytes=max_bytes), SPEAKER_EMBEDDING]
 
-    async def convert(call: Call[ConversionPlan]) -> Outputs:
-        return _audio_outputs(*await encoded(call, _requested_format(call)))
 
-    return [
-        speech.oip_model(
-            SPEECH_MODEL,
-            inputs=[Tensor("text", "BYTES", (1,)), SPEAKER_EMBEDDING],
-            outputs=[
-                *AUDIO_OUTPUTS,
-                Tensor("sentence_index", "INT32", (1,)),
-                Tensor("sentence", "BYTES", (1,)),
-            ],
-            # A whole answer has nothing to gain from the streaming plan (first sentence alone, then the rest).
-            to_fields=lambda request, streamed: {
-                **_fields(request),
-                "input": request.text_input("text")[0],
-                "stream": streamed,
-            },
-            parameters=[*COMMON_PARAMETERS, Parameter("speed", float)],
-            answer=speak,
-            stream=speak_by_sentence,
-        ),
-        conversion.oip_model(
-            CONVERSION_MODEL,
-            inputs=[
-                # In JSON, base64 text of the file, no larger decoded than the REST upload this service takes.
-                Tensor("audio", "BYTES", (1,), json_base64=True, max_bytes=runner.settings.max_body_bytes),
-                SPEAKER_EMBEDDING,
-            ],
-            outputs=AUDIO_OUTPUTS,
-            to_fields=lambda request, streamed: {
-                **_fields(request),
-                "file": Upload(data=request.bytes_input("audio")),
-            },
-            parameters=COMMON_PARAMETERS,
-            answer=convert,
-        ),
-    ]
+def oip_speech_fields(request: InferRequest, streamed: bool) -> dict:
+    # A whole answer has nothing to gain from the streaming plan (first sentence alone, then the rest).
+    return {**_fields(request), "input": request.text_input("text")[0], "stream": streamed}
+
+
+def oip_conversion_fields(request: InferRequest, streamed: bool) -> dict:
+    return {**_fields(request), "file": Upload(data=request.bytes_input("audio"))}
+
+
+async def oip_speech_answer(call: Call[SpeechPlan]) -> Outputs:
+    _report(call)
+    result, audio = await encoded(call, _requested_format(call))
+    TIME_TO_FIRST_AUDIO.labels("oip", "whole").observe(time.perf_counter() - call.received)
+    return _audio_outputs(result, audio)
+
+
+async def oip_speech_stream(call: Call[SpeechPlan], sample_rate: int) -> AsyncIterator[Outputs]:
+    """One response per sentence (`sample_rate`: the model's)."""
+    _report(call)
+    fmt = _requested_format(call)
+    encoder = StreamEncoder(fmt, sample_rate) if fmt else None
+    async for sentence, piece in sentence_pieces(call, encoder, "oip"):
+        outputs: Outputs = {
+            "audio": sentence.samples,
+            "sample_rate": np.array([sample_rate], dtype=np.int32),
+            "sentence_index": np.array([sentence.index], dtype=np.int32),
+            "sentence": [sentence.text],
+        }
+        if encoder is not None:
+            outputs["audio_file"] = [piece]
+        yield outputs
+
+
+async def oip_conversion_answer(call: Call[ConversionPlan]) -> Outputs:
+    return _audio_outputs(*await encoded(call, _requested_format(call)))
 
 
 def _fields(request: InferRequest) -> dict:
@@ -121,12 +108,12 @@ def _fields(request: InferRequest) -> dict:
 
 def _requested_format(call: Call) -> str | None:
     """Files only for requests that ask for a response_format; samples always."""
-    return call.job.fmt if "response_format" in call.origin.parameters else None
+    return call.plan.fmt if "response_format" in call.origin.parameters else None
 
 
 def _report(call: Call[SpeechPlan]) -> None:
     """The voice that spoke and what was not applied, as REST's x-modelserve-voice and -ignored headers say."""
-    plan, parameters = call.job, call.origin.response_parameters
+    plan, parameters = call.plan, call.origin.response_parameters
     if plan.voice:
         parameters["voice"] = plan.voice
     if plan.ignored:

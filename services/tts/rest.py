@@ -1,7 +1,6 @@
-"""REST answers: POST /v1/audio/speech (OpenAI's: a file, streamed audio or server-sent events) and
-POST /v1/audio/conversions; and the sentence stream that every transport's streamed speech renders."""
+"""REST renderers: POST /v1/audio/speech as OpenAI answers it (a file, streamed audio or server-sent events),
+POST /v1/audio/conversions (a file) and GET /v1/voices."""
 
-import asyncio
 import logging
 import math
 import time
@@ -12,18 +11,13 @@ from fastapi.responses import Response, StreamingResponse
 from services.kit.operations import Call
 from services.kit.streaming import rest_stream
 
-from .encoding import (
-    SSE_DELTA_BYTES,
-    SSE_MEDIA_TYPE,
-    EncodedAudio,
-    StreamEncoder,
-    encode,
-    sse_delta,
-    sse_done,
-)
+from .answers import encoded, sentence_pieces
+from .encoding import SSE_DELTA_BYTES, SSE_MEDIA_TYPE, EncodedAudio, StreamEncoder, sse_delta, sse_done
 from .metrics import TIME_TO_FIRST_AUDIO
-from .runner import AudioResult, SentenceAudio, SpeechRunner
+from .runner import SpeechRunner
 from .schemas import ConversionPlan, SpeechPlan
+from .synthesis import AudioResult, SentenceAudio
+from .voices import VoiceBank
 
 log = logging.getLogger(__name__)
 
@@ -31,25 +25,6 @@ log = logging.getLogger(__name__)
 IGNORED_HEADER = "x-modelserve-ignored"
 # The installed voice that spoke: what an alias such as `alloy` selected.
 VOICE_HEADER = "x-modelserve-voice"
-
-
-async def encoded(call: Call, fmt: str | None) -> tuple[AudioResult, EncodedAudio | None]:
-    """The runner's whole result, and its file in `fmt` (encoded off the event loop) unless `fmt` is None."""
-    result = await call.result()
-    audio = await asyncio.to_thread(encode, result.samples, result.sample_rate, fmt) if fmt else None
-    return result, audio
-
-
-async def sentences(
-    call: Call[SpeechPlan], encoder: StreamEncoder | None, protocol: str
-) -> AsyncIterator[tuple[SentenceAudio, bytes]]:
-    """Each sentence as the runner makes it, with its piece of the encoded stream (b"" without an encoder)."""
-    last = len(call.job.job.sentences) - 1
-    async for event in call.events():
-        if isinstance(event, SentenceAudio):
-            if event.index == 0:
-                TIME_TO_FIRST_AUDIO.labels(protocol, "stream").observe(time.perf_counter() - call.received)
-            yield event, encoder.piece(event.samples, last=event.index == last) if encoder else b""
 
 
 def audio_response(
@@ -70,14 +45,14 @@ def plan_headers(plan: SpeechPlan) -> dict[str, str]:
     return headers
 
 
-async def speech(call: Call[SpeechPlan], runner: SpeechRunner) -> Response:
-    plan = call.job
+async def rest_speech_answer(call: Call[SpeechPlan], runner: SpeechRunner) -> Response:
+    plan = call.plan
     if plan.ignored:
         log.debug("speech request: %s accepted but not applied", ", ".join(plan.ignored))
     if plan.job.stream:
         encoder = StreamEncoder(plan.fmt, runner.sample_rate)
         headers = {"X-Sample-Rate": str(encoder.sample_rate), **plan_headers(plan)}
-        parts = sentences(call, encoder, "rest")
+        parts = sentence_pieces(call, encoder, "rest")
         if plan.events:
             events = _sentence_events(parts, plan.input_tokens, runner.samples_per_frame)
             return await rest_stream(events, SSE_MEDIA_TYPE, headers)
@@ -91,8 +66,18 @@ async def speech(call: Call[SpeechPlan], runner: SpeechRunner) -> Response:
     return StreamingResponse(_file_events(audio.data, *usage), media_type=SSE_MEDIA_TYPE, headers=headers)
 
 
-async def conversion(call: Call[ConversionPlan]) -> Response:
-    return audio_response(*await encoded(call, call.job.fmt))
+async def rest_conversion_answer(call: Call[ConversionPlan]) -> Response:
+    return audio_response(*await encoded(call, call.plan.fmt))
+
+
+def render_voices(voices: VoiceBank) -> dict:
+    """GET /v1/voices: the installed voices, then each alias with the voice it selects (`alias_of`)."""
+    data = [{"id": name, "object": "voice", "default": name == voices.default} for name in voices.names()]
+    data += [
+        {"id": alias, "object": "voice", "default": False, "alias_of": voice}
+        for alias, voice in voices.aliases.items()
+    ]
+    return {"object": "list", "data": data}
 
 
 def _frames(samples: int, samples_per_frame: int) -> int:

@@ -2,12 +2,12 @@
 
 Batching: one `generate_speech` call synthesizes many sentences at once (padded token ids with an
 attention mask, one speaker embedding per row). The sentences of all requests in a batch are pooled,
-ordered (see `_row_order`) and cut into calls of at most `max_rows_per_call` rows.
+ordered (see `synthesis.row_order`) and cut into calls of at most `max_rows_per_call` rows.
 
 Randomness: SpeechT5's decoder pre-net applies dropout at inference on purpose, so outputs vary from run
 to run. Its dropout mask is drawn once per decoding step and shared by every row of a call, so a row's
 audio depends on which rows share its call. A request with a `seed` therefore makes its calls alone
-(`solo_calls`), inside a forked and seeded RNG, and they depend on nothing but the request: the same seed
+(`synthesis.solo_calls`), inside a forked and seeded RNG, and they depend on nothing but the request: the same seed
 gives the same bytes whatever else the server is doing. Seeded requests have a batch key of their own
 (`SEEDED_BATCH`) and always run whole-request, never in the continuous decode loop (continuous.py): the
 loop's batched matrix products round differently from a call's own, which would change the last bits of
@@ -25,12 +25,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import (
     SpeechT5FeatureExtractor,
     SpeechT5ForSpeechToSpeech,
@@ -43,72 +41,27 @@ from services.kit.batcher import Work
 from services.kit.errors import Cancelled
 from services.kit.torch_models import StopWhenCancelled, TorchRuntime, resolve_source
 
-from .metrics import AUDIO_SECONDS, REAL_TIME_FACTOR, ROWS_PER_CALL
+from .continuous import SpeechLoop
+from .metrics import ROWS_PER_CALL
 from .sentences import split_sentences
 from .settings import TTSSettings
+from .synthesis import (
+    AudioResult,
+    ConversionJob,
+    Sentence,
+    SpeechJob,
+    emit_in_order,
+    length_ratios,
+    max_frames,
+    observe,
+    row_order,
+    solo_calls,
+    speaker_rows,
+    vocode,
+)
 from .voices import VoiceBank
 
 log = logging.getLogger(__name__)
-
-SHARED_BATCH = "shared"  # batch key of unseeded speech requests and of unseeded conversions
-SEEDED_BATCH = "seeded"  # batch key of seeded speech requests: whole-request, each in calls of its own
-
-
-@dataclass(frozen=True)
-class Sentence:
-    text: str
-    token_ids: tuple[int, ...]
-
-
-@dataclass(eq=False)
-class SpeechJob:
-    sentences: tuple[Sentence, ...]
-    speaker: np.ndarray
-    speed: float = 1.0
-    seed: int | None = None
-    stream: bool = False
-
-    @property
-    def batch_key(self) -> Hashable:
-        return SHARED_BATCH if self.seed is None else SEEDED_BATCH  # see Randomness above
-
-    def rounds(self) -> list[list[int]]:
-        """Sentence indices per synthesis round."""
-        indices = list(range(len(self.sentences)))
-        if (self.stream or self.seed is not None) and len(indices) > 1:
-            return [indices[:1], indices[1:]]
-        return [indices]
-
-
-@dataclass(eq=False)  # compares by identity: a seeded job is a batch key no other job equals
-class ConversionJob:
-    samples: np.ndarray  # mono float32 at the feature extractor's rate
-    speaker: np.ndarray
-    seed: int | None = None
-
-    @property
-    def batch_key(self) -> Hashable:
-        return self if self.seed is not None else SHARED_BATCH
-
-
-@dataclass(frozen=True)
-class SentenceAudio:
-    """Emitted to streaming callers as each sentence is ready; includes the pause before it."""
-
-    index: int
-    text: str
-    samples: np.ndarray
-
-
-@dataclass(frozen=True)
-class AudioResult:
-    samples: np.ndarray  # mono float32
-    sample_rate: int
-    compute_seconds: float
-
-    @property
-    def duration(self) -> float:
-        return self.samples.size / self.sample_rate
 
 
 def model_name(model_id: str) -> str:
@@ -190,21 +143,17 @@ class SpeechRunner:
         """One generate call: a waveform (float32, `sample_rate`) per row of token ids."""
         s, device = self.settings, self.runtime.device
         inputs = self.tokenizer.pad([{"input_ids": list(ids)} for ids in token_ids], return_tensors="pt")
-        min_ratio, max_ratio = self._length_ratios(
-            self.tts, inputs["input_ids"].shape[1], s.min_len_ratio, s.max_len_ratio
-        )
-        spectrograms, lengths = self.tts.generate_speech(
+        return self._generate(
+            self.tts,
+            "synthesis",
             inputs["input_ids"].to(device),
-            self._speakers(speakers),
-            attention_mask=inputs["attention_mask"].to(device),
+            inputs["attention_mask"].to(device),
+            speakers,
+            row_lengths=[len(ids) for ids in token_ids],
             threshold=s.stop_threshold,
-            minlenratio=min_ratio,
-            maxlenratio=max_ratio,
-            return_output_lengths=True,
+            len_ratios=(s.min_len_ratio, s.max_len_ratio),
+            speeds=speeds,
         )
-        ROWS_PER_CALL.labels("synthesis").observe(len(token_ids))
-        limits = [self._max_frames(self.tts, len(ids), max_ratio) for ids in token_ids]
-        return self._vocode(self._trim(spectrograms, lengths, limits), speeds)
 
     @torch.inference_mode()
     def convert(self, waveforms: Sequence[np.ndarray], speakers: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -220,38 +169,46 @@ class SpeechRunner:
         encoder_lengths = self.vc.speecht5.encoder.prenet._get_feat_extract_output_lengths(
             features["attention_mask"].sum(-1)
         ).tolist()
-        min_ratio, max_ratio = self._length_ratios(
-            self.vc, max(encoder_lengths), s.vc_min_len_ratio, s.vc_max_len_ratio
-        )
-        spectrograms, lengths = self.vc.generate_speech(
+        return self._generate(
+            self.vc,
+            "conversion",
             features["input_values"].to(device, self.runtime.dtype),
-            self._speakers(speakers),
-            attention_mask=features["attention_mask"].to(device),
+            features["attention_mask"].to(device),
+            speakers,
+            row_lengths=encoder_lengths,
             threshold=s.vc_stop_threshold,
+            len_ratios=(s.vc_min_len_ratio, s.vc_max_len_ratio),
+            speeds=[1.0] * len(waveforms),
+        )
+
+    def _generate(
+        self,
+        model: SpeechT5ForTextToSpeech | SpeechT5ForSpeechToSpeech,
+        task: str,
+        inputs: torch.Tensor,
+        attention_mask: torch.Tensor,
+        speakers: Sequence[np.ndarray],
+        *,
+        row_lengths: Sequence[int],
+        threshold: float,
+        len_ratios: tuple[float, float],
+        speeds: Sequence[float],
+    ) -> list[np.ndarray]:
+        """One `generate_speech` call, each row no longer than it would be alone (`row_lengths`: its encoder
+        positions), vocoded at its speed."""
+        min_ratio, max_ratio = length_ratios(model, max(row_lengths), *len_ratios)
+        spectrograms, lengths = model.generate_speech(
+            inputs,
+            speaker_rows(speakers, self.runtime),
+            attention_mask=attention_mask,
+            threshold=threshold,
             minlenratio=min_ratio,
             maxlenratio=max_ratio,
             return_output_lengths=True,
         )
-        ROWS_PER_CALL.labels("conversion").observe(len(waveforms))
-        limits = [self._max_frames(self.vc, n, max_ratio) for n in encoder_lengths]
-        return self._vocode(self._trim(spectrograms, lengths, limits), [1.0] * len(waveforms))
-
-    def _speakers(self, speakers: Sequence[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.stack(speakers)).to(self.runtime.device, self.runtime.dtype)
-
-    @staticmethod
-    def _length_ratios(model, encoder_length: int, min_ratio: float, max_ratio: float) -> tuple[float, float]:
-        """The configured ratios, lowered where they would decode past the model's last speech position
-        (generate_speech does not check, and fails with a shape error there)."""
-        reduction = model.config.reduction_factor
-        max_ratio = min(max_ratio, (model.config.max_speech_positions - 1) * reduction / encoder_length)
-        return min(min_ratio, max_ratio), max_ratio
-
-    @staticmethod
-    def _max_frames(model, encoder_length: int, max_len_ratio: float) -> int:
-        """Frames `generate_speech` would allow this row alone (it decodes reduction_factor frames a step)."""
-        reduction = model.config.reduction_factor
-        return max(1, int(encoder_length * max_len_ratio / reduction)) * reduction
+        ROWS_PER_CALL.labels(task).observe(len(row_lengths))
+        limits = [max_frames(model, length, max_ratio) for length in row_lengths]
+        return vocode(self.vocoder, self._trim(spectrograms, lengths, limits), speeds)
 
     @staticmethod
     def _trim(
@@ -263,25 +220,6 @@ class SpeechRunner:
             spectrograms[row, : min(length, limit)]
             for row, (length, limit) in enumerate(zip(lengths, limits, strict=True))
         ]
-
-    def _vocode(self, spectrograms: list[torch.Tensor], speeds: Sequence[float]) -> list[np.ndarray]:
-        stretched = [
-            self._stretch(spectrogram, speed) for spectrogram, speed in zip(spectrograms, speeds, strict=True)
-        ]
-        batch = torch.nn.utils.rnn.pad_sequence(stretched, batch_first=True)
-        waveforms = self.vocoder(batch)
-        hop = waveforms.shape[1] // batch.shape[1]  # samples per spectrogram frame (256 for HiFi-GAN)
-        return [
-            waveforms[row, : frames.shape[0] * hop].float().cpu().numpy()
-            for row, frames in enumerate(stretched)
-        ]
-
-    @staticmethod
-    def _stretch(spectrogram: torch.Tensor, speed: float) -> torch.Tensor:
-        if speed == 1.0:
-            return spectrogram
-        frames = max(1, round(spectrogram.shape[0] / speed))
-        return F.interpolate(spectrogram.T[None], size=frames, mode="linear", align_corners=True)[0].T
 
     @contextlib.contextmanager
     def _random_state(self, seed: int | None):
@@ -310,15 +248,6 @@ class SpeechRunner:
                     results[w] = self._speak([work])[0]
         return results
 
-    def solo_calls(self, job: SpeechJob) -> list[list[int]]:
-        """Sentence indices per generate call, in order, when `_speak` runs the job alone."""
-        calls = []
-        step = self.settings.max_rows_per_call
-        for sentences in job.rounds():
-            ordered = sorted(sentences, key=lambda index: self._row_order(job, index))
-            calls.extend(ordered[start : start + step] for start in range(0, len(ordered), step))
-        return calls
-
     # -- continuous batching (the kit's StepDecoder) -----------------------------------------------
 
     @property
@@ -332,14 +261,12 @@ class SpeechRunner:
         step_decodable = isinstance(payload, SpeechJob) and payload.seed is None
         if not self.settings.continuous_batching or not step_decodable:
             return None
-        from .continuous import SpeechLoop  # continuous.py builds on this module
-
-        return SpeechLoop(self)
+        return SpeechLoop(self.tts, self.tokenizer, self.vocoder, self.runtime, self.settings)
 
     def rows(self, payload: SpeechJob | ConversionJob) -> int:
         """Sentences the job decodes at once: its largest call."""
         if isinstance(payload, SpeechJob):
-            return max(map(len, self.solo_calls(payload)))
+            return max(map(len, solo_calls(payload, self.settings.max_rows_per_call)))
         return 1
 
     def _speak(self, works: list[Work]) -> list[AudioResult | Exception]:
@@ -349,7 +276,7 @@ class SpeechRunner:
         ready: list[dict[int, np.ndarray]] = [{} for _ in works]  # sentence index -> waveform
         parts: list[list[np.ndarray]] = [[] for _ in works]  # emitted so far, pauses included
         finished_at = [started] * len(works)
-        step = self.settings.max_rows_per_call
+        step, pause_ms = self.settings.max_rows_per_call, self.settings.sentence_pause_ms
         for round_index in range(max(map(len, plans))):
             rows = [
                 (w, i)
@@ -357,7 +284,7 @@ class SpeechRunner:
                 if round_index < len(plan) and not works[w].cancelled
                 for i in plan[round_index]
             ]
-            rows.sort(key=lambda row: self._row_order(jobs[row[0]], row[1]))
+            rows.sort(key=lambda row: row_order(jobs[row[0]], row[1]))
             for start in range(0, len(rows), step):
                 call = [(w, i) for w, i in rows[start : start + step] if not works[w].cancelled]
                 if not call:
@@ -376,7 +303,7 @@ class SpeechRunner:
                 for (w, i), waveform in zip(call, waveforms, strict=True):
                     ready[w][i] = waveform
                 for w in dict.fromkeys(w for w, _ in call):
-                    self._emit_in_order(works[w], ready[w], parts[w])
+                    emit_in_order(works[w], ready[w], parts[w], pause_ms, self.sample_rate)
                     if len(parts[w]) == len(jobs[w].sentences):
                         finished_at[w] = time.perf_counter()
         results: list[AudioResult | Exception] = []
@@ -385,28 +312,9 @@ class SpeechRunner:
                 results.append(Cancelled("request cancelled before its audio was complete"))
                 continue
             result = AudioResult(np.concatenate(parts[w]), self.sample_rate, finished_at[w] - started)
-            self._observe("synthesis", result)
+            observe("synthesis", result)
             results.append(result)
         return results
-
-    @staticmethod
-    def _row_order(job: SpeechJob, index: int) -> tuple[int, int]:
-        """Streaming sentences first and in text order, so that every call extends what can be sent;
-        seeded ones in text order too (the same calls streamed or not); the rest by length (less padding)."""
-        if job.stream or job.seed is not None:
-            return (0, index)
-        return (1, len(job.sentences[index].token_ids))
-
-    def _emit_in_order(self, work: Work, ready: dict[int, np.ndarray], parts: list[np.ndarray]) -> None:
-        job: SpeechJob = work.payload
-        while len(parts) in ready:
-            index = len(parts)
-            samples = ready.pop(index)
-            if index > 0:
-                pause = np.zeros(round(self.settings.sentence_pause_ms / 1000 * self.sample_rate / job.speed))
-                samples = np.concatenate([pause.astype(np.float32), samples])
-            parts.append(samples)
-            work.emit(SentenceAudio(index, job.sentences[index].text, samples))
 
     def predict_conversion(self, works: list[Work]) -> list[AudioResult | Exception]:
         with self._random_state(works[0].payload.seed):
@@ -428,11 +336,5 @@ class SpeechRunner:
                     continue
                 for w, waveform in zip(call, waveforms, strict=True):
                     results[w] = AudioResult(waveform, self.sample_rate, time.perf_counter() - started)
-                    self._observe("conversion", results[w])
+                    observe("conversion", results[w])
             return results
-
-    @staticmethod
-    def _observe(task: str, result: AudioResult) -> None:
-        AUDIO_SECONDS.labels(task).inc(result.duration)
-        if result.duration > 0:
-            REAL_TIME_FACTOR.labels(task).observe(result.compute_seconds / result.duration)

@@ -1,6 +1,8 @@
-"""Request schemas shared by REST, gRPC and the Open Inference Protocol, and the checks that turn a request into a runner job."""
+"""Request schemas shared by REST, gRPC and the Open Inference Protocol, and the checks that turn a request into
+a plan: the runner's job, what the batcher reads of it (the kit's `Plan`) and what the answer needs."""
 
 import json
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,8 +14,9 @@ from services.kit.json_limits import json_shape_error
 from services.kit.operations import Upload
 
 from .encoding import STREAM_FORMATS
-from .runner import ConversionJob, SpeechJob, SpeechRunner, model_name
+from .runner import SpeechRunner, model_name
 from .settings import TTSSettings
+from .synthesis import ConversionJob, SpeechJob
 from .voices import check_embedding
 
 
@@ -65,14 +68,23 @@ class SpeechRequest(BaseModel):
 
 @dataclass(frozen=True)
 class SpeechPlan:
-    """What the routes need to answer a speech request."""
+    """A speech request prepared: the runner's job and its cost, and what the transports need to answer it."""
 
     job: SpeechJob
+    cost: float  # characters to speak
     fmt: str
     voice: str | None  # the installed voice that speaks; None when the request sent its own embedding
     events: bool  # server-sent events (stream_format sse) rather than raw audio bytes
     ignored: tuple[str, ...]  # accepted parameters that do not change the audio
     input_tokens: int  # what the model reads: the sentences' token ids
+
+    @property
+    def key(self) -> Hashable:
+        return self.job.batch_key
+
+    @property
+    def nbytes(self) -> int:
+        return 0  # a few sentences of text: nothing worth counting against the bytes held queued
 
 
 # An x-vector's numbers (512 for SpeechT5) with room to spare; the exact size is checked once parsed.
@@ -122,7 +134,7 @@ def output_format(requested: str | None, default: str) -> str:
     return fmt
 
 
-def build_speech_job(request: SpeechRequest, runner: SpeechRunner, settings: TTSSettings) -> SpeechPlan:
+def plan_speech(request: SpeechRequest, runner: SpeechRunner, settings: TTSSettings) -> SpeechPlan:
     """The job for the runner and how to answer it; every refusal names the field."""
     if request.model and request.model not in accepted_models(settings):
         raise InvalidArgument(
@@ -168,6 +180,7 @@ def build_speech_job(request: SpeechRequest, runner: SpeechRunner, settings: TTS
     job = SpeechJob(tuple(sentences), speaker, speed=request.speed, seed=request.seed, stream=stream)
     return SpeechPlan(
         job,
+        runner.cost(job),
         fmt,
         voice_name,
         events=request.stream_format == "sse",
@@ -178,11 +191,22 @@ def build_speech_job(request: SpeechRequest, runner: SpeechRunner, settings: TTS
 
 @dataclass(frozen=True)
 class ConversionPlan:
+    """A conversion request prepared: the runner's job (the decoded upload) and its cost in seconds of speech."""
+
     job: ConversionJob
+    cost: float
     fmt: str
 
+    @property
+    def key(self) -> Hashable:
+        return self.job.batch_key
 
-def build_conversion_job(
+    @property
+    def nbytes(self) -> int:
+        return self.job.samples.nbytes
+
+
+def plan_conversion(
     request: ConversionRequest, runner: SpeechRunner, settings: TTSSettings
 ) -> ConversionPlan:
     """Decodes the upload (blocking: call it off the event loop)."""
@@ -205,7 +229,8 @@ def build_conversion_job(
             f"({1000 * shortest / rate:g} ms) are needed",
             field="file",
         )
-    return ConversionPlan(ConversionJob(samples, speaker, seed=request.seed), fmt)
+    job = ConversionJob(samples, speaker, seed=request.seed)
+    return ConversionPlan(job, runner.cost(job), fmt)
 
 
 def shortest_convertible(config) -> int:

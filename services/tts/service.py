@@ -12,18 +12,18 @@ from services.kit.decoding import run_decoding
 from services.kit.operations import Call, Operation, Upload, message_fields
 from services.kit.service import GrpcServicer, Service
 
-from . import rest
+from . import oip, rest
+from .answers import encoded, sentence_pieces
 from .encoding import StreamEncoder
 from .metrics import TIME_TO_FIRST_AUDIO
-from .oip import oip_models
 from .runner import SpeechRunner, model_name
 from .schemas import (
     ConversionPlan,
     ConversionRequest,
     SpeechPlan,
     SpeechRequest,
-    build_conversion_job,
-    build_speech_job,
+    plan_conversion,
+    plan_speech,
 )
 from .settings import TTSSettings
 
@@ -43,10 +43,7 @@ def create_service(settings: TTSSettings | None = None) -> Service:
         SpeechRequest,
         None,
         service.batcher("speech", runner.predict_speech, decoder=runner.step_decoder),
-        prepare=lambda body: build_speech_job(body, runner, settings),
-        payload=lambda plan: plan.job,
-        key=lambda plan: plan.job.batch_key,
-        cost=lambda plan: runner.cost(plan.job),
+        prepare=lambda body: plan_speech(body, runner, settings),
     )
     conversion_batcher = service.batcher(
         "conversion",
@@ -61,37 +58,33 @@ def create_service(settings: TTSSettings | None = None) -> Service:
         None,
         conversion_batcher,
         # Decodes the upload: off the event loop.
-        prepare=lambda body: run_decoding(build_conversion_job, body, runner, settings),
-        payload=lambda plan: plan.job,
-        key=lambda plan: plan.job.batch_key,
-        cost=lambda plan: runner.cost(plan.job),
-        nbytes=lambda plan: plan.job.samples.nbytes,
+        prepare=lambda body: run_decoding(plan_conversion, body, runner, settings),
     )
 
+    # -- REST -----------------------------------------------------------------------------------
     service.router = APIRouter(tags=["tts"])
     speech.add_route(
         service.router,
         "/v1/audio/speech",
-        answer=lambda call: rest.speech(call, runner),
+        answer=lambda call: rest.rest_speech_answer(call, runner),
         response_class=Response,
     )
     conversion.add_route(
-        service.router, "/v1/audio/conversions", answer=rest.conversion, form=True, response_class=Response
+        service.router,
+        "/v1/audio/conversions",
+        answer=rest.rest_conversion_answer,
+        form=True,
+        response_class=Response,
     )
 
     @service.router.get("/v1/voices")
     async def list_voices() -> dict:
         """The installed voices, then each alias with the voice it selects (`alias_of`)."""
-        voices = runner.voices
-        data = [{"id": name, "object": "voice", "default": name == voices.default} for name in voices.names()]
-        data += [
-            {"id": alias, "object": "voice", "default": False, "alias_of": voice}
-            for alias, voice in voices.aliases.items()
-        ]
-        return {"object": "list", "data": data}
+        return rest.render_voices(runner.voices)
 
+    # -- gRPC -----------------------------------------------------------------------------------
     async def synthesize(call: Call[SpeechPlan]) -> pb.SynthesizeResponse:
-        result, audio = await rest.encoded(call, call.job.fmt)
+        result, audio = await encoded(call, call.plan.fmt)
         TIME_TO_FIRST_AUDIO.labels("grpc", "whole").observe(time.perf_counter() - call.received)
         return pb.SynthesizeResponse(
             audio=audio.data,
@@ -101,8 +94,8 @@ def create_service(settings: TTSSettings | None = None) -> Service:
         )
 
     async def synthesize_stream(call: Call[SpeechPlan]):
-        encoder = StreamEncoder(call.job.fmt, runner.sample_rate)
-        async for sentence, piece in rest.sentences(call, encoder, "grpc"):
+        encoder = StreamEncoder(call.plan.fmt, runner.sample_rate)
+        async for sentence, piece in sentence_pieces(call, encoder, "grpc"):
             yield pb.AudioChunk(
                 audio=piece,
                 sentence_index=sentence.index,
@@ -113,7 +106,7 @@ def create_service(settings: TTSSettings | None = None) -> Service:
             )
 
     async def convert(call: Call[ConversionPlan]) -> pb.ConvertResponse:
-        result, audio = await rest.encoded(call, call.job.fmt)
+        result, audio = await encoded(call, call.plan.fmt)
         return pb.ConvertResponse(
             audio=audio.data,
             media_type=audio.media_type,
@@ -151,5 +144,26 @@ def create_service(settings: TTSSettings | None = None) -> Service:
     servicer.ListVoices = list_grpc_voices
     service.grpc.append(GrpcServicer(pb_grpc.add_TextToSpeechServicer_to_server, servicer, SERVICE_NAME))
 
-    service.oip.extend(oip_models(speech, conversion, runner))
+    # -- Open Inference Protocol ----------------------------------------------------------------
+    service.oip.append(
+        speech.oip_model(
+            oip.SPEECH_MODEL,
+            inputs=oip.SPEECH_INPUTS,
+            outputs=oip.SPEECH_OUTPUTS,
+            to_fields=oip.oip_speech_fields,
+            parameters=oip.SPEECH_PARAMETERS,
+            answer=oip.oip_speech_answer,
+            stream=lambda call: oip.oip_speech_stream(call, runner.sample_rate),
+        )
+    )
+    service.oip.append(
+        conversion.oip_model(
+            oip.CONVERSION_MODEL,
+            inputs=oip.oip_conversion_inputs(settings.max_body_bytes),
+            outputs=oip.AUDIO_OUTPUTS,
+            to_fields=oip.oip_conversion_fields,
+            parameters=oip.COMMON_PARAMETERS,
+            answer=oip.oip_conversion_answer,
+        )
+    )
     return service

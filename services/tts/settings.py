@@ -6,6 +6,10 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services.kit.config import ServiceSettings
+from services.kit.quantize import Quantize
+
+# What TTS_QUANTIZE=auto does on a CPU (int8 acoustic model or not), measured by bench/bench_quantize.py.
+QUANTIZE_AUTO_INT8 = False
 
 
 class TTSSettings(ServiceSettings):
@@ -15,6 +19,11 @@ class TTSSettings(ServiceSettings):
     model: str = "microsoft/speecht5_tts"
     vocoder: str = "microsoft/speecht5_hifigan"
     vc_model: str = "microsoft/speecht5_vc"
+    quantize: Quantize = Field(
+        "auto",
+        description="the acoustic model's linear layers: int8 (dynamic, CPU only; ignored on GPU), none, or auto (int8 "
+        "on CPU where it measured faithful, see QUANTIZE_AUTO_INT8)",
+    )
     voices_dir: Path = Field(
         Path("voices"), description="named voices: <name>.npy, one 512-dim x-vector each"
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
@@ -26,8 +27,8 @@ from services.kit.errors import InvalidArgument
 
 from .errors import FailedPrecondition
 from .limits import RequestLimits, TensorBudget, check_image_headers
-from .runner import DEFAULT_SIGNATURE, PredictJob, Servable
 from .schemas import b64_decode, is_b64_object, json_type, show_json
+from .servables import DEFAULT_SIGNATURE, PredictJob, Servable
 
 INPUTS = "inputs"
 CLASSES = "classes"
@@ -222,8 +223,6 @@ def _shape(array: np.ndarray) -> str:
 def _dtype_name(array: np.ndarray) -> str:
     if array.dtype == object:
         return "DT_STRING"
-    import tensorflow as tf
-
     return types_pb2.DataType.Name(tf.as_dtype(array.dtype).as_datatype_enum)
 
 

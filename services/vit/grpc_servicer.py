@@ -1,6 +1,9 @@
-"""TF Serving's gRPC API with its own generated stubs (tensorflow-serving-api): PredictionService
-Predict, Classify, Regress and GetModelMetadata, ModelService GetModelStatus and HandleReloadConfigRequest.
-Same runner and batcher as REST."""
+"""TF Serving's gRPC API on its own generated stubs (tensorflow-serving-api), which no kit Operation can bind:
+ModelSpec routing, TensorProto inputs and tf.Example lists.
+
+PredictionService Predict, Classify, Regress and GetModelMetadata, ModelService GetModelStatus and
+HandleReloadConfigRequest; same runner and batcher as REST.
+"""
 
 import asyncio
 from concurrent.futures import Executor
@@ -25,6 +28,7 @@ from services.kit.auth import ApiKeys
 from services.kit.batcher import DynamicBatcher
 from services.kit.errors import InvalidArgument
 from services.kit.grpc_server import time_remaining
+from services.kit.service import GrpcServicer
 
 from . import schemas
 from .errors import FailedPrecondition, PermissionDenied, Unimplemented
@@ -45,15 +49,8 @@ from .limits import (
     proto_shape,
 )
 from .model_config import MODEL_CONFIG_LIST, check_reload, directory_of, model_entries, read_config_file
-from .runner import (
-    DEFAULT_SIGNATURE,
-    MAX_CONFIG_FILE_BYTES,
-    PredictJob,
-    Servable,
-    ViTRunner,
-    validate_declared,
-    validate_output_filter,
-)
+from .runner import MAX_CONFIG_FILE_BYTES, ViTRunner
+from .servables import DEFAULT_SIGNATURE, PredictJob, Servable, validate_declared, validate_output_filter
 
 PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
@@ -89,7 +86,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         # Everything a tensor would cost is read from its declaration before any tensor is built.
         validate_declared(
             signature,
-            {key: (proto_dtype(key, proto), proto_shape(key, proto)) for key, proto in request.inputs.items()},
+            {
+                key: (proto_dtype(key, proto), proto_shape(key, proto))
+                for key, proto in request.inputs.items()
+            },
         )
         budget = TensorBudget(self.limits)
         inputs = {}
@@ -118,9 +118,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
         loop = asyncio.get_running_loop()
         job = await loop.run_in_executor(self.decoder, self._prepare, request)
-        outputs = await self.batcher.submit(
-            job, key=job.batch_key, timeout=time_remaining(context), cost=job.cost, nbytes=job.nbytes
-        )
+        outputs = await job.run_in(self.batcher, timeout=time_remaining(context))
         return await loop.run_in_executor(self.decoder, self._response, job, outputs)
 
     async def GetModelMetadata(
@@ -147,9 +145,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def _infer(self, request, context, method: Method):
         loop = asyncio.get_running_loop()
         job = await loop.run_in_executor(self.decoder, self._prepare_examples, request, method)
-        outputs = await self.batcher.submit(
-            job, key=job.batch_key, timeout=time_remaining(context), cost=job.cost, nbytes=job.nbytes
-        )
+        outputs = await job.run_in(self.batcher, timeout=time_remaining(context))
         post_process = classification_result if method is Method.CLASSIFY else regression_result
         result = await loop.run_in_executor(self.decoder, post_process, outputs, job.rows)
         spec = schemas.model_spec(job.servable.name, job.servable.version, job.signature.name)
@@ -168,7 +164,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return regression_pb2.RegressionResponse(model_spec=spec, result=result)
 
     async def MultiInference(self, request, context):
-        raise Unimplemented("MultiInference is not supported by this server; use Classify, Regress or Predict")
+        raise Unimplemented(
+            "MultiInference is not supported by this server; use Classify, Regress or Predict"
+        )
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -208,7 +206,9 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     def _check_admin(self, context) -> None:
         if not self.runner.settings.allow_reload:
-            raise Unimplemented("HandleReloadConfigRequest is off on this server (VIT_ALLOW_RELOAD=true enables it)")
+            raise Unimplemented(
+                "HandleReloadConfigRequest is off on this server (VIT_ALLOW_RELOAD=true enables it)"
+            )
         if not self.api_keys.admin_required:
             return
         values = [value for key, value in context.invocation_metadata() or () if key == "authorization"]
@@ -226,3 +226,19 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             return Path(settings.model_base)
         startup = read_config_file(settings.model_config_file, MAX_CONFIG_FILE_BYTES)
         return directory_of(model_entries(startup, settings.max_models))
+
+
+def grpc_servicers(
+    runner: ViTRunner, batcher: DynamicBatcher, limits: RequestLimits, decoder: Executor
+) -> list[GrpcServicer]:
+    """TF Serving's two gRPC services, for the kit's server."""
+    return [
+        GrpcServicer(
+            prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
+            PredictionServicer(runner, batcher, limits, decoder),
+            PREDICTION_SERVICE,
+        ),
+        GrpcServicer(
+            model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(runner), MODEL_SERVICE
+        ),
+    ]

@@ -1,11 +1,11 @@
-"""The served TF Serving models over the Open Inference Protocol (v2), which the kit serves on the same ports.
+"""The served TF Serving models over the Open Inference Protocol (v2), one OIP model per model of the config in
+force: models come and go with a reload, which no kit Operation's single `oip_model` follows.
 
-One OIP model per model of the config in force (a reload adds and removes them), platform
-``tensorflow_savedmodel``: input ``image``, BYTES ``[-1]``, a batch of encoded images (raw bytes or base64
-text, as the signature's string input takes them); outputs are those of the version's ``serving_default``
-signature under the signature's own names (the ViT export's ``label`` and ``confidence``). A request runs
-exactly what ``:predict`` runs: the same servable lookup, budget, image-header checks and batcher, so both
-answer alike and share model calls.
+The kit serves them on the same ports, platform ``tensorflow_savedmodel``: input ``image``, BYTES ``[-1]``, a
+batch of encoded images (raw bytes or base64 text, as the signature's string input takes them); outputs are
+those of the version's ``serving_default`` signature under the signature's own names (the ViT export's
+``label`` and ``confidence``). A request runs exactly what ``:predict`` runs: the same servable lookup, budget,
+image-header checks and batcher, so both answer alike and share model calls.
 """
 
 from __future__ import annotations
@@ -22,14 +22,8 @@ from services.kit.errors import InvalidArgument, ServiceError
 from services.kit.oip import InferRequest, OipModel, Outputs, Tensor
 
 from .limits import RequestLimits, TensorBudget, check_string_inputs
-from .runner import (
-    DEFAULT_SIGNATURE,
-    PredictJob,
-    Signature,
-    ViTRunner,
-    validate_inputs,
-    validate_output_filter,
-)
+from .runner import ViTRunner
+from .servables import DEFAULT_SIGNATURE, PredictJob, Signature, validate_inputs, validate_output_filter
 
 IMAGE = "image"
 PLATFORM = "tensorflow_savedmodel"
@@ -131,14 +125,7 @@ def oip_models(
 
         async def infer(request: InferRequest) -> Outputs:
             job = await asyncio.get_running_loop().run_in_executor(decoder, prepare, request)
-            return await batcher.submit(
-                job,
-                key=job.batch_key,
-                timeout=request.timeout,
-                disconnected=request.disconnected,
-                cost=job.cost,
-                nbytes=job.nbytes,
-            )
+            return await job.run_in(batcher, timeout=request.timeout, disconnected=request.disconnected)
 
         def versions() -> list[str]:
             return [str(version) for version in runner.available_versions().get(name, [])]

@@ -1,6 +1,7 @@
-"""TF Serving's REST API: model status, metadata, predict, classify and regress under
-/v1/models/<name>[/versions/<n> | /labels/<label>].
+"""TF Serving's REST API, which no kit Operation can declare: model/version/label paths, bodies read by TF Serving's
+JSON rules, answers in its shapes.
 
+Model status, metadata, predict, classify and regress under /v1/models/<name>[/versions/<n> | /labels/<label>].
 Paths and messages follow TF Serving's handler: a model name or label may not contain ':' or '/', a version
 is digits, and anything else under /v1/models is a "Malformed request" (400).
 """
@@ -28,7 +29,8 @@ from .examples import (
     regression_result,
 )
 from .limits import RequestLimits, TensorBudget, check_string_inputs
-from .runner import DEFAULT_SIGNATURE, PredictJob, ViTRunner, validate_inputs
+from .runner import ViTRunner
+from .servables import DEFAULT_SIGNATURE, PredictJob, validate_inputs
 
 _MODEL_NAME = re.compile(r"[^/:]+")
 _VERSION = re.compile(r"\d+")
@@ -76,7 +78,7 @@ def _add_routes(router: APIRouter, method: str, suffix: str, handler) -> None:
     router.add_api_route(f"/v1/models/{{model}}/labels/{{label}}{suffix}", labelled, methods=[method])
 
 
-def create_router(
+def rest_router(
     runner: ViTRunner, batcher: DynamicBatcher, limits: RequestLimits, decoder: Executor
 ) -> APIRouter:
     """`decoder` parses bodies and builds tensors: megabytes of JSON would stall the event loop, and the
@@ -116,9 +118,7 @@ def create_router(
     async def predict(request: Request, target: Target) -> Response:
         loop = asyncio.get_running_loop()
         job, fmt = await loop.run_in_executor(decoder, prepare, await request.body(), target)
-        outputs = await batcher.submit(
-            job, key=job.batch_key, disconnected=request.is_disconnected, cost=job.cost, nbytes=job.nbytes
-        )
+        outputs = await job.run_in(batcher, disconnected=request.is_disconnected)
         return await loop.run_in_executor(decoder, respond, outputs, fmt)
 
     def prepare_examples(body: bytes, target: Target, method: Method) -> PredictJob:
@@ -138,9 +138,7 @@ def create_router(
             loop = asyncio.get_running_loop()
             body = await request.body()
             job = await loop.run_in_executor(decoder, prepare_examples, body, target, method)
-            outputs = await batcher.submit(
-                job, key=job.batch_key, disconnected=request.is_disconnected, cost=job.cost, nbytes=job.nbytes
-            )
+            outputs = await job.run_in(batcher, disconnected=request.is_disconnected)
             return await loop.run_in_executor(decoder, respond_examples, outputs, job.rows, method)
 
         return handler

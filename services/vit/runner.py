@@ -14,12 +14,10 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from prometheus_client import Counter, Gauge
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -27,6 +25,7 @@ from services.kit.batcher import Work
 from services.kit.errors import Cancelled, InvalidArgument, NotFound, ServiceError
 
 from .errors import FailedPrecondition, Unknown
+from .examples import INPUTS, input_examples
 from .model_config import (
     ModelEntry,
     check_reload,
@@ -35,12 +34,11 @@ from .model_config import (
     single_model_config,
     version_dirs,
 )
+from .servables import DEFAULT_SIGNATURE, PredictJob, Servable, VersionState, servable_not_found
 from .settings import ViTSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"
-SERVE_TAG = "serve"
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 
 MODEL_CALLS = Counter(
@@ -79,191 +77,26 @@ def configure_tensorflow(settings: ViTSettings) -> None:
         log.warning("TensorFlow was already initialised in this process: device/thread settings not applied")
 
 
-def tf_error(exc: tf.errors.OpError) -> ServiceError:
-    """A TensorFlow runtime error as the client should read it (without the graph-internal noise)."""
-    kept, in_trace = [], False
-    # Eager calls wrap the kernel's message in "Graph execution error:", "Detected at node ...", a
-    # Python trace and a "[[{{node ...}}]] [Op:...]" suffix; TF Serving clients get the kernel message.
-    for line in exc.message.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped == "Graph execution error:" or stripped.startswith("[[{{node"):
+def replay_warmup(servable: Servable) -> int:
+    """Replay assets.extra/tf_serving_warmup_requests as TF Serving's --enable_model_warmup does."""
+    records = servable.path / WARMUP_FILE
+    if not records.exists():
+        return 0
+    count = 0
+    for record in tf.data.TFRecordDataset(str(records)).as_numpy_iterator():
+        entry = prediction_log_pb2.PredictionLog.FromString(record)
+        kind = entry.WhichOneof("log_type")
+        if kind == "predict_log":
+            request = entry.predict_log.request
+            inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
+        elif kind in ("classify_log", "regress_log"):
+            request = getattr(entry, kind).request
+            inputs = {INPUTS: np.array(input_examples(request.input, limits=None), dtype=object)}
+        else:
             continue
-        if stripped.startswith("Detected at node"):
-            in_trace = True
-            continue
-        if in_trace and (line.startswith("  ") or stripped == "<stack traces unavailable>"):
-            continue
-        in_trace = False
-        kept.append(stripped)
-    message = " ".join(kept) or exc.message
-    if isinstance(exc, tf.errors.InvalidArgumentError | tf.errors.OutOfRangeError):
-        return InvalidArgument(message)
-    return ServiceError(message)
-
-
-def servable_not_found(name: str, version: int | None) -> NotFound:
-    request = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-    return NotFound(f"Servable not found for request: {request}")
-
-
-@dataclass(frozen=True)
-class Signature:
-    name: str
-    function: Any  # the SavedModel's ConcreteFunction
-    inputs: dict[str, tf.TensorSpec]
-    outputs: dict[str, tf.TensorSpec]
-
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            outputs = self.function(**{key: tf.constant(value) for key, value in inputs.items()})
-        except tf.errors.OpError as exc:
-            raise tf_error(exc) from None
-        return {key: value.numpy() for key, value in outputs.items()}
-
-
-class Servable:
-    """One loaded version: its callable signatures and the SignatureDefs TF Serving reports as metadata."""
-
-    def __init__(self, name: str, version: int, path: Path):
-        self.name = name
-        self.version = version
-        self.path = path
-        self._loaded = tf.saved_model.load(str(path), tags=[SERVE_TAG])
-        self.signatures = {
-            key: Signature(key, fn, dict(fn.structured_input_signature[1]), dict(fn.structured_outputs))
-            for key, fn in self._loaded.signatures.items()
-        }
-        saved_model = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
-        meta_graph = next(
-            (m for m in saved_model.meta_graphs if SERVE_TAG in m.meta_info_def.tags),
-            saved_model.meta_graphs[0],
-        )
-        self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(meta_graph.signature_def)
-
-    def warmup(self) -> int:
-        """Replay assets.extra/tf_serving_warmup_requests as TF Serving's --enable_model_warmup does."""
-        records = self.path / WARMUP_FILE
-        if not records.exists():
-            return 0
-        from .examples import INPUTS, input_examples  # examples builds on this module
-
-        count = 0
-        for record in tf.data.TFRecordDataset(str(records)).as_numpy_iterator():
-            entry = prediction_log_pb2.PredictionLog.FromString(record)
-            kind = entry.WhichOneof("log_type")
-            if kind == "predict_log":
-                request = entry.predict_log.request
-                inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
-            elif kind in ("classify_log", "regress_log"):
-                request = getattr(entry, kind).request
-                inputs = {INPUTS: np.array(input_examples(request.input, limits=None), dtype=object)}
-            else:
-                continue
-            self.signatures[request.model_spec.signature_name or DEFAULT_SIGNATURE].run(inputs)
-            count += 1
-        return count
-
-
-@dataclass(frozen=True, eq=False)
-class PredictJob:
-    """One Predict request, validated against its signature."""
-
-    servable: Servable
-    signature: Signature
-    inputs: dict[str, np.ndarray]
-    output_filter: tuple[str, ...] = ()
-
-    @property
-    def rows(self) -> int | None:
-        """The shared leading (batch) dimension, or None when the inputs have none to merge along."""
-        sizes = {value.shape[0] if value.ndim else None for value in self.inputs.values()}
-        size = sizes.pop() if len(sizes) == 1 else None
-        return size or None
-
-    @property
-    def cost(self) -> int:
-        """What the batcher budgets a request in: its rows (each becomes a full-size image in the graph)."""
-        return self.rows or 1
-
-    @property
-    def nbytes(self) -> int:
-        return sum(
-            sum(len(item) for item in value.ravel()) if value.dtype == object else value.nbytes
-            for value in self.inputs.values()
-        )
-
-    @property
-    def batch_key(self) -> tuple:
-        """Requests merge only when every input agrees in dtype and in all dimensions but the first."""
-        shapes = tuple(sorted((key, value.dtype.str, value.shape[1:]) for key, value in self.inputs.items()))
-        alone = () if self.rows else (id(self),)
-        return (self.servable.name, self.servable.version, self.signature.name, shapes, *alone)
-
-    def select(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = self.output_filter or sorted(outputs)
-        return {name: outputs[name] for name in names}
-
-
-def validate_inputs(signature: Signature, inputs: dict[str, np.ndarray]) -> None:
-    """The checks TF Serving makes before running a signature (its messages where it has them)."""
-    validate_declared(
-        signature,
-        {
-            key: (tf.as_dtype(value.dtype) if value.dtype != object else tf.string, list(value.shape))
-            for key, value in inputs.items()
-        },
-    )
-
-
-def validate_declared(signature: Signature, inputs: dict[str, tuple[tf.DType, list[int]]]) -> None:
-    """validate_inputs on what the request declares (dtype, shape), before any tensor exists."""
-    expected, sent = set(signature.inputs), set(inputs)
-    if len(sent) != len(expected):
-        raise InvalidArgument(
-            f"input size does not match signature: {len(sent)}!={len(expected)} "
-            f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
-            f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
-            f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
-        )
-    for index, (key, (dtype, shape)) in enumerate(sorted(inputs.items())):
-        spec = signature.inputs.get(key)
-        if spec is None:
-            raise InvalidArgument(
-                f"input tensor alias not found in signature: {key}. "
-                f"Inputs expected to be in the set {{{','.join(sorted(expected))}}}."
-            )
-        if dtype != spec.dtype:
-            raise InvalidArgument(
-                f"Expects arg[{index}] to be {spec.dtype.name} but {dtype.name} is provided"
-            )
-        if not spec.shape.is_compatible_with(shape):
-            raise InvalidArgument(
-                f"input {key}: shape {shape} is not compatible with the signature's "
-                f"{spec.shape.as_list() if spec.shape.rank is not None else 'shape'} (None = any size)"
-            )
-
-
-def validate_output_filter(signature: Signature, output_filter: list[str]) -> tuple[str, ...]:
-    seen: set[str] = set()
-    for alias in output_filter:
-        if alias not in signature.outputs:
-            raise InvalidArgument(
-                f"output tensor alias not found in signature: {alias} "
-                f"Outputs expected to be in the set {{{','.join(sorted(signature.outputs))}}}."
-            )
-        if alias in seen:
-            raise InvalidArgument(f"duplicate output tensor alias: {alias}")
-        seen.add(alias)
-    return tuple(output_filter)
-
-
-@dataclass(frozen=True)
-class VersionState:
-    """A version as GetModelStatus reports it: AVAILABLE, or END (unloaded, or failed with `error`)."""
-
-    version: int
-    available: bool
-    error: str = ""
+        servable.signatures[request.model_spec.signature_name or DEFAULT_SIGNATURE].run(inputs)
+        count += 1
+    return count
 
 
 @dataclass(frozen=True)
@@ -273,7 +106,8 @@ class ModelVersions:
 
     entry: ModelEntry
     servables: dict[int, Servable] = field(default_factory=dict)
-    failed: dict[int, tuple[float, str]] = field(default_factory=dict)  # version -> (saved_model.pb mtime, error)
+    # version -> (saved_model.pb mtime, error)
+    failed: dict[int, tuple[float, str]] = field(default_factory=dict)
     ended: dict[int, str] = field(default_factory=dict)  # version -> its load error, "" when simply unloaded
 
 
@@ -319,20 +153,30 @@ class ViTRunner:
             )
         entries = model_entries(config, self.settings.max_models)
         for entry in entries:
-            if entry.name == self.settings.model_name and self.settings.checkpoint and not version_dirs(entry.base_path):
+            if (
+                entry.name == self.settings.model_name
+                and self.settings.checkpoint
+                and not version_dirs(entry.base_path)
+            ):
                 self._export_checkpoint(entry.base_path)
         # TF Serving fails to start when a model never becomes available; so does this server.
         self.reload(config, warmup=False, startup=True)
         if self.settings.poll_interval_s > 0:
             self._start(self._poll_versions, "vit-version-poll")
-        if self.settings.model_config_file is not None and self.settings.model_config_file_poll_wait_seconds > 0:
+        if (
+            self.settings.model_config_file is not None
+            and self.settings.model_config_file_poll_wait_seconds > 0
+        ):
             self._start(self._poll_config_file, "vit-config-poll")
 
     def warmup(self) -> None:
         for model in self._registry.models.values():
             for servable in model.servables.values():
                 log.info(
-                    "%s version %d: replayed %d warm-up requests", servable.name, servable.version, servable.warmup()
+                    "%s version %d: replayed %d warm-up requests",
+                    servable.name,
+                    servable.version,
+                    replay_warmup(servable),
                 )
 
     def close(self) -> None:
@@ -346,7 +190,8 @@ class ViTRunner:
         self._threads.append(thread)
 
     def _export_checkpoint(self, base_path: Path) -> None:
-        from .export import export_saved_model  # keras-hub is needed only here, not to serve
+        # keras-hub is needed only here: the server image ships without the exporter and its dependencies.
+        from .export import export_saved_model
 
         log.info("%s has no version yet: exporting %s", base_path, self.settings.checkpoint)
         export_saved_model(self.settings.checkpoint, base_path.parent, base_path.name)
@@ -354,7 +199,10 @@ class ViTRunner:
     # -- config and versions --------------------------------------------------------------------
 
     def reload(
-        self, config: model_server_config_pb2.ModelServerConfig, warmup: bool | None = None, startup: bool = False
+        self,
+        config: model_server_config_pb2.ModelServerConfig,
+        warmup: bool | None = None,
+        startup: bool = False,
     ) -> None:
         """ServerCore::ReloadConfig: load new models and versions, unload removed ones, move labels.
 
@@ -433,7 +281,7 @@ class ViTRunner:
             try:
                 servable = Servable(entry.name, version, path)
                 if warmup:
-                    servable.warmup()
+                    replay_warmup(servable)
             except Exception as exc:  # a broken version is reported in the status, others keep serving
                 log.exception("%s version %d failed to load", entry.name, version)
                 failed[version] = (mtime, f"{type(exc).__name__}: {exc}")

@@ -22,7 +22,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from services.kit.errors import InvalidArgument, ServiceError
 
 from .limits import RequestLimits, TensorBudget, check_json_structure
-from .runner import Servable, VersionState
+from .servables import Servable, VersionState
 
 B64_KEY = "b64"
 # Output tensors whose alias ends with this hold binary strings and are sent as {"b64": ...}.
@@ -170,7 +170,9 @@ def _dense_shape(value: Any) -> list[int]:
     return shape
 
 
-def _fill(value: Any, level: int, shape: list[int], dtype: tf.DType, out: list, name: str, budget: TensorBudget) -> None:
+def _fill(
+    value: Any, level: int, shape: list[int], dtype: tf.DType, out: list, name: str, budget: TensorBudget
+) -> None:
     if not isinstance(value, list):
         if level != len(shape):
             raise InvalidArgument(

@@ -1,4 +1,4 @@
-"""Assembles the TF Serving-compatible server for the kit: runner, batcher, routes, servicers.
+"""The TF Serving-compatible server for the kit: runner, batcher, TF Serving's REST and gRPC APIs, and OIP.
 
 Named server.py, not service.py: the platform imports services/<name>/service.py into its own process,
 while this one runs TensorFlow in a process of its own (`python -m services.vit`).
@@ -6,15 +6,13 @@ while this one runs TensorFlow in a process of its own (`python -m services.vit`
 
 from concurrent.futures import ThreadPoolExecutor
 
-from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
-
-from services.kit.service import GrpcServicer, Service
+from services.kit.service import Service
 
 from . import schemas
-from .grpc_servicer import MODEL_SERVICE, PREDICTION_SERVICE, ModelServicer, PredictionServicer
+from .grpc_servicer import grpc_servicers
 from .limits import RequestLimits
 from .oip import oip_models
-from .rest import MONITORING_PATH, create_router
+from .rest import MONITORING_PATH, rest_router
 from .runner import ViTRunner
 from .settings import ViTSettings
 
@@ -34,17 +32,8 @@ def create_service(settings: ViTSettings | None = None) -> Service:
     limits = RequestLimits.from_settings(settings)
     # Request parsing and tensor conversion for REST and gRPC: neither the event loop nor the model thread.
     decoder = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="vit-decode")
-    service.router = create_router(runner, batcher, limits, decoder)
-    service.grpc += [
-        GrpcServicer(
-            prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
-            PredictionServicer(runner, batcher, limits, decoder),
-            PREDICTION_SERVICE,
-        ),
-        GrpcServicer(
-            model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(runner), MODEL_SERVICE
-        ),
-    ]
+    service.router = rest_router(runner, batcher, limits, decoder)
+    service.grpc += grpc_servicers(runner, batcher, limits, decoder)
     service.models = lambda: [
         {"id": name, "versions": versions, "protocol": "tensorflow-serving"}
         for name, versions in sorted(runner.available_versions().items())

@@ -10,7 +10,7 @@ import pytest
 
 from protos import asr_pb2 as pb
 from protos import asr_pb2_grpc as pb_grpc
-from services.asr.runner import ASRJob, DecodeOptions
+from services.asr.domain import ASRJob, DecodeOptions
 from services.asr.service import create_service
 from services.asr.settings import ASRSettings
 from services.kit.errors import Cancelled

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from services.asr.runner import ASRJob, ASRRunner, DecodeOptions
+from services.asr.continuous import ContinuousDecoding
+from services.asr.domain import ASRJob, DecodeOptions
+from services.asr.runner import ASRRunner
 from services.kit.testing import standalone_work
 
 REAL = Path(__file__).resolve().parents[2] / "models" / "real"
@@ -54,7 +56,7 @@ def same_transcript(got, expected) -> None:
 def run_staggered(runner, works, join_after: dict[int, list], leave_after: dict[int, list] | None = None):
     """Open a loop for works[0]'s key, join works[0], then join (or leave) more works after the given step
     counts; step until everything joined has finished. Returns {id(work): result} and the number of steps."""
-    loop = runner.open_loop(works[0].payload.batch_key, works[0].payload)
+    loop = ContinuousDecoding(runner).open_loop(works[0].payload.batch_key, works[0].payload)
     assert loop is not None
     loop.join([works[0]])
     joined, results, steps = {id(works[0])}, {}, 0
@@ -120,7 +122,7 @@ def test_leave_mid_decode_frees_the_slot_and_the_others_finish_unchanged(runner,
     ]
     works = [standalone_work(job, job.batch_key, event_loop_for_works) for job in jobs]
     alone = {id(work): runner.predict_batch([work])[0] for work in works}
-    loop = runner.open_loop(jobs[0].batch_key, jobs[0])
+    loop = ContinuousDecoding(runner).open_loop(jobs[0].batch_key, jobs[0])
     loop.join(works[:3])
     for _ in range(4):
         assert loop.step() == []
@@ -145,7 +147,7 @@ def test_a_sequence_that_ends_at_its_prompt_pass_leaves_at_the_next_step(make_as
         jobs = [ASRJob(audio(2.0, seed=61)), ASRJob(audio(3.0, seed=62))]
         works = [standalone_work(job, job.batch_key, loop_works) for job in jobs]
         alone = [runner.predict_batch([work])[0] for work in works]
-        loop = runner.open_loop(jobs[0].batch_key, jobs[0])
+        loop = ContinuousDecoding(runner).open_loop(jobs[0].batch_key, jobs[0])
         loop.join(works)
         results = dict((id(work), result) for work, result in loop.step())
         assert loop.running == []
@@ -161,7 +163,7 @@ def test_a_join_that_fails_joins_none_of_its_works(runner, audio, event_loop_for
     good = standalone_work(ASRJob(audio(2.0, seed=71)), None, event_loop_for_works)
     # A language code the model does not know (the API refuses it before it is queued): generate() raises.
     bad = standalone_work(ASRJob(audio(2.0, seed=72), language="xx"), None, event_loop_for_works)
-    loop = runner.open_loop(good.payload.batch_key, good.payload)
+    loop = ContinuousDecoding(runner).open_loop(good.payload.batch_key, good.payload)
     with pytest.raises(ValueError, match="xx"):
         loop.join([good, bad])
     assert loop.running == []
@@ -178,7 +180,7 @@ def test_streamed_partials_add_up_to_the_text(runner, audio, event_loop_for_work
     work = standalone_work(job, job.batch_key, event_loop_for_works)
     events = []
     work.emit = events.append
-    loop = runner.open_loop(job.batch_key, job)
+    loop = ContinuousDecoding(runner).open_loop(job.batch_key, job)
     loop.join([work])
     results = []
     while not results:
@@ -188,7 +190,7 @@ def test_streamed_partials_add_up_to_the_text(runner, audio, event_loop_for_work
 
 def test_what_is_not_step_decoded(make_asr_settings, runner, audio):
     short = ASRJob(audio(2.0, seed=41))
-    assert runner.open_loop(short.batch_key, short) is not None
+    assert ContinuousDecoding(runner).open_loop(short.batch_key, short) is not None
     whole = [
         ASRJob(audio(31.0, seed=42)),  # long-form: seeks through 30 s windows
         ASRJob(audio(2.0, seed=43), DecodeOptions(temperature=0.4)),  # sampling
@@ -196,8 +198,8 @@ def test_what_is_not_step_decoded(make_asr_settings, runner, audio):
         ASRJob(audio(2.0, seed=45), chunking=("vad",)),
     ]
     for job in whole:
-        assert runner.open_loop(job.batch_key, job) is None
-    assert runner.rows(short) == 1
+        assert ContinuousDecoding(runner).open_loop(job.batch_key, job) is None
+    assert ContinuousDecoding(runner).rows(short) == 1
     fallback = ASRRunner(make_asr_settings(assistant_model="", fallback_temperatures=(0.2, 0.4)))
     assert not fallback.step_decodable(short)  # a failed window would be re-decoded by sampling
     off = ASRRunner(make_asr_settings(assistant_model="", continuous_batching=False))

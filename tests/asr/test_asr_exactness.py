@@ -15,8 +15,9 @@ from transformers import (
     WhisperProcessor,
 )
 
+from services.asr.domain import ASRJob, DecodeOptions
 from services.asr.drafting import DraftLoop
-from services.asr.runner import ASRJob, ASRRunner, DecodeOptions
+from services.asr.runner import ASRRunner
 from services.kit.errors import Cancelled, InvalidArgument
 
 # (seconds, language or None to detect, options): short and long-form, several languages, both tasks,

@@ -30,7 +30,8 @@ from openai.types.audio_response_format import AudioResponseFormat
 
 from protos import asr_pb2 as pb
 from protos import asr_pb2_grpc as pb_grpc
-from services.asr.runner import ASRJob, ASRRunner, DecodeOptions
+from services.asr.domain import ASRJob, DecodeOptions
+from services.asr.runner import ASRRunner
 from services.asr.schemas import OPENAI_DIARIZING_MODELS, OPENAI_MODEL_ALIASES
 from services.asr.service import create_service
 from services.kit.audio import decode_audio

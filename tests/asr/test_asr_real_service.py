@@ -4,7 +4,6 @@ assisted decoding give the same text on every clip, and a clip over a minute lon
 decoding whole."""
 
 import io
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from protos import asr_pb2 as pb
 from protos import asr_pb2_grpc as pb_grpc
 from services.asr.service import create_service
 from services.asr.settings import ASRSettings
-from services.kit.testing import ServerThread
+from services.kit.testing import ServerThread, word_alignment, words
 
 REAL = Path(__file__).resolve().parents[2] / "models" / "real"
 REFS = REAL / "speech" / "refs.tsv"
@@ -33,37 +32,9 @@ pytestmark = [
 ]
 
 
-def words(text: str) -> list[str]:
-    """Lower-cased words without punctuation (no number normalisation: "forty" vs "40" counts as an error)."""
-    return re.sub(r"[^\w\s']", " ", text.lower().replace("-", " ")).split()
-
-
-def alignment(reference: str, hypothesis: str) -> tuple[int, int, int]:
-    """(substituted, deleted, inserted) words of the cheapest word alignment (Levenshtein)."""
-    ref, hyp = words(reference), words(hypothesis)
-    # cost[i][j]: (edits, substitutions, deletions, insertions) aligning ref[:i] with hyp[:j]
-    cost = [[(j, 0, 0, j) for j in range(len(hyp) + 1)]]
-    for i, r in enumerate(ref, 1):
-        row = [(i, 0, i, 0)]
-        for j, h in enumerate(hyp, 1):
-            diagonal, up, left = cost[i - 1][j - 1], cost[i - 1][j], row[j - 1]
-            row.append(
-                min(
-                    (diagonal[0] + (r != h), diagonal[1] + (r != h), diagonal[2], diagonal[3]),
-                    (up[0] + 1, up[1], up[2] + 1, up[3]),
-                    (left[0] + 1, left[1], left[2], left[3] + 1),
-                )
-            )
-        cost.append(row)
-    return cost[-1][-1][1:]
-
-
-def word_errors(reference: str, hypothesis: str) -> int:
-    return sum(alignment(reference, hypothesis))
-
-
 def wer(references: list[str], hypotheses: list[str]) -> float:
-    errors = sum(word_errors(r, h) for r, h in zip(references, hypotheses, strict=True))
+    """The word error rate of a whole set: every clip's word errors over every reference word."""
+    errors = sum(sum(word_alignment(r, h)) for r, h in zip(references, hypotheses, strict=True))
     return errors / sum(len(words(r)) for r in references)
 
 
@@ -217,7 +188,7 @@ def test_a_clip_over_a_minute_goes_through_long_form_decoding_whole(client):
     print(f"\nlong-form: {result.duration:.1f} s, {len(result.segments)} segments, WER {error_rate:.1%}")
     assert error_rate < 0.2
     # Misheard words aside, every word is there: nothing dropped at the 30 s window boundaries or the end.
-    _substituted, deleted, _inserted = alignment(reference, result.text)
+    _substituted, deleted, _inserted = word_alignment(reference, result.text)
     assert deleted <= 0.03 * len(words(reference)), f"{deleted} words missing: {result.text!r}"
 
 

@@ -12,7 +12,7 @@ import tritonclient.grpc as triton_grpc
 
 from protos import asr_pb2 as pb
 from protos import asr_pb2_grpc as pb_grpc
-from services.asr.runner import Partial
+from services.asr.domain import Partial
 from services.asr.service import create_service
 from services.kit.batcher import Work
 from services.kit.testing import ServerThread

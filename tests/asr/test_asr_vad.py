@@ -4,7 +4,6 @@ original timeline: empty for silence, close to the references for real speech wi
 
 import importlib.util
 import math
-import re
 import subprocess
 import sys
 import textwrap
@@ -23,10 +22,12 @@ from services.asr.chunking import (
     plan_chunks,
     transcribe_chunked,
 )
-from services.asr.runner import ASRJob, ASRRunner, DecodeOptions
+from services.asr.domain import ASRJob, DecodeOptions
+from services.asr.runner import ASRRunner
 from services.asr.settings import ASRSettings
 from services.asr.vad import SileroVad, SpeechSegment, VadOptions, model_path, segments_from_probabilities
 from services.kit.errors import InvalidArgument
+from services.kit.testing import word_error_rate
 
 RATE = 16000
 REPO = Path(__file__).resolve().parents[2]
@@ -89,21 +90,6 @@ def with_pauses(
         position += audio.size
     parts.append(np.zeros(int(pause_s[0] * RATE), dtype=np.float32))
     return np.concatenate(parts), truth
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower().replace("-", " ")).split()
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    ref, hyp = words(reference), words(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j - 1] + (r != h), previous[j] + 1, current[j - 1] + 1))
-        previous = current
-    return previous[-1] / max(1, len(ref))
 
 
 # -- the detector ---------------------------------------------------------------------------------------------
@@ -419,12 +405,12 @@ def test_real_whisper_silence_gives_empty_text(base_runner):
 
 def test_chunking_is_refused_clearly_where_onnxruntime_is_not_installed(monkeypatch):
     from services.asr import vad
-    from services.asr.schemas import TranscriptionRequest, check_request
+    from services.asr.schemas import Transcription, check_request
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a))
     assert vad.missing() == "onnxruntime is not installed"
     with pytest.raises(InvalidArgument) as refused:
-        check_request(TranscriptionRequest(chunking_strategy="auto"), "transcribe", None, None)
+        check_request(Transcription(chunking_strategy="auto"), None, None)
     assert refused.value.field == "chunking_strategy" and "onnxruntime" in refused.value.message

@@ -4,7 +4,6 @@ A separate process, so that each attack's peak memory can be read from /proc for
 """
 
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.kit.testing import free_port
+from services.kit.launch import free_port, read_env_file
 
 REPO = Path(__file__).resolve().parents[2]
 # Requests that reach a model stay small: the attacks are on parsing and validation, not on compute.
@@ -28,15 +27,6 @@ COMPUTE_BOUNDS = {
     "IMAGEGEN_MAX_IMAGES": "1",
     "ASR_MAX_AUDIO_SECONDS": "5",
 }
-
-
-def tiny_env() -> dict[str, str]:
-    env = {}
-    for line in (REPO / "env" / "tiny.env").read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = shlex.split(line)[0].partition("=")
-            env[key] = value
-    return env
 
 
 def process_tree(pid: int) -> list[int]:
@@ -84,7 +74,7 @@ class Platform:
 def platform(models_dir) -> Platform:
     ports = {name: free_port() for name in ("PLATFORM_REST_PORT", "PLATFORM_GRPC_PORT", "VIT_REST_PORT", "VIT_GRPC_PORT")}
     env = {key: value for key, value in os.environ.items() if not key.startswith("MODELSERVE_API_KEY")}
-    env.update(tiny_env())
+    env.update(read_env_file(REPO / "env" / "tiny.env"))
     env.update(COMPUTE_BOUNDS)
     env.update({key: str(port) for key, port in ports.items()})
     env.update(PLATFORM_HOST="127.0.0.1", VIT_HOST="127.0.0.1", PLATFORM_LOG_LEVEL="warning", VIT_LOG_LEVEL="warning")

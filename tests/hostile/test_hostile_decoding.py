@@ -26,7 +26,6 @@ from PIL import Image
 
 from protos import imagegen_pb2 as pb
 from protos import imagegen_pb2_grpc as pb_grpc
-from services.imagegen import rest as imagegen_rest
 from services.imagegen import schemas as imagegen_schemas
 from services.imagegen.service import create_service
 from services.imagegen.settings import ImageGenSettings
@@ -236,8 +235,8 @@ def imagegen(models_dir):
 
 def test_parameters_are_refused_before_any_image_is_decoded(imagegen, monkeypatch):
     decoded = []
-    monkeypatch.setattr(imagegen_rest, "decode_image", lambda *args, **kwargs: decoded.append(args))
-    monkeypatch.setattr(imagegen_rest, "reference_sheet", lambda *args, **kwargs: decoded.append(args))
+    monkeypatch.setattr(imagegen_schemas, "decode_image", lambda *args, **kwargs: decoded.append(args))
+    monkeypatch.setattr(imagegen_schemas, "reference_sheet", lambda *args, **kwargs: decoded.append(args))
     for path in ("/v1/images/edits", "/v1/images/variations"):
         response = edit_multipart(imagegen, HOSTILE_JPEG, path, steps="1000")
         assert response.status_code == 400, response.text
@@ -277,14 +276,14 @@ def test_decoding_has_threads_of_its_own_and_a_bounded_queue(imagegen, monkeypat
     pool = decoding.DecodePool(threads=2, max_waiting=HELD_DECODES - 2)
     monkeypatch.setattr(decoding, "decode_pool", lambda: pool)
     release, started = threading.Event(), []
-    real_decode = imagegen_rest.decode_image
+    real_decode = imagegen_schemas.decode_image
 
     def held_decode(*args, **kwargs):
         started.append(threading.get_ident())
         release.wait(WAIT_S)
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(imagegen_rest, "decode_image", held_decode)
+    monkeypatch.setattr(imagegen_schemas, "decode_image", held_decode)
     source = progressive_jpeg(64)
     with ThreadPoolExecutor(HELD_DECODES) as senders:
         try:

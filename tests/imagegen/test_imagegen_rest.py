@@ -252,7 +252,10 @@ def test_bad_edits_get_errors_naming_the_field(server, files, data, status, fiel
 
 def test_edits_take_multipart_or_json(server):
     response = httpx.post(
-        server.rest_url + "/v1/images/edits", content=b"prompt=x", headers={"content-type": "text/plain"}, timeout=30
+        server.rest_url + "/v1/images/edits",
+        content=b"prompt=x",
+        headers={"content-type": "text/plain"},
+        timeout=30,
     )
     assert response.status_code == 415
     response = httpx.post(server.rest_url + "/v1/images/edits", json={"prompt": "x"}, timeout=30)
@@ -343,3 +346,51 @@ def test_models_lists_tasks_and_schedulers(server):
     assert entry["tasks"] == ["text-to-image", "image-to-image", "inpaint"]
     assert {"ddim", "pndm", "euler", "euler_ancestral", "lms", "dpm++_2m"} <= set(entry["schedulers"])
     assert entry["safety_checker"] is False
+
+
+def test_form_parts_the_edits_route_does_not_read_are_refused_by_name(server):
+    source = ("a.png", png(SOURCE), "image/png")
+    markup = httpx.post(
+        server.rest_url + "/v1/images/edits",
+        files={"image": source, "markup": ("m.png", png(SOURCE), "image/png")},
+        data={"prompt": "x"},
+        timeout=30,
+    )
+    assert markup.status_code == 400, markup.text
+    error = markup.json()["error"]
+    assert error["param"] == "markup" and "send a mask" in error["message"]
+    # A field sent twice is refused, not read as whichever came last.
+    twice = httpx.post(
+        server.rest_url + "/v1/images/edits",
+        files=[("image", source)],
+        data={"prompt": ["a cat", "a dog"]},
+        timeout=30,
+    )
+    assert twice.status_code == 400, twice.text
+    assert twice.json()["error"]["param"] == "prompt" and "more than once" in twice.json()["error"]["message"]
+
+
+def test_a_variation_redraws_one_image_however_it_is_spelled(server):
+    uploads = [("image[]", ("a.png", png(SOURCE), "image/png"))]
+    one = httpx.post(
+        server.rest_url + "/v1/images/variations", files=uploads, data={"size": "64x64"}, timeout=60
+    )
+    assert one.status_code == 200, one.text
+    two = httpx.post(server.rest_url + "/v1/images/variations", files=uploads * 2, timeout=30)
+    assert two.status_code == 400, two.text
+    assert two.json()["error"]["message"] == "image: this endpoint takes one image, got 2"
+
+
+def test_openapi_documents_openais_three_routes_as_before(server):
+    document = httpx.get(server.rest_url + "/openapi.json", timeout=30).json()
+    generations = document["paths"]["/v1/images/generations"]["post"]
+    assert generations["operationId"] == "generations_v1_images_generations_post"
+    body = generations["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/ImageGenerationRequest"}
+    for route in ("edits", "variations"):
+        operation = document["paths"][f"/v1/images/{route}"]["post"]
+        assert operation["operationId"] == f"{route}_v1_images_{route}_post"
+        assert operation["description"].startswith("multipart/form-data: `image`")
+        assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ImagesResponse"
+        }

@@ -10,10 +10,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # tools.deploy, when pytest runs from elsewhere
 
+from services.registry import entries  # noqa: E402
 from tools.deploy import manifests  # noqa: E402
 
-TORCH_SERVICES = ("translation", "asr", "tts", "imagegen")
-ALL_SERVICES = (*TORCH_SERVICES, "vit")
+# Every declared service (services/<name>/registry.py): the manifests must deploy each of them.
+ALL_SERVICES = tuple(entries())
+TORCH_SERVICES = tuple(name for name, entry in entries().items() if entry.torch)
 
 
 # KServe custom resources: test_kserve.py validates them against KServe's own API types.

@@ -22,7 +22,7 @@ from services.kit.batcher import Done  # noqa: E402
 from services.kit.config import ServiceSettings  # noqa: E402
 from services.kit.errors import InvalidArgument  # noqa: E402
 from services.kit.oip import Tensor  # noqa: E402
-from services.kit.operations import Call, Operation, Upload  # noqa: E402
+from services.kit.operations import Call, JobPlan, Operation, Upload  # noqa: E402
 from services.kit.service import GrpcServicer, Service  # noqa: E402
 from services.kit.streaming import SSE_MEDIA_TYPE, rest_stream, sse_event  # noqa: E402
 
@@ -116,19 +116,19 @@ def create_service(settings: EchoSettings | None = None) -> Service:
         EchoRequest,
         EchoResponse,
         batcher,
-        prepare=lambda body: body,
-        respond=lambda result, body: EchoResponse(**result),
+        prepare=JobPlan,
+        respond=lambda result, plan: EchoResponse(**result),
     )
     echo_file = Operation(
         "echo_file",
         EchoFileRequest,
         EchoResponse,
         batcher,
-        prepare=lambda body: EchoRequest(text=body.file.data.decode(errors="replace"), delay=body.delay),
-        respond=lambda result, body: EchoResponse(**result),
+        prepare=lambda body: JobPlan(EchoRequest(text=body.file.data.decode(errors="replace"), delay=body.delay)),
+        respond=lambda result, plan: EchoResponse(**result),
     )
     # The same request answered part by part: each event the runner emits, then the echo.
-    echo_in_parts = Operation("echo_in_parts", EchoRequest, None, batcher, prepare=lambda body: body)
+    echo_in_parts = Operation("echo_in_parts", EchoRequest, None, batcher, prepare=JobPlan)
 
     async def parts(call: Call) -> AsyncIterator[tuple[str, dict]]:
         async for event in call.events():

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image, ImageChops
 
 from loadtests import hpa, report
-from loadtests.platform import read_env_file
 from loadtests.run import parse_duration, resolve_targets
 from loadtests.scenario import PROTOCOLS, SERVICES, split_users, user_class
+from services.kit.launch import read_env_file
 
 NAMESPACE = "modelserve"
 HPA_PATH = f"/apis/autoscaling/v2/namespaces/{NAMESPACE}/horizontalpodautoscalers"

@@ -1,6 +1,5 @@
 """One tiny-model TTS server for the whole tts test session (REST + gRPC on loopback)."""
 
-
 import pytest
 
 from services.kit.testing import ServerThread
@@ -35,7 +34,7 @@ def patch_synthesize(runner, monkeypatch):
         original_prepare = SpeechLoop._prepare_call
 
         def prepare_call(loop, job):
-            hook([job.job.sentences[i].token_ids for i in job.calls[job.next_call]])
+            hook([job.speech.sentences[i].token_ids for i in job.calls[job.next_call]])
             return original_prepare(loop, job)
 
         monkeypatch.setattr(runner, "synthesize", synthesize)

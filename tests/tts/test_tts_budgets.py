@@ -14,10 +14,10 @@ from protos import tts_pb2 as pb
 from protos import tts_pb2_grpc as pb_grpc
 from services.kit.errors import Cancelled
 from services.kit.testing import ServerThread
-from services.tts.runner import ConversionJob
-from services.tts.schemas import SpeechRequest, build_speech_job
+from services.tts.schemas import SpeechRequest, plan_speech
 from services.tts.service import create_service
 from services.tts.settings import TTSSettings
+from services.tts.synthesis import ConversionJob
 
 CHARACTERS = 200  # the test server's speech budget
 SECONDS = 2.0  # and its conversion budget
@@ -106,7 +106,7 @@ def test_conversion_over_its_budget_is_refused_before_conversion(server, stub, s
 
 
 def test_costs_and_the_default_budgets(runner):
-    job = build_speech_job(SpeechRequest(input="Hello there. Good night!"), runner, runner.settings).job
+    job = plan_speech(SpeechRequest(input="Hello there. Good night!"), runner, runner.settings).job
     assert runner.cost(job) == len("Hello there.") + len("Good night!")
     samples = np.zeros(24000, dtype=np.float32)
     assert runner.cost(ConversionJob(samples, job.speaker)) == pytest.approx(1.5)
@@ -119,7 +119,7 @@ def test_costs_and_the_default_budgets(runner):
 
 
 def speech_job(runner, text=SENTENCE, **options):
-    return build_speech_job(SpeechRequest(input=text, **options), runner, runner.settings).job
+    return plan_speech(SpeechRequest(input=text, **options), runner, runner.settings).job
 
 
 @pytest.mark.parametrize("cause", ["client gone", "deadline"])

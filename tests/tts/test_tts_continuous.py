@@ -12,14 +12,8 @@ import pytest
 import torch
 
 from services.kit.testing import standalone_work
-from services.tts.runner import (
-    SEEDED_BATCH,
-    SHARED_BATCH,
-    AudioResult,
-    ConversionJob,
-    SpeechJob,
-    SpeechRunner,
-)
+from services.tts.runner import SpeechRunner
+from services.tts.synthesis import SEEDED_BATCH, SHARED_BATCH, AudioResult, ConversionJob, SpeechJob
 
 
 @pytest.fixture(scope="module")
@@ -246,9 +240,9 @@ def test_requests_finishing_together_share_the_vocoder_and_keep_their_solo_audio
     jobs.append(speech(runner, "The same words, slower.", speed=0.8))
     works = [standalone_work(job) for job in jobs]
     vocoder_rows = []
-    vocode = runner._vocode
+    forward = runner.vocoder.forward
     monkeypatch.setattr(
-        runner, "_vocode", lambda frames, speeds: vocoder_rows.append(len(frames)) or vocode(frames, speeds)
+        runner.vocoder, "forward", lambda frames: vocoder_rows.append(frames.shape[0]) or forward(frames)
     )
     loop = runner.open_loop(SHARED_BATCH, jobs[0])
     results: dict = {}

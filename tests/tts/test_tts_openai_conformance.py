@@ -162,7 +162,7 @@ def test_the_voice_object_form_and_an_unknown_voice(client):
 
 
 def test_production_voices_cover_every_openai_name(tmp_path):
-    """The deployment's voices (CMU ARCTIC speakers, docker/fetch_models.py) with the ConfigMap's mapping, and
+    """The deployment's voices (CMU ARCTIC speakers, clients/models_fetch.py) with the ConfigMap's mapping, and
     the same voices with no mapping at all: every OpenAI name selects an installed voice either way."""
     kustomization = yaml.safe_load((REPO / "k8s/base/tts/kustomization.yaml").read_text())
     literals = dict(item.split("=", 1) for item in kustomization["configMapGenerator"][0]["literals"])

@@ -3,6 +3,7 @@ checked without a Docker engine (tests/k8s/test_image_build.py builds and runs i
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -41,7 +42,7 @@ def test_make_builds_the_image_and_tag_the_kserve_runtime_deploys():
     kustomization = yaml.safe_load((KSERVE / "kustomization.yaml").read_text())
     tag = next(i["newTag"] for i in kustomization["images"] if i["name"] == "modelserve/vit-server")
     assert built == f"modelserve/vit-server:{tag}"
-    runtime = next(yaml.safe_load_all((KSERVE / "vit.yaml").read_text()))
+    runtime = next(yaml.safe_load_all((KSERVE / "vit/vit.yaml").read_text()))
     assert runtime["spec"]["containers"][0]["image"] == "modelserve/vit-server"
     assert "-f docker/vit-server.Dockerfile" in make_recipe("images", "IMAGE_BASE=base:1")
 
@@ -57,3 +58,22 @@ def test_the_model_is_baked_in_where_the_runtime_settings_look_for_it():
     assert f"COPY ${{SAVED_MODEL_DIR}}/ {settings['VIT_MODEL_BASE']}/{settings['VIT_MODEL_NAME']}/" in text
     assert f"VIT_MODEL_BASE={settings['VIT_MODEL_BASE']}" in text
     assert f"VIT_MODEL_NAME={settings['VIT_MODEL_NAME']}" in text
+
+
+def test_the_server_starts_without_the_exporter_the_image_removes(tmp_path):
+    """The image deletes services/vit/export.py and has no keras-hub: the server must build without them."""
+    assert re.search(r"^RUN rm /app/services/vit/export\.py", DOCKERFILE.read_text(), re.M)
+    script = (
+        "import sys\n"
+        "sys.modules['services.vit.export'] = None  # as if deleted: importing it raises ImportError\n"
+        "sys.modules['keras_hub'] = None\n"
+        "from services.vit.server import create_service\n"
+        "from services.vit.settings import ViTSettings\n"
+        f"service = create_service(ViTSettings(model_base={str(tmp_path)!r}))\n"
+        "print(service.name, len(service.grpc), len(service.oip))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["vit", "2", "1"]

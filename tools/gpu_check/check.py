@@ -2,15 +2,16 @@
 
 import argparse
 import os
-import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from services.kit.launch import REPO, read_env_file
+
 from .probes import PROBES, REAL_WORKLOAD, REQUEST_TIMEOUT_S, TINY_WORKLOAD
 from .report import Report, ServiceReport
-from .servers import PREFIXES, REPO, ServiceProcess, start_all
+from .servers import PREFIXES, ServiceProcess, start_all
 
 SERVICES = tuple(PROBES)
 # Random weights never predict SpeechT5's "stop" nor Whisper's end-of-text: fixed length ratios and a token cap
@@ -32,22 +33,13 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_P
            "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error"}
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines with shell quoting and comments, as `set -a; . file` exports them."""
-    variables = {}
-    for line in path.read_text().splitlines():
-        for word in shlex.split(line, comments=True):
-            key, sep, value = word.partition("=")
-            if sep and key.isidentifier():
-                variables[key] = value
-    return variables
-
-
 def build(sizes_name: str, models_dir: Path, device: str, dtype: str) -> dict[str, str]:
     # torch and the model libraries load only here: a tiny-size check needs neither in this process.
     import torch
 
-    from .models import REAL, SMALL, build_models
+    from tools.tiny_models.sizes import REAL, SMALL
+
+    from .models import build_models
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {device}: torch {torch.__version__} sees no CUDA device")

@@ -1,4 +1,4 @@
-"""Random-weight checkpoints at the sizes the services run in production, from configs written here.
+"""Random-weight checkpoints at the sizes the services run in production (tools/tiny_models/sizes.py: REAL).
 
 Nothing is downloaded: the tokenizers are the tiny models' hand-written ones (tools/tiny_models), padded with
 filler pieces to the real vocabulary sizes so that embedding and output-projection shapes are real and every
@@ -15,7 +15,6 @@ import string
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,6 +59,7 @@ from tools.tiny_models.common import (
     write_json,
     write_merges,
 )
+from tools.tiny_models.sizes import Sizes
 
 # Scale of the residual outputs of the main Whisper decoder's middle layers and of the filler pieces' output
 # rows. A trained distil-whisper student (initialised from the teacher's first and last decoder layers) agrees
@@ -67,123 +67,6 @@ from tools.tiny_models.common import (
 # assisted decoding would then draft nothing the main model accepts. Compute is unchanged: only values shrink.
 ASSISTANT_AGREEMENT = 0.003
 FILLER_LOGIT_SCALE = 0.25
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """Model configurations; REAL holds the production checkpoints' sizes."""
-
-    name: str
-    whisper: dict
-    whisper_vocab: int
-    assistant_decoder_layers: int
-    fsmt: dict
-    fsmt_vocab: int
-    speecht5: dict
-    hifigan: dict
-    unet: dict
-    vae: dict
-    clip_text: dict
-    translation_pairs: tuple[tuple[str, str], ...] = (("en", "de"),)
-
-
-REAL = Sizes(
-    name="real",
-    # openai/whisper-large-v2, and the 2-layer decoder of distil-whisper/distil-large-v2 (which reads the main
-    # encoder's outputs: its encoder is the teacher's).
-    whisper=dict(
-        d_model=1280,
-        encoder_layers=32,
-        decoder_layers=32,
-        encoder_attention_heads=20,
-        decoder_attention_heads=20,
-        encoder_ffn_dim=5120,
-        decoder_ffn_dim=5120,
-        num_mel_bins=80,
-        max_source_positions=1500,
-        max_target_positions=448,
-    ),
-    whisper_vocab=51865,
-    assistant_decoder_layers=2,
-    # facebook/wmt19-en-de ("transformer big").
-    fsmt=dict(
-        d_model=1024,
-        encoder_layers=6,
-        decoder_layers=6,
-        encoder_attention_heads=16,
-        decoder_attention_heads=16,
-        encoder_ffn_dim=8192,
-        decoder_ffn_dim=8192,
-        max_position_embeddings=1024,
-        scale_embedding=True,
-        tie_word_embeddings=False,
-        activation_function="relu",
-    ),
-    fsmt_vocab=42024,
-    # microsoft/speecht5_tts, speecht5_vc and speecht5_hifigan are the library's default configurations.
-    speecht5={},
-    hifigan={},
-    # stable-diffusion-v1-5/stable-diffusion-v1-5: UNet, VAE and the CLIP ViT-L/14 text encoder.
-    unet=dict(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    ),
-    vae=dict(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=512,
-    ),
-    clip_text=dict(
-        vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        projection_dim=768,
-    ),
-)
-
-# The same builders at a fraction of the width and depth (real vocabularies), for tests on a CPU.
-SMALL = Sizes(
-    name="small",
-    whisper={**REAL.whisper, **dict(d_model=64, encoder_layers=2, decoder_layers=4, encoder_attention_heads=2,
-                                     decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128)},
-    whisper_vocab=REAL.whisper_vocab,
-    assistant_decoder_layers=2,
-    fsmt={**REAL.fsmt, **dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-                               decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)},
-    fsmt_vocab=REAL.fsmt_vocab,
-    speecht5=dict(hidden_size=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-                  decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, conv_dim=(32,) * 7,
-                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, speech_decoder_prenet_units=32,
-                  speech_decoder_postnet_layers=2, speech_decoder_postnet_units=32),
-    hifigan=dict(upsample_initial_channel=32),
-    unet=dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
-              norm_num_groups=32),
-    vae=dict(in_channels=3, out_channels=3, block_out_channels=(32, 32, 64, 64),
-             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-             layers_per_block=1, latent_channels=4, norm_num_groups=32, sample_size=64),
-    clip_text={**REAL.clip_text, **dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, projection_dim=32)},
-)
 
 
 def filler_pieces(count: int, taken: set[str], prefix: str = "", suffix: str = "") -> list[str]:

@@ -2,19 +2,15 @@
 loopback ports, with its output in a log file."""
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from services.kit.launch import Launched, free_port, with_repo_on_path
+from services.registry import entries
 
-from services.kit.testing import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-PREFIXES = {"translation": "TRANSLATION_", "asr": "ASR_", "tts": "TTS_", "imagegen": "IMAGEGEN_"}
+PREFIXES = {entry.name: entry.env_prefix for entry in entries().values() if entry.torch}
 # The check talks to servers it starts itself; keys configured for a real deployment would only lock it out.
 AUTH_VARIABLES = ("MODELSERVE_API_KEYS", "MODELSERVE_API_KEYS_FILE")
 
@@ -26,9 +22,7 @@ class ServiceProcess:
     log_path: Path
     rest_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
-    ready_s: float | None = None
-    _started: float = 0.0
+    launched: Launched | None = None
 
     @property
     def prefix(self) -> str:
@@ -51,53 +45,31 @@ class ServiceProcess:
             f"{p}REST_PORT": str(self.rest_port),
             f"{p}GRPC_PORT": str(self.grpc_port),
             f"{p}LOG_FORMAT": "text",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            "PYTHONPATH": with_repo_on_path(os.environ),
         })
         env.setdefault(f"{p}LOG_LEVEL", "warning")
         return env
 
+    @property
+    def ready_s(self) -> float | None:
+        """Seconds from start to ready; None until then."""
+        return self.launched.ready_s if self.launched else None
+
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{self.name}"],
-                cwd=REPO,
-                env=self.environment(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self._started = time.monotonic()
+        command = [sys.executable, "-m", f"services.{self.name}"]
+        ready = [f"{self.rest_url}/readyz"]
+        self.launched = Launched(command, env=self.environment(), ready=ready, log_path=self.log_path).start()
 
     def check_ready(self) -> bool:
         """True once /readyz answers 200 (models loaded and warmed up); raises if the process died."""
-        if self.ready_s is not None:
-            return True
-        if self.process.poll() is not None:
-            raise RuntimeError(f"exited with code {self.process.returncode} before it was ready: {self.log_tail()}")
-        try:
-            ready = httpx.get(f"{self.rest_url}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            ready = False
-        if ready:
-            self.ready_s = time.monotonic() - self._started
-        return ready
+        return self.launched.is_ready()
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return self.launched.log_tail(lines) if self.launched else ""
 
     def stop(self, grace_s: float = 30.0) -> int | None:
         """SIGTERM (the kit drains in-flight requests), then SIGKILL after `grace_s`; the exit code."""
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return self.launched.stop(grace_s) if self.launched else None
 
 
 def start_all(servers: list[ServiceProcess], timeout_s: float) -> dict[str, str]:

@@ -12,20 +12,12 @@ import shutil
 import time
 from pathlib import Path
 
-# The directories services read, per capability (relative to --out). Kept here, not in the builder modules,
-# so that checking what is already built does not import torch.
-LAYOUT = {
-    "translation": (
-        "translation/wmt19-en-de",
-        "translation/wmt19-de-en",
-        "translation/wmt19-en-ru",
-        "translation/wmt19-ru-en",
-    ),
-    "asr": ("asr/whisper", "asr/whisper-assistant"),
-    "tts": ("tts/speecht5_tts", "tts/speecht5_vc", "tts/speecht5_hifigan", "tts/voices"),
-    "imagegen": ("imagegen/stable-diffusion",),
-    "vit": ("vit/hf-vit",),
-}
+from services.registry import entries
+
+# The directories services read, per capability (relative to --out), and the module that builds them: from
+# each service's registry entry, so that checking what is already built does not import torch.
+SERVICES = {entry.name: entry for entry in entries().values() if entry.tiny_models}
+LAYOUT = {name: entry.tiny_models for name, entry in SERVICES.items()}
 MARKER = ".complete"
 
 
@@ -42,7 +34,7 @@ def build_all(out_dir: Path, only: tuple[str, ...] = tuple(LAYOUT), force: bool 
         for d in model_dirs:  # also clears what an interrupted run left behind
             shutil.rmtree(d, ignore_errors=True)
         start = time.perf_counter()
-        built = importlib.import_module(f"{__name__}.{capability}").build(out_dir)
+        built = importlib.import_module(SERVICES[capability].tiny_builder_module).build(out_dir)
         elapsed = time.perf_counter() - start
         for d in built:
             (d / MARKER).touch()

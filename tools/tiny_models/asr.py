@@ -25,9 +25,9 @@ from .common import (
     write_json,
     write_merges,
 )
+from .sizes import TINY
 
 MODELS = LAYOUT["asr"]
-D_MODEL = 64
 TASKS = ("<|translate|>", "<|transcribe|>")
 # Order matters: the tokenizer finds a language token as sot + 1 + its index in LANGUAGES.
 SPECIALS = (
@@ -76,19 +76,7 @@ def build_whisper(model_dir: Path) -> WhisperForConditionalGeneration:
     seed_everything(100)
     config = WhisperConfig(
         vocab_size=len(tokenizer),
-        num_mel_bins=80,
-        d_model=D_MODEL,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
-        max_source_positions=1500,
-        max_target_positions=448,
-        # At the default 0.02 the residual stream dominates and greedy decoding repeats one token whatever the
-        # audio; larger weights give varied, input-dependent transcripts.
-        init_std=0.3,
+        **TINY.whisper,
         pad_token_id=eot,
         bos_token_id=eot,
         eos_token_id=eot,
@@ -131,7 +119,7 @@ def build_whisper(model_dir: Path) -> WhisperForConditionalGeneration:
 
 def build_assistant(model_dir: Path, main: WhisperForConditionalGeneration) -> None:
     seed_everything(101)
-    config = WhisperConfig(**{**main.config.to_dict(), "decoder_layers": 1})
+    config = WhisperConfig(**{**main.config.to_dict(), "decoder_layers": TINY.assistant_decoder_layers})
     assistant = WhisperForCausalLM(config).eval()
     # distil-whisper initialises the student decoder from the teacher's: copy embeddings, the last layer and
     # the final norm so drafts agree with the main model often enough for speculative decoding to pay off.

@@ -16,10 +16,9 @@ from .common import (
     write_json,
     write_merges,
 )
+from .sizes import TINY
 
 MODELS = LAYOUT["imagegen"]
-LATENT_SIZE = 8  # 64 px images: the VAE downsamples by 2 ** (len(block_out_channels) - 1) = 8
-TEXT_HIDDEN = 32
 
 
 def _tokenizer(work: Path) -> CLIPTokenizer:
@@ -41,39 +40,12 @@ def build(out_dir: Path) -> list[Path]:
     model_dir = out_dir / MODELS[0]
     tokenizer = _tokenizer(model_dir / "tokenizer")
     seed_everything(300)
-    # Block types and sizes follow diffusers' own tiny test pipelines.
-    unet = UNet2DConditionModel(
-        sample_size=LATENT_SIZE,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_HIDDEN,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        # Four blocks (three downsamplers) give SD's 8x latent factor and the 4 latent channels SD uses.
-        block_out_channels=(32, 32, 64, 64),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=32,
-        sample_size=LATENT_SIZE * 8,
-    )
+    unet = UNet2DConditionModel(**TINY.unet)
+    vae = AutoencoderKL(**TINY.vae)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
-            hidden_size=TEXT_HIDDEN,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
+            **TINY.clip_text,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,

@@ -15,6 +15,7 @@ from .common import (
     write_json,
     write_merges,
 )
+from .sizes import TINY
 
 PAIRS = (("en", "de"), ("de", "en"), ("en", "ru"), ("ru", "en"))
 MODELS = LAYOUT["translation"]
@@ -41,13 +42,7 @@ def build_pair(model_dir: Path, src: str, tgt: str, seed: int) -> Path:
         langs=[src, tgt],
         src_vocab_size=tokenizer.src_vocab_size,
         tgt_vocab_size=tokenizer.tgt_vocab_size,
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
+        **TINY.fsmt,
     )
     model = FSMTForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(

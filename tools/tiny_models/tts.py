@@ -18,11 +18,10 @@ from transformers import (
 
 from . import LAYOUT
 from .common import CHARACTERS, seed_everything, words
+from .sizes import TINY
 
 MODELS = LAYOUT["tts"]
 VOICES = ("alloy", "echo", "nova", "shimmer")  # the OpenAI speech API's voice names
-NUM_MEL_BINS = 80
-SPEAKER_EMBEDDING_DIM = 512  # x-vector size the real checkpoints expect
 
 
 def _processor(work: Path) -> SpeechT5Processor:
@@ -49,25 +48,7 @@ def _processor(work: Path) -> SpeechT5Processor:
 
 
 def _config(vocab_size: int) -> SpeechT5Config:
-    return SpeechT5Config(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        # Same strides and kernels as the real speech prenet (320x downsampling of 16 kHz audio), fewer channels.
-        conv_dim=(32,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        num_mel_bins=NUM_MEL_BINS,
-        speech_decoder_prenet_units=32,
-        speech_decoder_postnet_layers=2,
-        speech_decoder_postnet_units=32,
-        speaker_embedding_dim=SPEAKER_EMBEDDING_DIM,
-    )
+    return SpeechT5Config(vocab_size=vocab_size, **TINY.speecht5)
 
 
 def _save(model, processor: SpeechT5Processor | None, model_dir: Path) -> Path:
@@ -81,7 +62,7 @@ def _save(model, processor: SpeechT5Processor | None, model_dir: Path) -> Path:
 def build_voices(voices_dir: Path) -> Path:
     voices_dir.mkdir(parents=True, exist_ok=True)
     for seed, name in enumerate(VOICES):
-        vector = np.random.default_rng(seed).standard_normal(SPEAKER_EMBEDDING_DIM)
+        vector = np.random.default_rng(seed).standard_normal(TINY.speecht5["speaker_embedding_dim"])
         # x-vectors are L2-normalised before SpeechT5 sees them.
         np.save(voices_dir / f"{name}.npy", (vector / np.linalg.norm(vector)).astype(np.float32))
     return voices_dir
@@ -97,9 +78,5 @@ def build(out_dir: Path) -> list[Path]:
     seed_everything(201)
     _save(SpeechT5ForSpeechToSpeech(config), processor, vc_dir)
     seed_everything(202)
-    # With the default 0.01 init the tiny vocoder is silent (~1e-8); 0.15 gives audible noise well below clipping.
-    vocoder_config = SpeechT5HifiGanConfig(
-        model_in_dim=NUM_MEL_BINS, upsample_initial_channel=32, initializer_range=0.15
-    )
-    _save(SpeechT5HifiGan(vocoder_config), None, vocoder_dir)
+    _save(SpeechT5HifiGan(SpeechT5HifiGanConfig(**TINY.hifigan)), None, vocoder_dir)
     return [tts_dir, vc_dir, vocoder_dir, build_voices(voices_dir)]

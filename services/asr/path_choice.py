@@ -1,0 +1,101 @@
+"""Which path an `auto` request is decoded by, from measurement: the assistant's speculative decoding, or plain
+decoding (the continuous decode loop for short greedy clips, whole-request batches otherwise).
+
+Which one is faster depends on the hardware, the models, the audio and the load: alone, assisted decoding needs
+fewer main-model passes; under load, plain decoding shares each pass among many sequences. So no threshold is
+fixed: every decode reports its model seconds per token (the encoder included: the audio must be encoded on
+either path), and an exponentially weighted average is kept for the assisted path and, per load level, for the
+plain path (its cost per request falls as more sequences share a pass; assisted decodes one request at a time
+whatever waits). A decision takes the lower estimate for the current load. Each estimate first gets a few live
+measurements, and every `explore_every`-th decision at a load level tries the other path, so an estimate that
+went stale (the machine got busier, the audio changed) is corrected. Warm-up timings seed the estimates until the
+first live measurement replaces them.
+"""
+
+import threading
+from dataclasses import dataclass
+
+from .domain import DecodingPath
+
+PATHS: tuple[DecodingPath, DecodingPath] = ("assisted", "plain")
+
+
+def load_level(waiting: float) -> int:
+    """The load level a number of waiting (or running) requests falls in: 1, 2, 4, 8, ... (the next power of 2),
+    so that neighbouring loads share one estimate of the plain path."""
+    return 1 << (max(1, round(waiting)) - 1).bit_length()
+
+
+@dataclass
+class Estimate:
+    seconds_per_token: float | None = None
+    samples: int = 0  # live measurements; a warm-up seed counts none
+
+    def update(self, value: float, smoothing: float) -> None:
+        if self.samples == 0 or self.seconds_per_token is None:
+            self.seconds_per_token = value  # the first live measurement replaces a seed outright
+        else:
+            self.seconds_per_token += smoothing * (value - self.seconds_per_token)
+        self.samples += 1
+
+
+class MeasuredPathChoice:
+    """Running estimates of each path's seconds per token, and the decisions they imply. Thread-safe: decisions
+    are made in the model thread, but a test or a metrics reader may look from another."""
+
+    def __init__(self, smoothing: float = 0.25, explore_every: int = 16, min_samples: int = 2):
+        self.smoothing, self.explore_every, self.min_samples = smoothing, explore_every, min_samples
+        self.assisted = Estimate()
+        self.plain: dict[int, Estimate] = {}
+        self.decisions: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def estimate(self, path: DecodingPath, load: float = 1) -> Estimate:
+        if path == "assisted":
+            return self.assisted
+        return self.plain.setdefault(load_level(load), Estimate())
+
+    def seed(self, path: DecodingPath, seconds: float, tokens: int, load: float = 1) -> None:
+        """A warm-up timing: used until the path's first live measurement at that load."""
+        with self._lock:
+            estimate = self.estimate(path, load)
+            if estimate.samples == 0:
+                estimate.seconds_per_token = seconds / max(tokens, 1)
+
+    def record(self, path: DecodingPath, seconds: float, tokens: int, load: float = 1) -> None:
+        """A served decode: `seconds` of model time that produced `tokens` tokens (end-of-text steps included),
+        with `load` sequences decoded together on average (assisted: always 1)."""
+        with self._lock:
+            self.estimate(path, load).update(seconds / max(tokens, 1), self.smoothing)
+
+    def preferred(self, load: float) -> DecodingPath:
+        """The path with the lower estimate at this load, with no exploration; unmeasured paths first."""
+        with self._lock:
+            return self._preferred(load)
+
+    def choose(self, load: float) -> DecodingPath:
+        """The decision for a request decoded with `load` requests waiting (itself included): the preferred path,
+        except every `explore_every`-th decision at this load level, which tries the other one."""
+        with self._lock:
+            level = load_level(load)
+            self.decisions[level] = self.decisions.get(level, 0) + 1
+            best = self._preferred(load)
+            if self._measured_enough(load) and self.decisions[level] % self.explore_every == 0:
+                return PATHS[1 - PATHS.index(best)]
+            return best
+
+    def _measured_enough(self, load: float) -> bool:
+        return all(self.estimate(path, load).samples >= self.min_samples for path in PATHS)
+
+    def _preferred(self, load: float) -> DecodingPath:
+        estimates = {path: self.estimate(path, load) for path in PATHS}
+        # Paths short of live measurements first (the fewer, the sooner), so that both get measured here.
+        short = [path for path in PATHS if estimates[path].samples < self.min_samples]
+        if len(short) == 1:
+            return short[0]
+        if len(short) == 2 and estimates["assisted"].samples != estimates["plain"].samples:
+            return min(short, key=lambda path: estimates[path].samples)
+        known = [path for path in PATHS if estimates[path].seconds_per_token is not None]
+        if not known:
+            return "assisted"
+        return min(known, key=lambda path: estimates[path].seconds_per_token)

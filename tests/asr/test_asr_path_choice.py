@@ -1,0 +1,133 @@
+"""`decoding=auto` by measurement (services/asr/path_choice.py): the chooser's logic with injected timings, the
+runner following it, and answers that do not depend on the path it picks. No test depends on speed."""
+
+import pytest
+from opentelemetry.trace import INVALID_SPAN
+
+from services.asr.domain import ASRJob, DecodeOptions
+from services.asr.path_choice import MeasuredPathChoice, load_level
+from services.asr.runner import ASRRunner
+
+
+def measured(
+    choice: MeasuredPathChoice, assisted: float, plain: float, load: float = 1, times: int = 2
+) -> None:
+    """`times` decodes of 100 tokens on each path at `load`, at the given seconds per token."""
+    for _ in range(times):
+        choice.record("assisted", assisted * 100, 100)
+        choice.record("plain", plain * 100, 100, load=load)
+
+
+def test_load_levels_are_powers_of_two():
+    assert [load_level(n) for n in (0, 1, 1.4, 2, 3, 4, 5, 8, 9, 16)] == [1, 1, 1, 2, 4, 4, 8, 8, 16, 16]
+
+
+def test_it_picks_the_path_measured_faster():
+    choice = MeasuredPathChoice()
+    measured(choice, assisted=0.010, plain=0.015)
+    assert choice.preferred(1) == "assisted"
+    measured(choice, assisted=0.010, plain=0.004, load=8)
+    assert choice.preferred(1) == "assisted"  # the plain path's cost is kept per load level
+    assert choice.preferred(8) == "plain"
+
+
+def test_each_path_is_measured_live_before_the_estimates_decide():
+    choice = MeasuredPathChoice(min_samples=2)
+    choice.seed("assisted", 0.5, 5)
+    choice.seed("plain", 0.6, 5)
+    picks = []
+    for _ in range(4):
+        path = choice.choose(1)
+        picks.append(path)
+        choice.record(path, 1.0 if path == "assisted" else 0.5, 100)  # live: plain is the faster one
+    assert sorted(picks) == ["assisted", "assisted", "plain", "plain"]
+    assert picks[0] == "assisted"  # the seeds decided the first
+    assert choice.choose(1) == "plain"
+
+
+def test_it_explores_the_other_path_every_nth_decision():
+    choice = MeasuredPathChoice(explore_every=4)
+    measured(choice, assisted=0.010, plain=0.020)
+    picks = [choice.choose(1) for _ in range(12)]
+    assert [i + 1 for i, path in enumerate(picks) if path == "plain"] == [4, 8, 12]
+    assert choice.preferred(1) == "assisted"  # looking does not count as a decision
+
+
+def test_it_adapts_when_the_measurements_flip():
+    choice = MeasuredPathChoice(smoothing=0.5, explore_every=4)
+    measured(choice, assisted=0.010, plain=0.020)
+    picks = []
+    for _ in range(16):
+        path = choice.choose(1)
+        picks.append(path)
+        # The machine changed: the assistant now costs three times what plain decoding does.
+        choice.record(path, 0.030 * 100 if path == "assisted" else 0.010 * 100, 100)
+    assert picks[0] == "assisted"
+    assert picks[-4:].count("plain") >= 3  # an exploration of plain measured it faster, and it stayed
+
+
+def test_a_seed_is_replaced_by_the_first_live_measurement():
+    choice = MeasuredPathChoice()
+    choice.seed("plain", 10.0, 1)
+    choice.record("plain", 1.0, 100)
+    assert choice.estimate("plain").seconds_per_token == pytest.approx(0.01)
+    choice.seed("plain", 10.0, 1)  # seeds never override live measurements
+    assert choice.estimate("plain").seconds_per_token == pytest.approx(0.01)
+
+
+def test_the_runner_follows_the_measurements(make_asr_settings, audio):
+    runner = ASRRunner(make_asr_settings(path_choice="measured"))
+    runner.assistant = object()  # loaded or not, only its presence decides
+    auto = ASRJob(audio(2.0, seed=71))
+    measured(runner.path_choice, assisted=0.010, plain=0.020)
+    measured(runner.path_choice, assisted=0.010, plain=0.002, load=8)
+    assert runner.choose_path([auto]) == "assisted"
+    assert runner.choose_path([auto] * 2, queued=6) == "plain"
+    assert not runner.step_decodable(auto, waiting=1)  # alone: assisted, whole-request
+    assert runner.step_decodable(auto, waiting=8)  # under load: plain, in the decode loop
+    assert runner.choose_path([ASRJob(audio(2.0, seed=71), decoding="plain")]) == "plain"
+
+
+class FakeWork:
+    def __init__(self, payload: ASRJob):
+        self.payload, self.cancelled, self.span, self.queue_depth = payload, False, INVALID_SPAN, 0
+
+
+@pytest.fixture(scope="module")
+def runner(make_asr_settings):
+    runner = ASRRunner(make_asr_settings(path_choice="measured", continuous_batching=False))
+    runner.load()
+    runner.warmup()
+    return runner
+
+
+def test_warmup_seeds_both_paths(runner):
+    assert runner.path_choice.estimate("assisted").seconds_per_token is not None
+    assert runner.path_choice.estimate("plain").seconds_per_token is not None
+
+
+@pytest.mark.parametrize("language", ["en", None], ids=["language", "detected"])
+def test_auto_answers_what_plain_answers_whichever_path_it_takes(runner, audio, language):
+    jobs = [ASRJob(audio(3, seed=80 + i), DecodeOptions(), language) for i in range(3)]
+    plain = [runner.transcribe([job], "plain")[0] for job in jobs]
+    for faster in ("assisted", "plain"):
+        slower = "plain" if faster == "assisted" else "assisted"
+        runner.path_choice = MeasuredPathChoice(explore_every=1000)
+        measured(runner.path_choice, **{faster: 0.001, slower: 1.0})
+        answers = runner.predict_batch([FakeWork(job) for job in jobs[:1]])
+        answers += runner.predict_batch([FakeWork(job) for job in jobs[1:]])
+        assert [answer.path for answer in answers][:1] == [faster]
+        assert [answer.tokens for answer in answers] == [t.tokens for t in plain]
+        assert [answer.language for answer in answers] == [t.language for t in plain]
+
+
+def test_a_detected_language_costs_one_encoder_pass(runner, audio):
+    passes = []
+    hook = runner.model.model.encoder.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        for path in ("plain", "assisted"):
+            passes.clear()
+            runner.transcribe([ASRJob(audio(3, seed=90), DecodeOptions(), None)], path)
+            assert len(passes) == 1, path
+    finally:
+        hook.remove()
