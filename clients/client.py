@@ -49,8 +49,19 @@ def with_port(url_or_target: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-class Client:
-    """Blocking REST client: `with Client("http://host:8000") as c: c.translation.translate(...)`."""
+def _attach_service_clients(owner: object, kind: str, platform: object, own_ports: object) -> None:
+    """One client per declared service (its `rest`, `async_rest` or `grpc` class) on the platform's
+    transport, or on ViT's own ports' one."""
+    for declared in service_clients():
+        transport = own_ports if declared.own_ports else platform
+        setattr(owner, declared.attribute, getattr(declared, kind)(transport))
+
+
+class _RestPlatformClient:
+    """What `Client` and `AsyncClient` share: two transports (platform and ViT ports) and the services."""
+
+    transport_class: type[RestTransport] | type[AsyncRestTransport]
+    service_kind: str  # the ServiceClients field: "rest" or "async_rest"
 
     def __init__(
         self,
@@ -63,14 +74,16 @@ class Client:
         api_key: str | None = None,
     ):
         options = dict(timeout=timeout, retry=retry, headers=headers, api_key=api_key)
-        self.transport = RestTransport(base_url, **options)
-        self.vit_transport = RestTransport(vit_url or with_port(base_url, VIT_REST_PORT), **options)
-        for declared in service_clients():
-            setattr(
-                self,
-                declared.attribute,
-                declared.rest(self.vit_transport if declared.own_ports else self.transport),
-            )
+        self.transport = self.transport_class(base_url, **options)
+        self.vit_transport = self.transport_class(vit_url or with_port(base_url, VIT_REST_PORT), **options)
+        _attach_service_clients(self, self.service_kind, self.transport, self.vit_transport)
+
+
+class Client(_RestPlatformClient):
+    """Blocking REST client: `with Client("http://host:8000") as c: c.translation.translate(...)`."""
+
+    transport_class = RestTransport
+    service_kind = "rest"
 
     def models(self) -> list[ModelEntry]:
         """Every model the platform serves (GET /v1/models)."""
@@ -87,25 +100,11 @@ class Client:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(_RestPlatformClient):
     """asyncio REST client: `async with AsyncClient(url) as c: await c.translation.translate(...)`."""
 
-    def __init__(
-        self,
-        base_url: str = DEFAULT_URL,
-        *,
-        vit_url: str | None = None,
-        timeout: float | httpx.Timeout | None = None,
-        retry: RetryPolicy | None = None,
-        headers: dict[str, str] | None = None,
-        api_key: str | None = None,
-    ):
-        options = dict(timeout=timeout, retry=retry, headers=headers, api_key=api_key)
-        self.transport = AsyncRestTransport(base_url, **options)
-        self.vit_transport = AsyncRestTransport(vit_url or with_port(base_url, VIT_REST_PORT), **options)
-        for declared in service_clients():
-            transport = self.vit_transport if declared.own_ports else self.transport
-            setattr(self, declared.attribute, declared.async_rest(transport))
+    transport_class = AsyncRestTransport
+    service_kind = "async_rest"
 
     async def models(self) -> list[ModelEntry]:
         return parse_models((await self.transport.request("GET", "/v1/models")).json())
@@ -138,12 +137,7 @@ class GrpcClient:
         options = dict(timeout=timeout, retry=retry, metadata=metadata, secure=secure, api_key=api_key)
         self.caller = GrpcCaller(target, **options)
         self.vit_caller = GrpcCaller(vit_target or with_port(target, VIT_GRPC_PORT), **options)
-        for declared in service_clients():
-            setattr(
-                self,
-                declared.attribute,
-                declared.grpc(self.vit_caller if declared.own_ports else self.caller),
-            )
+        _attach_service_clients(self, "grpc", self.caller, self.vit_caller)
 
     def close(self) -> None:
         self.caller.close()

@@ -8,10 +8,11 @@ a stream never restarts half-way. One request id is sent on every attempt of a l
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -120,8 +121,10 @@ def _auth(api_key: str | None, headers: dict[str, str] | None) -> tuple[bool, di
     return bool(key), {"authorization": bearer(key)} if key else {}
 
 
-class RestTransport:
-    """Blocking HTTP transport: `with RestTransport("http://host:8000") as t: t.request(...)`."""
+class _HttpTransport:
+    """What the blocking and asyncio transports share: settings, request headers, the retry decision."""
+
+    client_class: type[httpx.Client] | type[httpx.AsyncClient]
 
     def __init__(
         self,
@@ -130,15 +133,41 @@ class RestTransport:
         timeout: float | httpx.Timeout | None = None,
         retry: RetryPolicy | None = None,
         headers: dict[str, str] | None = None,
-        http_client: httpx.Client | None = None,
+        http_client: httpx.Client | httpx.AsyncClient | None = None,
         api_key: str | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.sends_key, self.auth_headers = _auth(api_key, headers)
-        self.client = http_client or httpx.Client(
+        self.client = http_client or self.client_class(
             base_url=self.base_url, timeout=_timeout(timeout), headers=headers
         )
+
+    def _request_builder(
+        self, method: str, path: str, timeout: float | None, kwargs: dict
+    ) -> Callable[[], httpx.Request]:
+        """Builds each attempt's request; one request id ties the retries together in server logs."""
+        headers = {"x-request-id": uuid.uuid4().hex, **self.auth_headers, **kwargs.pop("headers", {})}
+        propagate.inject(headers)  # the caller's trace continues on the server (W3C traceparent)
+        extra = {"timeout": _timeout(timeout)} if timeout is not None else {}
+        return functools.partial(self.client.build_request, method, path, headers=headers, **extra, **kwargs)
+
+    def _refused(self, response: httpx.Response) -> ModelServeError:
+        return explain(error_from_response(response), self.sends_key)
+
+    def _retry_delay(self, number: int, error: ModelServeError, request: httpx.Request) -> float:
+        """Seconds to wait before attempt `number + 1`; raises `error` when the policy gives up."""
+        delay = self.retry.delay(number, error)
+        if delay is None:
+            raise error
+        log.info("%s %s: %s; retry %d in %.2f s", request.method, request.url, error, number, delay)
+        return delay
+
+
+class RestTransport(_HttpTransport):
+    """Blocking HTTP transport: `with RestTransport("http://host:8000") as t: t.request(...)`."""
+
+    client_class = httpx.Client
 
     def request(self, method: str, path: str, **kwargs) -> httpx.Response:
         """Send with retries; return the successful response, body read. Raises `ModelServeError`."""
@@ -152,13 +181,11 @@ class RestTransport:
         self, method: str, path: str, *, timeout: float | None = None, **kwargs
     ) -> Iterator[httpx.Response]:
         """Send with retries; yield the successful response with its body not yet read."""
-        headers = {"x-request-id": uuid.uuid4().hex, **self.auth_headers, **kwargs.pop("headers", {})}
-        propagate.inject(headers)  # the caller's trace continues on the server (W3C traceparent)
-        extra = {"timeout": _timeout(timeout)} if timeout is not None else {}
+        build_request = self._request_builder(method, path, timeout, kwargs)
         number = 0
         while True:
             number += 1
-            request = self.client.build_request(method, path, headers=headers, **extra, **kwargs)
+            request = build_request()
             try:
                 response = self.client.send(request, stream=True)
             except httpx.TransportError as exc:
@@ -173,12 +200,8 @@ class RestTransport:
                     pass
                 finally:
                     response.close()
-                error = explain(error_from_response(response), self.sends_key)
-            delay = self.retry.delay(number, error)
-            if delay is None:
-                raise error
-            log.info("%s %s: %s; retry %d in %.2f s", method, request.url, error, number, delay)
-            time.sleep(delay)
+                error = self._refused(response)
+            time.sleep(self._retry_delay(number, error, request))
         try:
             yield response
         finally:
@@ -194,25 +217,10 @@ class RestTransport:
         self.close()
 
 
-class AsyncRestTransport:
+class AsyncRestTransport(_HttpTransport):
     """The asyncio twin of `RestTransport` (httpx.AsyncClient, asyncio.sleep between attempts)."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: float | httpx.Timeout | None = None,
-        retry: RetryPolicy | None = None,
-        headers: dict[str, str] | None = None,
-        http_client: httpx.AsyncClient | None = None,
-        api_key: str | None = None,
-    ):
-        self.base_url = base_url.rstrip("/")
-        self.retry = retry or RetryPolicy()
-        self.sends_key, self.auth_headers = _auth(api_key, headers)
-        self.client = http_client or httpx.AsyncClient(
-            base_url=self.base_url, timeout=_timeout(timeout), headers=headers
-        )
+    client_class = httpx.AsyncClient
 
     async def request(self, method: str, path: str, **kwargs) -> httpx.Response:
         async with self.stream(method, path, **kwargs) as response:
@@ -224,13 +232,11 @@ class AsyncRestTransport:
     async def stream(
         self, method: str, path: str, *, timeout: float | None = None, **kwargs
     ) -> AsyncIterator[httpx.Response]:
-        headers = {"x-request-id": uuid.uuid4().hex, **self.auth_headers, **kwargs.pop("headers", {})}
-        propagate.inject(headers)  # the caller's trace continues on the server (W3C traceparent)
-        extra = {"timeout": _timeout(timeout)} if timeout is not None else {}
+        build_request = self._request_builder(method, path, timeout, kwargs)
         number = 0
         while True:
             number += 1
-            request = self.client.build_request(method, path, headers=headers, **extra, **kwargs)
+            request = build_request()
             try:
                 response = await self.client.send(request, stream=True)
             except httpx.TransportError as exc:
@@ -245,12 +251,8 @@ class AsyncRestTransport:
                     pass
                 finally:
                     await response.aclose()
-                error = explain(error_from_response(response), self.sends_key)
-            delay = self.retry.delay(number, error)
-            if delay is None:
-                raise error
-            log.info("%s %s: %s; retry %d in %.2f s", method, request.url, error, number, delay)
-            await asyncio.sleep(delay)
+                error = self._refused(response)
+            await asyncio.sleep(self._retry_delay(number, error, request))
         try:
             yield response
         finally:

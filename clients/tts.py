@@ -90,14 +90,20 @@ def _speech_from_response(response) -> Speech:
 class _PcmClock:
     """Seconds of audio in byte pieces of a 16-bit PCM stream (a WAV stream starts with a header)."""
 
-    def __init__(self, media_type: str, sample_rate: int):
-        self.sample_rate = sample_rate
-        self.header_left = WAV_STREAM_HEADER_BYTES if "wav" in media_type else 0
+    def __init__(self, response):
+        self.media_type = response.headers.get("content-type", "audio/wav")
+        self.sample_rate = int(response.headers.get("x-sample-rate", 16000))
+        self.header_left = WAV_STREAM_HEADER_BYTES if "wav" in self.media_type else 0
 
-    def seconds(self, piece: bytes) -> float:
+    def chunk(self, piece: bytes) -> AudioChunk:
         skipped = min(self.header_left, len(piece))
         self.header_left -= skipped
-        return (len(piece) - skipped) / (PCM_BYTES_PER_SAMPLE * self.sample_rate)
+        seconds = (len(piece) - skipped) / (PCM_BYTES_PER_SAMPLE * self.sample_rate)
+        return AudioChunk(piece, self.media_type, self.sample_rate, seconds)
+
+
+def _speech_from_proto(message: pb.SynthesizeResponse | pb.ConvertResponse) -> Speech:
+    return Speech(message.audio, message.media_type, message.sample_rate, message.duration_seconds)
 
 
 def _chunk_from_proto(message: pb.AudioChunk) -> AudioChunk:
@@ -132,11 +138,37 @@ def save_audio_stream(
     return Speech(audio, media_type, sample_rate, duration)
 
 
-def _conversion_form(voice, speaker_embedding, response_format, seed) -> dict:
-    form = {"voice": voice, "response_format": response_format, "seed": seed}
-    if speaker_embedding is not None:
-        form["speaker_embedding"] = json.dumps(list(speaker_embedding))
-    return {k: str(v) for k, v in form.items() if v is not None}
+@dataclass(frozen=True)
+class ConversionRequest:
+    """The options of a voice conversion (the audio travels beside them)."""
+
+    voice: str | None = None
+    speaker_embedding: list[float] | None = None  # 512 values instead of a named voice
+    response_format: str = "wav"
+    seed: int | None = None
+
+    def to_form(self) -> dict[str, str]:
+        form = {"voice": self.voice, "response_format": self.response_format, "seed": self.seed}
+        if self.speaker_embedding is not None:
+            form["speaker_embedding"] = json.dumps(list(self.speaker_embedding))
+        return {k: str(v) for k, v in form.items() if v is not None}
+
+    def to_proto(self, audio: bytes, filename: str) -> pb.ConvertRequest:
+        return pb.ConvertRequest(
+            audio=audio,
+            filename=filename,
+            voice=self.voice or "",
+            speaker_embedding=self.speaker_embedding or [],
+            response_format=self.response_format,
+            **({"seed": self.seed} if self.seed is not None else {}),
+        )
+
+
+def _conversion_upload(audio: Source, options: dict) -> dict:
+    """The multipart request of POST /v1/audio/conversions."""
+    form = ConversionRequest(**options).to_form()
+    content, filename = read_source(audio, "speech.wav")
+    return {"files": {"file": (filename, content)}, "data": form}
 
 
 class TTSClient:
@@ -152,34 +184,19 @@ class TTSClient:
         """Audio as it is produced (wav or pcm); the first chunk arrives after the first sentence."""
         body = SpeechRequest(text, **options).to_json(stream=True)
         with self.transport.stream("POST", "/v1/audio/speech", json=body) as response:
-            media_type = response.headers.get("content-type", "audio/wav")
-            clock = _PcmClock(media_type, int(response.headers.get("x-sample-rate", 16000)))
+            clock = _PcmClock(response)
             with converted_errors(self.transport.base_url):
                 for piece in response.iter_bytes():
-                    yield AudioChunk(piece, media_type, clock.sample_rate, clock.seconds(piece))
+                    yield clock.chunk(piece)
 
     def voices(self) -> Voices:
         data = self.transport.request("GET", "/v1/voices").json()["data"]
         return _voices(data)
 
-    def convert(
-        self,
-        audio: Source,
-        *,
-        voice: str | None = None,
-        speaker_embedding: list[float] | None = None,
-        response_format: str = "wav",
-        seed: int | None = None,
-    ) -> Speech:
-        """The same speech in another voice."""
-        content, filename = read_source(audio, "speech.wav")
-        response = self.transport.request(
-            "POST",
-            "/v1/audio/conversions",
-            files={"file": (filename, content)},
-            data=_conversion_form(voice, speaker_embedding, response_format, seed),
-        )
-        return _speech_from_response(response)
+    def convert(self, audio: Source, **options) -> Speech:
+        """The same speech in another voice (options: `ConversionRequest`'s fields)."""
+        upload = _conversion_upload(audio, options)
+        return _speech_from_response(self.transport.request("POST", "/v1/audio/conversions", **upload))
 
 
 class AsyncTTSClient:
@@ -193,33 +210,18 @@ class AsyncTTSClient:
     async def stream_speech(self, text: str, **options) -> AsyncIterator[AudioChunk]:
         body = SpeechRequest(text, **options).to_json(stream=True)
         async with self.transport.stream("POST", "/v1/audio/speech", json=body) as response:
-            media_type = response.headers.get("content-type", "audio/wav")
-            clock = _PcmClock(media_type, int(response.headers.get("x-sample-rate", 16000)))
+            clock = _PcmClock(response)
             with converted_errors(self.transport.base_url):
                 async for piece in response.aiter_bytes():
-                    yield AudioChunk(piece, media_type, clock.sample_rate, clock.seconds(piece))
+                    yield clock.chunk(piece)
 
     async def voices(self) -> Voices:
         data = (await self.transport.request("GET", "/v1/voices")).json()["data"]
         return _voices(data)
 
-    async def convert(
-        self,
-        audio: Source,
-        *,
-        voice: str | None = None,
-        speaker_embedding: list[float] | None = None,
-        response_format: str = "wav",
-        seed: int | None = None,
-    ) -> Speech:
-        content, filename = read_source(audio, "speech.wav")
-        response = await self.transport.request(
-            "POST",
-            "/v1/audio/conversions",
-            files={"file": (filename, content)},
-            data=_conversion_form(voice, speaker_embedding, response_format, seed),
-        )
-        return _speech_from_response(response)
+    async def convert(self, audio: Source, **options) -> Speech:
+        upload = _conversion_upload(audio, options)
+        return _speech_from_response(await self.transport.request("POST", "/v1/audio/conversions", **upload))
 
 
 class TTSGrpcClient:
@@ -230,7 +232,7 @@ class TTSGrpcClient:
     def speech(self, text: str, *, timeout: float | None = None, **options) -> Speech:
         request = SpeechRequest(text, **options).to_proto()
         response = self.caller.unary(self.stub.Synthesize, request, timeout=timeout)
-        return Speech(response.audio, response.media_type, response.sample_rate, response.duration_seconds)
+        return _speech_from_proto(response)
 
     def stream_speech(self, text: str, *, timeout: float | None = None, **options) -> Iterator[AudioChunk]:
         request = SpeechRequest(text, **options).to_proto()
@@ -241,27 +243,11 @@ class TTSGrpcClient:
         response = self.caller.unary(self.stub.ListVoices, pb.ListVoicesRequest())
         return Voices(list(response.voices), response.default_voice or None)
 
-    def convert(
-        self,
-        audio: Source,
-        *,
-        voice: str | None = None,
-        speaker_embedding: list[float] | None = None,
-        response_format: str = "wav",
-        seed: int | None = None,
-        timeout: float | None = None,
-    ) -> Speech:
-        content, filename = read_source(audio, "speech.wav")
-        request = pb.ConvertRequest(
-            audio=content,
-            filename=filename,
-            voice=voice or "",
-            speaker_embedding=speaker_embedding or [],
-            response_format=response_format,
-            **({"seed": seed} if seed is not None else {}),
-        )
+    def convert(self, audio: Source, *, timeout: float | None = None, **options) -> Speech:
+        conversion = ConversionRequest(**options)
+        request = conversion.to_proto(*read_source(audio, "speech.wav"))
         response = self.caller.unary(self.stub.Convert, request, timeout=timeout)
-        return Speech(response.audio, response.media_type, response.sample_rate, response.duration_seconds)
+        return _speech_from_proto(response)
 
 
 SERVICE_CLIENTS = ServiceClients(

@@ -6,23 +6,12 @@
 #   DOCKER_HOST=unix:///... docker/ci-image-test.sh      (docker/start-dockerd.sh prints it)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$ROOT"
-DOCKER="${DOCKER:-/usr/bin/docker}"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"
+NAME="modelserve-ci-translation-$$"
+# shellcheck source=docker/ci-common.sh
+source "$(dirname "$0")/ci-common.sh"
 BASE="${BASE_IMAGE:-localhost/debian-base:bookworm}"
 IMAGE="${IMAGE:-modelserve/translation:ci}"
-NAME="modelserve-ci-translation-$$"
 READY_TIMEOUT_S="${READY_TIMEOUT_S:-240}"
-log() { echo "[ci-image-test] $*" >&2; }
-
-cleanup() {
-  if "$DOCKER" inspect "$NAME" >/dev/null 2>&1; then
-    "$DOCKER" logs --tail 50 "$NAME" >&2 || true
-    "$DOCKER" rm -f "$NAME" >/dev/null 2>&1 || true
-  fi
-}
-trap cleanup EXIT
 
 log "base image"
 docker/build-base.sh "$BASE"
@@ -75,7 +64,7 @@ cp -r models/translation/wmt19-en-de models/translation/wmt19-de-en "$MODELS_COP
 chmod -R a+rX "$MODELS_COPY"
 MODELS_JSON='{"en-de": "/models/translation/wmt19-en-de", "de-en": "/models/translation/wmt19-de-en"}'
 
-read -r REST_PORT GRPC_PORT < <("$PY" -c 'from services.kit.launch import free_port; print(free_port(), free_port())')
+pick_ports
 
 run_flags=(--network host --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges
   -v "$MODELS_COPY/translation:/models/translation:ro"
@@ -89,17 +78,12 @@ grep -q "local directory, nothing to fetch" <<<"$fetch_out"
 
 log "run on ports $REST_PORT/$GRPC_PORT"
 "$DOCKER" run -d --name "$NAME" "${run_flags[@]}" "$IMAGE" >/dev/null
-# The project's launcher waits (on this host's Python): `docker top` fails once the container has stopped.
-"$PY" -m services.kit.launch --ready "http://127.0.0.1:$REST_PORT/readyz" --timeout "$READY_TIMEOUT_S" \
-  --alive "$DOCKER top $NAME"
+wait_ready "http://127.0.0.1:$REST_PORT/readyz"
 
-"$PY" - "$REST_PORT" "$GRPC_PORT" "$DOCKER" "$NAME" <<'EOF'
-import json, subprocess, sys, urllib.request
+"$PY" - "$REST_PORT" <<'EOF'
+import json, sys, urllib.request
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-rest, grpc_port, docker, name = sys.argv[1:]
+rest = sys.argv[1]
 base = f"http://127.0.0.1:{rest}"
 
 body = json.dumps({"text": "Hello world", "source_lang": "en", "target_lang": "de"}).encode()
@@ -111,28 +95,12 @@ assert isinstance(reply.get("translations"), list) and len(reply["translations"]
 assert isinstance(reply["translations"][0], str), reply
 print(f"translate -> {reply}", file=sys.stderr)
 
-# The k8s startupProbe is a grpc: probe on this port.
-with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
-assert status == health_pb2.HealthCheckResponse.SERVING, status
-
 with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
     assert b"serving_queue_depth" in r.read(), "no serving_queue_depth gauge in /metrics"
-
-# Run the image's HEALTHCHECK command exactly as Docker would.
-test = json.loads(subprocess.run([docker, "inspect", "-f", "{{json .Config.Healthcheck.Test}}", name],
-                                 capture_output=True, text=True, check=True).stdout)
-assert test[0] == "CMD", test
-subprocess.run([docker, "exec", name, *test[1:]], check=True, timeout=10)
-print("healthcheck ok", file=sys.stderr)
 EOF
+# The k8s startupProbe is a grpc: probe on GRPC_PORT.
+check_health
 
-log "SIGTERM"
-"$DOCKER" stop --time 30 "$NAME" >/dev/null
-code="$("$DOCKER" inspect -f '{{.State.ExitCode}}' "$NAME")"
-if [ "$code" != 0 ]; then
-  log "exit code after SIGTERM: $code (want 0)"
-  exit 1
-fi
+stop_expect_clean_exit
 "$DOCKER" rm "$NAME" >/dev/null
 log "ok: built, ready, translated, drained, exit 0"

@@ -7,23 +7,12 @@
 #   DOCKER_HOST=unix:///... docker/ci-vit-server-image-test.sh      (docker/start-dockerd.sh prints it)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$ROOT"
-DOCKER="${DOCKER:-/usr/bin/docker}"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"
+NAME="modelserve-ci-vit-server-$$"
+# shellcheck source=docker/ci-common.sh
+source "$(dirname "$0")/ci-common.sh"
 TAG="${IMAGE_TAG:-ci}"
 IMAGE="modelserve/vit-server:$TAG"
-NAME="modelserve-ci-vit-server-$$"
 READY_TIMEOUT_S="${READY_TIMEOUT_S:-120}"
-log() { echo "[ci-vit-server-image-test] $*" >&2; }
-
-cleanup() {
-  if "$DOCKER" inspect "$NAME" >/dev/null 2>&1; then
-    "$DOCKER" logs --tail 50 "$NAME" >&2 || true
-    "$DOCKER" rm -f "$NAME" >/dev/null 2>&1 || true
-  fi
-}
-trap cleanup EXIT
 
 if [ ! -f models/vit-serving/hf-vit/1/saved_model.pb ]; then
   log "exporting the tiny ViT SavedModel"
@@ -47,7 +36,7 @@ log "built in $(( $(date +%s) - start )) s"
    && for s in translation asr tts imagegen; do [ ! -e "/app/services/$s" ] || exit 1; done' \
   || { log "the image holds other services than vit, or lacks kit/protos"; exit 1; }
 
-read -r REST_PORT GRPC_PORT < <("$PY" -c 'from services.kit.launch import free_port; print(free_port(), free_port())')
+pick_ports
 
 # k8s/kserve's vit-config, but on free ports (the engine runs containers on the host network).
 log "run on ports $REST_PORT/$GRPC_PORT"
@@ -56,19 +45,15 @@ log "run on ports $REST_PORT/$GRPC_PORT"
   -e VIT_MODEL_BASE=/models -e VIT_MODEL_NAME=hf-vit -e VIT_POLL_INTERVAL_S=0 -e VIT_THREADS=2 \
   -e VIT_REQUEST_TIMEOUT_S=30 -e VIT_DOCS=false -e VIT_GRPC_REFLECTION=false -e VIT_SHUTDOWN_GRACE_S=10 \
   -e "VIT_REST_PORT=$REST_PORT" -e "VIT_GRPC_PORT=$GRPC_PORT" "$IMAGE" >/dev/null
-# KServe's readinessProbe, waited for by the project's launcher (on this host's Python): `docker top` fails once
-# the container has stopped.
-"$PY" -m services.kit.launch --ready "http://127.0.0.1:$REST_PORT/v2/health/ready" --timeout "$READY_TIMEOUT_S" \
-  --alive "$DOCKER top $NAME"
+# KServe's readinessProbe.
+wait_ready "http://127.0.0.1:$REST_PORT/v2/health/ready"
 
-"$PY" - "$REST_PORT" "$GRPC_PORT" "$DOCKER" "$NAME" <<'EOF_PY'
-import base64, io, json, subprocess, sys, urllib.request
+"$PY" - "$REST_PORT" <<'EOF_PY'
+import base64, io, json, sys, urllib.request
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-rest, grpc_port, docker, name = sys.argv[1:]
+rest = sys.argv[1]
 base = f"http://127.0.0.1:{rest}"
 
 
@@ -92,26 +77,10 @@ assert v2["model_name"] == "hf-vit" and outputs["label"]["shape"] == [1], v2
 tfs = post("/v1/models/hf-vit:predict", {"instances": [{"b64": image}]})
 assert tfs["predictions"][0]["label"] == outputs["label"]["data"][0], (tfs, v2)
 print(f"v2 infer -> {outputs['label']['data']}, :predict agrees", file=sys.stderr)
-
-with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
-    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
-assert status == health_pb2.HealthCheckResponse.SERVING, status
-
-# Run the image's HEALTHCHECK command exactly as Docker would.
-test = json.loads(subprocess.run([docker, "inspect", "-f", "{{json .Config.Healthcheck.Test}}", name],
-                                 capture_output=True, text=True, check=True).stdout)
-assert test[0] == "CMD", test
-subprocess.run([docker, "exec", name, *test[1:]], check=True, timeout=10)
-print("healthcheck ok", file=sys.stderr)
 EOF_PY
+check_health
 
-log "SIGTERM"
-"$DOCKER" stop --time 30 "$NAME" >/dev/null
-code="$("$DOCKER" inspect -f '{{.State.ExitCode}}' "$NAME")"
-if [ "$code" != 0 ]; then
-  log "exit code after SIGTERM: $code (want 0)"
-  exit 1
-fi
+stop_expect_clean_exit
 # Read whole before grep: under pipefail, grep -q leaving early would fail the pipe with SIGPIPE.
 logs="$("$DOCKER" logs "$NAME" 2>&1)"
 grep -q "shutting down: draining" <<<"$logs" || { log "no drain in the logs after SIGTERM"; exit 1; }

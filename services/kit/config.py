@@ -16,7 +16,11 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SERVER_", extra="ignore", protected_namespaces=())
 
-    threads: int | None = Field(None, description="CPU threads for the model; None leaves the library default")
+    threads: int | None = Field(
+        None,
+        description="CPU threads for the model; None leaves the library default (one fewer for the all-in-one "
+        "platform's shared model thread on CPU: see services/kit/compute.py)",
+    )
     warmup: bool = True
     compute_sharing: Literal["auto", "separate"] = Field(
         "auto", description="services sharing a process: auto = one model thread on CPU, GPU slots on a GPU; "

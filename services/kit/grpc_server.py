@@ -1,6 +1,7 @@
 """gRPC server factory (grpc.aio): health, reflection, message limits, metrics and error mapping."""
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -72,17 +73,10 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary_response(request_or_iterator, context):
-                call = _TrackedCall(self.state, method, metadata, self.service)
-                try:
-                    if gated:
-                        self._check_ready()
+                async with self._tracked(method, metadata, gated, context) as call:
                     response = await inner(call.counted(request_or_iterator), context)
                     call.record.bytes_out += _message_size(response)
                     return response
-                except BaseException as exc:
-                    await call.fail(exc, context)
-                finally:
-                    call.end()
 
             factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
             return factory(unary_response, **wrap_kwargs)
@@ -90,20 +84,27 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_stream or handler.stream_stream
 
         async def streamed_response(request_or_iterator, context):
-            call = _TrackedCall(self.state, method, metadata, self.service)
-            try:
-                if gated:
-                    self._check_ready()
+            async with self._tracked(method, metadata, gated, context) as call:
                 async for item in inner(call.counted(request_or_iterator), context):
                     call.record.bytes_out += _message_size(item)
                     yield item
-            except BaseException as exc:
-                await call.fail(exc, context)
-            finally:
-                call.end()
 
         factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
         return factory(streamed_response, **wrap_kwargs)
+
+    @contextlib.asynccontextmanager
+    async def _tracked(self, method: str, metadata, gated: bool, context):
+        """One call, counted and logged: refused while loading or draining (when gated); its failure aborts it
+        with its status."""
+        call = _TrackedCall(self.state, method, metadata, self.service)
+        try:
+            if gated:
+                self._check_ready()
+            yield call
+        except BaseException as exc:
+            await call.fail(exc, context)
+        finally:
+            call.end()
 
     def _check_ready(self) -> None:
         if not self.state.ready:

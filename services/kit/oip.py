@@ -844,12 +844,20 @@ def create_router(registry: Registry, limits: RestLimits) -> APIRouter:
             return {"ready": True}
         return JSONResponse({"ready": False}, status_code=503, headers={"Retry-After": "5"})
 
-    async def model_metadata(name: str, version: str = ""):
-        try:
-            model, _ = registry.model(name, version)
-        except ServiceError as error:
-            return _error(error)
-        return model.metadata()
+    def model_document(describe: Callable[["OipModel"], dict]):
+        """A GET of one model's document (metadata, config): an unknown model or version answers the OIP error."""
+
+        async def document(name: str, version: str = ""):
+            try:
+                model, _ = registry.model(name, version)
+            except ServiceError as error:
+                return _error(error)
+            return describe(model)
+
+        document.__name__ = f"model_{describe.__name__}"  # FastAPI's operationId, as before
+        return document
+
+    model_metadata = model_document(OipModel.metadata)
 
     async def model_ready(name: str, version: str = ""):
         try:
@@ -886,12 +894,7 @@ def create_router(registry: Registry, limits: RestLimits) -> APIRouter:
         except ServiceError as error:
             return _error(error)
 
-    async def model_config(name: str, version: str = ""):
-        try:
-            model, _ = registry.model(name, version)
-        except ServiceError as error:
-            return _error(error)
-        return model.config()
+    model_config = model_document(OipModel.config)
 
     async def model_statistics(name: str = "", version: str = ""):
         try:

@@ -4,6 +4,8 @@ import asyncio
 import threading
 import time
 
+import pytest
+
 from services.kit.batcher import DynamicBatcher
 from services.kit.compute import ModelThread, share_compute
 from services.kit.config import ServiceSettings
@@ -102,14 +104,19 @@ async def test_an_idle_model_starts_a_lone_request_at_once_and_a_busy_one_batche
 def test_services_in_one_process_share_one_model_thread_on_cpu():
     services = [Service(name=name, settings=ServiceSettings(), runner=None) for name in ("a", "b")]
     batchers = [service.batcher("x", lambda works: [threading.get_ident() for _ in works]) for service in services]
-    assert share_compute(services, threads=None, quantum_s=0.05, gpu_concurrency=2) == "shared-thread"
-    assert services[0].model_thread is services[1].model_thread
+    torch = pytest.importorskip("torch")
+    library_default = torch.get_num_threads()
+    try:
+        assert share_compute(services, threads=None, quantum_s=0.05, gpu_concurrency=2) == "shared-thread"
+        assert services[0].model_thread is services[1].model_thread
 
-    async def both():
-        return await asyncio.gather(*(b.submit(None) for b in batchers))
+        async def both():
+            return await asyncio.gather(*(b.submit(None) for b in batchers))
 
-    first, second = asyncio.run(both())
-    assert first == second
+        first, second = asyncio.run(both())
+        assert first == second
+    finally:
+        torch.set_num_threads(library_default)  # the shared thread took one core fewer for the whole process
     alone = [Service(name="c", settings=ServiceSettings(), runner=None)]
     assert share_compute(alone, threads=None, quantum_s=0.05, gpu_concurrency=2) == "alone"
 
@@ -145,3 +152,21 @@ def test_model_time_leaves_out_the_time_lent_to_other_services_inline():
     assert 0.09 < short.model_s < 0.2
     assert 0.15 < long.model_s < 0.29, "the 0.1 s run inline is not the long call's model time"
     thread.shutdown()
+
+
+def test_a_shared_cpu_thread_leaves_one_core_to_the_serving_threads_unless_told_otherwise():
+    """The event loop, the ViT server and a local load generator need a core: an OpenMP pool on every core
+    stalls whenever one of them preempts a worker (issue 26: imagegen p95 15 s -> 1.2 s on 2 cores)."""
+    torch = pytest.importorskip("torch")
+    library_default = torch.get_num_threads()
+    try:
+        for threads, expected in ((None, max(1, library_default - 1)), (3, 3)):
+            services = [Service(name=name, settings=ServiceSettings(), runner=None) for name in ("a", "b")]
+            mode = share_compute(services, threads=threads, quantum_s=0.05, gpu_concurrency=2)
+            assert mode == "shared-thread"
+            thread = services[0].model_thread
+            assert thread.submit(torch.get_num_threads).result(30) == expected
+            thread.shutdown()
+            torch.set_num_threads(library_default)
+    finally:
+        torch.set_num_threads(library_default)

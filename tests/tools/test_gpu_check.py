@@ -28,7 +28,8 @@ from transformers import (
 
 from tools.gpu_check.bootstrap import missing, pins
 from tools.gpu_check.check import RANDOM_WEIGHT_SETTINGS, SERVICES
-from tools.gpu_check.models import build_models, whisper_tokenizer
+from tools.gpu_check.models import build_models
+from tools.tiny_models.asr import whisper_tokenizer
 from tools.tiny_models.sizes import REAL, SMALL
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,7 +1,11 @@
-"""Shared helpers: seeding, a small multilingual word list and hand-written BPE vocab/merges."""
+"""Shared helpers: seeding, a small multilingual word list, hand-written BPE vocab/merges, filler pieces that pad
+a vocabulary to a real checkpoint's size, and saving in a dtype."""
 
+import itertools
 import json
 import random
+import string
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +104,21 @@ def write_json(path: Path, data: object) -> None:
 def write_merges(path: Path, merges: list[tuple[str, str]], header: str | None = None) -> None:
     lines = ([header] if header else []) + [f"{a} {b}" for a, b in merges]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def filler_pieces(count: int, taken: set[str], prefix: str = "", suffix: str = "") -> list[str]:
+    """`count` distinct pieces (prefix + lowercase letters + suffix) not in `taken`: vocabulary rows that no
+    merge produces, which pad a hand-written vocabulary to a real checkpoint's size and decode as text."""
+
+    def candidates() -> Iterator[str]:
+        for length in itertools.count(3):
+            for letters in itertools.product(string.ascii_lowercase, repeat=length):
+                yield prefix + "".join(letters) + suffix
+
+    return list(itertools.islice((p for p in candidates() if p not in taken), max(count, 0)))
+
+
+def save_model(model, model_dir: Path, dtype: torch.dtype) -> None:
+    """A transformers model's safetensors checkpoint in `dtype` (float32 leaves a tiny model as built)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model.to(dtype).save_pretrained(model_dir, safe_serialization=True)

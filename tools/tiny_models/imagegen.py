@@ -1,7 +1,9 @@
-"""Tiny Stable Diffusion (1.5 layout): UNet, VAE, CLIP text encoder and tokenizer, PNDM scheduler."""
+"""Stable Diffusion (1.5 layout): UNet, VAE, CLIP text encoder and tokenizer, PNDM scheduler, at any of
+tools/tiny_models/sizes.py's sizes: TINY for `make models`, REAL and SMALL for tools/gpu_check."""
 
 from pathlib import Path
 
+import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -16,7 +18,7 @@ from .common import (
     write_json,
     write_merges,
 )
-from .sizes import TINY
+from .sizes import TINY, Sizes
 
 MODELS = LAYOUT["imagegen"]
 
@@ -36,16 +38,15 @@ def _tokenizer(work: Path) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(work, model_max_length=77)
 
 
-def build(out_dir: Path) -> list[Path]:
-    model_dir = out_dir / MODELS[0]
+def build_stable_diffusion(model_dir: Path, sizes: Sizes = TINY, dtype: torch.dtype = torch.float32) -> None:
     tokenizer = _tokenizer(model_dir / "tokenizer")
     seed_everything(300)
-    unet = UNet2DConditionModel(**TINY.unet)
-    vae = AutoencoderKL(**TINY.vae)
+    unet = UNet2DConditionModel(**sizes.unet)
+    vae = AutoencoderKL(**sizes.vae)
+    # A real size names CLIP's own vocabulary size (the hand-written tokenizer uses its first rows).
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            **TINY.clip_text,
+            **{"vocab_size": len(tokenizer), **sizes.clip_text},
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
@@ -73,5 +74,10 @@ def build(out_dir: Path) -> list[Path]:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(model_dir, safe_serialization=True)
+    pipe.to(dtype=dtype).save_pretrained(model_dir, safe_serialization=True)
+
+
+def build(out_dir: Path) -> list[Path]:
+    model_dir = out_dir / MODELS[0]
+    build_stable_diffusion(model_dir)
     return [model_dir]

@@ -19,6 +19,7 @@ class Sizes:
     assistant_decoder_layers: int
     fsmt: dict
     fsmt_vocab: int | None
+    fsmt_generation: dict  # beam search settings of the generation config
     speecht5: dict
     hifigan: dict
     unet: dict
@@ -60,6 +61,8 @@ REAL = Sizes(
         activation_function="relu",
     ),
     fsmt_vocab=42024,
+    # wmt19's generation config.
+    fsmt_generation=dict(num_beams=5, max_length=200),
     # microsoft/speecht5_tts, speecht5_vc and speecht5_hifigan are the library's default configurations.
     speecht5={},
     hifigan={},
@@ -104,88 +107,6 @@ REAL = Sizes(
     ),
 )
 
-# The same builders at a fraction of the width and depth (real vocabularies), for tests on a CPU.
-SMALL = Sizes(
-    name="small",
-    whisper={
-        **REAL.whisper,
-        **dict(
-            d_model=64,
-            encoder_layers=2,
-            decoder_layers=4,
-            encoder_attention_heads=2,
-            decoder_attention_heads=2,
-            encoder_ffn_dim=128,
-            decoder_ffn_dim=128,
-        ),
-    },
-    whisper_vocab=REAL.whisper_vocab,
-    assistant_decoder_layers=2,
-    fsmt={
-        **REAL.fsmt,
-        **dict(
-            d_model=32,
-            encoder_layers=2,
-            decoder_layers=2,
-            encoder_attention_heads=2,
-            decoder_attention_heads=2,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-        ),
-    },
-    fsmt_vocab=REAL.fsmt_vocab,
-    speecht5=dict(
-        hidden_size=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        conv_dim=(32,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        speech_decoder_prenet_units=32,
-        speech_decoder_postnet_layers=2,
-        speech_decoder_postnet_units=32,
-    ),
-    hifigan=dict(upsample_initial_channel=32),
-    unet=dict(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    ),
-    vae=dict(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 32, 64, 64),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=64,
-    ),
-    clip_text={
-        **REAL.clip_text,
-        **dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            projection_dim=32,
-        ),
-    },
-)
-
-
 # tools/tiny_models: the CPU test checkpoints (hand-written vocabularies as they are).
 TINY = Sizes(
     name="tiny",
@@ -216,6 +137,7 @@ TINY = Sizes(
         decoder_ffn_dim=64,
     ),
     fsmt_vocab=None,
+    fsmt_generation=dict(num_beams=2, max_length=64),
     speecht5=dict(
         hidden_size=32,
         encoder_layers=2,
@@ -269,4 +191,40 @@ TINY = Sizes(
         num_attention_heads=4,
         max_position_embeddings=77,
     ),
+)
+
+# The same builders at a fraction of the width and depth (real vocabularies), for tests on a CPU.
+SMALL = Sizes(
+    name="small",
+    whisper={
+        **REAL.whisper,
+        **dict(
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=4,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+        ),
+    },
+    whisper_vocab=REAL.whisper_vocab,
+    assistant_decoder_layers=2,
+    fsmt={**REAL.fsmt, **TINY.fsmt},
+    fsmt_vocab=REAL.fsmt_vocab,
+    fsmt_generation=REAL.fsmt_generation,
+    speecht5=TINY.speecht5,
+    hifigan=dict(upsample_initial_channel=32),
+    unet=TINY.unet,
+    vae=TINY.vae,
+    clip_text={
+        **REAL.clip_text,
+        **dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            projection_dim=32,
+        ),
+    },
 )

@@ -1,7 +1,9 @@
-"""Tiny FSMT (facebook/wmt19-*) translation checkpoints with hand-written fairseq-style BPE files."""
+"""FSMT (facebook/wmt19-*) translation checkpoints with hand-written fairseq-style BPE files, at any of
+tools/tiny_models/sizes.py's sizes: TINY for `make models`, REAL and SMALL for tools/gpu_check."""
 
 from pathlib import Path
 
+import torch
 from transformers import FSMTConfig, FSMTForConditionalGeneration, FSMTTokenizer, GenerationConfig
 
 from . import LAYOUT
@@ -10,22 +12,28 @@ from .common import (
     chain_merges,
     end_of_word_symbols,
     end_of_word_vocab,
+    filler_pieces,
+    save_model,
     seed_everything,
     words,
     write_json,
     write_merges,
 )
-from .sizes import TINY
+from .sizes import TINY, Sizes
 
 PAIRS = (("en", "de"), ("de", "en"), ("en", "ru"), ("ru", "en"))
 MODELS = LAYOUT["translation"]
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq dictionary order: bos 0, pad 1, eos 2, unk 3
 
 
-def _write_tokenizer_files(work: Path, src: str, tgt: str) -> dict[str, Path]:
+def _write_tokenizer_files(work: Path, src: str, tgt: str, vocab_size: int | None) -> dict[str, Path]:
+    """Fairseq-style BPE of common words; with `vocab_size`, padded with filler pieces to a real checkpoint's."""
     merges = chain_merges([end_of_word_symbols(w) for w in words(src, tgt, capitalized=True)])
     # Both sides share the merges, so each side needs every merge result or it would encode to <unk>.
-    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *end_of_word_vocab(CHARACTERS, merges)])}
+    pieces = [*SPECIALS, *end_of_word_vocab(CHARACTERS, merges)]
+    if vocab_size is not None:
+        pieces += filler_pieces(vocab_size - len(pieces), set(pieces), suffix="</w>")
+    vocab = {tok: i for i, tok in enumerate(pieces)}
     files = {"src_vocab_file": work / "vocab-src.json", "tgt_vocab_file": work / "vocab-tgt.json"}
     for path in files.values():
         write_json(path, vocab)
@@ -34,15 +42,19 @@ def _write_tokenizer_files(work: Path, src: str, tgt: str) -> dict[str, Path]:
     return files
 
 
-def build_pair(model_dir: Path, src: str, tgt: str, seed: int) -> Path:
+def build_pair(
+    model_dir: Path, src: str, tgt: str, seed: int, sizes: Sizes = TINY, dtype: torch.dtype = torch.float32
+) -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = FSMTTokenizer(langs=[src, tgt], **_write_tokenizer_files(model_dir, src, tgt))
+    tokenizer = FSMTTokenizer(
+        langs=[src, tgt], **_write_tokenizer_files(model_dir, src, tgt, sizes.fsmt_vocab)
+    )
     seed_everything(seed)
     config = FSMTConfig(
         langs=[src, tgt],
         src_vocab_size=tokenizer.src_vocab_size,
         tgt_vocab_size=tokenizer.tgt_vocab_size,
-        **TINY.fsmt,
+        **sizes.fsmt,
     )
     model = FSMTForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(
@@ -51,11 +63,10 @@ def build_pair(model_dir: Path, src: str, tgt: str, seed: int) -> Path:
         eos_token_id=2,
         decoder_start_token_id=2,
         forced_eos_token_id=2,
-        num_beams=2,
-        max_length=64,
         early_stopping=True,
+        **sizes.fsmt_generation,
     )
-    model.save_pretrained(model_dir, safe_serialization=True)
+    save_model(model, model_dir, dtype)
     tokenizer.save_pretrained(model_dir)
     return model_dir
 

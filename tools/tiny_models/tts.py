@@ -1,10 +1,12 @@
-"""Tiny SpeechT5 text-to-speech, voice conversion and HiFi-GAN vocoder, plus named x-vector voices."""
+"""SpeechT5 text-to-speech, voice conversion and HiFi-GAN vocoder, plus named x-vector voices, at any of
+tools/tiny_models/sizes.py's sizes: TINY for `make models`, REAL and SMALL for tools/gpu_check."""
 
 import io
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
+import torch
 from transformers import (
     SpeechT5Config,
     SpeechT5FeatureExtractor,
@@ -17,8 +19,8 @@ from transformers import (
 )
 
 from . import LAYOUT
-from .common import CHARACTERS, seed_everything, words
-from .sizes import TINY
+from .common import CHARACTERS, save_model, seed_everything, words
+from .sizes import TINY, Sizes
 
 MODELS = LAYOUT["tts"]
 VOICES = ("alloy", "echo", "nova", "shimmer")  # the OpenAI speech API's voice names
@@ -47,13 +49,8 @@ def _processor(work: Path) -> SpeechT5Processor:
     )
 
 
-def _config(vocab_size: int) -> SpeechT5Config:
-    return SpeechT5Config(vocab_size=vocab_size, **TINY.speecht5)
-
-
-def _save(model, processor: SpeechT5Processor | None, model_dir: Path) -> Path:
-    model_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(model_dir, safe_serialization=True)
+def _save(model, processor: SpeechT5Processor | None, model_dir: Path, dtype: torch.dtype) -> Path:
+    save_model(model, model_dir, dtype)
     if processor is not None:
         processor.save_pretrained(model_dir)
     return model_dir
@@ -68,15 +65,24 @@ def build_voices(voices_dir: Path) -> Path:
     return voices_dir
 
 
-def build(out_dir: Path) -> list[Path]:
-    tts_dir, vc_dir, vocoder_dir, voices_dir = (out_dir / name for name in MODELS)
-    tts_dir.mkdir(parents=True, exist_ok=True)
-    processor = _processor(tts_dir)
-    config = _config(len(processor.tokenizer))
+def build_speecht5(
+    dirs: dict[str, Path], sizes: Sizes = TINY, dtype: torch.dtype = torch.float32
+) -> list[Path]:
+    """Text-to-speech, voice conversion and HiFi-GAN at `sizes`, the character tokenizer, and the voices;
+    `dirs` maps "tts", "vc", "vocoder" and "voices" to their directories."""
+    dirs["tts"].mkdir(parents=True, exist_ok=True)
+    processor = _processor(dirs["tts"])
+    config = SpeechT5Config(vocab_size=len(processor.tokenizer), **sizes.speecht5)
     seed_everything(200)
-    _save(SpeechT5ForTextToSpeech(config), processor, tts_dir)
+    _save(SpeechT5ForTextToSpeech(config), processor, dirs["tts"], dtype)
     seed_everything(201)
-    _save(SpeechT5ForSpeechToSpeech(config), processor, vc_dir)
+    _save(SpeechT5ForSpeechToSpeech(config), processor, dirs["vc"], dtype)
     seed_everything(202)
-    _save(SpeechT5HifiGan(SpeechT5HifiGanConfig(**TINY.hifigan)), None, vocoder_dir)
-    return [tts_dir, vc_dir, vocoder_dir, build_voices(voices_dir)]
+    _save(SpeechT5HifiGan(SpeechT5HifiGanConfig(**sizes.hifigan)), None, dirs["vocoder"], dtype)
+    return [dirs["tts"], dirs["vc"], dirs["vocoder"], build_voices(dirs["voices"])]
+
+
+def build(out_dir: Path) -> list[Path]:
+    return build_speecht5(
+        {key: out_dir / name for key, name in zip(("tts", "vc", "vocoder", "voices"), MODELS, strict=True)}
+    )
