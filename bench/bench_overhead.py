@@ -13,11 +13,12 @@
    counts nothing) wrapped around the synchronous functions that do each stage, in whichever thread runs them.
    "everything else" is the total minus the timed stages: the asyncio loop, socket calls, Starlette/FastAPI
    routing and dependency solving, the kit's middleware bookkeeping, batcher hand-off and thread hand-offs.
-   To compare with another tree, run the same script with that tree first on the path:
+   A timer costs a few µs itself (thread_time is a system call): the child measures that on a no-op and the
+   table takes it out of each stage (the part inside the timed interval) and of the total (all of it).
+   `--baseline DIR` measures another checkout (a `git worktree` of HEAD, say) beside this one, runs alternating:
 
     .venv/bin/python bench/bench_overhead.py [--requests 300]
-    .venv/bin/python bench/bench_overhead.py --stages [--stage-requests 1500] [--label after]
-    PYTHONPATH=/tmp/before-ovh .venv/bin/python bench/bench_overhead.py --stages --label before
+    .venv/bin/python bench/bench_overhead.py --stages [--stage-requests 1500] [--baseline /tmp/before-ovh]
 """
 
 import argparse
@@ -40,10 +41,11 @@ import httpx
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests" / "kit"))
+TREE_VARIABLE = "BENCH_OVERHEAD_TREE"
+# A stage child measuring another checkout (`--baseline`) imports that tree's services.
+sys.path.insert(0, os.environ.get(TREE_VARIABLE) or str(REPO))
+sys.path.append(str(REPO / "tests" / "kit"))
 
-from echo_service import GRPC_METHOD, EchoSettings, create_service  # noqa: E402
 from loadgen import post_load  # noqa: E402
 
 from services.kit.testing import ServerThread  # noqa: E402
@@ -69,6 +71,9 @@ def p50(samples: list[float]) -> float:
 
 
 def echo_overhead(requests: int, wait_when_idle: bool) -> dict[str, float]:
+    # Imported here: echo_service puts this checkout first on the path, which a baseline stage child must not see.
+    from echo_service import GRPC_METHOD, EchoSettings, create_service
+
     settings = EchoSettings(log_level="warning", max_wait_ms=5, wait_when_idle=wait_when_idle)
     with ServerThread(lambda: [create_service(settings)], settings) as server:
         runner = server.services[0].runner
@@ -91,11 +96,18 @@ def echo_overhead(requests: int, wait_when_idle: bool) -> dict[str, float]:
 
 def translation_c1(requests: int, batching: bool) -> float:
     settings = TranslationSettings(
-        models={"en-de": str(TRANSLATION_MODELS / "wmt19-en-de")}, log_level="warning",
-        max_batch_size=16 if batching else 1, max_wait_ms=5 if batching else 0, default_max_new_tokens=16,
+        models={"en-de": str(TRANSLATION_MODELS / "wmt19-en-de")},
+        log_level="warning",
+        max_batch_size=16 if batching else 1,
+        max_wait_ms=5 if batching else 0,
+        default_max_new_tokens=16,
     )
     with ServerThread(lambda: [create_translation(settings)], settings) as server:
-        body = {"text": "The quick brown fox jumps over the lazy dog.", "source_lang": "en", "target_lang": "de"}
+        body = {
+            "text": "The quick brown fox jumps over the lazy dog.",
+            "source_lang": "en",
+            "target_lang": "de",
+        }
         with httpx.Client(base_url=server.rest_url, timeout=60) as client:
             return p50(timed(lambda: client.post("/v1/translate", json=body), requests))
 
@@ -105,8 +117,11 @@ def translation_c1(requests: int, batching: bool) -> float:
 STAGE_CONCURRENCY = 16
 STUB_OUTPUT_TOKENS = 8
 STAGE_BODY = {
-    "text": "The quick brown fox jumps over the lazy dog.", "source_lang": "en", "target_lang": "de",
-    "num_beams": 1, "max_new_tokens": 24,
+    "text": "The quick brown fox jumps over the lazy dog.",
+    "source_lang": "en",
+    "target_lang": "de",
+    "num_beams": 1,
+    "max_new_tokens": 24,
 }
 
 
@@ -146,19 +161,39 @@ class StageTimers:
             self.seconds.clear()
             self.calls.clear()
 
+    def overhead(self, calls: int = 20000) -> tuple[float, float]:
+        """(seconds a timer adds inside the interval it measures, seconds it adds in all) per call, on a no-op."""
+
+        class Probe:
+            @staticmethod
+            def noop():
+                return None
+
+        plain = time.thread_time()
+        for _ in range(calls):
+            Probe.noop()
+        plain = time.thread_time() - plain
+        self.wrap(Probe, "noop", "calibration")
+        wrapped = time.thread_time()
+        for _ in range(calls):
+            Probe.noop()
+        wrapped = time.thread_time() - wrapped
+        inside = self.seconds.pop("calibration") / calls
+        self.calls.pop("calibration")
+        return inside, max(0.0, wrapped - plain) / calls
+
 
 def instrument(timers: StageTimers) -> None:
     """Timers around the synchronous functions of each stage (those of both trees, where they differ)."""
+    import fastapi.routing
     import h11
     import prometheus_client.metrics as prometheus
     from fastapi._compat import v2 as fastapi_fields
-    from fastapi.encoders import jsonable_encoder  # noqa: F401 - imported by fastapi.routing under this name
     from pydantic import BaseModel
     from starlette.responses import JSONResponse, Response
     from transformers import FSMTTokenizer
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    import fastapi.routing
     from services.kit import logs, tracing
 
     timers.wrap(H11Protocol, "data_received", "HTTP: request parsing (uvicorn h11)")
@@ -166,8 +201,10 @@ def instrument(timers: StageTimers) -> None:
     timers.wrap(logs, "request_id_from", "request id")
     timers.wrap(logs.RequestRecord, "log", "access log line")
     for metric, methods in (
-        (prometheus.MetricWrapperBase, ("labels",)), (prometheus.Counter, ("inc",)),
-        (prometheus.Gauge, ("inc", "dec", "set")), (prometheus.Histogram, ("observe",)),
+        (prometheus.MetricWrapperBase, ("labels",)),
+        (prometheus.Counter, ("inc",)),
+        (prometheus.Gauge, ("inc", "dec", "set")),
+        (prometheus.Histogram, ("observe",)),
     ):
         for method in methods:
             timers.wrap(metric, method, "metrics")
@@ -199,11 +236,16 @@ def serve_stub_translation() -> None:
     FSMTForConditionalGeneration.generate = torch.inference_mode()(stub_generate)
     timers = StageTimers()
     instrument(timers)
+    inside_s, per_call_s = timers.overhead()
     configure_logging("info", "json")  # the default level: one access line per request, formatted and written
     logging.getLogger().handlers[0].setStream(open(os.devnull, "w"))  # noqa: SIM115 - the process's lifetime
     settings = TranslationSettings(
-        models={"en-de": str(TRANSLATION_MODELS / "wmt19-en-de")}, continuous_batching=False, threads=1,
-        max_batch_size=16, max_wait_ms=5, max_queue=1024,
+        models={"en-de": str(TRANSLATION_MODELS / "wmt19-en-de")},
+        continuous_batching=False,
+        threads=1,
+        max_batch_size=16,
+        max_wait_ms=5,
+        max_queue=1024,
     )
     with ServerThread(lambda: [create_translation(settings)], settings) as server:
         print(server.rest_url, flush=True)
@@ -211,13 +253,23 @@ def serve_stub_translation() -> None:
             if line.strip() == "reset":
                 timers.reset()
             else:
-                print(json.dumps({"seconds": timers.seconds, "calls": timers.calls}), flush=True)
+                report = {
+                    "seconds": timers.seconds,
+                    "calls": timers.calls,
+                    "inside_s": inside_s,
+                    "per_call_s": per_call_s,
+                }
+                print(json.dumps(report), flush=True)
 
 
-def stage_costs(requests: int) -> tuple[dict[str, float], float]:
+def stage_costs(requests: int, tree: str | None = None) -> tuple[dict[str, float], float]:
     """(µs per request by stage, total server CPU µs per request) at concurrency 16."""
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve-stub"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--serve-stub"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, TREE_VARIABLE: tree or ""},
     )
     try:
         url = child.stdout.readline().strip() + "/v1/translate"
@@ -229,32 +281,65 @@ def stage_costs(requests: int) -> tuple[dict[str, float], float]:
         server = psutil.Process(child.pid)
         cpu_before = sum(server.cpu_times()[:2])
         asyncio.run(post_load(url, [STAGE_BODY] * requests, STAGE_CONCURRENCY))
-        total_us = (sum(server.cpu_times()[:2]) - cpu_before) * 1e6 / requests
+        cpu_s = sum(server.cpu_times()[:2]) - cpu_before
         child.stdin.write("report\n")
         child.stdin.flush()
-        timed = json.loads(child.stdout.readline())["seconds"]
+        report = json.loads(child.stdout.readline())
     finally:
         with contextlib.suppress(BrokenPipeError):
             child.stdin.close()
         child.wait(timeout=60)
-    return {stage: seconds * 1e6 / requests for stage, seconds in timed.items()}, total_us
+    calls = report["calls"]
+    total_us = (cpu_s - sum(calls.values()) * report["per_call_s"]) * 1e6 / requests
+    by_stage = {
+        stage: max(0.0, seconds - calls[stage] * report["inside_s"]) * 1e6 / requests
+        for stage, seconds in report["seconds"].items()
+    }
+    return by_stage, total_us
 
 
-def report_stages(requests: int, label: str) -> None:
-    runs = [stage_costs(requests) for _ in range(2)]
-    stages = sorted({stage for by_stage, _ in runs for stage in by_stage})
-    mean = {stage: statistics.mean(by_stage.get(stage, 0.0) for by_stage, _ in runs) for stage in stages}
-    total = statistics.mean(total for _, total in runs)
-    print(f"\n| stage ({label}; translation, generate stubbed, concurrency {STAGE_CONCURRENCY}, "
-          f"{requests} requests x 2 runs) | CPU µs per request |")
-    print("|---|---:|")
-    for stage in sorted(stages, key=mean.get, reverse=True):
-        print(f"| {stage} | {mean[stage]:.0f} |")
-    print(f"| everything else (asyncio, sockets, routing, middleware, batcher and thread hand-offs) | "
-          f"{total - sum(mean.values()):.0f} |")
-    print(f"| **server CPU per request** (psutil, all threads) | **{total:.0f}** |")
-    runner_stages = ("tokenizing (service and runner)", "runner around the model (detokenizing)")
-    print(f"| of which not the service's own text processing | {total - sum(mean.get(s, 0) for s in runner_stages):.0f} |")
+def report_stages(requests: int, baseline: str | None, rounds: int = 2) -> None:
+    """The stage table of this tree, beside `baseline`'s (another checkout, first on the child's path) when given;
+    the trees' runs alternate (A B A B), so that drift on a shared machine hits both."""
+    trees = {"this tree": None, **({f"baseline ({baseline})": baseline} if baseline else {})}
+    runs: dict[str, list] = {label: [] for label in trees}
+    for _ in range(rounds):
+        for label, path in trees.items():
+            runs[label].append(stage_costs(requests, path))
+    stages = sorted({stage for tree_runs in runs.values() for by_stage, _ in tree_runs for stage in by_stage})
+    means, totals = {}, {}
+    for label, tree_runs in runs.items():
+        means[label] = {
+            stage: statistics.mean(by_stage.get(stage, 0.0) for by_stage, _ in tree_runs) for stage in stages
+        }
+        totals[label] = statistics.mean(total for _, total in tree_runs)
+    labels = list(reversed(trees)) if baseline else list(trees)
+    print(
+        f"\nTranslation, generate stubbed, concurrency {STAGE_CONCURRENCY}, {requests} requests x {rounds} runs "
+        "per tree, server CPU µs per request:\n"
+    )
+    print("| stage | " + " | ".join(labels) + " |")
+    print("|---|" + "---:|" * len(labels))
+    for stage in sorted(stages, key=means["this tree"].get, reverse=True):
+        print(f"| {stage} | " + " | ".join(f"{means[label][stage]:.0f}" for label in labels) + " |")
+    rest = {label: totals[label] - sum(means[label].values()) for label in labels}
+    print(
+        "| everything else (asyncio, sockets, routing, middleware, batcher and thread hand-offs) | "
+        + " | ".join(f"{rest[label]:.0f}" for label in labels)
+        + " |"
+    )
+    print(
+        "| **server CPU per request** (psutil, all threads) | "
+        + " | ".join(f"**{totals[label]:.0f}**" for label in labels)
+        + " |"
+    )
+    text_stages = ("tokenizing (service and runner)", "runner around the model (detokenizing)")
+    outside = {label: totals[label] - sum(means[label].get(s, 0.0) for s in text_stages) for label in labels}
+    print(
+        "| of which outside the service's text processing | "
+        + " | ".join(f"{outside[label]:.0f}" for label in labels)
+        + " |"
+    )
 
 
 def main() -> None:
@@ -262,14 +347,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--stages", action="store_true", help="only the stage table (section 3)")
     parser.add_argument("--stage-requests", type=int, default=1500)
-    parser.add_argument("--label", default="this tree", help="names the tree in the stage table")
+    parser.add_argument("--baseline", help="another checkout to measure beside this tree (stage table)")
     parser.add_argument("--serve-stub", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_stub:
         serve_stub_translation()
         return
     if args.stages:
-        report_stages(args.stage_requests, args.label)
+        report_stages(args.stage_requests, args.baseline)
         return
     rows = []
     for _ in range(2):  # interleaved, so drift on a shared machine hits both
@@ -280,8 +365,10 @@ def main() -> None:
     for wait in (True, False):
         picked = [row for flag, row in rows if flag == wait]
         label = "waits max_wait_ms (5 ms) for company" if wait else "starts at once (default)"
-        print(f"| {label} | {statistics.mean(r['direct'] for r in picked):.3f} | "
-              f"{statistics.mean(r['rest'] for r in picked):.2f} | {statistics.mean(r['grpc'] for r in picked):.2f} |")
+        print(
+            f"| {label} | {statistics.mean(r['direct'] for r in picked):.3f} | "
+            f"{statistics.mean(r['rest'] for r in picked):.2f} | {statistics.mean(r['grpc'] for r in picked):.2f} |"
+        )
     sys.stdout.flush()
     on, off = [], []
     for _ in range(2):
@@ -293,7 +380,7 @@ def main() -> None:
     print(f"| batching off (1, 0 ms) | {statistics.mean(off):.2f} |")
     print(f"| on / off | {statistics.mean(on) / statistics.mean(off):.2f}x |")
     sys.stdout.flush()
-    report_stages(args.stage_requests, args.label)
+    report_stages(args.stage_requests, args.baseline)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Whisper runner: a main model, a speculative-decoding assistant, and load-adaptive batch decoding. No web code.
 
 Assisted (speculative) decoding lets a small assistant draft tokens that the main model checks in one forward
-pass; greedy output is exactly the main model's own. It only pays at batch size 1, so `predict_batch` looks at
-how many requests the batcher handed over: a few are decoded one by one with the assistant, more than
-`adaptive_threshold` together in one plain batched generate.
+pass; greedy output is exactly the main model's own. It decodes one request at a time, so whether it pays depends
+on the hardware and the load: for `decoding=auto`, `choose_path` (and `step_decodable`, for the continuous decode
+loop) asks `path_choice.MeasuredPathChoice`, which compares the measured seconds per token of both paths at the
+current load (or, with `path_choice=threshold`, follows `adaptive_threshold`).
 
 Each decoded 30 s window is also described the way OpenAI's Whisper describes it (`Window`, generation.py): its
 seek offset, the temperature that produced it, the average log-probability of its tokens, the compression ratio

@@ -89,6 +89,7 @@ def create_service(settings: ASRSettings | None = None) -> Service:
             "id": runner.model_id,
             "task": "automatic-speech-recognition",
             "assistant": settings.assistant_model or None,
+            "quantization": runner.quantization,
         }
     ]
     transcription: Operation[Transcription, TranscriptionPlan, None] = Operation(

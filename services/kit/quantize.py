@@ -43,7 +43,7 @@ def quantize_linears(model: torch.nn.Module, keep: Iterable[torch.nn.Module] = (
         if type(module) is torch.nn.Linear and id(module) not in kept
     }
     with warnings.catch_warnings():
-        # torch.ao's eager quantization is deprecated in favour of torchao (not a dependency here); it works in
+        # torch.ao's eager quantization is deprecated in favour of torchao (not a dependency); it works in
         # the pinned torch.
         warnings.simplefilter("ignore")
         if isinstance(model, torch.nn.Linear):

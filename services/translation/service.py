@@ -16,20 +16,31 @@ from .schemas import TranslateRequest, TranslateResponse, build_job, build_respo
 from .settings import TranslationSettings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Translation"].full_name
+# Characters of text a request may have to be tokenized on the event loop (about a millisecond of Python).
+INLINE_TOKENIZING_CHARS = 400
 
 
 def create_service(settings: TranslationSettings | None = None) -> Service:
     settings = settings or TranslationSettings()
     runner = TranslationRunner(settings)
-    service = Service(name="translation", settings=settings, runner=runner, models=runner.model_infos)
+    service = Service(
+        name="translation",
+        settings=settings,
+        runner=runner,
+        models=lambda: [{**info, "quantization": runner.quantization} for info in runner.model_infos()],
+    )
 
     # Tokenizing 32 texts of 2,000 characters takes up to half a second of Python: off the event loop, in a pool of
-    # its own (protocol parsing keeps the loop's default pool).
+    # its own (protocol parsing keeps the loop's default pool). A short request is tokenized on the loop: there it
+    # takes under a millisecond, less than the hand-off to the pool and back costs (bench/bench_overhead.py).
     tokenizing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="translation-tokenize")
 
     async def prepare(body: TranslateRequest) -> JobPlan:
         runner.ensure_pair(body.pair)
-        job = await asyncio.get_running_loop().run_in_executor(tokenizing, build_job, body, settings, runner)
+        if sum(len(text) for text in body.texts()) <= INLINE_TOKENIZING_CHARS:
+            job = build_job(body, settings, runner)
+        else:
+            job = await asyncio.get_running_loop().run_in_executor(tokenizing, build_job, body, settings, runner)
         return JobPlan(job, key=runner.batch_key(job), cost=runner.cost(job))
 
     translate = Operation(

@@ -39,12 +39,13 @@ from transformers import (
 
 from services.kit.batcher import Work
 from services.kit.errors import Cancelled
+from services.kit.quantize import quantize_linears, resolve_quantization
 from services.kit.torch_models import StopWhenCancelled, TorchRuntime, resolve_source
 
 from .continuous import SpeechLoop
 from .metrics import ROWS_PER_CALL
 from .sentences import split_sentences
-from .settings import TTSSettings
+from .settings import QUANTIZE_AUTO_INT8, TTSSettings
 from .synthesis import (
     AudioResult,
     ConversionJob,
@@ -79,6 +80,7 @@ class SpeechRunner:
         self.vc: SpeechT5ForSpeechToSpeech | None = None
         self.voices: VoiceBank | None = None
         self.sample_rate = 16000
+        self.quantization = "none"  # "int8" once load() quantized the acoustic model (CPU only)
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -87,7 +89,11 @@ class SpeechRunner:
         self.runtime = TorchRuntime(s.device, s.dtype, s.threads, s.few_row_linears)
         source = resolve_source(s.model)
         self.tokenizer = SpeechT5Tokenizer.from_pretrained(source)
-        self.tts = self.runtime.tune_for_decoding(self.runtime.load(SpeechT5ForTextToSpeech, source))
+        self.quantization = resolve_quantization(s.quantize, self.runtime.device, QUANTIZE_AUTO_INT8)
+        self.tts = self.runtime.load(SpeechT5ForTextToSpeech, source)
+        if self.quantization == "int8":  # before FewRowLinear (it stays float); HiFi-GAN has no linears
+            quantize_linears(self.tts)
+        self.tts = self.runtime.tune_for_decoding(self.tts)
         self.vocoder = self.runtime.load(SpeechT5HifiGan, s.vocoder)
         vc_source = resolve_source(s.vc_model)
         self.vc_features = SpeechT5FeatureExtractor.from_pretrained(vc_source)

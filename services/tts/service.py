@@ -35,7 +35,12 @@ def create_service(settings: TTSSettings | None = None) -> Service:
     runner = SpeechRunner(settings)
     service = Service(name="tts", settings=settings, runner=runner)
     service.models = lambda: [
-        {"id": model_name(settings.model), "task": "text-to-speech", "aliases": list(settings.model_aliases)},
+        {
+            "id": model_name(settings.model),
+            "task": "text-to-speech",
+            "aliases": list(settings.model_aliases),
+            "quantization": runner.quantization,
+        },
         {"id": model_name(settings.vc_model), "task": "voice-conversion"},
     ]
     speech = Operation(
