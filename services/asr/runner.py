@@ -454,11 +454,11 @@ class ASRRunner:
     def encode_for_detection(self, jobs: list[ASRJob], features: Features) -> BaseModelOutput | None:
         """The encoder's outputs for short clips whose language is to be detected, computed once for detection and
         decoding (generate() would encode the audio again). None where generate() must encode itself: long-form
-        audio (one pass per window), nothing to detect, or word timings with fallback temperatures (the word
-        alignment reads each decode's encoder pass)."""
+        audio (one pass per window), nothing to detect, or word timings (the word alignment reads the encoder pass
+        of the decode that produced the words)."""
         if not self.multilingual or jobs[0].long_form or all(job.language is not None for job in jobs):
             return None
-        if self.settings.fallback_temperatures and any(job.words for job in jobs):
+        if any(job.words for job in jobs):
             return None
         return self.model.model.encoder(features.input_features)
 
@@ -556,9 +556,6 @@ class ASRRunner:
         if stop is not None:
             kwargs.update(stopping_criteria=[stop], monitor_progress=stop.check)
         capture = self.window_capture(jobs, languages)
-        if encoded is not None and capture.word_rows:
-            # The encoder ran already, so its hook will not hand the word alignment its output.
-            capture.encoder_hidden = encoded.last_hidden_state
         partials = None
         if on_partial is not None and any(job.stream for job in jobs):
             partials = capture.on_window = self.partial_texts(jobs, on_partial)
