@@ -51,6 +51,15 @@ class LocalPlatform:
     def vit_grpc_target(self) -> str:
         return f"127.0.0.1:{self.vit_grpc_port}"
 
+    def target_args(self) -> list[str]:
+        """`python -m loadtests.run`'s options that point it at this platform."""
+        return [
+            "--host", self.rest_url,
+            "--grpc-host", self.grpc_target,
+            "--vit-host", self.vit_url,
+            "--vit-grpc-host", self.vit_grpc_target,
+        ]  # fmt: skip
+
     @property
     def has_vit(self) -> bool:
         """Whether the platform starts the ViT server (it does once services/vit/__main__.py exists)."""
