@@ -14,6 +14,9 @@ inputs interleaved one by one (so a busy machine slows both alike); times are se
   inference): mean absolute difference of the output's log-mel spectrogram (SpeechT5's own feature extractor)
   between float32 and int8, beside the float32 log-mel's own mean absolute value for scale. Same caveat.
 
+`--encoder-dtype` prints ASR's other table instead: the encoder and its cross-attention projections in bfloat16
+(`ASR_ENCODER_DTYPE`) against float32, on all 42 clips (English, German, French), language given and detected.
+
 The issue's rule for a default: int8 on CPU only where WER stays within 0.5 pt and tokens agree on >= 95 % of
 the clips (services/*/settings.py QUANTIZE_AUTO_INT8). Timings are noisy on a shared machine: compare ratios.
 """
@@ -78,6 +81,7 @@ def bench_asr(args) -> dict:
             model=str(real / "whisper-base"),
             assistant_model="",
             quantize=mode,
+            encoder_dtype="float32",  # float32 against int8 alone (bfloat16 has its own table: --encoder-dtype)
             device="cpu",
             threads=args.threads,
         )
@@ -101,6 +105,62 @@ def bench_asr(args) -> dict:
         "fidelity": f"tokens agree {100 * agree:.1f} %, WER {wer['none']:.2f} -> {wer['int8']:.2f} %",
         "holds": agree >= 0.95 and wer["int8"] - wer["none"] <= 0.5,
     }
+
+
+def bench_encoder_dtype(args) -> None:
+    """ASR_ENCODER_DTYPE: real whisper-base with its audio side in bfloat16 against float32, on every evaluation
+    clip (English, German, French), with `language` given and detected: speed, token agreement and WER."""
+    from services.asr.domain import ASRJob
+    from services.asr.runner import ASRRunner
+    from services.asr.settings import ASRSettings
+    from services.kit.testing import word_alignment, words
+
+    real = REPO / "models" / "real"
+    clips = []
+    for line in (real / "speech" / "refs.tsv").read_text(encoding="utf-8").splitlines():
+        clip_id, lang, _voice, text = line.split("\t")
+        audio, _rate = sf.read(real / "speech" / f"{clip_id}.wav", dtype="float32")
+        clips.append((lang, audio, text))
+    runners = {}
+    for dtype in ("float32", "bfloat16"):
+        settings = ASRSettings(
+            model=str(real / "whisper-base"),
+            assistant_model="",
+            encoder_dtype=dtype,
+            device="cpu",
+            threads=args.threads,
+        )
+        runners[dtype] = ASRRunner(settings)
+        runners[dtype].load()
+        runners[dtype].warmup()
+    print(
+        f"\nASR encoder in bfloat16 against float32, real whisper-base, plain path, {args.threads} threads; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        "| language | clips | `language` | float32 s | bfloat16 s | speed-up | identical tokens | WER float32 -> bfloat16 |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---|")
+    for given in (True, False):
+        for lang in dict.fromkeys(lang for lang, _, _ in clips):
+            chosen = [(audio, text) for clip_lang, audio, text in clips if clip_lang == lang]
+            seconds = dict.fromkeys(runners, 0.0)
+            tokens, errors = {dtype: [] for dtype in runners}, dict.fromkeys(runners, 0)
+            for audio, text in chosen:
+                for dtype, runner in runners.items():
+                    job = ASRJob(audio, language=lang if given else None)
+                    [transcript], took = timed(runner.transcribe, [job], "plain")
+                    seconds[dtype] += took
+                    tokens[dtype].append(transcript.tokens)
+                    errors[dtype] += sum(word_alignment(text, transcript.text))
+            reference_words = sum(len(words(text)) for _, text in chosen)
+            same = sum(a == b for a, b in zip(tokens["float32"], tokens["bfloat16"], strict=True))
+            wer = {dtype: 100 * errors[dtype] / reference_words for dtype in runners}
+            print(
+                f"| {lang} | {len(chosen)} | {'given' if given else 'detected'} | {seconds['float32']:.2f} | "
+                f"{seconds['bfloat16']:.2f} | {seconds['float32'] / seconds['bfloat16']:.2f}x | {same}/{len(chosen)} | "
+                f"{wer['float32']:.1f} -> {wer['bfloat16']:.1f} % |"
+            )
 
 
 def bench_translation(args) -> dict:
@@ -172,7 +232,15 @@ def main() -> None:
     parser.add_argument("--services", default="asr,translation,tts")
     parser.add_argument("--clips", type=int, default=12, help="held-out English clips for asr (30 at most)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--encoder-dtype",
+        action="store_true",
+        help="instead: ASR's encoder in bfloat16 against float32 on every clip (ASR_ENCODER_DTYPE)",
+    )
     args = parser.parse_args()
+    if args.encoder_dtype:
+        bench_encoder_dtype(args)
+        return
     for key, value in read_env_file(REPO / "env" / "tiny.env").items():
         os.environ.setdefault(key, value)
     os.chdir(REPO)  # env/tiny.env's model paths are relative to the checkout

@@ -2,6 +2,7 @@
 ASR and TTS models that several test folders serve, and a counter of model forward passes."""
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
@@ -73,6 +74,7 @@ def make_asr_settings(models_dir: Path) -> Callable[..., ASRSettings]:
             max_audio_seconds=90,
             log_level="warning",
             path_choice="threshold",  # `auto` by a fixed rule: tests never depend on timings
+            encoder_dtype=os.environ.get("TEST_ASR_ENCODER_DTYPE", "float32"),  # `auto` would measure
         )
         return ASRSettings(**{**options, **overrides})
 

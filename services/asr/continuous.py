@@ -1,10 +1,10 @@
 """Iteration-level (continuous) batching of Whisper's plain greedy decoding for short clips.
 
 A `PlainDecodeLoop` holds the running sequences of one batch key. A request joins between two steps: its audio is
-featurised and encoded alone, its language detected as `ASRRunner.transcribe` does, and its prompt (the forced
-start tokens, after `<|startofprev|>` and the prompt text when one is given) run through the decoder into a cache
-slot of its own. Each `step` then feeds every running sequence its latest token in one batched decoder pass, and a
-sequence leaves the step it produces end-of-text or reaches its length limit.
+featurised and encoded alone, its language detected as Whisper's `detect_language` does (by the loop's own decoder
+pass), and its prompt (the forced start tokens, after `<|startofprev|>` and the prompt text when one is given) run
+through the decoder into a cache slot of its own. Each `step` then feeds every running sequence its latest token in
+one batched decoder pass, and a sequence leaves the step it produces end-of-text or reaches its length limit.
 
 What decides the tokens is taken from Whisper's own `generate()` for that request: the decoder prompt, the logits
 processors (suppressed tokens, suppression at the start, timestamp rules, the checkpoint's sequence bias) and the
@@ -164,19 +164,19 @@ class PlainDecodeLoop:
     ) -> None:
         runner, job = self.runner, work.payload
         started = time.perf_counter()
-        encoded = BaseModelOutput(last_hidden_state=encoder_hidden)
-        language = runner.detect_languages([job], features, encoder_outputs=encoded)[0]
-        work.span.set_attribute("asr.path", "plain")
-        setup = runner.generation_setup(job, language, features, encoded)
-        prompt = setup.prompt
-        if prompt.shape[1] >= self.max_positions:
-            raise ValueError(f"a prompt of {prompt.shape[1]} tokens leaves no room to decode")
         slot = len(self.running)
         self._reserve(slot + 1)
         for i, layer in enumerate(self.layers):
             keys, values = cross_attention_kv(layer.encoder_attn, encoder_hidden)
             self.cross_keys[i][slot] = keys[0]
             self.cross_values[i][slot] = values[0]
+        language = self._language(job, slot)
+        work.span.set_attribute("asr.path", "plain")
+        encoded = BaseModelOutput(last_hidden_state=encoder_hidden)
+        setup = runner.generation_setup(job, language, features, encoded)
+        prompt = setup.prompt
+        if prompt.shape[1] >= self.max_positions:
+            raise ValueError(f"a prompt of {prompt.shape[1]} tokens leaves no room to decode")
         start = torch.zeros(1, dtype=torch.long, device=prompt.device)
         hidden = self._forward(slot, slot + 1, prompt, start)
         runner.main_passes += 1
@@ -187,6 +187,20 @@ class PlainDecodeLoop:
         self._choose([sequence], self.head(hidden)[:, -1])
         self.running.append(sequence)
         sequence.passes, sequence.compute = 1.0, encode_s + time.perf_counter() - started
+
+    def _language(self, job: ASRJob, slot: int) -> str:
+        """The job's language, or the one Whisper's `detect_language` would detect: from the logits of a pass of
+        `<|startoftranscript|>` alone over the slot's cross-attention keys and values (already computed for
+        decoding, where detect_language's own model call would compute them again). The prompt's pass then
+        writes over that position."""
+        if job.language is not None or not self.runner.multilingual:
+            return job.language or "en"
+        sot = self.runner.model.generation_config.decoder_start_token_id
+        ids = torch.full((1, 1), sot, dtype=torch.long, device=self.runner.runtime.device)
+        start = torch.zeros(1, dtype=torch.long, device=ids.device)
+        hidden = self._forward(slot, slot + 1, ids, start)
+        self.runner.main_passes += 1
+        return self.runner.language_of(self.head(hidden[:, -1]).float())
 
     def _no_speech(self, prompt: torch.Tensor, hidden: torch.Tensor) -> float | None:
         """OpenAI's no_speech_prob as `WindowCapturingWhisper.note_prefill` takes it: `<|nospeech|>` after

@@ -39,6 +39,7 @@ from transformers.utils import cached_file
 from services.kit import tracing
 from services.kit.batcher import Work
 from services.kit.errors import Cancelled, InvalidArgument
+from services.kit.precision import bfloat16_speedup, resolve_compute_dtype, run_in_dtype
 from services.kit.quantize import quantize_linears, resolve_quantization
 from services.kit.torch_models import StopWhenCancelled, TorchRuntime, resolve_source
 
@@ -89,6 +90,7 @@ class ASRRunner:
     assistant: torch.nn.Module | None = None
     main_passes: int = 0  # forward passes of the main model's decoder, start-up work excluded
     quantization: str = "none"  # "int8" once load() quantized the main model (CPU only)
+    encoder_dtype: str = "float32"  # what the main encoder computes in (bfloat16 where it measured faster)
     # The checkpoint's length limit (Whisper: tokens per 30 s window), taken out of its generation config at load.
     model_max_length: int | None = None
     aligner: Aligner | None = None
@@ -110,6 +112,7 @@ class ASRRunner:
         source = resolve_source(s.model)
         self.processor = WhisperProcessor.from_pretrained(source)
         self.model = self.runtime.load(WindowCapturingWhisper, source)
+        self.quantization = resolve_quantization(s.quantize, self.runtime.device, QUANTIZE_AUTO_INT8)
         # Each call passes its own length limit (see `_generate_kwargs`); a max_length left in the model's config
         # would be a second limit that generate() warns about on every window.
         config = self.model.generation_config
@@ -138,12 +141,41 @@ class ASRRunner:
             self.runtime.tune_for_decoding(self.assistant)
             self.runtime.tune_for_decoding(self.model.drafter.head)  # its own fp32 head, when not int8
         # After the drafter matched its cross-attention layers against the main model's float weights (it reads
-        # the main layers themselves, so it follows them to int8) and before FewRowLinear, which stays float.
-        self.quantization = resolve_quantization(s.quantize, self.runtime.device, QUANTIZE_AUTO_INT8)
+        # the main layers themselves, so it follows them to int8 or bfloat16) and before FewRowLinear, which
+        # stays float.
         if self.quantization == "int8":
             quantize_linears(self.model)
+        else:
+            self._lower_audio_precision()
         self.runtime.tune_for_decoding(self.model)
         log.info("loaded %s with assistant %s", s.model, s.assistant_model or "none")
+
+    def _lower_audio_precision(self) -> None:
+        """The audio side in bfloat16 where `ASR_ENCODER_DTYPE` asks for it or (`auto`) one of the encoder's layers
+        measured faster so (CPUs with AMX): the encoder and the cross-attention key and value projections (the
+        main decoder's and the assistant's) that read its output, which run once per 30 s window over its 1,500
+        positions, the bulk of a short clip's compute. The encoder's output stays in bfloat16 (only those
+        projections read it); the keys and values they give the decoder, and the decoder's own steps, which pick
+        the tokens, are in the model's dtype."""
+        encoder = self.model.model.encoder
+
+        def speedup() -> float:
+            hidden = torch.randn(1, encoder.config.max_source_positions, encoder.config.d_model)
+            return bfloat16_speedup(encoder.layers[0], (hidden, None))
+
+        dtype = resolve_compute_dtype(
+            self.settings.encoder_dtype, self.runtime.device, self.runtime.dtype, speedup, "ASR encoder"
+        )
+        if dtype != self.runtime.dtype:
+            run_in_dtype(encoder, dtype)
+            decoders = [self.model.model.decoder]
+            if self.assistant is not None and not self.assistant.config.is_encoder_decoder:
+                decoders.append(self.assistant.model.decoder)
+            for decoder in decoders:
+                for layer in decoder.layers:
+                    run_in_dtype(layer.encoder_attn.k_proj, dtype, self.runtime.dtype)
+                    run_in_dtype(layer.encoder_attn.v_proj, dtype, self.runtime.dtype)
+        self.encoder_dtype = str(dtype).removeprefix("torch.")
 
     def _load_assistant(self, source: str) -> torch.nn.Module:
         config = AutoConfig.from_pretrained(source)
@@ -450,6 +482,14 @@ class ASRRunner:
             for i, lang_id in zip(missing, detected.tolist(), strict=True):
                 languages[i] = id_to_code[lang_id]
         return languages
+
+    def language_of(self, logits: torch.Tensor) -> str:
+        """The language Whisper's `detect_language` takes from a row of logits after `<|startoftranscript|>`:
+        the likeliest language token."""
+        config = self.model.generation_config
+        codes = {i: token[2:-2] for token, i in config.lang_to_id.items()}
+        ids = torch.tensor(list(codes), device=logits.device)
+        return codes[int(ids[logits.reshape(-1)[ids].argmax()])]
 
     def encode_for_detection(self, jobs: list[ASRJob], features: Features) -> BaseModelOutput | None:
         """The encoder's outputs for short clips whose language is to be detected, computed once for detection and

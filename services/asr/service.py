@@ -90,6 +90,7 @@ def create_service(settings: ASRSettings | None = None) -> Service:
             "task": "automatic-speech-recognition",
             "assistant": settings.assistant_model or None,
             "quantization": runner.quantization,
+            "encoder_dtype": runner.encoder_dtype,
         }
     ]
     transcription: Operation[Transcription, TranscriptionPlan, None] = Operation(

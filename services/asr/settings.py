@@ -4,6 +4,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.kit.config import ServiceSettings
+from services.kit.precision import ComputeDtype
 from services.kit.quantize import Quantize
 
 # What ASR_QUANTIZE=auto does on a CPU (int8 main model or not). bench/bench_quantize.py, real whisper-base,
@@ -43,6 +44,12 @@ class ASRSettings(ServiceSettings):
         description="the main model's linear layers: int8 (dynamic, CPU only; ignored on GPU), none, or "
         "auto (int8 on CPU where it measured faithful, see QUANTIZE_AUTO_INT8); the assistant follows "
         "draft_quantize",
+    )
+    encoder_dtype: ComputeDtype = Field(
+        "auto",
+        description="what the main encoder computes in on CPU: bfloat16, float32, or auto (bfloat16 where one of "
+        "its layers measures at least 1.2x faster so at start-up: CPUs with AMX). The decoder stays float32. "
+        "Ignored on GPU and with quantize=int8",
     )
     # The assistant's draft (drafting.py): rows of its restricted output head (0 keeps all 51,865), int8
     # weights on CPU, tokens per round and when to end a round early (by default as the assistant's generation

@@ -228,11 +228,16 @@ def test_continuous_batching_setting_reads_the_environment(monkeypatch):
 
 @pytest.mark.realmodels
 @pytest.mark.skipif(not HAS_REAL, reason="real whisper-base and speech are absent: run `make real-asr`")
-def test_real_whisper_base_joining_works_match_their_lone_transcripts(event_loop_for_works):
+@pytest.mark.parametrize("encoder_dtype", ["float32", "bfloat16"])
+def test_real_whisper_base_joining_works_match_their_lone_transcripts(event_loop_for_works, encoder_dtype):
     from services.asr.settings import ASRSettings
 
-    runner = ASRRunner(ASRSettings(model=str(REAL / "whisper-base"), assistant_model="", threads=1))
+    settings = ASRSettings(
+        model=str(REAL / "whisper-base"), assistant_model="", threads=1, encoder_dtype=encoder_dtype
+    )
+    runner = ASRRunner(settings)
     runner.load()
+    assert runner.encoder_dtype == encoder_dtype
 
     def clip(name: str) -> np.ndarray:
         samples, rate = sf.read(REAL / "speech" / f"{name}.wav", dtype="float32")
