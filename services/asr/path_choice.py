@@ -7,8 +7,11 @@ fixed: every decode reports its model seconds per token (the encoder included: t
 either path), and an exponentially weighted average is kept for the assisted path and, per load level, for the
 plain path (its cost per request falls as more sequences share a pass; assisted decodes one request at a time
 whatever waits). A decision takes the lower estimate for the current load. Each estimate first gets a few live
-measurements, and every `explore_every`-th decision at a load level tries the other path, so an estimate that
-went stale (the machine got busier, the audio changed) is corrected. Warm-up timings seed the estimates until the
+measurements, and then now and again a decision at a load level tries the other path, so an estimate that went
+stale (the machine got busier, the audio changed) is corrected: the `explore_every`-th decision first, then, while
+explorations keep confirming the preferred path, twice as far apart each time (up to 8x), back to every
+`explore_every`-th once the preference changes. An exploration costs a request the slower path; backing off
+keeps that cost small where one path is steadily faster. Warm-up timings seed the estimates until the
 first live measurement replaces them.
 """
 
@@ -43,11 +46,18 @@ class MeasuredPathChoice:
     """Running estimates of each path's seconds per token, and the decisions they imply. Thread-safe: decisions
     are made in the model thread, but a test or a metrics reader may look from another."""
 
+    max_backoff = 8  # explorations at most `explore_every` x this apart
+
     def __init__(self, smoothing: float = 0.25, explore_every: int = 16, min_samples: int = 2):
         self.smoothing, self.explore_every, self.min_samples = smoothing, explore_every, min_samples
         self.assisted = Estimate()
         self.plain: dict[int, Estimate] = {}
         self.decisions: dict[int, int] = {}
+        # Per load level: the decision count of the next exploration, the current spacing, and what the last
+        # exploration found preferred.
+        self.next_exploration: dict[int, int] = {}
+        self.spacing: dict[int, int] = {}
+        self.explored_against: dict[int, DecodingPath] = {}
         self._lock = threading.Lock()
 
     def estimate(self, path: DecodingPath, load: float = 1) -> Estimate:
@@ -75,14 +85,21 @@ class MeasuredPathChoice:
 
     def choose(self, load: float) -> DecodingPath:
         """The decision for a request decoded with `load` requests waiting (itself included): the preferred path,
-        except every `explore_every`-th decision at this load level, which tries the other one."""
+        except at this load level's explorations, which try the other one."""
         with self._lock:
             level = load_level(load)
-            self.decisions[level] = self.decisions.get(level, 0) + 1
+            decision = self.decisions[level] = self.decisions.get(level, 0) + 1
             best = self._preferred(load)
-            if self._measured_enough(load) and self.decisions[level] % self.explore_every == 0:
-                return PATHS[1 - PATHS.index(best)]
-            return best
+            if not self._measured_enough(load) or decision < self.next_exploration.get(level, self.explore_every):
+                return best
+            spacing = self.spacing.get(level, self.explore_every)
+            if self.explored_against.get(level) == best:  # the last exploration confirmed it: look less often
+                spacing = min(2 * spacing, self.max_backoff * self.explore_every)
+            else:
+                spacing = self.explore_every
+            self.spacing[level], self.explored_against[level] = spacing, best
+            self.next_exploration[level] = decision + spacing
+            return PATHS[1 - PATHS.index(best)]
 
     def _measured_enough(self, load: float) -> bool:
         return all(self.estimate(path, load).samples >= self.min_samples for path in PATHS)

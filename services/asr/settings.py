@@ -31,7 +31,8 @@ class ASRSettings(ServiceSettings):
     path_explore_every: int = Field(
         16,
         ge=2,
-        description="with path_choice=measured, every Nth decision at a load level tries the other path",
+        description="with path_choice=measured, the Nth decision at a load level tries the other path, then "
+        "twice as far apart while explorations confirm the choice (up to 8N), every Nth again when it changes",
     )
     adaptive_threshold: int = Field(
         4,

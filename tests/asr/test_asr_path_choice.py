@@ -45,12 +45,23 @@ def test_each_path_is_measured_live_before_the_estimates_decide():
     assert choice.choose(1) == "plain"
 
 
-def test_it_explores_the_other_path_every_nth_decision():
+def test_it_explores_the_other_path_less_often_while_explorations_confirm_the_choice():
     choice = MeasuredPathChoice(explore_every=4)
     measured(choice, assisted=0.010, plain=0.020)
-    picks = [choice.choose(1) for _ in range(12)]
-    assert [i + 1 for i, path in enumerate(picks) if path == "plain"] == [4, 8, 12]
+    picks = [choice.choose(1) for _ in range(100)]
+    # The 4th decision, then twice as far apart each time, up to 8 x 4.
+    assert [i + 1 for i, path in enumerate(picks) if path == "plain"] == [4, 8, 16, 32, 64, 96]
     assert choice.preferred(1) == "assisted"  # looking does not count as a decision
+
+
+def test_a_changed_preference_brings_explorations_back_to_every_nth():
+    choice = MeasuredPathChoice(smoothing=1.0, explore_every=4)
+    measured(choice, assisted=0.010, plain=0.020)
+    picks = [choice.choose(1) for _ in range(32)]  # explorations at 4, 8, 16, 32
+    choice.record("plain", 0.005 * 100, 100)  # plain is now the faster one
+    picks += [choice.choose(1) for _ in range(40)]
+    explorations = [i + 1 for i, path in enumerate(picks) if path == "assisted" and i >= 32]
+    assert explorations[:2] == [64, 68]  # the one scheduled, then every 4th again: 64 found another preference
 
 
 def test_it_adapts_when_the_measurements_flip():
