@@ -25,6 +25,26 @@ log = logging.getLogger(__name__)
 SOURCE_ATTENTION_TOKENS = 1024
 
 
+def column_major_linears(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> int:
+    """Store the plain linear layers' weights column-major (the same values, laid out as weight.T contiguous),
+    on a CPU in float32; returns how many. `F.linear` then hands the CPU's matrix library `x @ weight.T` with a
+    contiguous right-hand side, which it multiplies without re-packing: 1.1-2.3x faster for the 5-64 rows of
+    a decoding step (one token per text or beam) on 1 thread, about even from 256 rows (an encoder's batch)
+    and 6-15 % slower for exactly 2, measured on bench_peers' FSMT shapes and wmt19's (1024 x 4096); a
+    decoding step of 16 rows took 2.4 ms instead of 3.1. Results agree to about 1e-6 (the order of the float
+    sums), as any batch does. Weights an embedding shares (tied) keep their rows."""
+    if device.type != "cpu" or dtype != torch.float32:
+        return 0
+    embeddings = {id(module.weight) for module in model.modules() if isinstance(module, torch.nn.Embedding)}
+    switched = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and id(module.weight) not in embeddings:
+            weight = module.weight
+            module.weight = torch.nn.Parameter(weight.detach().t().contiguous().t(), weight.requires_grad)
+            switched += 1
+    return switched
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     """Beam-search settings; requests batch together only when these (and the pair) match."""
@@ -84,6 +104,8 @@ class TranslationRunner:
             if self.quantization == "int8":
                 quantize_linears(model)  # before FewRowLinear, which stays float
             model = self.runtime.tune_for_decoding(model)
+            if self.runtime.few_row_linears and self.quantization == "none":
+                column_major_linears(model, self.runtime.device, self.runtime.dtype)
             # Every call gives max_new_tokens (the service's length limit); the checkpoint's max_length would be a
             # second, conflicting limit that generate() warns about on every request.
             model.generation_config.max_length = None

@@ -206,3 +206,43 @@ def test_concurrent_greedy_requests_over_rest_get_their_alone_answers_and_short_
         assert short_done < long_done, "the short request did not wait for the long one"
         batcher = server.services[0].batchers[0]
         assert type(batcher).__name__ == "ContinuousBatcher"
+
+
+def test_leaving_a_work_whose_rows_are_not_the_last_moves_the_others_rows_and_they_finish_the_same(runner):
+    first, second = greedy([TEXTS[1], TEXTS[7]], 50), greedy([TEXTS[6], TEXTS[0]], 60)
+    works = [standalone_work(first), standalone_work(second)]
+    loop = runner.open_loop(first.batch_key, first)
+    loop.join(works)
+    for _ in range(3):
+        assert loop.step() == []
+    loop.leave(works[0])  # its rows 0 and 1 take the last rows' keys, values and ids
+    assert loop.running == 2
+    results = {}
+    while loop.running:
+        results.update(loop.step())
+    assert results == {works[1]: [alone(runner, text, 60) for text in second.texts]}
+
+
+def test_the_runner_decodes_as_the_stock_model_does_greedy_and_beam_search(runner, sharp_model_dir):
+    """The runner's models store their linear weights column-major on a CPU (faster few-row products) and
+    the decode loop runs its own encoder and decoder code: tokens still equal those of the checkpoint loaded
+    as transformers loads it, through generate."""
+    model = runner.models[PAIR]
+    assert model.model.encoder.layers[0].fc1.weight.t().is_contiguous()
+    tokenizer = runner.tokenizers[PAIR]
+    stock = FSMTForConditionalGeneration.from_pretrained(sharp_model_dir).eval()
+    assert stock.model.encoder.layers[0].fc1.weight.is_contiguous()
+
+    def generated(text: str, num_beams: int) -> str:
+        inputs = tokenizer([text], return_tensors="pt")
+        output = stock.generate(**inputs, num_beams=num_beams, max_new_tokens=40, max_length=None)
+        return tokenizer.decode(output[0], skip_special_tokens=True)
+
+    jobs = [greedy([text], 40) for text in TEXTS]
+    works = [standalone_work(job) for job in jobs]
+    loop = runner.open_loop(jobs[0].batch_key, jobs[0])
+    results, _ = drive(loop, {0: works[:3], 2: works[3:]})
+    for work, text in zip(works, TEXTS, strict=True):
+        assert results[work] == [[generated(text, 1)]]
+    beams = runner.translate(PAIR, TEXTS, GenerationOptions(num_beams=3, max_new_tokens=40))
+    assert beams == [[generated(text, 3)] for text in TEXTS]
