@@ -15,7 +15,8 @@ inputs interleaved one by one (so a busy machine slows both alike); times are se
   between float32 and int8, beside the float32 log-mel's own mean absolute value for scale. Same caveat.
 
 `--encoder-dtype` prints ASR's other table instead: the encoder and its cross-attention projections in bfloat16
-(`ASR_ENCODER_DTYPE`) against float32, on all 42 clips (English, German, French), language given and detected.
+(`ASR_ENCODER_DTYPE`), then the vocabulary projection too (`ASR_HEAD_DTYPE`), against float32, on all 42 clips
+(English, German, French), language given and detected.
 
 The issue's rule for a default: int8 on CPU only where WER stays within 0.5 pt and tokens agree on >= 95 % of
 the clips (services/*/settings.py QUANTIZE_AUTO_INT8). Timings are noisy on a shared machine: compare ratios.
@@ -59,35 +60,43 @@ def timed(fn, *args):
     return result, time.perf_counter() - started
 
 
-def bench_asr(args) -> dict:
-    from services.asr.domain import ASRJob
+REAL = REPO / "models" / "real"
+
+
+def real_clips() -> list[tuple[str, np.ndarray, str]]:
+    """(language, samples, reference) of every held-out espeak clip of `make real-asr`."""
+    clips = []
+    for line in (REAL / "speech" / "refs.tsv").read_text(encoding="utf-8").splitlines():
+        clip_id, lang, _voice, text = line.split("\t")
+        audio, _rate = sf.read(REAL / "speech" / f"{clip_id}.wav", dtype="float32")
+        clips.append((lang, audio, text))
+    return clips
+
+
+def real_runner(args, **settings):
+    """Real whisper-base on CPU without an assistant, loaded and warmed up, with these settings."""
     from services.asr.runner import ASRRunner
     from services.asr.settings import ASRSettings
 
-    real = REPO / "models" / "real"
-    if not (real / "whisper-base").is_dir():
+    options = dict(model=str(REAL / "whisper-base"), assistant_model="", device="cpu", threads=args.threads)
+    runner = ASRRunner(ASRSettings(**options, **settings))
+    runner.load()
+    runner.warmup()
+    return runner
+
+
+def bench_asr(args) -> dict:
+    from services.asr.domain import ASRJob
+
+    if not (REAL / "whisper-base").is_dir():
         print("asr: skipped (run `make real-asr` for models/real/whisper-base)")
         return {}
-    clips = []
-    for line in (real / "speech" / "refs.tsv").read_text(encoding="utf-8").splitlines():
-        clip_id, lang, _voice, text = line.split("\t")
-        if lang == "en":
-            audio, _rate = sf.read(real / "speech" / f"{clip_id}.wav", dtype="float32")
-            clips.append((audio, text))
-    clips = clips[: args.clips]
-    runners = {}
-    for mode in ("none", "int8"):
-        settings = ASRSettings(
-            model=str(real / "whisper-base"),
-            assistant_model="",
-            quantize=mode,
-            encoder_dtype="float32",  # float32 against int8 alone (bfloat16 has its own table: --encoder-dtype)
-            device="cpu",
-            threads=args.threads,
-        )
-        runners[mode] = ASRRunner(settings)
-        runners[mode].load()
-        runners[mode].warmup()
+    clips = [(audio, text) for lang, audio, text in real_clips() if lang == "en"][: args.clips]
+    # float32 against int8 alone (bfloat16 has its own table: --encoder-dtype)
+    runners = {
+        mode: real_runner(args, quantize=mode, encoder_dtype="float32", head_dtype="float32")
+        for mode in ("none", "int8")
+    }
     tokens = {mode: [] for mode in runners}
     seconds = dict.fromkeys(runners, 0.0)
     errors = {mode: [] for mode in runners}
@@ -107,60 +116,55 @@ def bench_asr(args) -> dict:
     }
 
 
+# What --encoder-dtype compares with float32: the audio side alone, then with the vocabulary projection too.
+LOWERED = {
+    "audio bf16": dict(encoder_dtype="bfloat16", head_dtype="float32"),
+    "audio + head bf16": dict(encoder_dtype="bfloat16", head_dtype="bfloat16"),
+}
+
+
 def bench_encoder_dtype(args) -> None:
-    """ASR_ENCODER_DTYPE: real whisper-base with its audio side in bfloat16 against float32, on every evaluation
-    clip (English, German, French), with `language` given and detected: speed, token agreement and WER."""
+    """ASR_ENCODER_DTYPE / ASR_HEAD_DTYPE: real whisper-base with its audio side (and its head) in bfloat16 against
+    float32, on every evaluation clip (English, German, French), with `language` given and detected: speed,
+    token agreement and WER."""
     from services.asr.domain import ASRJob
-    from services.asr.runner import ASRRunner
-    from services.asr.settings import ASRSettings
     from services.kit.testing import word_alignment, words
 
-    real = REPO / "models" / "real"
-    clips = []
-    for line in (real / "speech" / "refs.tsv").read_text(encoding="utf-8").splitlines():
-        clip_id, lang, _voice, text = line.split("\t")
-        audio, _rate = sf.read(real / "speech" / f"{clip_id}.wav", dtype="float32")
-        clips.append((lang, audio, text))
-    runners = {}
-    for dtype in ("float32", "bfloat16"):
-        settings = ASRSettings(
-            model=str(real / "whisper-base"),
-            assistant_model="",
-            encoder_dtype=dtype,
-            device="cpu",
-            threads=args.threads,
-        )
-        runners[dtype] = ASRRunner(settings)
-        runners[dtype].load()
-        runners[dtype].warmup()
-    print(
-        f"\nASR encoder in bfloat16 against float32, real whisper-base, plain path, {args.threads} threads; "
-        f"load average {os.getloadavg()[0]:.2f}"
-    )
-    print(
-        "| language | clips | `language` | float32 s | bfloat16 s | speed-up | identical tokens | WER float32 -> bfloat16 |"
-    )
-    print("|---|---:|---|---:|---:|---:|---:|---|")
+    clips = real_clips()
+    runners = {"float32": real_runner(args, encoder_dtype="float32", head_dtype="float32")}
+    runners |= {name: real_runner(args, **settings) for name, settings in LOWERED.items()}
+    rows = []
     for given in (True, False):
         for lang in dict.fromkeys(lang for lang, _, _ in clips):
             chosen = [(audio, text) for clip_lang, audio, text in clips if clip_lang == lang]
             seconds = dict.fromkeys(runners, 0.0)
-            tokens, errors = {dtype: [] for dtype in runners}, dict.fromkeys(runners, 0)
+            tokens, errors = {name: [] for name in runners}, dict.fromkeys(runners, 0)
             for audio, text in chosen:
-                for dtype, runner in runners.items():
+                for name, runner in runners.items():
                     job = ASRJob(audio, language=lang if given else None)
                     [transcript], took = timed(runner.transcribe, [job], "plain")
-                    seconds[dtype] += took
-                    tokens[dtype].append(transcript.tokens)
-                    errors[dtype] += sum(word_alignment(text, transcript.text))
+                    seconds[name] += took
+                    tokens[name].append(transcript.tokens)
+                    errors[name] += sum(word_alignment(text, transcript.text))
             reference_words = sum(len(words(text)) for _, text in chosen)
-            same = sum(a == b for a, b in zip(tokens["float32"], tokens["bfloat16"], strict=True))
-            wer = {dtype: 100 * errors[dtype] / reference_words for dtype in runners}
-            print(
-                f"| {lang} | {len(chosen)} | {'given' if given else 'detected'} | {seconds['float32']:.2f} | "
-                f"{seconds['bfloat16']:.2f} | {seconds['float32'] / seconds['bfloat16']:.2f}x | {same}/{len(chosen)} | "
-                f"{wer['float32']:.1f} -> {wer['bfloat16']:.1f} % |"
-            )
+            for name in LOWERED:
+                same = sum(a == b for a, b in zip(tokens["float32"], tokens[name], strict=True))
+                rows.append(
+                    f"| {name} | {lang} | {len(chosen)} | {'given' if given else 'detected'} | "
+                    f"{seconds['float32']:.2f} | {seconds[name]:.2f} | {seconds['float32'] / seconds[name]:.2f}x | "
+                    f"{same}/{len(chosen)} | {100 * errors['float32'] / reference_words:.1f} -> "
+                    f"{100 * errors[name] / reference_words:.1f} % |"
+                )
+    print(
+        f"\nASR in bfloat16 against float32, real whisper-base, plain path, {args.threads} threads; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        "| bfloat16 | language | clips | `language` | float32 s | bfloat16 s | speed-up | identical tokens "
+        "| WER float32 -> bfloat16 |"
+    )
+    print("|---|---|---:|---|---:|---:|---:|---:|---|")
+    print("\n".join(sorted(rows, key=lambda row: row.split(" | ")[0])))
 
 
 def bench_translation(args) -> dict:

@@ -75,6 +75,7 @@ def make_asr_settings(models_dir: Path) -> Callable[..., ASRSettings]:
             log_level="warning",
             path_choice="threshold",  # `auto` by a fixed rule: tests never depend on timings
             encoder_dtype=os.environ.get("TEST_ASR_ENCODER_DTYPE", "float32"),  # `auto` would measure
+            head_dtype=os.environ.get("TEST_ASR_HEAD_DTYPE", "float32"),
         )
         return ASRSettings(**{**options, **overrides})
 

@@ -91,6 +91,7 @@ class ASRRunner:
     main_passes: int = 0  # forward passes of the main model's decoder, start-up work excluded
     quantization: str = "none"  # "int8" once load() quantized the main model (CPU only)
     encoder_dtype: str = "float32"  # what the main encoder computes in (bfloat16 where it measured faster)
+    head_dtype: str = "float32"  # what the main decoder's vocabulary projection computes in
     # The checkpoint's length limit (Whisper: tokens per 30 s window), taken out of its generation config at load.
     model_max_length: int | None = None
     aligner: Aligner | None = None
@@ -147,6 +148,7 @@ class ASRRunner:
             quantize_linears(self.model)
         else:
             self._lower_audio_precision()
+            self._lower_head_precision()
         self.runtime.tune_for_decoding(self.model)
         log.info("loaded %s with assistant %s", s.model, s.assistant_model or "none")
 
@@ -176,6 +178,23 @@ class ASRRunner:
                     run_in_dtype(layer.encoder_attn.k_proj, dtype, self.runtime.dtype)
                     run_in_dtype(layer.encoder_attn.v_proj, dtype, self.runtime.dtype)
         self.encoder_dtype = str(dtype).removeprefix("torch.")
+
+    def _lower_head_precision(self) -> None:
+        """The main decoder's vocabulary projection in bfloat16 where `ASR_HEAD_DTYPE` asks for it or (`auto`) it
+        measured faster so: read whole at every step (51,865 rows), it costs half the time in half the bytes.
+        The logits it gives are float32; the processors and the choice of each token work on them as before.
+        Every path shares it, so assisted decoding still gives plain decoding's tokens."""
+        head = self.model.proj_out
+
+        def speedup() -> float:
+            return bfloat16_speedup(head, (torch.randn(8, head.in_features),))
+
+        dtype = resolve_compute_dtype(
+            self.settings.head_dtype, self.runtime.device, self.runtime.dtype, speedup, "ASR output head"
+        )
+        if dtype != self.runtime.dtype:
+            run_in_dtype(head, dtype, self.runtime.dtype)  # untied from the input embeddings, which stay
+        self.head_dtype = str(dtype).removeprefix("torch.")
 
     def _load_assistant(self, source: str) -> torch.nn.Module:
         config = AutoConfig.from_pretrained(source)

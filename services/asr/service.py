@@ -91,6 +91,7 @@ def create_service(settings: ASRSettings | None = None) -> Service:
             "assistant": settings.assistant_model or None,
             "quantization": runner.quantization,
             "encoder_dtype": runner.encoder_dtype,
+            "head_dtype": runner.head_dtype,
         }
     ]
     transcription: Operation[Transcription, TranscriptionPlan, None] = Operation(

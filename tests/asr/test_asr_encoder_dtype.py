@@ -1,6 +1,7 @@
-"""`ASR_ENCODER_DTYPE=bfloat16`: the audio side (encoder and cross-attention keys and values) computes in bfloat16
-while the decoder's steps stay float32, and every decoding path still gives the same tokens as the others: plain
-and assisted, whole-request and the continuous loop (its own language detection included)."""
+"""`ASR_ENCODER_DTYPE=bfloat16` and `ASR_HEAD_DTYPE=bfloat16`: the audio side (encoder and cross-attention keys and
+values) and the vocabulary projection compute in bfloat16 while the rest of the decoder's steps stay float32, and
+every decoding path still gives the same tokens as the others: plain and assisted, whole-request and the
+continuous loop (its own language detection included)."""
 
 import asyncio
 
@@ -17,15 +18,17 @@ from services.kit.testing import ServerThread, standalone_work
 
 @pytest.fixture(scope="module")
 def runner(make_asr_settings):
-    runner = ASRRunner(make_asr_settings(encoder_dtype="bfloat16"))
+    runner = ASRRunner(make_asr_settings(encoder_dtype="bfloat16", head_dtype="bfloat16"))
     runner.load()
     runner.warmup()
     return runner
 
 
-def test_only_the_audio_side_is_lowered(runner):
+def test_only_the_audio_side_and_the_head_are_lowered(runner):
     model = runner.model.model
-    assert runner.encoder_dtype == "bfloat16"
+    assert runner.encoder_dtype == runner.head_dtype == "bfloat16"
+    assert runner.model.proj_out.weight.dtype == torch.bfloat16
+    assert model.decoder.embed_tokens.weight.dtype == torch.float32  # the head was tied to it: now untied
     assert {p.dtype for p in model.encoder.parameters()} == {torch.bfloat16}
     for layer in model.decoder.layers:
         assert layer.encoder_attn.k_proj.weight.dtype == torch.bfloat16
@@ -74,13 +77,16 @@ def test_the_continuous_loop_detects_the_language_and_decodes_as_a_request_alone
     assert detected[3] == "fr"
 
 
-def test_int8_keeps_the_encoder_float32_and_the_models_list_says_what_runs(make_asr_settings):
-    quantized = ASRRunner(make_asr_settings(assistant_model="", quantize="int8", encoder_dtype="bfloat16"))
+def test_int8_keeps_them_float32_and_the_models_list_says_what_runs(make_asr_settings):
+    quantized = ASRRunner(
+        make_asr_settings(assistant_model="", quantize="int8", encoder_dtype="bfloat16", head_dtype="bfloat16")
+    )
     quantized.load()
-    assert quantized.encoder_dtype == "float32"
+    assert quantized.encoder_dtype == quantized.head_dtype == "float32"
     assert {p.dtype for p in quantized.model.model.encoder.parameters()} == {torch.float32}
 
-    settings = make_asr_settings(assistant_model="", encoder_dtype="bfloat16")
+    settings = make_asr_settings(assistant_model="", encoder_dtype="bfloat16", head_dtype="float32")
     with ServerThread(lambda: [create_service(settings)], settings) as server:
         (model,) = httpx.get(server.rest_url + "/v1/models", timeout=60).json()["data"]
-    assert model["encoder_dtype"] == "bfloat16" and model["quantization"] == "none"
+    assert model["encoder_dtype"] == "bfloat16" and model["head_dtype"] == "float32"
+    assert model["quantization"] == "none"

@@ -40,6 +40,16 @@ def test_a_lowered_module_takes_float32_and_answers_in_the_dtype_asked_for():
     assert kept(x.to(torch.bfloat16)).dtype == torch.bfloat16
 
 
+def test_a_weight_shared_with_another_module_is_untied_and_the_other_keeps_its_dtype():
+    embedding = torch.nn.Embedding(100, 16)
+    head = torch.nn.Linear(16, 100, bias=False)
+    head.weight = embedding.weight  # tied, as a language model's output projection often is
+    run_in_dtype(head, torch.bfloat16, torch.float32)
+    assert head.weight.dtype == torch.bfloat16 and embedding.weight.dtype == torch.float32
+    hidden = embedding(torch.tensor([[1, 2]]))
+    assert hidden.dtype == torch.float32 and head(hidden).dtype == torch.float32
+
+
 def test_a_setting_comes_to_bfloat16_only_for_a_float32_model_on_a_cpu():
     def never() -> float:
         raise AssertionError("measured where the setting decides alone")
