@@ -3,7 +3,7 @@
 STRESS_CPUS ?= 2
 
 .PHONY: test-under-load
-test-under-load: models real-asr kserve-models checkov-venv prometheus ## the full test suite with `stress-ng --cpu 2` loading the cores beside it
+test-under-load: models real-asr kserve-models checkov-venv prometheus browser ## the full test suite with `stress-ng --cpu 2` loading the cores beside it
 	@if ! command -v stress-ng >/dev/null; then \
 	  echo "test-under-load: installing stress-ng (Debian package)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stress-ng >/dev/null; \
