@@ -20,7 +20,8 @@ per compute type and concurrency, on the first clips with `language=en`.
 
 Each cell sends every clip at concurrency 1 (total seconds for the clips) or 8 (requests per second over two
 passes through the clips), with and without `language`; the best of `--rounds` interleaved rounds (systems in
-rotating order each round, the other side's server paused with SIGSTOP while one side is measured). Before the
+rotating order each round, the other side's server paused with SIGSTOP while one side is measured), and for auto
+against the faster forced path also the mean of the rounds, on which its target is judged. Before the
 rounds, one untimed pass of each cell warms both sides (and gives `auto` its first measurements of each path).
 WER over the clips' references (lower-cased, punctuation removed, no number normalisation).
 """
@@ -32,6 +33,7 @@ import importlib.util
 import io
 import shutil
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -357,14 +359,25 @@ def report(cells: dict, clips: list[Clip], configs: dict, sweep: list[str], args
             speed("faster-whisper int8", lang, c) / speed("faster-whisper float32", lang, c)
         ),
     }
+
+    def mean_speed(system, language, concurrency) -> float:
+        cell = cells[(system, language, concurrency)]
+        return cell.requests / statistics.mean(cell.seconds)
+
+    # Where auto takes the same path as a forced one it does the same work, and the best of a few rounds measures
+    # their noise: the mean over the interleaved rounds is what the target is judged on.
+    comparisons["auto / faster of plain and assisted, mean of rounds"] = lambda lang, c: (
+        mean_speed("ours auto", lang, c)
+        / max(mean_speed("ours plain", lang, c), mean_speed("ours assisted", lang, c))
+    )
     auto_ratios = []
     for name, ratio in comparisons.items():
         values = [ratio(lang, c) for lang in LANGUAGES for c in CONCURRENCY]
-        if name.startswith("auto / faster of"):
+        if name.endswith("mean of rounds"):
             auto_ratios = values
         print(f"| {name} | " + " | ".join(f"{v:.2f}x" for v in values) + " |")
     print(
-        f"\nTarget auto >= {AUTO_TARGET}x the faster of plain and assisted in every column: "
+        f"\nTarget auto >= {AUTO_TARGET}x the faster of plain and assisted in every column (mean of rounds): "
         f"{'met' if min(auto_ratios) >= AUTO_TARGET else 'NOT met'} (lowest {min(auto_ratios):.2f}x)."
     )
     print(

@@ -6,7 +6,8 @@ fewer main-model passes; under load, plain decoding shares each pass among many 
 fixed: every decode reports its model seconds per token (the encoder included: the audio must be encoded on
 either path), and an exponentially weighted average is kept for the assisted path and, per load level, for the
 plain path (its cost per request falls as more sequences share a pass; assisted decodes one request at a time
-whatever waits). A decision takes the lower estimate for the current load. Each estimate first gets a few live
+whatever waits). A decision takes the lower estimate for the current load, and keeps the path it took last time
+at that load unless the other is lower by more than 5 % (clips differ more than two close paths do). Each estimate first gets a few live
 measurements, and then now and again a decision at a load level tries the other path, so an estimate that went
 stale (the machine got busier, the audio changed) is corrected: the `explore_every`-th decision first, then, while
 explorations keep confirming the preferred path, twice as far apart each time (up to 8x), back to every
@@ -47,6 +48,9 @@ class MeasuredPathChoice:
     are made in the model thread, but a test or a metrics reader may look from another."""
 
     max_backoff = 8  # explorations at most `explore_every` x this apart
+    # The preferred path changes only when the other one is measured this much faster: each request's seconds per
+    # token vary with its clip more than two close paths differ, and every flip brings explorations back.
+    switch_margin = 0.05
 
     def __init__(self, smoothing: float = 0.25, explore_every: int = 16, min_samples: int = 2):
         self.smoothing, self.explore_every, self.min_samples = smoothing, explore_every, min_samples
@@ -58,6 +62,7 @@ class MeasuredPathChoice:
         self.next_exploration: dict[int, int] = {}
         self.spacing: dict[int, int] = {}
         self.explored_against: dict[int, DecodingPath] = {}
+        self.incumbent: dict[int, DecodingPath] = {}  # per load level, what the last decision preferred
         self._lock = threading.Lock()
 
     def estimate(self, path: DecodingPath, load: float = 1) -> Estimate:
@@ -89,7 +94,7 @@ class MeasuredPathChoice:
         with self._lock:
             level = load_level(load)
             decision = self.decisions[level] = self.decisions.get(level, 0) + 1
-            best = self._preferred(load)
+            best = self.incumbent[level] = self._preferred(load, self.incumbent.get(level))
             if not self._measured_enough(load) or decision < self.next_exploration.get(level, self.explore_every):
                 return best
             spacing = self.spacing.get(level, self.explore_every)
@@ -104,7 +109,7 @@ class MeasuredPathChoice:
     def _measured_enough(self, load: float) -> bool:
         return all(self.estimate(path, load).samples >= self.min_samples for path in PATHS)
 
-    def _preferred(self, load: float) -> DecodingPath:
+    def _preferred(self, load: float, incumbent: DecodingPath | None = None) -> DecodingPath:
         estimates = {path: self.estimate(path, load) for path in PATHS}
         # Paths short of live measurements first (the fewer, the sooner), so that both get measured here.
         short = [path for path in PATHS if estimates[path].samples < self.min_samples]
@@ -115,4 +120,9 @@ class MeasuredPathChoice:
         known = [path for path in PATHS if estimates[path].seconds_per_token is not None]
         if not known:
             return "assisted"
-        return min(known, key=lambda path: estimates[path].seconds_per_token)
+        best = min(known, key=lambda path: estimates[path].seconds_per_token)
+        if incumbent in known and incumbent != best:
+            kept, other = estimates[incumbent].seconds_per_token, estimates[best].seconds_per_token
+            if other * (1 + self.switch_margin) >= kept:
+                return incumbent  # not faster by the margin: no flip
+        return best

@@ -142,3 +142,15 @@ def test_a_detected_language_costs_one_encoder_pass(runner, audio):
             assert len(passes) == 1, path
     finally:
         hook.remove()
+
+
+def test_a_path_measured_only_a_little_faster_does_not_take_over():
+    choice = MeasuredPathChoice(smoothing=1.0, explore_every=1000)
+    measured(choice, assisted=0.010, plain=0.020)
+    assert choice.choose(1) == "assisted"
+    choice.record("plain", 0.0098 * 100, 100)  # 2 % faster: within the margin, the choice stays
+    assert choice.choose(1) == "assisted"
+    choice.record("plain", 0.0090 * 100, 100)  # 10 % faster: it switches
+    assert choice.choose(1) == "plain"
+    choice.record("assisted", 0.0088 * 100, 100)  # and stays unless assisted beats it by the margin too
+    assert choice.choose(1) == "plain"
