@@ -7,13 +7,13 @@ fixed: every decode reports its model seconds per token (the encoder included: t
 either path), and an exponentially weighted average is kept for the assisted path and, per load level, for the
 plain path (its cost per request falls as more sequences share a pass; assisted decodes one request at a time
 whatever waits). A decision takes the lower estimate for the current load, and keeps the path it took last time
-at that load unless the other is lower by more than 5 % (clips differ more than two close paths do). Each estimate first gets a few live
-measurements, and then now and again a decision at a load level tries the other path, so an estimate that went
-stale (the machine got busier, the audio changed) is corrected: the `explore_every`-th decision first, then, while
-explorations keep confirming the preferred path, twice as far apart each time (up to 8x), back to every
-`explore_every`-th once the preference changes. An exploration costs a request the slower path; backing off
-keeps that cost small where one path is steadily faster. Warm-up timings seed the estimates until the
-first live measurement replaces them.
+at that load unless the other is lower by more than 5 % (clips differ more than two close paths do). Each
+estimate first gets a few live measurements, and then now and again a decision at a load level tries the other
+path, so an estimate that went stale (the machine got busier, the audio changed) is corrected: the
+`explore_every`-th decision first, then, while explorations keep confirming the preferred path, twice as far
+apart each time (up to 8x), back to every `explore_every`-th once the preference changes. An exploration costs a
+request the slower path; backing off keeps that cost small where one path is steadily faster. Warm-up timings
+seed the estimates until the first live measurement replaces them.
 """
 
 import threading

@@ -492,21 +492,24 @@ class ASRRunner:
         missing = [i for i, job in enumerate(jobs) if job.language is None]
         languages = [job.language for job in jobs]
         if missing:
-            id_to_code = {i: tok[2:-2] for tok, i in self.model.generation_config.lang_to_id.items()}
             if encoder_outputs is not None:
                 encoded = BaseModelOutput(last_hidden_state=encoder_outputs.last_hidden_state[missing])
                 detected = self.model.detect_language(encoder_outputs=encoded)
             else:
                 detected = self.model.detect_language(input_features=features[missing])
             for i, lang_id in zip(missing, detected.tolist(), strict=True):
-                languages[i] = id_to_code[lang_id]
+                languages[i] = self.language_codes[lang_id]
         return languages
+
+    @property
+    def language_codes(self) -> dict[int, str]:
+        """Language token id -> language code (`<|de|>` -> "de")."""
+        return {i: token[2:-2] for token, i in self.model.generation_config.lang_to_id.items()}
 
     def language_of(self, logits: torch.Tensor) -> str:
         """The language Whisper's `detect_language` takes from a row of logits after `<|startoftranscript|>`:
         the likeliest language token."""
-        config = self.model.generation_config
-        codes = {i: token[2:-2] for token, i in config.lang_to_id.items()}
+        codes = self.language_codes
         ids = torch.tensor(list(codes), device=logits.device)
         return codes[int(ids[logits.reshape(-1)[ids].argmax()])]
 

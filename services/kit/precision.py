@@ -98,9 +98,10 @@ def resolve_compute_dtype(
 ) -> torch.dtype:
     """The dtype a module runs in for a `<P>..._DTYPE` setting: bfloat16 only on a CPU with a float32 model,
     with `auto` asking `speedup()` (a measurement) whether it pays."""
-    if setting == "float32" or device.type != "cpu" or model_dtype != torch.float32:
-        if setting == "bfloat16" and (device.type != "cpu" or model_dtype != torch.float32):
-            log.info("%s: bfloat16 is for float32 models on CPU; ignored on %s (%s kept)", name, device, model_dtype)
+    lowerable = device.type == "cpu" and model_dtype == torch.float32
+    if setting == "bfloat16" and not lowerable:
+        log.info("%s: bfloat16 is for float32 models on CPU; ignored on %s (%s kept)", name, device, model_dtype)
+    if setting == "float32" or not lowerable:
         return model_dtype
     if setting == "bfloat16":
         return torch.bfloat16
