@@ -406,8 +406,11 @@ class PartialTexts:
             return
         for part in window.segments:
             self.tokens[row].extend(part.tokens)
-        # A character split across windows waits for its last byte.
-        text = self._text(row).lstrip().rstrip("\ufffd")
+        # A character split across windows waits for its last byte, and trailing whitespace for the text after it
+        # (the transcript's text is stripped: a delta must not send what it drops).
+        text = self._text(row).strip()
+        while text.endswith("\ufffd"):
+            text = text[:-1].rstrip()
         logprobs = None
         if job.logprobs:
             logprobs = tuple(

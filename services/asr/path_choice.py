@@ -4,16 +4,17 @@ decoding (the continuous decode loop for short greedy clips, whole-request batch
 Which one is faster depends on the hardware, the models, the audio and the load: alone, assisted decoding needs
 fewer main-model passes; under load, plain decoding shares each pass among many sequences. So no threshold is
 fixed: every decode reports its model seconds per token (the encoder included: the audio must be encoded on
-either path), and an exponentially weighted average is kept for the assisted path and, per load level, for the
-plain path (its cost per request falls as more sequences share a pass; assisted decodes one request at a time
-whatever waits). A decision takes the lower estimate for the current load, and keeps the path it took last time
-at that load unless the other is lower by more than 5 % (clips differ more than two close paths do). Each
-estimate first gets a few live measurements, and then now and again a decision at a load level tries the other
-path, so an estimate that went stale (the machine got busier, the audio changed) is corrected: the
-`explore_every`-th decision first, then, while explorations keep confirming the preferred path, twice as far
-apart each time (up to 8x), back to every `explore_every`-th once the preference changes. An exploration costs a
-request the slower path; backing off keeps that cost small where one path is steadily faster. Warm-up timings
-seed the estimates until the first live measurement replaces them.
+either path), and an exponentially weighted average is kept for each path per load level: the plain path's cost
+per request falls as more sequences share a pass, and an assisted decode, one request at a time whatever waits,
+costs more when the requests arriving meanwhile take the other cores to parse their uploads (so a decode under
+load must not make the assistant look slow alone). A decision takes the lower estimate for the current load, and
+keeps the path it took last time at that load unless the other is lower by more than 5 % (clips differ more than
+two close paths do). Each estimate first gets a few live measurements, and then now and again a decision at a
+load level tries the other path, so an estimate that went stale (the machine got busier, the audio changed) is
+corrected: the `explore_every`-th decision first, then, while explorations keep confirming the preferred path,
+twice as far apart each time (up to 8x), back to every `explore_every`-th once the preference changes. An
+exploration costs a request the slower path; backing off keeps that cost small where one path is steadily
+faster. Warm-up timings seed every load level's estimates until the first live measurement there replaces them.
 """
 
 import threading
@@ -26,7 +27,7 @@ PATHS: tuple[DecodingPath, DecodingPath] = ("assisted", "plain")
 
 def load_level(waiting: float) -> int:
     """The load level a number of waiting (or running) requests falls in: 1, 2, 4, 8, ... (the next power of 2),
-    so that neighbouring loads share one estimate of the plain path."""
+    so that neighbouring loads share one estimate of each path."""
     return 1 << (max(1, round(waiting)) - 1).bit_length()
 
 
@@ -54,8 +55,8 @@ class MeasuredPathChoice:
 
     def __init__(self, smoothing: float = 0.25, explore_every: int = 16, min_samples: int = 2):
         self.smoothing, self.explore_every, self.min_samples = smoothing, explore_every, min_samples
-        self.assisted = Estimate()
-        self.plain: dict[int, Estimate] = {}
+        self.estimates: dict[tuple[DecodingPath, int], Estimate] = {}
+        self.seeds: dict[DecodingPath, float] = {}  # seconds per token at warm-up
         self.decisions: dict[int, int] = {}
         # Per load level: the decision count of the next exploration, the current spacing, and what the last
         # exploration found preferred.
@@ -66,20 +67,23 @@ class MeasuredPathChoice:
         self._lock = threading.Lock()
 
     def estimate(self, path: DecodingPath, load: float = 1) -> Estimate:
-        if path == "assisted":
-            return self.assisted
-        return self.plain.setdefault(load_level(load), Estimate())
+        key = (path, load_level(load))
+        if key not in self.estimates:
+            self.estimates[key] = Estimate(self.seeds.get(path))
+        return self.estimates[key]
 
-    def seed(self, path: DecodingPath, seconds: float, tokens: int, load: float = 1) -> None:
-        """A warm-up timing: used until the path's first live measurement at that load."""
+    def seed(self, path: DecodingPath, seconds: float, tokens: int) -> None:
+        """A warm-up timing: used at each load level until the path's first live measurement there."""
         with self._lock:
-            estimate = self.estimate(path, load)
-            if estimate.samples == 0:
-                estimate.seconds_per_token = seconds / max(tokens, 1)
+            self.seeds[path] = seconds / max(tokens, 1)
+            for (seeded, _), estimate in self.estimates.items():
+                if seeded == path and estimate.samples == 0:
+                    estimate.seconds_per_token = self.seeds[path]
 
     def record(self, path: DecodingPath, seconds: float, tokens: int, load: float = 1) -> None:
         """A served decode: `seconds` of model time that produced `tokens` tokens (end-of-text steps included),
-        with `load` sequences decoded together on average (assisted: always 1)."""
+        under `load`: sequences decoded together on average (plain), or requests present while it ran
+        (assisted)."""
         with self._lock:
             self.estimate(path, load).update(seconds / max(tokens, 1), self.smoothing)
 

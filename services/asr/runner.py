@@ -400,11 +400,8 @@ class ASRRunner:
         while pending := [work for work in pending if not work.cancelled]:
             # Re-decided before each assisted decode: if requests piled up meanwhile, the rest of this batch is
             # decoded together instead.
-            path = (
-                "assisted"
-                if chosen
-                else self.choose_path([work.payload for work in pending], pending[0].queue_depth)
-            )
+            queued = pending[0].queue_depth
+            path = "assisted" if chosen else self.choose_path([work.payload for work in pending], queued)
             chosen = False
             if path == "plain":
                 for work in pending:
@@ -422,6 +419,7 @@ class ASRRunner:
                     (id(work), transcript) for work, transcript in zip(pending, transcripts, strict=True)
                 )
                 break
+            decided_under = len(pending) + queued
             work = pending.pop(0)
             drafted, accepted = self.draft_counts()
             try:  # assisted generate decodes one sequence at a time
@@ -432,6 +430,10 @@ class ASRRunner:
                         "assisted",
                         stop=stop,
                         on_partial=lambda _, partial, work=work: work.emit(partial),
+                        # Requests that arrived meanwhile shared the CPU with it (their uploads were parsed).
+                        load=lambda work=work, rest=len(pending), decided=decided_under: max(
+                            decided, 1 + rest + work.queue_depth
+                        ),
                     )[0]
                 drafted_now, accepted_now = self.draft_counts()
                 work.span.set_attributes(
@@ -594,12 +596,14 @@ class ASRRunner:
         record: bool = True,
         stop: StopWhenCancelled | None = None,
         on_partial: Callable[[int, Partial], None] | None = None,
+        load: Callable[[], int] | None = None,
     ) -> list[Transcript]:
         """Decode jobs sharing a batch key; assisted decoding takes exactly one job.
 
         `stop` ends decoding within a step once every request is cancelled, and raises `Cancelled` before the
         next 30 s window of long-form audio. `on_partial(job index, Partial)` is called for streaming jobs as
-        each of their windows is decoded.
+        each of their windows is decoded. `load()`, read when decoding ends, is the load `auto`'s estimates file
+        the decode under (default: the number of jobs).
         """
         if path == "assisted" and (len(jobs) != 1 or self.assistant is None):
             raise ValueError("assisted decoding needs an assistant model and exactly one job")
@@ -633,7 +637,8 @@ class ASRRunner:
             for i, (job, language) in enumerate(zip(jobs, languages, strict=True))
         ]
         if record:
-            self._record(path, transcripts, time.perf_counter() - started, passes_before, drafts_before)
+            elapsed = time.perf_counter() - started
+            self._record(path, transcripts, elapsed, passes_before, drafts_before, load() if load else len(jobs))
         return transcripts
 
     def partial_texts(self, jobs: list[ASRJob], on_partial: Callable[[int, Partial], None]) -> PartialTexts:
@@ -711,7 +716,7 @@ class ASRRunner:
             logprobs if job.logprobs else None,
         )
 
-    def _record(self, path, transcripts, elapsed, passes_before, drafts_before: tuple[int, int]) -> None:
+    def _record(self, path, transcripts, elapsed, passes_before, drafts_before: tuple[int, int], load: int) -> None:
         metrics.record_transcriptions(
             path,
             requests=len(transcripts),
@@ -723,4 +728,4 @@ class ASRRunner:
         drafted, accepted = self.draft_counts()
         metrics.record_drafts(drafted - drafts_before[0], accepted - drafts_before[1])
         tokens = sum(len(t.tokens) + 1 for t in transcripts)  # + the end-of-text step of each
-        self.path_choice.record(path, elapsed, tokens, load=len(transcripts))
+        self.path_choice.record(path, elapsed, tokens, load=load)

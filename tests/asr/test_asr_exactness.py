@@ -154,7 +154,7 @@ def test_path_choice_follows_the_waiting_requests(runner, audio):
 
 
 def test_a_batch_switches_to_plain_when_requests_pile_up_during_assisted_decoding(runner, audio):
-    queue_depths = iter([0, 9, 9])
+    queue_depths = iter([0, 9, 9, 9])  # the decisions' reads, and what the assisted decode ran under
     works = [FakeWork(ASRJob(audio(2, seed=30 + i), DecodeOptions(), "en"), queue_depths=queue_depths) for i in range(3)]
     results = runner.predict_batch(works)
     assert [r.path for r in results] == ["assisted", "plain", "plain"]

@@ -14,7 +14,7 @@ def measured(
 ) -> None:
     """`times` decodes of 100 tokens on each path at `load`, at the given seconds per token."""
     for _ in range(times):
-        choice.record("assisted", assisted * 100, 100)
+        choice.record("assisted", assisted * 100, 100, load=load)
         choice.record("plain", plain * 100, 100, load=load)
 
 
@@ -27,8 +27,27 @@ def test_it_picks_the_path_measured_faster():
     measured(choice, assisted=0.010, plain=0.015)
     assert choice.preferred(1) == "assisted"
     measured(choice, assisted=0.010, plain=0.004, load=8)
-    assert choice.preferred(1) == "assisted"  # the plain path's cost is kept per load level
+    assert choice.preferred(1) == "assisted"  # each path's cost is kept per load level
     assert choice.preferred(8) == "plain"
+
+
+def test_an_assisted_decode_under_load_leaves_the_estimate_alone_unchanged():
+    choice = MeasuredPathChoice(smoothing=1.0)
+    measured(choice, assisted=0.010, plain=0.011)
+    measured(choice, assisted=0.030, plain=0.005, load=8)  # busy cores: the assistant is slow there
+    assert choice.estimate("assisted", 1).seconds_per_token == pytest.approx(0.010)
+    assert choice.preferred(1) == "assisted"
+
+
+def test_warm_up_seeds_every_load_level_until_it_is_measured():
+    choice = MeasuredPathChoice()
+    choice.estimate("plain", 8)  # a level looked at before warm-up ends
+    choice.seed("plain", 0.6, 5)
+    assert choice.estimate("plain", 8).seconds_per_token == pytest.approx(0.12)
+    assert choice.estimate("plain", 4).seconds_per_token == pytest.approx(0.12)
+    choice.record("plain", 1.0, 100, load=4)
+    assert choice.estimate("plain", 4).seconds_per_token == pytest.approx(0.01)
+    assert choice.estimate("plain", 8).seconds_per_token == pytest.approx(0.12)
 
 
 def test_each_path_is_measured_live_before_the_estimates_decide():
@@ -110,6 +129,28 @@ def runner(make_asr_settings):
     runner.load()
     runner.warmup()
     return runner
+
+
+def test_an_assisted_decode_is_filed_under_the_requests_that_arrived_while_it_ran(runner, audio):
+    runner.path_choice = MeasuredPathChoice(explore_every=1000)
+    measured(runner.path_choice, assisted=0.001, plain=1.0)
+
+    class ArrivingWork(FakeWork):
+        reads = 0
+
+        @property
+        def queue_depth(self):  # alone when decided; seven more queued by the time it ends
+            self.reads += 1
+            return 0 if self.reads == 1 else 7
+
+        @queue_depth.setter
+        def queue_depth(self, _):
+            pass
+
+    (answer,) = runner.predict_batch([ArrivingWork(ASRJob(audio(2, seed=81), DecodeOptions(), "en"))])
+    assert answer.path == "assisted"
+    assert runner.path_choice.estimate("assisted", 1).samples == 2  # only the two recorded above
+    assert runner.path_choice.estimate("assisted", 8).samples == 1
 
 
 def test_warmup_seeds_both_paths(runner):
