@@ -36,6 +36,7 @@ from services.kit.batcher import Work
 
 from . import metrics
 from .domain import ASRJob, Transcript
+from .drafting import cross_attention_kv
 from .generation import DecodeCapture, GenerationSetup, compression_ratio
 from .runner import ASRRunner
 
@@ -166,16 +167,9 @@ class PlainDecodeLoop:
         slot = len(self.running)
         self._reserve(slot + 1)
         for i, layer in enumerate(self.layers):
-            # The cross-attention keys and values straight into the slot, heads first (`cross_attention_kv`'s
-            # layout, without its copy).
-            attention = layer.encoder_attn
-            for projection, cache in (
-                (attention.k_proj, self.cross_keys[i]),
-                (attention.v_proj, self.cross_values[i]),
-            ):
-                cache[slot].copy_(
-                    projection(encoder_hidden)[0].view(-1, self.heads, self.head_dim).transpose(0, 1)
-                )
+            # Written straight into the slot: one copy, not a contiguous copy and then another.
+            into = (self.cross_keys[i][slot : slot + 1], self.cross_values[i][slot : slot + 1])
+            cross_attention_kv(layer.encoder_attn, encoder_hidden, into)
         language = self._language(job, slot)
         work.span.set_attribute("asr.path", "plain")
         encoded = BaseModelOutput(last_hidden_state=encoder_hidden)

@@ -234,12 +234,19 @@ def _shared_cross_attention(draft_layers, main_layers) -> dict[int, int]:
     return shared
 
 
-def cross_attention_kv(attention, encoder_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A Whisper cross-attention layer's keys and values, computed exactly as its forward pass does."""
+def cross_attention_kv(
+    attention, encoder_hidden: torch.Tensor, into: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Whisper cross-attention layer's keys and values (batch x heads x frames x head size), computed exactly
+    as its forward pass does; with `into` (slots of a cache), written there instead of into new tensors."""
     shape = (encoder_hidden.shape[0], -1, attention.num_heads, attention.head_dim)
-    keys = attention.k_proj(encoder_hidden).view(shape).transpose(1, 2).contiguous()
-    values = attention.v_proj(encoder_hidden).view(shape).transpose(1, 2).contiguous()
-    return keys, values
+    keys = attention.k_proj(encoder_hidden).view(shape).transpose(1, 2)
+    values = attention.v_proj(encoder_hidden).view(shape).transpose(1, 2)
+    if into is None:
+        return keys.contiguous(), values.contiguous()
+    into[0].copy_(keys)
+    into[1].copy_(values)
+    return into
 
 
 def _quantized_draft(decoder: torch.nn.Module, head: torch.nn.Linear):
